@@ -1,0 +1,161 @@
+import { copyFile, mkdir, stat, utimes } from "node:fs/promises";
+import path from "node:path";
+import { Listr } from "listr2";
+import type { Cache } from "./cache.ts";
+import {
+  type BuildContext,
+  type BuildOptions,
+  DigestMemo,
+  type KeyContext,
+  keyContext,
+  runExec,
+  type Stage,
+  StageError,
+  stageKey,
+} from "./stage.ts";
+
+export interface RunRequest {
+  repo: string;
+  stages: Stage[];
+  /** Stage names to produce (their deps are resolved as needed). */
+  targets: string[];
+  options: BuildOptions;
+  cache: Cache;
+  /** Where published artifacts go (bin/ of the repo). */
+  binDir: string;
+}
+
+export interface StageOutcome {
+  stage: string;
+  key: string;
+  dir: string;
+  cached: boolean;
+  seconds: number;
+}
+
+/** Orders the targets and their dependencies so every stage comes after what it reads. */
+export function resolveOrder(stages: Map<string, Stage>, targets: string[]): Stage[] {
+  const order: Stage[] = [];
+  const state = new Map<string, "visiting" | "done">();
+  const visit = (name: string, from?: string) => {
+    const st = stages.get(name);
+    if (!st) {
+      const known = [...stages.keys()].join(", ");
+      throw new Error(`unknown stage '${name}'${from ? ` (a dependency of ${from})` : ""}; stages are: ${known}`);
+    }
+    if (state.get(name) === "done") return;
+    if (state.get(name) === "visiting") throw new Error(`stage dependency cycle through '${name}'`);
+    state.set(name, "visiting");
+    for (const d of st.deps) visit(d, name);
+    state.set(name, "done");
+    order.push(st);
+  };
+  for (const t of targets) visit(t);
+  return order;
+}
+
+/**
+ * Plans keys for every stage first (cheap: inputs are digests), then materialises only what is needed:
+ * a target whose entry is cached never forces its dependencies to be built or verified.
+ */
+export async function runStages(req: RunRequest): Promise<StageOutcome[]> {
+  const byName = new Map(req.stages.map((s) => [s.name, s]));
+  const order = resolveOrder(byName, req.targets);
+  await mkdir(req.cache.root, { recursive: true });
+  const memo = new DigestMemo(path.join(req.cache.root, "input-digests.json"));
+  await memo.load();
+  const kctx: KeyContext = keyContext(req.repo, req.options, memo);
+
+  const keys = new Map<string, string>();
+  for (const st of order) {
+    const depKeys = Object.fromEntries(st.deps.map((d) => [d, keys.get(d)!]));
+    let inputs: Record<string, unknown>;
+    try {
+      inputs = await st.inputs(kctx);
+    } catch (err) {
+      throw new StageError(st.name, (err as Error).message);
+    }
+    keys.set(st.name, stageKey(st, inputs, depKeys));
+  }
+  await memo.save();
+
+  const dirs = new Map<string, string>();
+  const outcomes: StageOutcome[] = [];
+  // Which stages must be materialised: targets, plus deps of any stage that is not cached.
+  const needed = new Set(req.targets);
+  const lookups = new Map<string, Awaited<ReturnType<Cache["lookup"]>>>();
+  for (const st of [...order].reverse()) {
+    if (!needed.has(st.name)) continue;
+    const found = await req.cache.lookup(st.name, keys.get(st.name)!);
+    lookups.set(st.name, found);
+    if (!found.hit) for (const d of st.deps) needed.add(d);
+  }
+
+  const renderer = process.stdout.isTTY && !req.options.verbose ? "default" : "simple";
+  const tasks = new Listr(
+    order
+      .filter((st) => needed.has(st.name))
+      .map((st) => ({
+        title: st.title,
+        task: async (_: unknown, task: { title: string; output: string }) => {
+          const t0 = performance.now();
+          const key = keys.get(st.name)!;
+          const found = lookups.get(st.name) ?? (await req.cache.lookup(st.name, key));
+          let dir: string;
+          if (found.hit) {
+            dir = found.dir;
+            task.title = `${st.title} (cached)`;
+          } else {
+            task.output = `building: ${found.reason}`;
+            const recent: string[] = [];
+            const log = (line: string) => {
+              recent.push(line);
+              if (recent.length > 40) recent.shift();
+              task.output = line;
+            };
+            dir = await req.cache.store(st.name, key, async (out) => {
+              const bctx: BuildContext = {
+                ...kctx,
+                out,
+                dep: (name) => {
+                  const d = dirs.get(name);
+                  if (!d || !st.deps.includes(name)) throw new StageError(st.name, `reads undeclared stage '${name}'`);
+                  return d;
+                },
+                log,
+                exec: (file, args, opts) => runExec(st.name, file, args, opts ?? {}, log),
+              };
+              await st.build(bctx);
+            });
+          }
+          dirs.set(st.name, dir);
+          await publish(st, dir, req.binDir);
+          const seconds = (performance.now() - t0) / 1000;
+          outcomes.push({ stage: st.name, key, dir, cached: found.hit, seconds });
+          if (!found.hit) task.title = `${st.title} (built in ${seconds.toFixed(1)} s)`;
+        },
+      })),
+    {
+      renderer,
+      fallbackRenderer: "simple",
+      rendererOptions: { collapseErrors: false },
+      exitOnError: true,
+      concurrent: false,
+    },
+  );
+  await tasks.run();
+  return outcomes;
+}
+
+/** Copies published outputs to bin/, skipping files whose size and mtime already match. */
+async function publish(st: Stage, dir: string, binDir: string): Promise<void> {
+  await mkdir(binDir, { recursive: true });
+  for (const [rel, name] of Object.entries(st.publish)) {
+    const src = path.join(dir, rel);
+    const dst = path.join(binDir, name);
+    const [s, d] = await Promise.all([stat(src), stat(dst).catch(() => undefined)]);
+    if (d && d.size === s.size && d.mtimeMs === s.mtimeMs) continue;
+    await copyFile(src, dst);
+    await utimes(dst, s.atime, s.mtime);
+  }
+}
