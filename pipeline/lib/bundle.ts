@@ -1,0 +1,26 @@
+import { chmod } from "node:fs/promises";
+import { build } from "esbuild";
+
+/**
+ * Bundles a TypeScript entry into one CommonJS file for Node 20. CommonJS because the shipped files
+ * have no package.json beside them (an extensionless /usr/local/bin/vmm-sandboxer would not load as ESM);
+ * import.meta.url is mapped to the bundle's own file URL so addon lookups next to the bundle still work.
+ */
+export async function bundleNode(entry: string, outfile: string, opts: { executable?: boolean } = {}): Promise<void> {
+  const shebang = opts.executable ? "#!/usr/bin/env node\n" : "";
+  await build({
+    entryPoints: [entry],
+    outfile,
+    bundle: true,
+    platform: "node",
+    target: "node20",
+    format: "cjs",
+    minify: false,
+    sourcemap: false,
+    legalComments: "none",
+    logLevel: "silent",
+    define: { "import.meta.url": "__bundle_url" },
+    banner: { js: `${shebang}const __bundle_url = require("node:url").pathToFileURL(__filename).href;` },
+  });
+  if (opts.executable) await chmod(outfile, 0o755);
+}
