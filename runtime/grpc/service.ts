@@ -18,6 +18,9 @@ export interface CallContext {
   signal: AbortSignal;
 }
 
+/** The method map of a generated service descriptor. */
+export type MethodsOf<S> = S extends GenService<infer M> ? M : never;
+
 /** Async handlers for the unary methods of a generated service. */
 export type UnaryHandlers<M extends GenServiceMethods> = {
   [K in keyof M]: (req: Shape<M[K]["input"]>, ctx: CallContext) => Promise<Init<M[K]["output"]>>;

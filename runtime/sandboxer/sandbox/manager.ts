@@ -1,0 +1,222 @@
+import { mkdir, rm } from "node:fs/promises";
+import path from "node:path";
+import { status } from "@grpc/grpc-js";
+import { GrpcError } from "../../grpc/service.ts";
+import { validateId } from "../ids.ts";
+import type { Logger } from "../log.ts";
+import { readRecords, writeRecord } from "../store.ts";
+import { KeyedLock } from "./keyed-lock.ts";
+import type { ExitInfo, Launcher, SandboxRecord } from "./record.ts";
+
+interface Live {
+  rec: SandboxRecord;
+  exited: Promise<ExitInfo>;
+  resolveExit: (e: ExitInfo) => void;
+}
+
+export interface CreateParams {
+  id: string;
+  netnsPath: string;
+  podConfig?: unknown;
+  annotations: Record<string, string>;
+  labels: Record<string, string>;
+}
+
+/**
+ * Owns every sandbox's lifecycle and persisted state. Operations on one id are serialised; different ids run
+ * concurrently. The VM machinery sits behind Launcher so the state machine is testable on its own.
+ */
+export class SandboxManager {
+  private live = new Map<string, Live>();
+  private lock = new KeyedLock();
+
+  constructor(
+    readonly root: string,
+    private readonly launcher: Launcher,
+    private readonly log: Logger,
+  ) {}
+
+  dirOf(id: string): string {
+    return path.join(this.root, id);
+  }
+
+  private get(id: string): Live {
+    const problem = validateId("sandbox", id);
+    if (problem) throw new GrpcError(status.INVALID_ARGUMENT, problem);
+    const l = this.live.get(id);
+    if (!l) throw new GrpcError(status.NOT_FOUND, `sandbox ${id} not found`);
+    return l;
+  }
+
+  private track(rec: SandboxRecord): Live {
+    let resolveExit!: (e: ExitInfo) => void;
+    const exited = new Promise<ExitInfo>((r) => {
+      resolveExit = r;
+    });
+    const l: Live = { rec, exited, resolveExit };
+    if (rec.state === "stopped") resolveExit(exitOf(rec));
+    this.live.set(rec.id, l);
+    return l;
+  }
+
+  private async persist(l: Live): Promise<void> {
+    await writeRecord(this.dirOf(l.rec.id), l.rec);
+  }
+
+  async create(p: CreateParams): Promise<void> {
+    const problem = validateId("sandbox", p.id);
+    if (problem) throw new GrpcError(status.INVALID_ARGUMENT, problem);
+    await this.lock.run(p.id, async () => {
+      if (this.live.has(p.id)) throw new GrpcError(status.ALREADY_EXISTS, `sandbox ${p.id} already exists`);
+      const dir = this.dirOf(p.id);
+      const rec: SandboxRecord = {
+        id: p.id,
+        state: "created",
+        createdAt: new Date().toISOString(),
+        netnsPath: p.netnsPath,
+        podConfig: p.podConfig,
+        annotations: p.annotations,
+        labels: p.labels,
+        nextStorage: 0,
+      };
+      try {
+        await mkdir(dir, { recursive: true, mode: 0o750 });
+        await this.launcher.prepare(rec, dir);
+        await writeRecord(dir, rec);
+      } catch (err) {
+        await rm(dir, { recursive: true, force: true });
+        throw new GrpcError(status.INTERNAL, `create sandbox ${p.id}: ${(err as Error).message}`);
+      }
+      this.track(rec);
+      this.log.info(`sandbox ${p.id} created`);
+    });
+  }
+
+  async start(id: string): Promise<SandboxRecord> {
+    return this.lock.run(id, async () => {
+      const l = this.get(id);
+      if (l.rec.state !== "created") {
+        throw new GrpcError(status.FAILED_PRECONDITION, `sandbox ${id} is ${l.rec.state}, not created`);
+      }
+      const dir = this.dirOf(id);
+      try {
+        const started = await this.launcher.start(l.rec, dir);
+        Object.assign(l.rec, started, { state: "running", startedAt: new Date().toISOString() });
+      } catch (err) {
+        await this.launcher.release(l.rec, dir).catch((e: Error) => this.log.warn(`release ${id}: ${e.message}`));
+        throw new GrpcError(status.INTERNAL, `start sandbox ${id}: ${(err as Error).message}`);
+      }
+      await this.persist(l);
+      this.watch(l);
+      this.log.info(`sandbox ${id} running (vmm pid ${l.rec.pid})`);
+      return l.rec;
+    });
+  }
+
+  /** Follows a running VM until it exits, then records the exit and releases host resources. */
+  private watch(l: Live): void {
+    const dir = this.dirOf(l.rec.id);
+    this.launcher.waitExit(l.rec, dir).then(
+      (exit) => this.onExit(l, exit),
+      (err: Error) => this.onExit(l, { exitStatus: 255, exitedAt: new Date() }, err.message),
+    );
+  }
+
+  private async onExit(l: Live, exit: ExitInfo, why?: string): Promise<void> {
+    await this.lock.run(l.rec.id, async () => {
+      if (l.rec.state === "stopped") return;
+      l.rec.state = "stopped";
+      l.rec.exitStatus = exit.exitStatus;
+      l.rec.exitedAt = exit.exitedAt.toISOString();
+      this.log.info(`sandbox ${l.rec.id} exited with status ${exit.exitStatus}${why ? ` (${why})` : ""}`);
+      await this.launcher
+        .release(l.rec, this.dirOf(l.rec.id))
+        .catch((e: Error) => this.log.warn(`release ${l.rec.id}: ${e.message}`));
+      if (this.live.get(l.rec.id) === l) {
+        await this.persist(l).catch((e: Error) => this.log.error(`persist ${l.rec.id}: ${e.message}`));
+      }
+      l.resolveExit(exit);
+    });
+  }
+
+  async stop(id: string, timeoutMs: number): Promise<void> {
+    const l = await this.lock.run(id, async () => {
+      const l = this.get(id);
+      if (l.rec.state === "created") {
+        l.rec.state = "stopped";
+        l.rec.exitStatus = 0;
+        l.rec.exitedAt = new Date().toISOString();
+        await this.persist(l);
+        l.resolveExit(exitOf(l.rec));
+      } else if (l.rec.state === "running") {
+        await this.launcher.stop(l.rec, this.dirOf(id), timeoutMs);
+      }
+      return l;
+    });
+    await l.exited;
+  }
+
+  wait(id: string): Promise<ExitInfo> {
+    return this.get(id).exited;
+  }
+
+  status(id: string): SandboxRecord {
+    return this.get(id).rec;
+  }
+
+  list(): SandboxRecord[] {
+    return [...this.live.values()].map((l) => l.rec);
+  }
+
+  async shutdown(id: string): Promise<void> {
+    this.get(id);
+    await this.stop(id, 0);
+    await this.lock.run(id, async () => {
+      const l = this.live.get(id);
+      if (!l) return;
+      this.live.delete(id);
+      await rm(this.dirOf(id), { recursive: true, force: true });
+      this.log.info(`sandbox ${id} removed`);
+    });
+  }
+
+  /** Reloads every sandbox under root; running VMs are reattached, the rest released and kept as stopped. */
+  async recover(): Promise<{ recovered: string[]; cleaned: string[] }> {
+    const result = { recovered: [] as string[], cleaned: [] as string[] };
+    const loaded = await readRecords<SandboxRecord>(this.root);
+    await Promise.all(
+      loaded.map(async (entry) => {
+        if (!entry.record) {
+          this.log.warn(`cannot recover ${entry.dir}: ${entry.error}; removing it`);
+          await rm(entry.dir, { recursive: true, force: true });
+          result.cleaned.push(entry.id);
+          return;
+        }
+        const rec = entry.record;
+        if (rec.state !== "running") {
+          this.track(rec);
+          result.recovered.push(rec.id);
+          return;
+        }
+        const r = await this.launcher
+          .recover(rec, entry.dir)
+          .catch((e: Error) => ({ ok: false as const, reason: e.message }));
+        const l = this.track(rec);
+        if (r.ok) {
+          this.watch(l);
+          result.recovered.push(rec.id);
+          this.log.info(`sandbox ${rec.id} recovered (vmm pid ${rec.pid})`);
+        } else {
+          this.log.warn(`sandbox ${rec.id} cannot be recovered (${r.reason}); cleaning it up`);
+          await this.onExit(l, { exitStatus: 255, exitedAt: new Date() }, r.reason);
+          result.cleaned.push(rec.id);
+        }
+      }),
+    );
+    return result;
+  }
+}
+
+function exitOf(rec: SandboxRecord): ExitInfo {
+  return { exitStatus: rec.exitStatus ?? 0, exitedAt: rec.exitedAt ? new Date(rec.exitedAt) : new Date() };
+}

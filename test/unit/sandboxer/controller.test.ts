@@ -1,0 +1,173 @@
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { afterEach, beforeEach, test } from "node:test";
+import { create, toBinary } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+import { addUnaryService, type MethodsOf, type UnaryClient, unaryClient } from "../../../runtime/grpc/service.ts";
+import { Controller } from "../../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
+import { PodSandboxConfigSchema } from "../../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
+import { controllerHandlers } from "../../../runtime/sandboxer/controller.ts";
+import { logger } from "../../../runtime/sandboxer/log.ts";
+import { SandboxManager } from "../../../runtime/sandboxer/sandbox/manager.ts";
+import type { ExitInfo, Launcher, SandboxRecord } from "../../../runtime/sandboxer/sandbox/record.ts";
+
+/** A launcher whose "VMs" are promises the test ends, recording what the manager asked of it. */
+class FakeLauncher implements Launcher {
+  calls: string[] = [];
+  exits = new Map<string, (e: ExitInfo) => void>();
+  failStart = false;
+  recoverable = true;
+  async prepare(rec: SandboxRecord, dir: string) {
+    this.calls.push(`prepare ${rec.id}`);
+    await mkdir(path.join(dir, "shared"));
+  }
+  async start(rec: SandboxRecord, dir: string) {
+    this.calls.push(`start ${rec.id}`);
+    if (this.failStart) throw new Error("agent did not answer within 30 s");
+    return { pid: 4242, taskAddress: `ttrpc+unix://${dir}/task.sock`, runtime: { fake: true } };
+  }
+  waitExit(rec: SandboxRecord) {
+    return new Promise<ExitInfo>((resolve) => this.exits.set(rec.id, resolve));
+  }
+  async stop(rec: SandboxRecord) {
+    this.calls.push(`stop ${rec.id}`);
+    this.exits.get(rec.id)?.({ exitStatus: 0, exitedAt: new Date() });
+  }
+  async release(rec: SandboxRecord) {
+    this.calls.push(`release ${rec.id}`);
+  }
+  async recover(rec: SandboxRecord) {
+    this.calls.push(`recover ${rec.id}`);
+    return this.recoverable ? { ok: true as const } : { ok: false as const, reason: "vmm pid 4242 is gone" };
+  }
+}
+
+let dir: string;
+let server: grpc.Server;
+let launcher: FakeLauncher;
+let client: UnaryClient<MethodsOf<typeof Controller>>;
+let close: () => void;
+
+async function serve(mgr: SandboxManager) {
+  server = new grpc.Server();
+  addUnaryService(server, Controller, controllerHandlers(mgr, "test"));
+  const sock = path.join(dir, `c-${Math.random()}.sock`);
+  await new Promise<void>((res, rej) =>
+    server.bindAsync(`unix://${sock}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())),
+  );
+  ({ client, close } = unaryClient(Controller, `unix://${sock}`));
+}
+
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), "controller-"));
+  launcher = new FakeLauncher();
+  await serve(new SandboxManager(path.join(dir, "state"), launcher, logger("test")));
+});
+
+afterEach(async () => {
+  close();
+  server.forceShutdown();
+  await rm(dir, { recursive: true, force: true });
+});
+
+// containerd sends the bare type URL, without type.googleapis.com/.
+const options = {
+  typeUrl: "runtime.v1.PodSandboxConfig",
+  value: toBinary(PodSandboxConfigSchema, create(PodSandboxConfigSchema, { hostname: "web-1" })),
+};
+
+test("the CRI sequence: create, start (version 3, address, pid), status, wait, stop, shutdown, NotFound", async () => {
+  await client.create({ sandboxId: "pod1", options, netnsPath: "" });
+  const rec = JSON.parse(await readFile(path.join(dir, "state/pod1/sandbox.json"), "utf8")) as SandboxRecord;
+  assert.equal((rec.podConfig as { hostname: string }).hostname, "web-1");
+  const started = await client.start({ sandboxId: "pod1" });
+  assert.equal(started.version, 3);
+  assert.equal(started.pid, 4242);
+  assert.equal(started.address, `ttrpc+unix://${dir}/state/pod1/task.sock`);
+  const st = await client.status({ sandboxId: "pod1", verbose: true });
+  assert.equal(st.state, "SANDBOX_READY");
+  assert.equal(st.version, 3);
+  const platform = await client.platform({ sandboxId: "pod1" });
+  assert.equal(platform.platform?.os, "linux");
+  const waiting = client.wait({ sandboxId: "pod1" });
+  await client.stop({ sandboxId: "pod1", timeoutSecs: 0 });
+  assert.equal((await waiting).exitStatus, 0);
+  assert.equal((await client.status({ sandboxId: "pod1" })).state, "SANDBOX_NOTREADY");
+  await client.shutdown({ sandboxId: "pod1" });
+  await assert.rejects(
+    client.status({ sandboxId: "pod1" }),
+    (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND,
+  );
+  assert.deepEqual(await readdir(path.join(dir, "state")), []);
+  assert.deepEqual(launcher.calls, ["prepare pod1", "start pod1", "stop pod1", "release pod1"]);
+});
+
+test("a VM that dies on its own ends Wait with its status and turns the sandbox NOTREADY", async () => {
+  await client.create({ sandboxId: "pod2" });
+  await client.start({ sandboxId: "pod2" });
+  const waiting = client.wait({ sandboxId: "pod2" });
+  launcher.exits.get("pod2")!({ exitStatus: 137, exitedAt: new Date() });
+  assert.equal((await waiting).exitStatus, 137);
+  assert.equal((await client.status({ sandboxId: "pod2" })).state, "SANDBOX_NOTREADY");
+  assert.ok(launcher.calls.includes("release pod2"));
+});
+
+test("bad requests get clear errors and change nothing", async () => {
+  const code = (c: grpc.status, re: RegExp) => (e: grpc.ServiceError) => e.code === c && re.test(e.details);
+  for (const id of ["", "../etc", "a/b", "x".repeat(200), ".hidden"]) {
+    await assert.rejects(client.create({ sandboxId: id }), code(grpc.status.INVALID_ARGUMENT, /sandbox id/));
+  }
+  await client.create({ sandboxId: "dup" });
+  await assert.rejects(client.create({ sandboxId: "dup" }), code(grpc.status.ALREADY_EXISTS, /dup already exists/));
+  await assert.rejects(client.start({ sandboxId: "nope" }), code(grpc.status.NOT_FOUND, /nope not found/));
+  await assert.rejects(
+    client.create({
+      sandboxId: "bad",
+      options: { typeUrl: "runtime.v1.PodSandboxConfig", value: new Uint8Array([0xff, 0xff]) },
+    }),
+    code(grpc.status.INVALID_ARGUMENT, /not a valid PodSandboxConfig/),
+  );
+  await assert.rejects(
+    client.create({ sandboxId: "bad", options: { typeUrl: "foo.Bar", value: new Uint8Array([1]) } }),
+    code(grpc.status.INVALID_ARGUMENT, /'foo.Bar' is not runtime.v1.PodSandboxConfig/),
+  );
+  assert.deepEqual((await readdir(path.join(dir, "state"))).sort(), ["dup"]);
+  await client.start({ sandboxId: "dup" });
+  await assert.rejects(client.start({ sandboxId: "dup" }), code(grpc.status.FAILED_PRECONDITION, /is running/));
+});
+
+test("a failed start releases what it took and reports why", async () => {
+  launcher.failStart = true;
+  await client.create({ sandboxId: "pod3" });
+  await assert.rejects(client.start({ sandboxId: "pod3" }), /start sandbox pod3: agent did not answer within 30 s/);
+  assert.deepEqual(launcher.calls, ["prepare pod3", "start pod3", "release pod3"]);
+  assert.equal((await client.status({ sandboxId: "pod3" })).state, "SANDBOX_NOTREADY");
+});
+
+test("recovery reattaches running sandboxes, cleans unrecoverable ones and drops unreadable records", async () => {
+  await client.create({ sandboxId: "keep" });
+  await client.start({ sandboxId: "keep" });
+  await client.create({ sandboxId: "lost" });
+  await client.start({ sandboxId: "lost" });
+  await mkdir(path.join(dir, "state/torn"));
+  await writeFile(path.join(dir, "state/torn/sandbox.json"), "{ not json");
+  close();
+  server.forceShutdown();
+
+  const fresh = new FakeLauncher();
+  fresh.recover = async (rec) => (rec.id === "keep" ? { ok: true } : { ok: false, reason: "vmm pid 4242 is gone" });
+  const mgr = new SandboxManager(path.join(dir, "state"), fresh, logger("test"));
+  const r = await mgr.recover();
+  assert.deepEqual(r.recovered, ["keep"]);
+  assert.deepEqual(r.cleaned.sort(), ["lost", "torn"]);
+  await serve(mgr);
+  assert.equal((await client.status({ sandboxId: "keep" })).state, "SANDBOX_READY");
+  assert.equal((await client.status({ sandboxId: "lost" })).state, "SANDBOX_NOTREADY");
+  assert.ok(fresh.calls.includes("release lost"));
+  await assert.rejects(
+    client.status({ sandboxId: "torn" }),
+    (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND,
+  );
+});
