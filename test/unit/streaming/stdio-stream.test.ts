@@ -95,7 +95,9 @@ test("a stalled sink holds the sender to one window of credit", async () => {
   await new Promise((r) => setTimeout(r, 300));
   assert.ok(accepted <= WINDOW, `${accepted} bytes arrived with only ${WINDOW} granted`);
   assert.ok(accepted > 0);
-  const release = setInterval(() => pending.splice(0).forEach((cb) => cb()), 1);
+  const release = setInterval(() => {
+    for (const cb of pending.splice(0)) cb();
+  }, 1);
   await done;
   clearInterval(release);
   assert.equal(accepted, 4 * WINDOW);
