@@ -1,0 +1,175 @@
+import { copyFile, rm, stat, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { configure, loadRequest } from "../kernel/config.ts";
+import { applyPatches, type KernelSource, materialise, resolveSource, sourceDigest } from "../kernel/source.ts";
+import { hashFile, sha256 } from "../lib/hash.ts";
+import type { BuildContext, KeyContext, Stage } from "../lib/stage.ts";
+
+/** Bump when build() changes what it produces from the same inputs (strip flags, make targets, manifest shape). */
+const RECIPE = 1;
+
+/** Fixed build identity so two builds of the same inputs are bit-identical. */
+export function reproducibleEnv(epoch: number): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    // A parent make's jobserver flags would throttle or confuse the kernel's own -j.
+    if (v !== undefined && !["MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"].includes(k)) env[k] = v;
+  }
+  return {
+    ...env,
+    LC_ALL: "C",
+    TZ: "UTC",
+    SOURCE_DATE_EPOCH: String(epoch),
+    KBUILD_BUILD_TIMESTAMP: new Date(epoch * 1000).toUTCString(),
+    KBUILD_BUILD_USER: "kuasar",
+    KBUILD_BUILD_HOST: "kuasar-vmm",
+    KBUILD_BUILD_VERSION: "1",
+    // Empty (not unset): otherwise setlocalversion may append "+" or a git describe of an enclosing repo.
+    LOCALVERSION: "",
+  };
+}
+
+/** Tools whose versions shape the output (part of the key); a missing one fails naming its Debian package. */
+async function toolchain(ctx: KeyContext): Promise<Record<string, string>> {
+  return {
+    gcc: await ctx.tool("gcc", "gcc"),
+    ld: await ctx.tool("ld", "binutils"),
+    make: await ctx.tool("make", "make"),
+    flex: await ctx.tool("flex", "flex"),
+    bison: await ctx.tool("bison", "bison"),
+    bc: await ctx.tool("bc", "bc"),
+    // bzImage's payload compressor (CONFIG_KERNEL_GZIP, allnoconfig's and defconfig's default).
+    gzip: await ctx.tool("gzip", "gzip"),
+  };
+}
+
+function describeSource(src: KernelSource): string {
+  return src.kind === "url" ? src.url : src.path;
+}
+
+async function patchList(ctx: KeyContext): Promise<{ file: string; sha256: string }[]> {
+  const out = [];
+  for (const p of ctx.options.kernelPatches) {
+    const file = path.resolve(ctx.repo, p);
+    if (!(await stat(file).catch(() => undefined))?.isFile()) throw new Error(`kernel patch ${file} does not exist`);
+    out.push({ file, sha256: await ctx.fileDigest(file) });
+  }
+  return out;
+}
+
+async function fragmentDigests(ctx: KeyContext, files: string[]): Promise<{ file: string; sha256: string }[]> {
+  return Promise.all(files.map(async (file) => ({ file, sha256: await ctx.fileDigest(path.join(ctx.repo, file)) })));
+}
+
+/**
+ * The guest kernel: Debian's 6.1 source (or a given tarball/dir/URL), patched, configured from
+ * kernel-configs/ (allnoconfig or x86_64_defconfig base), checked value by value, built in-tree in a scratch
+ * directory next to the cache entry and removed afterwards.
+ */
+export const kernelStage: Stage = {
+  name: "kernel",
+  title: "Guest kernel (vmlinux.bin, bzImage)",
+  deps: [],
+  async inputs(ctx) {
+    const o = ctx.options;
+    const source = await resolveSource(o.kernelSource, o.kernelSha256, ctx.repo);
+    // Parses and merges now, so a broken fragment fails before any stage builds.
+    const { files } = await loadRequest(ctx.repo, o.hypervisors);
+    const tools = await toolchain(ctx);
+    await ctx.tool("tar", "tar");
+    if (source.kind === "tarball" && source.path.endsWith(".xz")) await ctx.tool("xz", "xz-utils");
+    if (o.kernelPatches.length > 0) await ctx.tool("patch", "patch");
+    return {
+      recipe: RECIPE,
+      source: { kind: source.kind, sha256: await sourceDigest(source, ctx) },
+      patches: (await patchList(ctx)).map((p) => p.sha256),
+      profile: o.profile,
+      hypervisors: [...new Set(o.hypervisors)].sort(),
+      fragments: await fragmentDigests(ctx, files),
+      tools,
+      sourceDateEpoch: o.sourceDateEpoch,
+    };
+  },
+  async build(ctx) {
+    const t0 = performance.now();
+    const o = ctx.options;
+    const source = await resolveSource(o.kernelSource, o.kernelSha256, ctx.repo);
+    const { files, requested } = await loadRequest(ctx.repo, o.hypervisors);
+    const patches = await patchList(ctx);
+    // Next to out/ inside the cache's temporary entry: never part of the verified entry, removed below.
+    const scratch = path.join(path.dirname(ctx.out), "kernel-build");
+    try {
+      const srcDir = await materialise(source, scratch, ctx.exec, ctx.log);
+      await applyPatches(
+        srcDir,
+        patches.map((p) => p.file),
+        ctx.exec,
+        ctx.log,
+      );
+      const env = reproducibleEnv(o.sourceDateEpoch);
+      const make = (args: string[]) =>
+        ctx.exec("make", ["-C", srcDir, "ARCH=x86_64", ...args], { env, extendEnv: false });
+      const version = (await make(["-s", "kernelversion"])).trim();
+      const config = await configure({ srcDir, profile: o.profile, requested, make, log: ctx.log });
+
+      const jobs = os.availableParallelism();
+      ctx.log(`make -j${jobs} bzImage (linux ${version}, ${o.profile}; builds vmlinux first)`);
+      await make([`-j${jobs}`, "bzImage"]);
+
+      // The symbol table and any debug info are useless to a VMM and carry nothing it boots from.
+      ctx.log("strip vmlinux -> vmlinux.bin");
+      await ctx.exec("strip", ["--strip-all", "-o", path.join(ctx.out, "vmlinux.bin"), path.join(srcDir, "vmlinux")]);
+      await copyFile(path.join(srcDir, "arch/x86/boot/bzImage"), path.join(ctx.out, "bzImage"));
+      await writeFile(path.join(ctx.out, "config"), config);
+      await writeManifest(ctx, {
+        version,
+        source: { kind: source.kind, location: describeSource(source), sha256: await sourceDigest(source, ctx) },
+        patches,
+        fragments: await fragmentDigests(ctx, files),
+        config,
+        seconds: (performance.now() - t0) / 1000,
+      });
+    } finally {
+      await rm(scratch, { recursive: true, force: true });
+    }
+  },
+  publish: {
+    "vmlinux.bin": "vmlinux.bin",
+    bzImage: "bzImage",
+    config: "vmlinux.config",
+    "manifest.json": "vmlinux.manifest.json",
+  },
+};
+
+interface ManifestFacts {
+  version: string;
+  source: { kind: string; location: string; sha256: string };
+  patches: { file: string; sha256: string }[];
+  fragments: { file: string; sha256: string }[];
+  config: string;
+  seconds: number;
+}
+
+async function writeManifest(ctx: BuildContext, f: ManifestFacts): Promise<void> {
+  const artifact = async (name: string) => {
+    const file = path.join(ctx.out, name);
+    return { size: (await stat(file)).size, sha256: await hashFile(file) };
+  };
+  const manifest = {
+    kernelVersion: f.version,
+    profile: ctx.options.profile,
+    hypervisors: [...new Set(ctx.options.hypervisors)].sort(),
+    source: f.source,
+    patches: f.patches,
+    fragments: f.fragments,
+    configSha256: sha256(f.config),
+    artifacts: { "vmlinux.bin": await artifact("vmlinux.bin"), bzImage: await artifact("bzImage") },
+    sourceDateEpoch: ctx.options.sourceDateEpoch,
+    buildSeconds: Math.round(f.seconds),
+  };
+  await writeFile(path.join(ctx.out, "manifest.json"), `${JSON.stringify(manifest, null, 2)}\n`);
+  ctx.log(
+    `linux ${f.version}: bzImage ${manifest.artifacts.bzImage.size} B, vmlinux.bin ${manifest.artifacts["vmlinux.bin"].size} B`,
+  );
+}
