@@ -1,0 +1,193 @@
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import { copyFile, mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { createRequire } from "node:module";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { execa } from "execa";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const vsockDir = path.join(here, "vsock");
+const initSource = path.join(here, "init", "init.c");
+const vsockSources = [path.join(vsockDir, "binding.gyp"), path.join(vsockDir, "vsock.c")];
+
+export interface BuildNativeOptions {
+  /** Where vsock.node and init are placed. */
+  outDir: string;
+  /** The agent command init runs by default (compiled in); defaults to init.c's INIT_AGENT_ARGV. */
+  agentArgv?: string[];
+}
+
+export interface NativeArtifacts {
+  vsockAddon: string;
+  init: string;
+}
+
+const C_FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11"];
+
+/**
+ * Builds the AF_VSOCK addon (node-gyp, in runtime/native/vsock/build, where the loader also finds it) and the
+ * static init, then copies both to outDir. Each is rebuilt only when its sources, flags or toolchain changed.
+ */
+export async function buildNative(opts: BuildNativeOptions): Promise<NativeArtifacts> {
+  await mkdir(opts.outDir, { recursive: true });
+  const stampFile = path.join(opts.outDir, ".native-stamp.json");
+  const stamp = await readStamp(stampFile);
+  const cc = process.env.CC ?? "cc";
+  const ccVersion = await toolLine(cc, ["--version"], "gcc");
+  const out: NativeArtifacts = {
+    vsockAddon: path.join(opts.outDir, "vsock.node"),
+    init: path.join(opts.outDir, "init"),
+  };
+
+  const defines = opts.agentArgv ? [`-DINIT_AGENT_ARGV=${agentArgvDefine(opts.agentArgv)}`] : [];
+  const initKey = await digest([initSource], [ccVersion, ...C_FLAGS, ...defines]);
+  if (stamp.init !== initKey || !existsSync(out.init)) {
+    const tmp = `${out.init}.tmp-${process.pid}`;
+    await run(cc, ["-static", ...C_FLAGS, ...defines, "-o", tmp, initSource], "compiling init");
+    await rename(tmp, out.init);
+    stamp.init = initKey;
+    await writeStamp(stampFile, stamp);
+  }
+
+  const gyp = nodeGyp();
+  const nodedir = nodeDir();
+  const vsockKey = await digest(vsockSources, [ccVersion, process.version, nodedir ?? "download"]);
+  if (stamp.vsock !== vsockKey || !existsSync(out.vsockAddon)) {
+    await withLock(path.join(vsockDir, ".build.lock"), async () => {
+      const args = [gyp, "rebuild", ...(nodedir ? [`--nodedir=${nodedir}`] : [])];
+      await run(process.execPath, args, "building the vsock addon with node-gyp", vsockDir);
+    });
+    const tmp = `${out.vsockAddon}.tmp-${process.pid}`;
+    await copyFile(path.join(vsockDir, "build", "Release", "vsock.node"), tmp);
+    await rename(tmp, out.vsockAddon);
+    stamp.vsock = vsockKey;
+    await writeStamp(stampFile, stamp);
+  }
+  return out;
+}
+
+/** A C initializer list of string literals; JSON string escapes are valid C for printable ASCII. */
+function agentArgvDefine(argv: string[]): string {
+  if (argv.length === 0) throw new Error("buildNative: agentArgv must name at least the program to run");
+  for (const a of argv) {
+    if (!/^[\x20-\x7e]*$/.test(a))
+      throw new Error(`buildNative: agentArgv entry ${JSON.stringify(a)} must be printable ASCII`);
+  }
+  return argv.map((a) => JSON.stringify(a)).join(",");
+}
+
+// node-gyp ships inside npm rather than as a project dependency.
+function nodeGyp(): string {
+  const candidates = [
+    process.env.npm_config_node_gyp,
+    path.resolve(path.dirname(process.execPath), "../lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js"),
+  ];
+  try {
+    candidates.push(createRequire(import.meta.url).resolve("node-gyp/bin/node-gyp.js"));
+  } catch {
+    // Not installed as a package; npm's bundled copy above is the usual one.
+  }
+  const found = candidates.find((c): c is string => c !== undefined && existsSync(c));
+  if (!found) {
+    throw new Error(
+      `node-gyp not found (looked at: ${candidates.filter(Boolean).join(", ")}); it ships with npm: install npm (apt-get install -y npm) or set npm_config_node_gyp`,
+    );
+  }
+  return found;
+}
+
+// Headers of the running Node when installed beside it (Debian's nodejs-dev, official tarballs); otherwise node-gyp downloads them.
+function nodeDir(): string | undefined {
+  if (process.env.npm_config_nodedir) return process.env.npm_config_nodedir;
+  const prefix = path.resolve(path.dirname(process.execPath), "..");
+  return existsSync(path.join(prefix, "include", "node", "node_api.h")) ? prefix : undefined;
+}
+
+async function toolLine(tool: string, args: string[], pkg: string): Promise<string> {
+  const r = await execa(tool, args, { reject: false, all: true, stdin: "ignore" });
+  if ((r as { code?: string }).code === "ENOENT") {
+    throw new Error(`C compiler '${tool}' not found: install it with apt-get install -y ${pkg} (or set CC)`);
+  }
+  return (r.all ?? "").split("\n")[0] ?? "";
+}
+
+async function run(file: string, args: string[], what: string, cwd?: string): Promise<void> {
+  const r = await execa(file, args, { reject: false, all: true, stdin: "ignore", ...(cwd ? { cwd } : {}) });
+  if (r.failed) {
+    throw new Error(`${what} failed (${[file, ...args].join(" ")}, exit ${r.exitCode ?? r.signal}):\n${r.all ?? ""}`);
+  }
+}
+
+async function digest(files: string[], extra: string[]): Promise<string> {
+  const h = createHash("sha256");
+  for (const f of files) h.update(`${path.basename(f)}\0`).update(await readFile(f));
+  for (const e of extra) h.update(`\0${e}`);
+  return h.digest("hex");
+}
+
+interface Stamp {
+  init?: string;
+  vsock?: string;
+}
+
+async function readStamp(file: string): Promise<Stamp> {
+  try {
+    return JSON.parse(await readFile(file, "utf8")) as Stamp;
+  } catch {
+    return {};
+  }
+}
+
+async function writeStamp(file: string, stamp: Stamp): Promise<void> {
+  const tmp = `${file}.tmp-${process.pid}`;
+  await writeFile(tmp, `${JSON.stringify(stamp)}\n`);
+  await rename(tmp, file);
+}
+
+// node-gyp builds in the source directory, so concurrent builds (parallel test files) take turns.
+async function withLock(dir: string, fn: () => Promise<void>): Promise<void> {
+  const deadline = Date.now() + 5 * 60_000;
+  for (;;) {
+    try {
+      await mkdir(dir);
+      break;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+      const holder = Number(await readFile(path.join(dir, "pid"), "utf8").catch(() => "0"));
+      if (holder > 0 && !isAlive(holder)) {
+        await rm(dir, { recursive: true, force: true });
+        continue;
+      }
+      if (Date.now() > deadline) throw new Error(`timed out waiting for the build lock ${dir} (held by pid ${holder})`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  try {
+    await writeFile(path.join(dir, "pid"), String(process.pid));
+    await fn();
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+// `npx tsx runtime/native/build.ts [outDir]` builds both for development (default outDir: runtime/native/build).
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const outDir = path.resolve(process.argv[2] ?? path.join(here, "build"));
+  buildNative({ outDir }).then(
+    (a) => console.log(`vsock addon: ${a.vsockAddon}\ninit: ${a.init}`),
+    (e: Error) => {
+      console.error(e.message);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,224 @@
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { existsSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import {
+  connectVsock,
+  listenVsock,
+  localCid,
+  VMADDR_PORT_ANY,
+  type VsockSocket,
+  vsockAddonCandidates,
+  vsockTestHooks,
+} from "../../../runtime/transport/vsock.ts";
+import { nativeArtifacts } from "../native/artifacts.ts";
+
+let dir: string;
+
+before(async () => {
+  await nativeArtifacts();
+  dir = await mkdtemp(path.join(os.tmpdir(), "vsock-test-"));
+});
+after(() => rm(dir, { recursive: true, force: true }));
+
+function collect(s: VsockSocket): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  s.on("data", (c: Buffer) => chunks.push(c));
+  return once(s, "end").then(() => Buffer.concat(chunks));
+}
+
+// 'close' can fire in the same tick as 'end', before an awaiting test resumes.
+function closed(s: VsockSocket): Promise<unknown> {
+  return s.closed ? Promise.resolve() : once(s, "close");
+}
+
+function sha(b: Buffer): string {
+  return createHash("sha256").update(b).digest("hex");
+}
+
+describe("addon loading", () => {
+  test("KUASAR_VSOCK_ADDON comes first, then vsock.node beside the module, then the node-gyp build", () => {
+    const list = vsockAddonCandidates();
+    assert.equal(list[0], process.env.KUASAR_VSOCK_ADDON);
+    assert.match(list[1] ?? "", /runtime\/transport\/vsock\.node$/);
+    assert.match(list[2] ?? "", /runtime\/native\/vsock\/build\/Release\/vsock\.node$/);
+  });
+});
+
+describe("stream semantics (same native code over a socketpair)", () => {
+  test("data both ways; end() half-closes and the peer sees 'end' then can still answer", async () => {
+    const [a, b] = vsockTestHooks.socketPair({ allowHalfOpen: true });
+    const gotB = collect(b);
+    a.end("ping");
+    assert.equal((await gotB).toString(), "ping");
+    const gotA = collect(a);
+    b.end("pong");
+    assert.equal((await gotA).toString(), "pong");
+    await Promise.all([closed(a), closed(b)]);
+  });
+
+  test("without allowHalfOpen the socket ends its side when the peer ends (like net.Socket)", async () => {
+    const [a, b] = vsockTestHooks.socketPair();
+    const gotA = collect(a);
+    b.resume();
+    a.end();
+    await gotA;
+    await Promise.all([closed(a), closed(b)]);
+  });
+
+  test("8 MiB arrives intact; write() reports backpressure while the reader is paused", async () => {
+    const [a, b] = vsockTestHooks.socketPair();
+    const payload = randomBytes(8 * 1024 * 1024);
+    b.pause();
+    let sawBackpressure = false;
+    for (let off = 0; off < payload.length; off += 256 * 1024) {
+      if (!a.write(payload.subarray(off, off + 256 * 1024))) sawBackpressure = true;
+    }
+    assert.ok(sawBackpressure, "write() never returned false with a paused reader");
+    assert.ok(a.writableLength > 0, "everything fit in the kernel buffer; the test needs a paused reader to push back");
+    const got = collect(b);
+    b.resume();
+    a.resume();
+    a.end();
+    assert.equal(sha(await got), sha(payload));
+    await closed(a);
+  });
+
+  test("destroy() closes both ends; 'close' is emitted once", async () => {
+    const [a, b] = vsockTestHooks.socketPair();
+    let closes = 0;
+    a.on("close", () => closes++);
+    const ended = once(b, "end");
+    b.resume();
+    a.destroy();
+    await ended;
+    await closed(b);
+    assert.equal(closes, 1);
+    assert.equal(a.destroyed, true);
+  });
+
+  test("a peer closing with unread data gives ECONNRESET with errno and syscall", async () => {
+    const [a, b] = vsockTestHooks.socketPair();
+    a.write("unread by b");
+    await new Promise((r) => setTimeout(r, 20));
+    a.resume();
+    b.destroy();
+    const [err] = (await once(a, "error")) as [NodeJS.ErrnoException];
+    assert.equal(err.code, "ECONNRESET");
+    assert.equal(err.errno, -os.constants.errno.ECONNRESET);
+    assert.equal(err.syscall, "read");
+    assert.match(err.message, /ECONNRESET.*socketpair\[0\]/);
+  });
+
+  test("writing to a closed peer fails with EPIPE (no SIGPIPE)", async () => {
+    const [a, b] = vsockTestHooks.socketPair();
+    b.destroy();
+    await closed(b);
+    a.write("x");
+    const [err] = (await once(a, "error")) as [NodeJS.ErrnoException];
+    assert.equal(err.code, "EPIPE");
+  });
+});
+
+describe("server and connect (AF_UNIX test hooks)", () => {
+  test("accepted connections arrive through the async iterator; close() ends the iterator", async () => {
+    const sockPath = path.join(dir, "srv.sock");
+    const server = vsockTestHooks.listenUnix(sockPath);
+    assert.equal(server.address(), sockPath);
+    const seen: string[] = [];
+    const served = (async () => {
+      for await (const conn of server) {
+        const chunks: Buffer[] = [];
+        for await (const c of conn) chunks.push(c as Buffer);
+        seen.push(Buffer.concat(chunks).toString());
+        conn.end();
+      }
+    })();
+    for (const msg of ["one", "two", "three"]) {
+      const c = await vsockTestHooks.connectUnix(sockPath, 2000);
+      c.end(msg);
+      c.resume();
+      await closed(c);
+    }
+    server.close();
+    await served;
+    assert.deepEqual(seen, ["one", "two", "three"]);
+    assert.equal(server.listening, false);
+  });
+
+  test("connect to a missing path fails with ENOENT naming it; to a dead socket with ECONNREFUSED", async () => {
+    const missing = path.join(dir, "missing.sock");
+    await assert.rejects(vsockTestHooks.connectUnix(missing, 1000), (e: NodeJS.ErrnoException) => {
+      assert.equal(e.code, "ENOENT");
+      assert.ok(e.message.includes(missing), e.message);
+      return true;
+    });
+    const dead = path.join(dir, "dead.sock");
+    vsockTestHooks.listenUnix(dead).close();
+    await assert.rejects(vsockTestHooks.connectUnix(dead, 1000), { code: "ECONNREFUSED" });
+  });
+
+  test("closing a server while an iterator waits ends the iteration cleanly", async () => {
+    const server = vsockTestHooks.listenUnix(path.join(dir, "idle.sock"));
+    const it = server[Symbol.asyncIterator]();
+    const pending = it.next();
+    server.close();
+    assert.deepEqual(await pending, { value: undefined, done: true });
+  });
+});
+
+describe("AF_VSOCK on this host", () => {
+  test("listen on a kernel-chosen port; a second listen on it fails with EADDRINUSE naming the port", async () => {
+    const server = listenVsock({ port: VMADDR_PORT_ANY });
+    const addr = server.address();
+    assert.ok(typeof addr !== "string");
+    assert.ok(addr.port > 1023 && addr.port !== VMADDR_PORT_ANY, `port ${addr.port}`);
+    assert.throws(
+      () => listenVsock({ port: addr.port }),
+      (e: NodeJS.ErrnoException) => e.code === "EADDRINUSE" && e.message.includes(`port ${addr.port}`),
+    );
+    server.close();
+    await once(server, "close");
+    listenVsock({ port: addr.port }).close();
+  });
+
+  test("connect to an unreachable CID fails clearly within the timeout without blocking the event loop", async () => {
+    let ticks = 0;
+    const ticker = setInterval(() => ticks++, 10);
+    const started = performance.now();
+    try {
+      await assert.rejects(connectVsock({ cid: 1, port: 49999, timeoutMs: 400 }), (e: NodeJS.ErrnoException) => {
+        // ETIMEDOUT where nothing answers (no vsock loopback); ECONNRESET/ENODEV where a transport rejects it.
+        assert.ok(
+          ["ETIMEDOUT", "ECONNRESET", "ENODEV", "ECONNREFUSED", "EHOSTUNREACH"].includes(e.code ?? ""),
+          e.message,
+        );
+        assert.match(e.message, /vsock cid 1 port 49999/);
+        return true;
+      });
+    } finally {
+      clearInterval(ticker);
+    }
+    const elapsed = performance.now() - started;
+    assert.ok(elapsed < 1500, `took ${elapsed} ms`);
+    if (elapsed > 200) assert.ok(ticks >= 5, `event loop ticked only ${ticks} times in ${elapsed} ms`);
+  });
+
+  test("invalid ports and timeouts are rejected before any syscall", async () => {
+    await assert.rejects(connectVsock({ cid: 3, port: -1 }), /vsock port must be an integer/);
+    await assert.rejects(connectVsock({ cid: 3, port: 1024, timeoutMs: 0 }), /timeoutMs must be >= 1/);
+  });
+
+  test("localCid() reads /dev/vsock or says why it cannot", () => {
+    if (existsSync("/dev/vsock")) {
+      const cid = localCid();
+      assert.ok(Number.isInteger(cid) && cid >= 2, `cid ${cid}`);
+    } else {
+      assert.throws(() => localCid(), /\/dev\/vsock/);
+    }
+  });
+});
