@@ -19,6 +19,13 @@ export interface AnyChannel {
   end(): void;
 }
 
+/** Guest stdio fields name a stream instead of a path: "stream:<container>/<exec or init>/<stdin|stdout|stderr>". */
+export const STREAM_PREFIX = "stream:";
+
+export function stdioStreamId(containerId: string, execId: string, which: "stdin" | "stdout" | "stderr"): string {
+  return `${containerId}/${execId || "init"}/${which}`;
+}
+
 export const initMessage = (id: string): Any => anyPack(StreamInitSchema, create(StreamInitSchema, { id }));
 export const ackMessage = (): Any => anyPack(EmptySchema, create(EmptySchema));
 

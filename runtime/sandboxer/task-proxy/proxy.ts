@@ -1,0 +1,310 @@
+import type net from "node:net";
+import {
+  TaskCreateSchema,
+  TaskDeleteSchema,
+  TaskExecAddedSchema,
+  TaskExecStartedSchema,
+  TaskExitSchema,
+  TaskStartSchema,
+} from "../../protos/gen/containerd/events/task_pb.ts";
+import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
+import { Streaming } from "../../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
+import {
+  type AnyChannel,
+  initMessage,
+  receiveStream,
+  STREAM_PREFIX,
+  sendStream,
+  stdioStreamId,
+} from "../../streaming/stdio-stream.ts";
+import { Code, type ServiceHandlers, type TtrpcClient, TtrpcError } from "../../ttrpc/index.ts";
+import type { EventPublisher } from "../events.ts";
+import { validateId } from "../ids.ts";
+import type { Logger } from "../log.ts";
+import { type GuestBundle, prepareGuestBundle, releaseGuestBundle, type Share } from "../storage/guest-bundle.ts";
+import { openFifo } from "./fifo.ts";
+
+interface HostStdio {
+  stdin: string;
+  stdout: string;
+  stderr: string;
+  terminal: boolean;
+}
+
+interface ProcessEntry {
+  stdio: HostStdio;
+  /** Open FIFO sockets relaying this process's stdio; closed on delete. */
+  sockets: Partial<Record<"stdin" | "stdout" | "stderr", net.Socket>>;
+}
+
+interface ContainerEntry {
+  hostBundle: string;
+  bundle: GuestBundle;
+  namespace: string;
+  processes: Map<string, ProcessEntry>;
+}
+
+export interface ProxyDeps {
+  sandboxId: string;
+  share: Share;
+  /** The sandbox's live connection to vmm-task. */
+  agent: () => TtrpcClient;
+  events: EventPublisher;
+  nextStorage: () => number;
+  log: Logger;
+}
+
+const NS_KEY = "containerd-namespace-ttrpc";
+
+/**
+ * containerd's task API for one sandbox, served on the host: containerd speaks in host paths (bundle, snapshot
+ * mounts, stdio FIFOs), so each call is translated to the guest's view — bundles and mounts through the share,
+ * stdio through Streaming streams — and forwarded to vmm-task.
+ */
+export class TaskProxy {
+  readonly containers = new Map<string, ContainerEntry>();
+
+  constructor(private readonly deps: ProxyDeps) {}
+
+  private task() {
+    return this.deps.agent().service(Task);
+  }
+
+  private container(id: string): ContainerEntry {
+    const c = this.containers.get(id);
+    if (!c) throw new TtrpcError(Code.NotFound, `container ${id} not found in sandbox ${this.deps.sandboxId}`);
+    return c;
+  }
+
+  private guestStdio(id: string, execId: string, s: HostStdio): HostStdio {
+    const name = (which: "stdin" | "stdout" | "stderr") =>
+      s[which] ? `${STREAM_PREFIX}${stdioStreamId(id, execId, which)}` : "";
+    return {
+      stdin: name("stdin"),
+      stdout: name("stdout"),
+      stderr: s.terminal ? "" : name("stderr"),
+      terminal: s.terminal,
+    };
+  }
+
+  private async openChannel(streamId: string): Promise<AnyChannel> {
+    const call = this.deps.agent().service(Streaming).stream();
+    const it = call[Symbol.asyncIterator]();
+    await call.send(initMessage(streamId));
+    const ack = await it.next();
+    if (ack.done) throw new Error(`guest refused stdio stream ${streamId}`);
+    return { send: (m) => call.send(m), messages: it, end: () => call.closeSend() };
+  }
+
+  /** Connects the host FIFOs to the guest process's stdio streams. */
+  private async attachStdio(id: string, execId: string, stdio: HostStdio): Promise<ProcessEntry> {
+    const entry: ProcessEntry = { stdio, sockets: {} };
+    const log = this.deps.log;
+    try {
+      for (const which of ["stdout", "stderr"] as const) {
+        if (!stdio[which] || (which === "stderr" && stdio.terminal)) continue;
+        const sock = await openFifo(stdio[which], "write");
+        entry.sockets[which] = sock;
+        sock.on("error", (e) => log.debug(`${id} ${which} fifo: ${e.message}`));
+        const ch = await this.openChannel(stdioStreamId(id, execId, which));
+        receiveStream(ch, sock).catch((e: Error) => log.debug(`${id} ${which} relay: ${e.message}`));
+      }
+      if (stdio.stdin) {
+        const sock = await openFifo(stdio.stdin, "read");
+        entry.sockets.stdin = sock;
+        sock.on("error", (e) => log.debug(`${id} stdin fifo: ${e.message}`));
+        const ch = await this.openChannel(stdioStreamId(id, execId, "stdin"));
+        sendStream(ch, sock).catch((e: Error) => log.debug(`${id} stdin relay: ${e.message}`));
+      }
+    } catch (err) {
+      closeStdio(entry);
+      throw err;
+    }
+    return entry;
+  }
+
+  /** Publishes TaskExit when the process ends; containerd's CRI also learns of exits from Wait. */
+  private followExit(c: ContainerEntry, id: string, execId: string, pid: number): void {
+    this.task()
+      .wait({ id, execId })
+      .then(
+        (w) =>
+          this.deps.events.publish(c.namespace, "/tasks/exit", TaskExitSchema, {
+            $typeName: "containerd.events.TaskExit",
+            containerId: id,
+            id: execId || id,
+            pid,
+            exitStatus: w.exitStatus,
+            exitedAt: w.exitedAt,
+          }),
+        (e: Error) => this.deps.log.debug(`wait ${id}/${execId || "init"}: ${e.message}`),
+      );
+  }
+
+  /** Forwards a call about a container this sandbox knows; NotFound otherwise. */
+  private known<T>(req: { id: string }, call: () => Promise<T>): Promise<T> {
+    this.container(req.id);
+    return call();
+  }
+
+  handlers(): ServiceHandlers<typeof Task> {
+    return {
+      create: async (req, ctx) => {
+        const problem = validateId("container", req.id);
+        if (problem) throw new TtrpcError(Code.InvalidArgument, problem);
+        if (this.containers.has(req.id)) throw new TtrpcError(Code.AlreadyExists, `container ${req.id} already exists`);
+        const namespace = ctx.metadata.get(NS_KEY)?.[0] ?? "k8s.io";
+        let bundle: GuestBundle;
+        try {
+          bundle = await prepareGuestBundle({
+            share: this.deps.share,
+            containerId: req.id,
+            hostBundle: req.bundle,
+            rootfs: req.rootfs,
+            nextStorage: this.deps.nextStorage,
+          });
+        } catch (err) {
+          throw new TtrpcError(Code.FailedPrecondition, (err as Error).message);
+        }
+        const stdio: HostStdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
+        const entry: ContainerEntry = { hostBundle: req.bundle, bundle, namespace, processes: new Map() };
+        try {
+          const r = await this.task().create({
+            ...req,
+            bundle: bundle.guestBundle,
+            rootfs: [],
+            ...this.guestStdio(req.id, "", stdio),
+          });
+          entry.processes.set("", await this.attachStdio(req.id, "", stdio));
+          this.containers.set(req.id, entry);
+          this.deps.events.publish(namespace, "/tasks/create", TaskCreateSchema, {
+            $typeName: "containerd.events.TaskCreate",
+            containerId: req.id,
+            bundle: req.bundle,
+            rootfs: req.rootfs,
+            io: { $typeName: "containerd.events.TaskIO", ...stdio },
+            checkpoint: req.checkpoint,
+            pid: r.pid,
+          });
+          return r;
+        } catch (err) {
+          await this.task()
+            .delete({ id: req.id, execId: "" })
+            .catch(() => undefined);
+          await releaseGuestBundle(bundle);
+          throw err;
+        }
+      },
+      start: async (req) => {
+        const c = this.container(req.id);
+        const r = await this.task().start(req);
+        this.followExit(c, req.id, req.execId, r.pid);
+        if (req.execId) {
+          this.deps.events.publish(c.namespace, "/tasks/exec-started", TaskExecStartedSchema, {
+            $typeName: "containerd.events.TaskExecStarted",
+            containerId: req.id,
+            execId: req.execId,
+            pid: r.pid,
+          });
+        } else {
+          this.deps.events.publish(c.namespace, "/tasks/start", TaskStartSchema, {
+            $typeName: "containerd.events.TaskStart",
+            containerId: req.id,
+            pid: r.pid,
+          });
+        }
+        return r;
+      },
+      delete: async (req) => {
+        const c = this.container(req.id);
+        const r = await this.task().delete(req);
+        const p = c.processes.get(req.execId);
+        if (p) closeStdio(p);
+        c.processes.delete(req.execId);
+        if (!req.execId) {
+          for (const rest of c.processes.values()) closeStdio(rest);
+          this.containers.delete(req.id);
+          await releaseGuestBundle(c.bundle).catch((e: Error) =>
+            this.deps.log.warn(`release bundle of ${req.id}: ${e.message}`),
+          );
+        }
+        this.deps.events.publish(c.namespace, "/tasks/delete", TaskDeleteSchema, {
+          $typeName: "containerd.events.TaskDelete",
+          containerId: req.id,
+          id: req.execId || req.id,
+          pid: r.pid,
+          exitStatus: r.exitStatus,
+          exitedAt: r.exitedAt,
+        });
+        return r;
+      },
+      exec: async (req) => {
+        const c = this.container(req.id);
+        const problem = validateId("exec", req.execId);
+        if (problem) throw new TtrpcError(Code.InvalidArgument, problem);
+        if (c.processes.has(req.execId)) {
+          throw new TtrpcError(Code.AlreadyExists, `exec ${req.execId} already exists in container ${req.id}`);
+        }
+        const stdio: HostStdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
+        const r = await this.task().exec({ ...req, ...this.guestStdio(req.id, req.execId, stdio) });
+        c.processes.set(req.execId, await this.attachStdio(req.id, req.execId, stdio));
+        this.deps.events.publish(c.namespace, "/tasks/exec-added", TaskExecAddedSchema, {
+          $typeName: "containerd.events.TaskExecAdded",
+          containerId: req.id,
+          execId: req.execId,
+        });
+        return r;
+      },
+      state: async (req) => {
+        const c = this.container(req.id);
+        const r = await this.task().state(req);
+        const stdio = c.processes.get(req.execId)?.stdio;
+        // containerd compares these with what it created: report its host paths, not the guest's.
+        return { ...r, bundle: c.hostBundle, ...(stdio ?? {}) };
+      },
+      closeIO: async (req) => {
+        const c = this.container(req.id);
+        const p = c.processes.get(req.execId);
+        if (req.stdin && p?.sockets.stdin) {
+          p.sockets.stdin.destroy();
+          delete p.sockets.stdin;
+        }
+        return this.task().closeIO(req);
+      },
+      connect: async (req) => {
+        this.container(req.id);
+        const st = await this.task().state({ id: req.id, execId: "" });
+        return { shimPid: process.pid, taskPid: st.pid, version: "3" };
+      },
+      shutdown: async () => ({}),
+      checkpoint: async () => {
+        throw new TtrpcError(Code.Unimplemented, "checkpoint is not supported for VM sandboxes");
+      },
+      wait: async (req, ctx) => {
+        this.container(req.id);
+        return this.task().wait(req, { signal: ctx.signal });
+      },
+      kill: async (req) => this.known(req, () => this.task().kill(req)),
+      pids: async (req) => this.known(req, () => this.task().pids(req)),
+      pause: async (req) => this.known(req, () => this.task().pause(req)),
+      resume: async (req) => this.known(req, () => this.task().resume(req)),
+      resizePty: async (req) => this.known(req, () => this.task().resizePty(req)),
+      update: async (req) => this.known(req, () => this.task().update(req)),
+      stats: async (req) => this.known(req, () => this.task().stats(req)),
+    };
+  }
+
+  /** After the VM is gone: close relays and unmount every container's storage. */
+  async releaseAll(): Promise<void> {
+    for (const [id, c] of this.containers) {
+      for (const p of c.processes.values()) closeStdio(p);
+      await releaseGuestBundle(c.bundle).catch((e: Error) => this.deps.log.warn(`release ${id}: ${e.message}`));
+    }
+    this.containers.clear();
+  }
+}
+
+function closeStdio(p: ProcessEntry): void {
+  for (const s of Object.values(p.sockets)) s?.destroy();
+  p.sockets = {};
+}
