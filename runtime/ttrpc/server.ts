@@ -1,0 +1,522 @@
+import type { Server as NetServer, Socket } from "node:net";
+import type { Duplex } from "node:stream";
+import {
+  create,
+  type DescMessage,
+  type DescMethod,
+  type DescService,
+  fromBinary,
+  type MessageInitShape,
+  type MessageShape,
+  toBinary,
+} from "@bufbuild/protobuf";
+import { Channel, type ChannelHandler } from "./channel.ts";
+import { decodeRequest, encodeResponse, type Status } from "./envelope.ts";
+import { Code, TtrpcError, toTtrpcError } from "./errors.ts";
+import { Flag, MAX_DATA_LENGTH, MessageType } from "./frame.ts";
+import { MessageQueue } from "./queue.ts";
+
+/** What a handler learns about the call besides its input. */
+export interface CallContext {
+  /** Aborted (reason: a TtrpcError) on deadline, connection loss or server close. */
+  readonly signal: AbortSignal;
+  /** Request metadata, keys lowercased. */
+  readonly metadata: ReadonlyMap<string, readonly string[]>;
+  /** Service name as called on the wire, e.g. "containerd.task.v2.Task". */
+  readonly service: string;
+  readonly method: string;
+}
+
+/** Sends a streaming handler's output; awaiting send() applies the connection's backpressure. */
+export interface StreamWriter<O extends DescMessage> {
+  send(message: MessageInitShape<O>): Promise<void>;
+}
+
+export type UnaryHandler<I extends DescMessage, O extends DescMessage> = (
+  request: MessageShape<I>,
+  ctx: CallContext,
+) => Promise<MessageInitShape<O>> | MessageInitShape<O>;
+export type ServerStreamingHandler<I extends DescMessage, O extends DescMessage> = (
+  request: MessageShape<I>,
+  out: StreamWriter<O>,
+  ctx: CallContext,
+) => Promise<void>;
+export type ClientStreamingHandler<I extends DescMessage, O extends DescMessage> = (
+  requests: AsyncIterable<MessageShape<I>>,
+  ctx: CallContext,
+) => Promise<MessageInitShape<O>>;
+export type BidiStreamingHandler<I extends DescMessage, O extends DescMessage> = (
+  requests: AsyncIterable<MessageShape<I>>,
+  out: StreamWriter<O>,
+  ctx: CallContext,
+) => Promise<void>;
+
+type MethodHandler<M> = M extends {
+  methodKind: infer K;
+  input: infer I extends DescMessage;
+  output: infer O extends DescMessage;
+}
+  ? K extends "unary"
+    ? UnaryHandler<I, O>
+    : K extends "server_streaming"
+      ? ServerStreamingHandler<I, O>
+      : K extends "client_streaming"
+        ? ClientStreamingHandler<I, O>
+        : K extends "bidi_streaming"
+          ? BidiStreamingHandler<I, O>
+          : never
+  : never;
+
+/** Handlers keyed by the generated method names (localName, e.g. "create"); a missing one answers Unimplemented. */
+export type ServiceHandlers<S extends DescService> = {
+  [K in keyof S["method"]]?: MethodHandler<S["method"][K]>;
+};
+
+interface Registered {
+  readonly desc: DescMethod;
+  // biome-ignore lint/suspicious/noExplicitAny: the four handler shapes are checked by ServiceHandlers at registration
+  readonly handler: (...args: any[]) => unknown;
+}
+
+/** Timers cannot wait longer than this; longer deadlines are as good as none. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+const EMPTY = new Uint8Array(0);
+
+type ServerState = "serving" | "draining" | "closed";
+
+/**
+ * ttrpc server. Serves any Duplex (unix socket, vsock, hybrid-vsock stream);
+ * each connection is isolated: a bad frame answers an error on its stream, a
+ * malformed header closes that connection only.
+ */
+export class TtrpcServer {
+  private readonly services = new Map<string, Map<string, Registered>>();
+  private readonly connections = new Set<ServerConnection>();
+  private readonly listeners = new Map<NetServer, Promise<void> | null>();
+  private closedWaiters: Array<() => void> = [];
+  private state: ServerState = "serving";
+
+  /** Serves `service` under its own name (e.g. "containerd.task.v3.Task"). */
+  register<S extends DescService>(service: S, handlers: ServiceHandlers<S>): this {
+    return this.registerAs(service.typeName, service, handlers);
+  }
+
+  /** Serves `service`'s methods under another wire name, e.g. containerd.task.v2.Task with the v3 handlers. */
+  registerAs<S extends DescService>(name: string, service: S, handlers: ServiceHandlers<S>): this {
+    if (this.services.has(name)) throw new Error(`TtrpcServer: service ${name} is already registered`);
+    const methods = new Map<string, Registered>();
+    const given = handlers as Record<string, Registered["handler"] | undefined>;
+    for (const key of Object.keys(given)) {
+      if (!(key in service.method)) {
+        throw new Error(
+          `TtrpcServer: handler "${key}" matches no method of ${service.typeName} (methods: ${service.methods.map((m) => m.localName).join(", ")})`,
+        );
+      }
+    }
+    for (const desc of service.methods) {
+      const handler = given[desc.localName];
+      if (handler) methods.set(desc.name, { desc, handler });
+    }
+    this.services.set(name, methods);
+    return this;
+  }
+
+  /** Accepts the listener's connections until shutdown()/close(), which also close the listener. */
+  serve(listener: NetServer): void {
+    if (this.state !== "serving") throw new Error("TtrpcServer.serve: the server is shut down");
+    if (this.listeners.has(listener)) return;
+    this.listeners.set(listener, null);
+    listener.on("connection", this.onConnection);
+  }
+
+  /** Speaks ttrpc on one already-connected stream. */
+  handleConnection(duplex: Duplex): void {
+    if (this.state !== "serving") {
+      duplex.on("error", () => {});
+      duplex.destroy();
+      return;
+    }
+    this.connections.add(new ServerConnection(this, duplex));
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /**
+   * Stops accepting connections and calls (new calls get Unavailable), lets
+   * in-flight calls finish, then closes every connection. Race it with a
+   * timer and call close() to bound the wait.
+   */
+  async shutdown(): Promise<void> {
+    if (this.state === "serving") this.state = "draining";
+    const listenersClosed = this.closeListeners();
+    for (const conn of this.connections) conn.drain();
+    await this.allConnectionsClosed();
+    await listenersClosed;
+  }
+
+  /** Closes everything now; in-flight handlers see their signal aborted. */
+  async close(): Promise<void> {
+    this.state = "closed";
+    const listenersClosed = this.closeListeners();
+    for (const conn of this.connections) conn.destroy();
+    await this.allConnectionsClosed();
+    await listenersClosed;
+  }
+
+  /** @internal */
+  get accepting(): boolean {
+    return this.state === "serving";
+  }
+
+  /** @internal */
+  lookup(service: string, method: string): Registered | TtrpcError {
+    const methods = this.services.get(service);
+    if (!methods) return new TtrpcError(Code.Unimplemented, `unknown service ${service}`);
+    const reg = methods.get(method);
+    if (!reg) return new TtrpcError(Code.Unimplemented, `unknown method ${method} of service ${service}`);
+    return reg;
+  }
+
+  /** @internal */
+  removeConnection(conn: ServerConnection): void {
+    this.connections.delete(conn);
+    if (this.connections.size === 0) {
+      const waiters = this.closedWaiters;
+      this.closedWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  private readonly onConnection = (socket: Socket): void => {
+    this.handleConnection(socket);
+  };
+
+  private allConnectionsClosed(): Promise<void> {
+    if (this.connections.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.closedWaiters.push(resolve));
+  }
+
+  private closeListeners(): Promise<void> {
+    const all: Promise<void>[] = [];
+    for (const [listener, closing] of this.listeners) {
+      if (closing) {
+        all.push(closing);
+        continue;
+      }
+      listener.off("connection", this.onConnection);
+      // close() calls back once the listener's own connections are gone too; a
+      // listener that was never listening calls back with an error, which is fine here
+      const p = new Promise<void>((resolve) => listener.close(() => resolve()));
+      this.listeners.set(listener, p);
+      all.push(p);
+    }
+    return Promise.all(all).then(() => this.listeners.clear());
+  }
+}
+
+type Kind = DescMethod["methodKind"];
+
+class ServerStream {
+  done = false;
+  remoteClosed = false;
+  timer: NodeJS.Timeout | undefined;
+  queue: MessageQueue<unknown> | undefined;
+
+  constructor(
+    readonly id: number,
+    readonly desc: DescMethod,
+    readonly controller: AbortController,
+  ) {}
+
+  get kind(): Kind {
+    return this.desc.methodKind;
+  }
+
+  /** Streams whose server side sends Data frames and ends with Data[remote-closed]. */
+  get streamsOut(): boolean {
+    return this.kind === "server_streaming" || this.kind === "bidi_streaming";
+  }
+}
+
+class ServerConnection implements ChannelHandler {
+  private readonly channel: Channel;
+  private readonly streams = new Map<number, ServerStream>();
+  private lastStreamId = 0;
+  private closeWhenIdle = false;
+
+  constructor(
+    private readonly server: TtrpcServer,
+    duplex: Duplex,
+  ) {
+    this.channel = new Channel(duplex, this);
+  }
+
+  drain(): void {
+    this.closeWhenIdle = true;
+    if (this.streams.size === 0) this.channel.end();
+  }
+
+  destroy(): void {
+    this.channel.destroy();
+  }
+
+  onFrame(id: number, type: number, flags: number, data: Buffer): void {
+    if (this.channel.closed) return;
+    if (type === MessageType.Request) this.onRequest(id, flags, data);
+    else if (type === MessageType.Data) this.onData(id, flags, data);
+    // Responses from a client and unknown types are ignored, as containerd/ttrpc does (room for extensions).
+  }
+
+  onOversize(id: number, _type: number, _flags: number, length: number): void {
+    const err = new TtrpcError(
+      Code.ResourceExhausted,
+      `message length ${length} exceeds maximum message size of ${MAX_DATA_LENGTH}`,
+    );
+    const stream = this.streams.get(id);
+    if (stream) this.fail(stream, err);
+    else this.sendStatus(id, err);
+  }
+
+  onClose(): void {
+    const reason = new TtrpcError(Code.Canceled, "ttrpc: connection closed");
+    for (const stream of this.streams.values()) {
+      stream.done = true;
+      clearTimeout(stream.timer);
+      stream.controller.abort(reason);
+      stream.queue?.fail(reason);
+    }
+    this.streams.clear();
+    this.server.removeConnection(this);
+  }
+
+  private onRequest(id: number, flags: number, data: Buffer): void {
+    if (id % 2 === 0) {
+      this.sendStatus(id, new TtrpcError(Code.InvalidArgument, "stream id must be odd for client-initiated streams"));
+      return;
+    }
+    if (id <= this.lastStreamId) {
+      this.sendStatus(
+        id,
+        new TtrpcError(
+          Code.InvalidArgument,
+          `stream id ${id} cannot be reused: ids must increase (last ${this.lastStreamId})`,
+        ),
+      );
+      return;
+    }
+    this.lastStreamId = id;
+    if (!this.server.accepting) {
+      this.sendStatus(id, new TtrpcError(Code.Unavailable, "ttrpc: server is shutting down"));
+      return;
+    }
+    let req: ReturnType<typeof decodeRequest>;
+    try {
+      req = decodeRequest(data);
+    } catch (err) {
+      this.sendStatus(id, new TtrpcError(Code.InvalidArgument, `malformed ttrpc request: ${(err as Error).message}`));
+      return;
+    }
+    const reg = this.server.lookup(req.service, req.method);
+    if (reg instanceof TtrpcError) {
+      this.sendStatus(id, reg);
+      return;
+    }
+    if (req.timeoutNano < 0) {
+      this.sendStatus(id, new TtrpcError(Code.DeadlineExceeded, "deadline already exceeded on arrival"));
+      return;
+    }
+
+    const stream = new ServerStream(id, reg.desc, new AbortController());
+    this.streams.set(id, stream);
+    if (req.timeoutNano > 0) {
+      const ms = req.timeoutNano / 1e6;
+      if (ms <= MAX_TIMER_MS) {
+        stream.timer = setTimeout(
+          () => this.fail(stream, new TtrpcError(Code.DeadlineExceeded, `deadline of ${ms} ms exceeded`)),
+          ms,
+        );
+      }
+    }
+    const ctx: CallContext = {
+      signal: stream.controller.signal,
+      metadata: req.metadata,
+      service: req.service,
+      method: req.method,
+    };
+    const { desc, handler } = reg;
+
+    if (stream.kind === "unary" || stream.kind === "server_streaming") {
+      let input: unknown;
+      try {
+        input = fromBinary(desc.input, req.payload);
+      } catch (err) {
+        this.fail(stream, decodeError(desc.input, err));
+        return;
+      }
+      if (stream.kind === "unary") {
+        invoke(() => handler(input, ctx)).then(
+          (res) => this.reply(stream, res),
+          (err) => this.fail(stream, toTtrpcError(err)),
+        );
+      } else {
+        invoke(() => handler(input, this.writer(stream), ctx)).then(
+          () => this.finishStreaming(stream),
+          (err) => this.fail(stream, toTtrpcError(err)),
+        );
+      }
+      return;
+    }
+
+    const queue = new MessageQueue<unknown>({
+      onFull: () =>
+        this.channel.stall(stream, () =>
+          this.fail(stream, new TtrpcError(Code.ResourceExhausted, `stream ${id}: receive buffer full for 1 s`)),
+        ),
+      onRelieved: () => this.channel.release(stream),
+      onAbandon: () => this.channel.release(stream),
+    });
+    stream.queue = queue;
+    // containerd/ttrpc clients put no first message in a streaming Request, but accept one if present
+    if (req.hasPayload && !this.pushData(stream, req.payload)) return;
+    if (flags & Flag.RemoteClosed) {
+      stream.remoteClosed = true;
+      queue.end();
+    }
+    if (stream.kind === "client_streaming") {
+      invoke(() => handler(queue, ctx)).then(
+        (res) => this.reply(stream, res),
+        (err) => this.fail(stream, toTtrpcError(err)),
+      );
+    } else {
+      invoke(() => handler(queue, this.writer(stream), ctx)).then(
+        () => this.finishStreaming(stream),
+        (err) => this.fail(stream, toTtrpcError(err)),
+      );
+    }
+  }
+
+  private onData(id: number, flags: number, data: Buffer): void {
+    if (id % 2 === 0) {
+      this.sendStatus(id, new TtrpcError(Code.InvalidArgument, "stream id must be odd for client-initiated streams"));
+      return;
+    }
+    const stream = this.streams.get(id);
+    if (!stream) {
+      // data racing the end of a finished stream is dropped; data for a stream never opened is an error
+      if (id > this.lastStreamId) {
+        this.sendStatus(
+          id,
+          new TtrpcError(Code.InvalidArgument, `data frame for stream ${id}, which was never opened`),
+        );
+      }
+      return;
+    }
+    if (!stream.queue || stream.remoteClosed) {
+      this.fail(
+        stream,
+        new TtrpcError(
+          Code.InvalidArgument,
+          stream.queue
+            ? `data frame on stream ${id} after the client closed its side`
+            : `data frame on stream ${id}: ${stream.desc.parent.typeName}/${stream.desc.name} takes no client stream`,
+        ),
+      );
+      return;
+    }
+    if (!(flags & Flag.NoData) && !this.pushData(stream, data)) return;
+    if (flags & Flag.RemoteClosed) {
+      stream.remoteClosed = true;
+      stream.queue.end();
+    }
+  }
+
+  /** Decodes one client message into the stream's queue; false when that failed the stream. */
+  private pushData(stream: ServerStream, data: Buffer): boolean {
+    let msg: unknown;
+    try {
+      msg = fromBinary(stream.desc.input, data);
+    } catch (err) {
+      this.fail(stream, decodeError(stream.desc.input, err));
+      return false;
+    }
+    stream.queue!.push(msg);
+    return true;
+  }
+
+  private writer(stream: ServerStream): StreamWriter<DescMessage> {
+    const output = stream.desc.output;
+    return {
+      send: async (message) => {
+        if (stream.done) throw new TtrpcError(Code.Canceled, `stream ${stream.id} is closed`);
+        const payload = toBinary(output, create(output, message));
+        if (!this.channel.send(stream.id, MessageType.Data, 0, [payload])) await this.channel.drained();
+      },
+    };
+  }
+
+  /** Unary and client-streaming success: one Response carrying the output. */
+  private reply(stream: ServerStream, result: unknown): void {
+    if (stream.done) return;
+    let payload: Uint8Array;
+    try {
+      payload = toBinary(stream.desc.output, create(stream.desc.output, result as MessageInitShape<DescMessage>));
+    } catch (err) {
+      this.fail(
+        stream,
+        new TtrpcError(Code.Internal, `cannot encode ${stream.desc.output.typeName}: ${(err as Error).message}`),
+      );
+      return;
+    }
+    this.complete(stream, MessageType.Response, 0, encodeResponse(undefined, payload));
+  }
+
+  /** Server- and bidi-streaming success: Data[remote-closed, no-data], as containerd/ttrpc ends them. */
+  private finishStreaming(stream: ServerStream): void {
+    this.complete(stream, MessageType.Data, Flag.RemoteClosed | Flag.NoData, []);
+  }
+
+  private fail(stream: ServerStream, err: TtrpcError): void {
+    if (stream.done) return;
+    if (!stream.controller.signal.aborted) stream.controller.abort(err);
+    stream.queue?.fail(err);
+    this.complete(stream, MessageType.Response, 0, encodeResponse(toStatus(err), EMPTY));
+  }
+
+  private complete(stream: ServerStream, type: number, flags: number, parts: Uint8Array[]): void {
+    if (stream.done) return;
+    stream.done = true;
+    clearTimeout(stream.timer);
+    this.streams.delete(stream.id);
+    stream.queue?.end();
+    this.channel.release(stream);
+    try {
+      this.channel.send(stream.id, type, flags, parts);
+    } catch (err) {
+      // the answer itself is too large: say so instead
+      this.sendStatus(stream.id, toTtrpcError(err));
+    }
+    if (this.closeWhenIdle && this.streams.size === 0) this.channel.end();
+  }
+
+  private sendStatus(id: number, err: TtrpcError): void {
+    this.channel.send(id, MessageType.Response, 0, encodeResponse(toStatus(err), EMPTY));
+  }
+}
+
+function toStatus(err: TtrpcError): Status {
+  return { code: err.code, message: err.message, details: err.details };
+}
+
+function decodeError(schema: DescMessage, err: unknown): TtrpcError {
+  return new TtrpcError(Code.InvalidArgument, `cannot decode ${schema.typeName}: ${(err as Error).message}`);
+}
+
+function invoke(fn: () => unknown): Promise<unknown> {
+  try {
+    return Promise.resolve(fn());
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
