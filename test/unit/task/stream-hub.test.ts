@@ -1,0 +1,75 @@
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { PassThrough } from "node:stream";
+import { test } from "node:test";
+import type { Any } from "@bufbuild/protobuf/wkt";
+import { initMessage } from "../../../runtime/streaming/stdio-stream.ts";
+import { linksByMac } from "../../../runtime/task/network.ts";
+import { StreamHub } from "../../../runtime/task/stream-hub.ts";
+
+/** Host side of one stream: the init message, then whatever the test pushes. */
+function hostStream(id: string) {
+  const queue: Any[] = [initMessage(id)];
+  let wake: (() => void) | undefined;
+  let ended = false;
+  const requests: AsyncIterable<Any> = {
+    async *[Symbol.asyncIterator]() {
+      for (;;) {
+        while (!queue.length && !ended) await new Promise<void>((r) => (wake = r));
+        if (!queue.length) return;
+        yield queue.shift()!;
+      }
+    },
+  };
+  const sent: Any[] = [];
+  return {
+    requests,
+    sent,
+    send: async (m: Any) => {
+      sent.push(m);
+    },
+    end: () => {
+      ended = true;
+      wake?.();
+    },
+  };
+}
+
+test("a stream opened before its process is paired once the process offers its stdout", async () => {
+  const hub = new StreamHub();
+  const h = hostStream("c/init/stdout");
+  const serving = hub.serve(h.requests, h.send, 2000);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(h.sent.length, 0, "no ack before the process exists");
+  const stdout = new PassThrough();
+  hub.offer("c/init/stdout", { kind: "source", stream: stdout });
+  await new Promise((r) => setTimeout(r, 20));
+  assert.match(h.sent[0]!.typeUrl, /google.protobuf.Empty$/);
+  stdout.end();
+  h.end();
+  await serving;
+});
+
+test("a stream for stdio that never appears fails with its name", async () => {
+  const hub = new StreamHub();
+  const h = hostStream("ghost/init/stdout");
+  await assert.rejects(hub.serve(h.requests, h.send, 50), /no process stdio named ghost\/init\/stdout/);
+});
+
+test("guest NICs are found by MAC, ignoring those without one", async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "sysnet-"));
+  try {
+    for (const [name, mac] of [
+      ["lo", "00:00:00:00:00:00"],
+      ["eth0", "AA:BB:CC:00:11:22"],
+    ]) {
+      await mkdir(path.join(dir, name));
+      await writeFile(path.join(dir, name, "address"), `${mac}\n`);
+    }
+    assert.deepEqual([...(await linksByMac(dir))], [["aa:bb:cc:00:11:22", "eth0"]]);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
