@@ -1,0 +1,62 @@
+import { execa } from "execa";
+import type { SandboxService } from "../../protos/gen/kuasar/sandbox_pb.ts";
+import { Code, type ServiceHandlers, TtrpcError } from "../../ttrpc/index.ts";
+import { syncClock } from "../clock.ts";
+import type { EventQueue } from "../event-queue.ts";
+import { configureInterfaces, configureRoutes } from "../network.ts";
+
+/** The parts of CRI's PodSandboxConfig (protobuf JSON) the guest acts on. */
+export interface PodConfig {
+  hostname?: string;
+  linux?: { sysctls?: Record<string, string> };
+}
+
+export interface SandboxServiceDeps {
+  events: EventQueue;
+  /** Hostname, sysctls and the pod's persistent ipc/uts namespaces. */
+  setupPod(config: PodConfig): Promise<void>;
+}
+
+/** Kuasar's grpc.SandboxService: readiness, pod setup, networking, clock, events, and a VM-level exec. */
+export function sandboxService(deps: SandboxServiceDeps): ServiceHandlers<typeof SandboxService> {
+  const fail = (what: string) => (err: unknown) => {
+    throw new TtrpcError(Code.Internal, `${what}: ${(err as Error).message}`);
+  };
+  return {
+    check: async () => ({}),
+    setupSandbox: async (req) => {
+      if (req.config?.value.length) {
+        // Kuasar sends the CRI PodSandboxConfig as JSON in an Any with type_url "PodSandboxConfig".
+        let config: PodConfig;
+        try {
+          config = JSON.parse(Buffer.from(req.config.value).toString("utf8")) as PodConfig;
+        } catch (err) {
+          throw new TtrpcError(Code.InvalidArgument, `SetupSandbox config is not JSON: ${(err as Error).message}`);
+        }
+        await deps.setupPod(config).catch(fail("set up the pod"));
+      }
+      await configureInterfaces(req.interfaces).catch(fail("configure interfaces"));
+      await configureRoutes(req.routes).catch(fail("configure routes"));
+      return {};
+    },
+    updateInterfaces: async (req) => {
+      await configureInterfaces(req.interfaces).catch(fail("configure interfaces"));
+      return {};
+    },
+    updateRoutes: async (req) => {
+      await configureRoutes(req.routes).catch(fail("configure routes"));
+      return {};
+    },
+    syncClock: async (req) => syncClock(req).catch(fail("sync clock")),
+    execVMProcess: async (req) => {
+      const r = await execa("sh", ["-c", req.command], {
+        input: Buffer.from(req.stdin),
+        all: true,
+        reject: false,
+        stripFinalNewline: false,
+      });
+      return { out: r.all ?? "" };
+    },
+    getEvents: async (_req, ctx) => deps.events.next(ctx.signal),
+  };
+}
