@@ -9,7 +9,10 @@ export class EventQueue {
 
   push(e: Envelope): void {
     const w = this.waiters.shift();
-    if (w) return w(e);
+    if (w) {
+      w(e);
+      return;
+    }
     if (this.items.length >= this.max) this.items.shift();
     this.items.push(e);
   }
