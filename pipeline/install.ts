@@ -1,5 +1,6 @@
 import { chmod, copyFile, mkdir, readFile, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { hashFile } from "./lib/hash.ts";
 import type { HypervisorName } from "./lib/stage.ts";
 
 /** Stages whose artifacts install-vmm lays out. */
@@ -42,6 +43,8 @@ const MANIFEST = "var/lib/kuasar/.install-manifest.json";
 interface InstallManifest {
   files: string[];
   dirs: string[];
+  /** sha256 of operator-editable files as installed: uninstall leaves them if they were edited since. */
+  editable: Record<string, string>;
 }
 
 export async function installVmm(opts: {
@@ -58,6 +61,7 @@ export async function installVmm(opts: {
   const previous = await readManifest(opts.destDir);
   const written = new Set(previous.files);
   const created = new Set(previous.dirs);
+  const editable = { ...previous.editable };
   for (const e of entries) {
     const dst = path.join(opts.destDir, e.dst);
     for (const dir of ancestors(e.dst)) {
@@ -68,35 +72,49 @@ export async function installVmm(opts: {
       }
       if (DIR_MODES[dir] !== undefined) await chmod(abs, DIR_MODES[dir]);
     }
-    if (e.keepExisting && (await exists(dst)) && !written.has(e.dst)) continue;
+    if (e.keepExisting && (await exists(dst))) continue;
     await rm(dst, { force: true });
     await copyFile(path.join(opts.binDir, e.src), dst);
     await chmod(dst, e.mode);
     written.add(e.dst);
+    if (e.keepExisting) editable[e.dst] = await hashFile(dst);
   }
-  const manifest: InstallManifest = { files: [...written].sort(), dirs: [...created].sort() };
+  const manifest: InstallManifest = { files: [...written].sort(), dirs: [...created].sort(), editable };
   await writeFile(path.join(opts.destDir, MANIFEST), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o640 });
   return manifest.files;
 }
 
-/** Removes exactly what install wrote: its files, then the directories it created if they are empty. */
+/**
+ * Removes exactly what install wrote: its files (except editable ones the operator changed since), then the
+ * directories it created if they are empty.
+ */
 export async function uninstallVmm(opts: { destDir: string }): Promise<string[]> {
   const m = await readManifest(opts.destDir);
-  for (const f of m.files) await rm(path.join(opts.destDir, f), { force: true });
+  const removed: string[] = [];
+  for (const f of m.files) {
+    const abs = path.join(opts.destDir, f);
+    const pristine = m.editable[f];
+    if (pristine && (await exists(abs)) && (await hashFile(abs)) !== pristine) continue;
+    await rm(abs, { force: true });
+    removed.push(f);
+  }
   await rm(path.join(opts.destDir, MANIFEST), { force: true });
   // Deepest first, so a parent is tried after its children.
   for (const d of [...m.dirs].sort((a, b) => b.length - a.length)) {
     await rmdir(path.join(opts.destDir, d)).catch(() => undefined);
   }
-  return m.files;
+  return removed;
 }
 
 async function readManifest(destDir: string): Promise<InstallManifest> {
   const file = path.join(destDir, MANIFEST);
   try {
-    return JSON.parse(await readFile(file, "utf8")) as InstallManifest;
+    return {
+      editable: {},
+      ...(JSON.parse(await readFile(file, "utf8")) as Partial<InstallManifest>),
+    } as InstallManifest;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return { files: [], dirs: [] };
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return { files: [], dirs: [], editable: {} };
     throw new Error(`${file} is not a valid install manifest (${(err as Error).message}); remove it to start over`);
   }
 }
