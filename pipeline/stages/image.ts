@@ -1,0 +1,127 @@
+import { createReadStream, createWriteStream } from "node:fs";
+import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { pipeline } from "node:stream/promises";
+import { createGunzip } from "node:zlib";
+import { execa } from "execa";
+import { hashFile } from "../lib/hash.ts";
+import { type Stage, StageError } from "../lib/stage.ts";
+import { extractNewc } from "../rootfs/cpio.ts";
+import { imageSize, normaliseScript } from "../rootfs/ext4.ts";
+import { type ArtifactManifest, type RootfsManifest, writeManifest } from "../rootfs/manifest.ts";
+import { ROOTFS_ARCHIVE, ROOTFS_MANIFEST } from "./rootfs.ts";
+
+export const IMAGE = "kuasar.img";
+export const IMAGE_MANIFEST = "kuasar.img.manifest.json";
+/** Fixed so the image is reproducible; also its hash seed. Find the filesystem with root=UUID=<this> if needed. */
+export const IMAGE_UUID = "5b1f6c2e-7a3d-4e8b-9c41-2d6f0a8e3b57";
+const LABEL = "kuasar-rootfs";
+
+const MKE2FS_CONFIG = "pipeline/rootfs/mke2fs.conf";
+
+/**
+ * bin/kuasar.img: the rootfs archive unpacked into scratch and turned into ext4 by `mke2fs -d` (no root, loop
+ * device or partition table), then stamped with debugfs so owners and every timestamp are fixed. The preferred boot
+ * path: the guest reads only the blocks it touches, where an initrd is unpacked whole before init runs.
+ */
+export const imageStage: Stage = {
+  name: "image",
+  title: "Guest ext4 image (kuasar.img)",
+  deps: ["rootfs"],
+  async inputs(ctx) {
+    const [helpers, stage, mke2fs, debugfs, e2fsck] = await Promise.all([
+      ctx.treeDigest(path.join(ctx.repo, "pipeline/rootfs")),
+      ctx.fileDigest(path.join(ctx.repo, "pipeline/stages/image.ts")),
+      ctx.tool("mke2fs", "e2fsprogs", ["-V"]),
+      ctx.tool("debugfs", "e2fsprogs", ["-V"]),
+      ctx.tool("e2fsck", "e2fsprogs", ["-V"]),
+    ]);
+    return {
+      sourceDateEpoch: ctx.options.sourceDateEpoch,
+      code: { helpers, stage },
+      tools: { mke2fs, debugfs, e2fsck },
+    };
+  },
+  async build(ctx) {
+    const epoch = ctx.options.sourceDateEpoch;
+    const rootfs = ctx.dep("rootfs");
+    const scratch = await mkdtemp(path.join(os.tmpdir(), "kuasar-image-"));
+    try {
+      ctx.log(`unpacking ${ROOTFS_ARCHIVE}`);
+      const cpio = path.join(scratch, "rootfs.cpio");
+      await pipeline(createReadStream(path.join(rootfs, ROOTFS_ARCHIVE)), createGunzip(), createWriteStream(cpio));
+      const root = path.join(scratch, "root");
+      await mkdir(root);
+      await chmod(root, 0o755);
+      const entries = await extractNewc(cpio, root);
+      await rm(cpio);
+
+      const size = imageSize(entries);
+      const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+      ctx.log(`mke2fs: ${mib(size.contentBytes)} of content -> ${mib(size.bytes)} image, ${size.inodes} inodes`);
+      const image = path.join(ctx.out, IMAGE);
+      // LC_ALL=C: mke2fs -d adds directory entries in scandir(alphasort) order, which follows the locale.
+      const fixed = { E2FSPROGS_FAKE_TIME: String(epoch), LC_ALL: "C" };
+      await ctx.exec(
+        "mke2fs",
+        [
+          "-q",
+          "-F",
+          "-t",
+          "ext4",
+          "-T",
+          "kuasar",
+          "-N",
+          String(size.inodes),
+          "-L",
+          LABEL,
+          "-U",
+          IMAGE_UUID,
+          "-E",
+          `hash_seed=${IMAGE_UUID},root_owner=0:0,nodiscard`,
+          "-d",
+          root,
+          image,
+          `${size.bytes / 1024}k`,
+        ],
+        { env: { ...fixed, MKE2FS_CONFIG: path.join(ctx.repo, MKE2FS_CONFIG) } },
+      );
+
+      ctx.log(`debugfs: owners 0:0, timestamps ${epoch}`);
+      const script = path.join(scratch, "normalise.debugfs");
+      const paths = entries.map((e) => e.name);
+      await writeFile(script, normaliseScript(paths, epoch));
+      // debugfs reports a failed command on stderr and still exits 0, so its stderr is the verdict.
+      const r = await execa("debugfs", ["-w", "-f", script, image], { env: fixed, reject: false, stdin: "ignore" });
+      const errors = r.stderr.split("\n").filter((l) => l.trim() && !/^debugfs \d/.test(l));
+      if (r.exitCode !== 0 || errors.length > 0) {
+        throw new StageError("image", `debugfs -w -f ${script} ${image} failed:\n${errors.slice(0, 20).join("\n")}`);
+      }
+
+      ctx.log("e2fsck -fn");
+      await ctx.exec("e2fsck", ["-f", "-n", image], { env: fixed });
+
+      const base = JSON.parse(await readFile(path.join(rootfs, ROOTFS_MANIFEST), "utf8")) as RootfsManifest;
+      const bytes = (await stat(image)).size;
+      const manifest: ArtifactManifest = {
+        ...base,
+        components: { ...base.components, e2fsprogs: await ctx.tool("mke2fs", "e2fsprogs", ["-V"]) },
+        artifact: {
+          name: IMAGE,
+          format: "ext4 (no journal, no partition table)",
+          size: bytes,
+          sha256: await hashFile(image),
+          uuid: IMAGE_UUID,
+          label: LABEL,
+          inodes: size.inodes,
+        },
+      };
+      await writeManifest(path.join(ctx.out, IMAGE_MANIFEST), manifest);
+      ctx.log(`${IMAGE}: ${mib(bytes)}`);
+    } finally {
+      await rm(scratch, { recursive: true, force: true });
+    }
+  },
+  publish: { [IMAGE]: IMAGE, [IMAGE_MANIFEST]: IMAGE_MANIFEST },
+};
