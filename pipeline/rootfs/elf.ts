@@ -115,15 +115,15 @@ export async function lddClosure(files: string[]): Promise<ClosureLib[]> {
     files.map(async (file) => {
       const elf = await readElf(file);
       if (!elf.interpreter && elf.needed.length === 0) return { file, lines: [] };
-      const [cmd, args] = elf.interpreter ? [elf.interpreter, [file]] : ["ldd", [file]];
-      const env = { LD_TRACE_LOADED_OBJECTS: "1" };
-      const r = await execa(cmd, args, { reject: false, stdin: "ignore", all: true, env });
+      // Trace mode goes to the loader only: set for ldd, it would trace the shell running ldd.
+      const [cmd, env] = elf.interpreter ? [elf.interpreter, { LD_TRACE_LOADED_OBJECTS: "1" }] : ["ldd", {}];
+      const r = await execa(cmd, [file], { reject: false, stdin: "ignore", all: true, env });
       if ((r as { code?: string }).code === "ENOENT") {
         throw new Error(`${cmd} is not installed; install it with: apt-get install -y libc-bin`);
       }
       const out = String(r.all ?? "");
       if (/statically linked/.test(out)) return { file, lines: [] };
-      if (r.exitCode !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (exit ${r.exitCode}):\n${out}`);
+      if (r.exitCode !== 0) throw new Error(`${cmd} ${file} failed (exit ${r.exitCode}):\n${out}`);
       return { file, lines: out.split("\n") };
     }),
   );

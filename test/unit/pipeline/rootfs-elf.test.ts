@@ -4,7 +4,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { execa } from "execa";
 import { checkElfClosure, lddClosure, readElf, resolveInRoot } from "../../../pipeline/rootfs/elf.ts";
-import { cc, tmpdir } from "./rootfs-fixture.ts";
+import { cc, fakeTaskOutput, tmpdir } from "./rootfs-fixture.ts";
 
 /** readelf's view, to check the in-process parser against. */
 async function readelf(file: string) {
@@ -42,6 +42,17 @@ describe("lddClosure", () => {
       assert.ok(libs.includes(l), `${l} missing from ${libs.join(", ")}`);
     }
     assert.deepEqual(await lddClosure(["/bin/busybox"]), []);
+  });
+
+  it("resolves a shared object without an interpreter (an addon) through ldd", async () => {
+    const dir = await tmpdir("addon");
+    try {
+      const task = await fakeTaskOutput(dir);
+      const libs = (await lddClosure([path.join(task, "vsock.node")])).map((l) => l.path);
+      assert.deepEqual(libs, ["/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("names the ELF and the library the host cannot resolve", async () => {

@@ -34,7 +34,11 @@ export async function fakeTaskOutput(dir: string): Promise<string> {
   const src = await tmpdir("src");
   try {
     await writeFile(path.join(src, "init.c"), "int main(void) { return 0; }\n");
-    await writeFile(path.join(src, "addon.c"), "#include <node_api.h>\nNAPI_MODULE_INIT() { return exports; }\n");
+    // getpid() makes libc a NEEDED library, as in the real addon (an object without an interpreter).
+    await writeFile(
+      path.join(src, "addon.c"),
+      "#include <unistd.h>\n#include <node_api.h>\nNAPI_MODULE_INIT() { return getpid() > 0 ? exports : NULL; }\n",
+    );
     await cc(["-O2", "-static", "-o", path.join(dir, "init"), path.join(src, "init.c")]);
     await cc([
       "-O2",
