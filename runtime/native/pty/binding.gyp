@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "pty",
+      "sources": ["pty.c"],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags": ["-Wall", "-Wextra", "-Werror", "-std=gnu11"]
+    }
+  ]
+}
