@@ -1,0 +1,589 @@
+import { EventEmitter } from "node:events";
+import { closeSync } from "node:fs";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { ptyAddon } from "../native/pty/addon.ts";
+import { type CgroupPaths, type CgroupStats, cgroupOf, readCgroupStats } from "./cgroups.ts";
+import { TaskError } from "./errors.ts";
+import { type Logger, logger } from "./log.ts";
+import { type OomEvent, OomWatcher } from "./oom.ts";
+import type { Exit, ExitSource, IoOptions, TaskProcess, TaskStatus } from "./process.ts";
+import { Proc } from "./process.ts";
+import { type InheritedStdio, type Runc, RuncError } from "./runc.ts";
+import { adjustProcessSpec, type GuestLsm, guestLsm, type OciProcess, type OciSpec } from "./spec.ts";
+import { openStdioPipes, PtyStream } from "./stdio.ts";
+
+export interface ContainerManagerOptions {
+  runc: Runc;
+  exits: ExitSource;
+  /** The agent's own files per container (pid files, exec process specs, console sockets). */
+  stateDir: string;
+  /** runc create --no-pivot, for a guest whose root is an initramfs. */
+  noPivot?: boolean;
+  /** How long to wait for runc's pty master after runc succeeded; default 5 s. */
+  consoleTimeoutMs?: number;
+  /** OOM counter polling interval where inotify cannot be used (cgroup v1); default 1 s. */
+  oomPollMs?: number;
+  /** Default: probed from the running kernel. */
+  lsm?: GuestLsm;
+  log?: Logger;
+}
+
+export interface ProcessState {
+  id: string;
+  execId: string;
+  bundle: string;
+  pid: number;
+  status: TaskStatus;
+  exitStatus: number;
+  exitedAt: Date | undefined;
+  terminal: boolean;
+  stdin: string;
+  stdout: string;
+  stderr: string;
+}
+
+export interface DeleteResult {
+  pid: number;
+  exitStatus: number;
+  exitedAt: Date | undefined;
+}
+
+export interface ExitEvent {
+  containerId: string;
+  execId: string;
+  pid: number;
+  exitStatus: number;
+  exitedAt: Date;
+}
+
+export interface ProcessInfo {
+  pid: number;
+  /** Set when the pid is an exec process the agent started. */
+  execId?: string;
+}
+
+interface Container {
+  id: string;
+  bundle: string;
+  dir: string;
+  init: Proc;
+  execs: Map<string, Proc>;
+  paused: boolean;
+  cgroup: CgroupPaths | undefined;
+  deleted: boolean;
+}
+
+// containerd's identifier rule (pkg/identifiers); it also keeps ids safe as file names.
+const ID_RE = /^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$/;
+
+/** How long delete() waits for the exit of an init that runc delete --force killed. */
+const KILLED_EXIT_WAIT_MS = 10_000;
+
+/**
+ * The containers of the pod and their processes, run with runc. Emits 'exit' (ExitEvent) when a started
+ * process exits and 'oom' (OomEvent) when a container's memory cgroup OOM-kills; errors are TaskErrors.
+ */
+export class ContainerManager extends EventEmitter<{ exit: [ExitEvent]; oom: [OomEvent] }> {
+  readonly #runc: Runc;
+  readonly #exits: ExitSource;
+  readonly #stateDir: string;
+  readonly #noPivot: boolean;
+  readonly #consoleTimeoutMs: number;
+  readonly #lsm: GuestLsm;
+  readonly #log: Logger;
+  readonly #oom: OomWatcher;
+  readonly #containers = new Map<string, Container>();
+  readonly #reserved = new Set<string>();
+  readonly #locks = new Map<string, Promise<unknown>>();
+  #seq = 0;
+
+  constructor(opts: ContainerManagerOptions) {
+    super();
+    this.#runc = opts.runc;
+    this.#exits = opts.exits;
+    this.#stateDir = opts.stateDir;
+    this.#noPivot = opts.noPivot ?? false;
+    this.#consoleTimeoutMs = opts.consoleTimeoutMs ?? 5_000;
+    this.#lsm = opts.lsm ?? guestLsm();
+    this.#log = opts.log ?? logger("vmm_task::containers");
+    this.#oom = new OomWatcher({ pollMs: opts.oomPollMs ?? 1000 });
+    this.#oom.on("oom", (ev) => {
+      this.#log.info(`container ${ev.containerId}: OOM kill`);
+      this.emit("oom", ev);
+    });
+  }
+
+  /** Ids of the containers the manager holds. */
+  list(): string[] {
+    return [...this.#containers.keys()];
+  }
+
+  /** runc create: the init process exists (stdio ready) but waits for start(). Returns its pid. */
+  async create(id: string, bundle: string, io: IoOptions = {}): Promise<number> {
+    if (!ID_RE.test(id) || id.length > 76) {
+      throw new TaskError("InvalidArgument", `container id "${id}" is invalid: use letters, digits and . _ - (max 76)`);
+    }
+    if (this.#containers.has(id) || this.#reserved.has(id)) {
+      throw new TaskError("AlreadyExists", `container ${id} already exists`);
+    }
+    this.#reserved.add(id);
+    try {
+      const spec = await readSpec(bundle, id);
+      if (Boolean(spec.process?.terminal) !== Boolean(io.terminal)) {
+        throw new TaskError(
+          "InvalidArgument",
+          `container ${id}: terminal=${Boolean(io.terminal)} was requested but ${bundle}/config.json has process.terminal=${Boolean(spec.process?.terminal)}; they must match`,
+        );
+      }
+      const dir = path.join(this.#stateDir, id);
+      await mkdir(dir, { recursive: true });
+      const init = new Proc(id, "", io);
+      const c: Container = {
+        id,
+        bundle,
+        dir,
+        init,
+        execs: new Map(),
+        paused: false,
+        cgroup: undefined,
+        deleted: false,
+      };
+      try {
+        await this.#launch(c, init, (run) =>
+          this.#runc.create(id, {
+            bundle,
+            pidFile: run.pidFile,
+            noPivot: this.#noPivot,
+            ...(run.consoleSocket ? { consoleSocket: run.consoleSocket } : {}),
+            ...(run.stdio ? { stdio: run.stdio } : {}),
+          }),
+        );
+      } catch (e) {
+        init.closeStdio();
+        await this.#runc.delete(id, { force: true }).catch(() => undefined);
+        await rm(dir, { recursive: true, force: true });
+        throw asTaskError(e, `container ${id}: create`);
+      }
+      try {
+        c.cgroup = await cgroupOf(init.pid);
+        await this.#oom.add(id, c.cgroup);
+      } catch (e) {
+        this.#log.warn(`container ${id}: cannot find its cgroup (${(e as Error).message}); no stats or OOM events`);
+      }
+      this.#containers.set(id, c);
+      this.#log.debug(`container ${id}: created, pid ${init.pid}`);
+      return init.pid;
+    } finally {
+      this.#reserved.delete(id);
+    }
+  }
+
+  /** Starts the init (runc start) or a registered exec (runc exec --detach). Returns the pid. */
+  async start(id: string, execId = ""): Promise<number> {
+    return this.#serial(id, async () => {
+      const c = this.#get(id);
+      const p = this.#proc(c, execId);
+      if (p.phase !== "created") {
+        throw new TaskError("FailedPrecondition", `${p.label} cannot be started: it is ${this.#status(c, p)}`);
+      }
+      if (p === c.init) {
+        try {
+          await this.#runc.start(id);
+        } catch (e) {
+          throw asTaskError(e, `container ${id}: start`);
+        }
+        if (!p.exit) p.phase = "running";
+        return p.pid;
+      }
+      if (c.init.exit) throw new TaskError("FailedPrecondition", `${p.label} cannot start: the container has exited`);
+      p.phase = "starting";
+      const processFile = path.join(c.dir, `exec-${++this.#seq}.json`);
+      try {
+        const spec: OciProcess = adjustProcessSpec(p.spec ?? {}, this.#lsm);
+        // runc sizes the pty before the process runs; a resize after runc returns could come too late.
+        if (p.terminal && p.pendingSize) spec.consoleSize = { height: p.pendingSize.rows, width: p.pendingSize.cols };
+        await writeFile(processFile, JSON.stringify(spec));
+        await this.#launch(c, p, (run) =>
+          this.#runc.exec(id, {
+            processFile,
+            pidFile: run.pidFile,
+            ...(run.consoleSocket ? { consoleSocket: run.consoleSocket } : {}),
+            ...(run.stdio ? { stdio: run.stdio } : {}),
+          }),
+        );
+      } catch (e) {
+        p.closeStdio();
+        // A failed start is final: Wait returns and Delete is allowed, as with containerd's shim.
+        p.setExited({ exitStatus: 255, exitedAt: new Date() });
+        throw asTaskError(e, `${p.label}: start`);
+      } finally {
+        await rm(processFile, { force: true });
+      }
+      // A quick process may have exited (and been recorded) before runc returned.
+      if (!p.exit) p.phase = "running";
+      return p.pid;
+    });
+  }
+
+  /** Registers an exec process (containerd Exec); start(id, execId) runs it. */
+  async exec(id: string, execId: string, spec: OciProcess, io: IoOptions = {}): Promise<void> {
+    return this.#serial(id, async () => {
+      const c = this.#get(id);
+      if (!execId) throw new TaskError("InvalidArgument", `container ${id}: an exec needs a non-empty exec id`);
+      if (c.execs.has(execId)) throw new TaskError("AlreadyExists", `exec ${execId} of container ${id} already exists`);
+      if (c.init.exit) throw new TaskError("FailedPrecondition", `container ${id} has exited; cannot exec ${execId}`);
+      if (!Array.isArray(spec.args) || spec.args.length === 0) {
+        throw new TaskError("InvalidArgument", `exec ${execId} of container ${id}: the process spec has no args`);
+      }
+      if (Boolean(spec.terminal) !== Boolean(io.terminal)) {
+        throw new TaskError(
+          "InvalidArgument",
+          `exec ${execId} of container ${id}: terminal=${Boolean(io.terminal)} was requested but the process spec has terminal=${Boolean(spec.terminal)}`,
+        );
+      }
+      c.execs.set(execId, new Proc(id, execId, io, spec));
+    });
+  }
+
+  /**
+   * Signals the init (through runc; all=true signals every process in the container) or an exec. A process
+   * that already exited is NotFound, as containerd expects.
+   */
+  async kill(id: string, execId: string | undefined, signal: number, all = false): Promise<void> {
+    return this.#serial(id, async () => {
+      const c = this.#get(id);
+      const p = this.#proc(c, execId ?? "");
+      if (p === c.init) {
+        if (p.exit && !all) throw new TaskError("NotFound", `${p.label}: process already finished`);
+        try {
+          await this.#runc.kill(id, signal, { all });
+        } catch (e) {
+          if (e instanceof RuncError && (e.notRunning || e.notExist)) {
+            throw new TaskError("NotFound", `${p.label}: process already finished`);
+          }
+          throw asTaskError(e, `${p.label}: kill`);
+        }
+        return;
+      }
+      if (p.exit) throw new TaskError("NotFound", `${p.label}: process already finished`);
+      if (!p.pid) throw new TaskError("FailedPrecondition", `${p.label} has not been started`);
+      try {
+        process.kill(p.pid, signal);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === "ESRCH") {
+          throw new TaskError("NotFound", `${p.label}: process already finished`);
+        }
+        throw new TaskError("Internal", `${p.label}: kill ${signal}: ${(e as Error).message}`);
+      }
+    });
+  }
+
+  /** Resolves with the exit of the process, however many callers wait and whether it already exited. */
+  wait(id: string, execId = ""): Promise<Exit> {
+    try {
+      return this.#proc(this.#get(id), execId).exited;
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /**
+   * Removes an exited (or never started) process. Deleting the init removes the container (runc delete
+   * --force also kills leftovers in its cgroup) and releases its pipes, pty, pid files and OOM watch.
+   */
+  async delete(id: string, execId = ""): Promise<DeleteResult> {
+    return this.#serial(id, async () => {
+      const c = this.#get(id);
+      const p = this.#proc(c, execId);
+      if (p !== c.init) {
+        if (!p.exit && (p.phase === "running" || p.phase === "starting")) {
+          throw new TaskError("FailedPrecondition", `${p.label} is still running; kill it and wait for it first`);
+        }
+        c.execs.delete(execId);
+        p.closeStdio();
+        p.abandon("deleted before it was started");
+        return result(p);
+      }
+      if (p.phase !== "created" && !p.exit) {
+        throw new TaskError("FailedPrecondition", `container ${id} is still running; kill it and wait for it first`);
+      }
+      try {
+        await this.#runc.delete(id, { force: true });
+      } catch (e) {
+        if (!(e instanceof RuncError && e.notExist)) throw asTaskError(e, `container ${id}: delete`);
+      }
+      if (!p.exit) await this.#awaitKilled(p);
+      c.deleted = true;
+      this.#containers.delete(id);
+      await this.#oom.remove(id);
+      for (const e of c.execs.values()) {
+        e.closeStdio();
+        if (e.phase === "created") e.abandon("its container was deleted before it was started");
+      }
+      p.closeStdio();
+      await rm(c.dir, { recursive: true, force: true });
+      this.#log.debug(`container ${id}: deleted`);
+      return result(p);
+    });
+  }
+
+  state(id: string, execId = ""): ProcessState {
+    const c = this.#get(id);
+    const p = this.#proc(c, execId);
+    return {
+      id,
+      execId,
+      bundle: c.bundle,
+      pid: p.pid,
+      status: this.#status(c, p),
+      exitStatus: p.exit?.exitStatus ?? 0,
+      exitedAt: p.exit?.exitedAt,
+      terminal: p.terminal,
+      stdin: p.io.stdin,
+      stdout: p.io.stdout,
+      stderr: p.io.stderr,
+    };
+  }
+
+  /** The process with its stdio streams (see TaskProcess). */
+  process(id: string, execId = ""): TaskProcess {
+    return this.#proc(this.#get(id), execId);
+  }
+
+  /** Every pid in the container's cgroup, execs labelled. Empty once everything exited. */
+  async pids(id: string): Promise<ProcessInfo[]> {
+    const c = this.#get(id);
+    let pids: number[];
+    try {
+      pids = await this.#runc.ps(id);
+    } catch (e) {
+      if (c.init.exit) return [];
+      throw asTaskError(e, `container ${id}: pids`);
+    }
+    const byPid = new Map<number, string>();
+    for (const e of c.execs.values()) if (e.pid && !e.exit) byPid.set(e.pid, e.execId);
+    return pids.map((pid) => {
+      const execId = byPid.get(pid);
+      return execId === undefined ? { pid } : { pid, execId };
+    });
+  }
+
+  async pause(id: string): Promise<void> {
+    return this.#serial(id, async () => {
+      const c = this.#get(id);
+      if (this.#status(c, c.init) !== "RUNNING") {
+        throw new TaskError("FailedPrecondition", `container ${id} cannot be paused: it is ${this.#status(c, c.init)}`);
+      }
+      try {
+        await this.#runc.pause(id);
+      } catch (e) {
+        throw asTaskError(e, `container ${id}: pause`);
+      }
+      c.paused = true;
+    });
+  }
+
+  async resume(id: string): Promise<void> {
+    return this.#serial(id, async () => {
+      const c = this.#get(id);
+      if (!c.paused) throw new TaskError("FailedPrecondition", `container ${id} is not paused`);
+      try {
+        await this.#runc.resume(id);
+      } catch (e) {
+        throw asTaskError(e, `container ${id}: resume`);
+      }
+      c.paused = false;
+    });
+  }
+
+  /** Applies an OCI LinuxResources object (runc update). */
+  async update(id: string, resources: object): Promise<void> {
+    return this.#serial(id, async () => {
+      const c = this.#get(id);
+      if (c.init.exit) throw new TaskError("FailedPrecondition", `container ${id} has exited; nothing to update`);
+      try {
+        await this.#runc.update(id, resources);
+      } catch (e) {
+        throw asTaskError(e, `container ${id}: update`);
+      }
+    });
+  }
+
+  /** Raw numbers from the container's cgroup (v1 or v2, see cgroups.ts). */
+  async stats(id: string): Promise<CgroupStats> {
+    const c = this.#get(id);
+    if (!c.cgroup) throw new TaskError("FailedPrecondition", `container ${id}: its cgroup is unknown; no stats`);
+    try {
+      return await readCgroupStats(c.cgroup);
+    } catch (e) {
+      throw asTaskError(e, `container ${id}: stats`);
+    }
+  }
+
+  /** Closes the process's stdin so it reads EOF. A terminal stays open (as with containerd's shim). */
+  closeIO(id: string, execId = ""): void {
+    this.#proc(this.#get(id), execId).closeStdin();
+  }
+
+  /** Resizes the process's terminal; a no-op without one (as with containerd's shim). */
+  resizePty(id: string, execId: string | undefined, width: number, height: number): void {
+    const p = this.#proc(this.#get(id), execId ?? "");
+    if (!p.terminal) return;
+    if (p.pty) {
+      try {
+        p.pty.resize(width, height);
+      } catch (e) {
+        throw new TaskError("Internal", `${p.label}: resize to ${width}x${height}: ${(e as Error).message}`);
+      }
+    } else p.pendingSize = { cols: width, rows: height };
+  }
+
+  /** Kills and deletes every container (agent shutdown). */
+  async shutdown(): Promise<void> {
+    await Promise.all(
+      this.list().map(async (id) => {
+        await this.kill(id, "", 9, true).catch(() => undefined);
+        const c = this.#containers.get(id);
+        if (c && !c.init.exit) await this.#awaitKilled(c.init);
+        await this.delete(id).catch((e: Error) => this.#log.warn(`shutdown: ${e.message}`));
+      }),
+    );
+    this.#oom.close();
+  }
+
+  /** Runs runc (create or exec) with the process's stdio; records its pid, pty and exit. */
+  async #launch(
+    c: Container,
+    p: Proc,
+    run: (r: { pidFile: string; consoleSocket?: string; stdio?: InheritedStdio }) => Promise<void>,
+  ): Promise<void> {
+    const seq = ++this.#seq;
+    const pidFile = path.join(c.dir, `${seq}.pid`);
+    const mark = this.#exits.mark();
+    if (p.terminal) {
+      // Flat and short: unix socket paths are limited to 107 bytes.
+      const consoleSocket = path.join(this.#stateDir, `console-${seq}.sock`);
+      await rm(consoleSocket, { force: true });
+      const addon = ptyAddon();
+      const listenFd = addon.listenUnix(consoleSocket);
+      try {
+        await run({ pidFile, consoleSocket });
+        const pty = new PtyStream(addon.recvFd(listenFd, this.#consoleTimeoutMs));
+        if (p.pendingSize) pty.resize(p.pendingSize.cols, p.pendingSize.rows);
+        p.pty = pty;
+        p.stdio = { stdin: pty, stdout: pty };
+      } finally {
+        closeSync(listenFd);
+        await rm(consoleSocket, { force: true });
+      }
+    } else {
+      const pipes = openStdioPipes({ stdin: !!p.io.stdin, stdout: !!p.io.stdout, stderr: !!p.io.stderr });
+      p.stdio = pipes.streams;
+      try {
+        await run({ pidFile, stdio: pipes.child });
+      } finally {
+        pipes.releaseChild();
+      }
+    }
+    const text = await readFile(pidFile, "utf8").catch(() => "");
+    await rm(pidFile, { force: true });
+    const pid = Number(text.trim());
+    if (!Number.isInteger(pid) || pid <= 0) {
+      throw new TaskError("Internal", `${p.label}: runc wrote no valid pid to ${pidFile} ("${text.trim()}")`);
+    }
+    p.pid = pid;
+    this.#exits.waitExit(pid, { after: mark }).then(
+      (exit) => void this.#onExit(c, p, exit),
+      (err: Error) => {
+        this.#log.error(`${p.label}: its exit status cannot be known: ${err.message}`);
+        p.abandon(`its exit status cannot be known: ${err.message}`);
+      },
+    );
+  }
+
+  async #onExit(c: Container, p: Proc, exit: Exit): Promise<void> {
+    // An OOM kill must be reported before the exit it caused, so containerd records the reason.
+    if (p === c.init) await this.#oom.check(c.id);
+    p.setExited(exit);
+    this.#log.debug(`${p.label}: pid ${p.pid} exited with status ${exit.exitStatus}`);
+    if (c.deleted) return;
+    this.emit("exit", { containerId: c.id, execId: p.execId, pid: p.pid, ...exit });
+  }
+
+  async #awaitKilled(p: Proc): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<"timeout">((r) => {
+      timer = setTimeout(() => r("timeout"), KILLED_EXIT_WAIT_MS);
+    });
+    const outcome = await Promise.race([
+      p.exited.then(
+        () => "exited" as const,
+        () => "gone" as const,
+      ),
+      timeout,
+    ]);
+    clearTimeout(timer);
+    if (outcome === "timeout") {
+      this.#log.warn(`${p.label}: no exit reported ${KILLED_EXIT_WAIT_MS} ms after it was killed; assuming SIGKILL`);
+      p.setExited({ exitStatus: 128 + 9, exitedAt: new Date() });
+    }
+  }
+
+  #status(c: Container, p: Proc): TaskStatus {
+    if (p.exit) return "STOPPED";
+    if (p.phase === "created" || p.phase === "starting") return "CREATED";
+    if (p.phase === "running") return c.paused ? "PAUSED" : "RUNNING";
+    return "UNKNOWN";
+  }
+
+  #get(id: string): Container {
+    const c = this.#containers.get(id);
+    if (!c) throw new TaskError("NotFound", `container ${id} not found`);
+    return c;
+  }
+
+  #proc(c: Container, execId: string): Proc {
+    if (!execId) return c.init;
+    const p = c.execs.get(execId);
+    if (!p) throw new TaskError("NotFound", `exec ${execId} of container ${c.id} not found`);
+    return p;
+  }
+
+  /** One state-changing operation per container at a time (runc itself is not safe to race). */
+  #serial<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.#locks.get(id) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#locks.set(id, tail);
+    tail.then(() => {
+      if (this.#locks.get(id) === tail) this.#locks.delete(id);
+    });
+    return next;
+  }
+}
+
+function result(p: Proc): DeleteResult {
+  return { pid: p.pid, exitStatus: p.exit?.exitStatus ?? 0, exitedAt: p.exit?.exitedAt };
+}
+
+async function readSpec(bundle: string, id: string): Promise<OciSpec> {
+  const file = path.join(bundle, "config.json");
+  try {
+    return JSON.parse(await readFile(file, "utf8")) as OciSpec;
+  } catch (e) {
+    throw new TaskError(
+      "InvalidArgument",
+      `container ${id}: cannot read the OCI spec ${file}: ${(e as Error).message}`,
+    );
+  }
+}
+
+function asTaskError(e: unknown, what: string): TaskError {
+  if (e instanceof TaskError) return e;
+  if (e instanceof RuncError && e.notExist) return new TaskError("NotFound", `${what}: ${e.message}`, { cause: e });
+  return new TaskError("Internal", `${what}: ${(e as Error).message}`, { cause: e });
+}

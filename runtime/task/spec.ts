@@ -1,0 +1,167 @@
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { readFile, rename, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { TaskError } from "./errors.ts";
+
+/** The parts of an OCI runtime spec the guest adjusts; everything else passes through untouched. */
+export interface OciNamespace {
+  type: string;
+  path?: string;
+}
+export interface OciProcess {
+  terminal?: boolean;
+  args?: string[];
+  apparmorProfile?: string;
+  selinuxLabel?: string;
+  [key: string]: unknown;
+}
+export interface OciSpec {
+  root?: { path: string; readonly?: boolean };
+  process?: OciProcess;
+  linux?: {
+    namespaces?: OciNamespace[];
+    cgroupsPath?: string;
+    mountLabel?: string;
+    [key: string]: unknown;
+  };
+  [key: string]: unknown;
+}
+
+/** Security modules the guest kernel enforces; labels for others would make runc fail. */
+export interface GuestLsm {
+  apparmor: boolean;
+  selinux: boolean;
+}
+
+export interface AdjustSpecOptions {
+  /** The bundle directory in the guest. */
+  bundle: string;
+  /** The pod's persistent namespaces that exist (SetupSandbox), by OCI type ("ipc", "uts"). */
+  sandboxNamespaces?: Partial<Record<string, string>>;
+  lsm?: GuestLsm;
+}
+
+export const SANDBOX_NS_DIR = "/run/sandbox-ns";
+
+/**
+ * Adjusts a spec written for the host to the guest. Namespace paths containerd puts in (the host's
+ * /proc/<pid>/ns/*) mean nothing here: the pod's ipc/uts are joined from SetupSandbox's persistent namespaces
+ * instead, the network namespace is the VM's own (a fresh one only when the spec asks for one without a path),
+ * and every other path is dropped so the container gets a new namespace. A rootfs inside the bundle becomes
+ * relative to it; a systemd-style cgroupsPath becomes the cgroupfs path systemd would have used.
+ */
+export function adjustSpec(spec: OciSpec, opts: AdjustSpecOptions): OciSpec {
+  const out: OciSpec = structuredClone(spec);
+  if (!out.root?.path) {
+    throw new TaskError(
+      "InvalidArgument",
+      `bundle ${opts.bundle}: config.json has no root.path; the spec is incomplete`,
+    );
+  }
+  const rel = path.relative(opts.bundle, out.root.path);
+  if (path.isAbsolute(out.root.path) && rel !== "" && !rel.startsWith("..") && !path.isAbsolute(rel)) {
+    out.root.path = rel;
+  }
+  if (out.process) out.process = adjustProcessSpec(out.process, opts.lsm);
+  if (out.linux) {
+    const lsm = opts.lsm ?? { apparmor: false, selinux: false };
+    if (!lsm.selinux) delete out.linux.mountLabel;
+    if (out.linux.namespaces) {
+      out.linux.namespaces = out.linux.namespaces.flatMap((ns): OciNamespace[] => {
+        const joined = opts.sandboxNamespaces?.[ns.type];
+        if (joined) return [{ ...ns, path: joined }];
+        if (ns.type === "network" && ns.path) return [];
+        const { path: _hostPath, ...fresh } = ns;
+        return [fresh];
+      });
+    }
+    if (out.linux.cgroupsPath !== undefined) out.linux.cgroupsPath = cgroupfsPath(out.linux.cgroupsPath);
+  }
+  return out;
+}
+
+/** Drops process security labels the guest kernel cannot apply (the host's AppArmor profile, SELinux labels). */
+export function adjustProcessSpec(proc: OciProcess, lsm: GuestLsm = { apparmor: false, selinux: false }): OciProcess {
+  const out = { ...proc };
+  if (!lsm.apparmor) delete out.apparmorProfile;
+  if (!lsm.selinux) delete out.selinuxLabel;
+  return out;
+}
+
+/**
+ * The cgroupfs path for a cgroupsPath: absolute and relative paths are kept; systemd's "slice:prefix:name"
+ * becomes /<expanded slice>/<prefix>-<name>.scope, as runc's systemd driver would name it.
+ */
+export function cgroupfsPath(cgroupsPath: string): string {
+  const parts = cgroupsPath.split(":");
+  if (cgroupsPath.startsWith("/") || parts.length !== 3) return cgroupsPath;
+  const [slice, prefix, name] = parts as [string, string, string];
+  if (!name) throw new TaskError("InvalidArgument", `linux.cgroupsPath "${cgroupsPath}": the name part is empty`);
+  const unit = name.endsWith(".slice") ? name : prefix ? `${prefix}-${name}.scope` : `${name}.scope`;
+  const dirs = expandSlice(slice || "system.slice", cgroupsPath);
+  return `/${[...dirs, unit].join("/")}`;
+}
+
+// "a-b-c.slice" lives in a.slice/a-b.slice/a-b-c.slice; "-.slice" is the root.
+function expandSlice(slice: string, whole: string): string[] {
+  const bad = (why: string) =>
+    new TaskError("InvalidArgument", `linux.cgroupsPath "${whole}": slice "${slice}" ${why}`);
+  if (!slice.endsWith(".slice") || slice.includes("/")) throw bad("must be a systemd slice name ending in .slice");
+  if (slice === "-.slice") return [];
+  const base = slice.slice(0, -".slice".length);
+  if (base === "" || base.includes("--") || base.startsWith("-") || base.endsWith("-")) throw bad("is malformed");
+  const words = base.split("-");
+  return words.map((_, i) => `${words.slice(0, i + 1).join("-")}.slice`);
+}
+
+/** The persistent namespaces SetupSandbox created that exist now (bind mounts, not just the empty files). */
+export function sandboxNamespaces(dir = SANDBOX_NS_DIR): Partial<Record<string, string>> {
+  const found: Partial<Record<string, string>> = {};
+  if (!existsSync(dir)) return found;
+  const dirDev = statSync(dir).dev;
+  for (const type of ["ipc", "uts"]) {
+    const p = path.join(dir, type);
+    // A namespace bind mount lives on nsfs, a different device than the directory holding it.
+    if (existsSync(p) && statSync(p).dev !== dirDev) found[type] = p;
+  }
+  return found;
+}
+
+/** Which LSMs the running kernel enforces (from securityfs, else the apparmor module parameter). */
+export function guestLsm(): GuestLsm {
+  const read = (f: string) => {
+    try {
+      return readFileSync(f, "utf8").trim();
+    } catch {
+      return "";
+    }
+  };
+  const list = read("/sys/kernel/security/lsm").split(",");
+  return {
+    apparmor: list.includes("apparmor") || read("/sys/module/apparmor/parameters/enabled") === "Y",
+    selinux: list.includes("selinux"),
+  };
+}
+
+/** Rewrites <bundle>/config.json in place for the guest (see adjustSpec). */
+export async function prepareBundle(
+  bundle: string,
+  opts: { sandboxNsDir?: string; lsm?: GuestLsm } = {},
+): Promise<OciSpec> {
+  const file = path.join(bundle, "config.json");
+  let spec: OciSpec;
+  try {
+    spec = JSON.parse(await readFile(file, "utf8")) as OciSpec;
+  } catch (e) {
+    throw new TaskError("InvalidArgument", `cannot read the OCI spec ${file}: ${(e as Error).message}`);
+  }
+  const adjusted = adjustSpec(spec, {
+    bundle,
+    sandboxNamespaces: sandboxNamespaces(opts.sandboxNsDir),
+    lsm: opts.lsm ?? guestLsm(),
+  });
+  const tmp = `${file}.tmp-${process.pid}`;
+  await writeFile(tmp, JSON.stringify(adjusted));
+  await rename(tmp, file);
+  return adjusted;
+}
