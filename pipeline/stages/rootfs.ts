@@ -171,29 +171,27 @@ async function stageTree(ctx: BuildContext, root: string): Promise<void> {
   for (const e of HOST_ELFS) {
     if (e.stripDebug) await installStripped(ctx, root, e.host, e.guest);
     else {
-      ctx.log(`${e.host}`);
+      ctx.log(e.host);
       await install(e.host, root, e.guest, 0o755);
     }
   }
 
-  // Libraries: the ldd closure of every dynamic ELF staged so far, at the path the host loader found them under.
-  const staged = await elfFiles(root, await listTree(root));
-  const taskElfs = staged
-    .filter((f) => f === AGENT_INIT || f.startsWith(`${AGENT_DIR}/`))
-    .map((f) => path.join(root, f));
+  // Libraries: the loader's closure of every dynamic ELF staged so far, at the path the host loader found them under.
+  // The agent's ELFs may only use libraries already in the keyed closure, or a library upgrade would not rebuild.
   const keyed = await lddClosure(HOST_ELFS.map((e) => e.host));
   const keyedPaths = new Set(keyed.map((l) => l.path));
-  const libs = [...keyed, ...(await lddClosure(taskElfs)).filter((l) => !keyedPaths.has(l.path))];
-  for (const lib of libs) {
-    if (!keyedPaths.has(lib.path)) {
-      throw new StageError(
-        "rootfs",
-        `${path.relative(root, lib.neededBy)} needs ${lib.path}, which is outside the libraries this stage is keyed on (the closure of ${HOST_ELFS.map((e) => e.host).join(", ")}); add that library (host and guest path) to HOST_ELFS in pipeline/stages/rootfs.ts so it is part of the cache key`,
-      );
-    }
-    await install(lib.path, root, lib.path.slice(1), (await stat(lib.path)).mode & 0o755);
+  const agentElfs = (await elfFiles(root, await listTree(root)))
+    .filter((f) => f === AGENT_INIT || f.startsWith(`${AGENT_DIR}/`))
+    .map((f) => path.join(root, f));
+  const extra = (await lddClosure(agentElfs)).find((l) => !keyedPaths.has(l.path));
+  if (extra) {
+    throw new StageError(
+      "rootfs",
+      `/${path.relative(root, extra.neededBy)} needs ${extra.path}, which is outside the libraries this stage is keyed on (the closure of ${HOST_ELFS.map((e) => e.host).join(", ")}); add that library (host and guest path) to HOST_ELFS in pipeline/stages/rootfs.ts`,
+    );
   }
-  ctx.log(`libraries: ${libs.map((l) => path.basename(l.path)).join(", ")}`);
+  for (const lib of keyed) await install(lib.path, root, lib.path.slice(1), (await stat(lib.path)).mode & 0o755);
+  ctx.log(`libraries: ${keyed.map((l) => path.basename(l.path)).join(", ")}`);
 
   // busybox applets last, so they never shadow a real program (sbin/init is the agent's).
   const applets = (await execa("/bin/busybox", ["--list-full"])).stdout.split("\n").filter(Boolean);
@@ -282,8 +280,9 @@ async function smokeTest(ctx: BuildContext, root: string, tree: TreeEntry[]): Pr
       }
     }
     const interp = (await readElf(path.join(root, prog))).interpreter;
-    if (!interp)
+    if (!interp) {
       throw new StageError("rootfs", `/${prog} has no ELF interpreter; expected a dynamically linked binary`);
+    }
     const libPath = systemLibDirs()
       .map((d) => path.join(root, d))
       .join(":");

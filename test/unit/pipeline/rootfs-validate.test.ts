@@ -8,7 +8,7 @@ import { lddClosure } from "../../../pipeline/rootfs/elf.ts";
 import { listTree } from "../../../pipeline/rootfs/tree.ts";
 import { RootfsValidationError, validateRootfs } from "../../../pipeline/rootfs/validate.ts";
 import { rootfsStage } from "../../../pipeline/stages/rootfs.ts";
-import { buildContext, fakeTaskOutput, tmpdir } from "./rootfs-fixture.ts";
+import { buildContext, cc, fakeTaskOutput, tmpdir } from "./rootfs-fixture.ts";
 
 describe("rootfs validation gates", () => {
   let dir: string;
@@ -98,6 +98,27 @@ describe("rootfs validation gates", () => {
       p.some((l) => l.startsWith("/usr/lib/vmm-task/vsock.node is missing or empty")),
       p.join("\n"),
     );
+  });
+
+  it("fails the stage when an agent ELF needs a library outside the keyed closure", async () => {
+    const odd = path.join(dir, "odd-task");
+    await mkdir(odd, { recursive: true });
+    for (const f of ["init", "vmm-task.js"]) await copyFile(path.join(task, f), path.join(odd, f));
+    await writeFile(path.join(dir, "probe.c"), "int kuasar_probe(void) { return 1; }\n");
+    await writeFile(path.join(dir, "addon.c"), "int kuasar_probe(void);\nint addon(void) { return kuasar_probe(); }\n");
+    await cc(["-shared", "-fPIC", "-o", path.join(dir, "libkuasarprobe.so"), path.join(dir, "probe.c")]);
+    await cc([
+      ...["-shared", "-fPIC", "-o", path.join(odd, "vsock.node"), path.join(dir, "addon.c")],
+      ...[`-L${dir}`, "-lkuasarprobe", `-Wl,-rpath,${dir}`],
+    ]);
+    const ctx = await buildContext(path.join(dir, "out-odd"), { task: odd });
+    await assert.rejects(rootfsStage.build(ctx), (err: Error) => {
+      assert.match(
+        err.message,
+        /^\[rootfs\] \/usr\/lib\/vmm-task\/vsock\.node needs .*\/libkuasarprobe\.so, which is outside the libraries this stage is keyed on/,
+      );
+      return true;
+    });
   });
 
   it("fails the stage early when the task output has no init", async () => {
