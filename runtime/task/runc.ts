@@ -37,7 +37,8 @@ export interface RuncStats {
 
 /**
  * Stdio for a runc command whose container process inherits it (create, exec): an fd number becomes the
- * process's fd; undefined means /dev/null.
+ * process's fd; undefined means /dev/null (never a pipe to the agent, which would stay open as long as the
+ * container runs).
  */
 export interface InheritedStdio {
   stdin?: number;
@@ -92,7 +93,7 @@ export class Runc {
     if (opts.consoleSocket) args.push("--console-socket", opts.consoleSocket);
     // pivot_root fails on an initramfs root (rootfs cannot be unmounted); MS_MOVE + chroot works there.
     if (opts.noPivot) args.push("--no-pivot");
-    await this.#run(id, "create", [...args, id], { stdio: opts.stdio });
+    await this.#run(id, "create", [...args, id], { stdio: opts.stdio ?? {} });
   }
 
   async start(id: string): Promise<void> {
@@ -106,7 +107,7 @@ export class Runc {
   ): Promise<void> {
     const args = ["exec", "--detach", "--process", opts.processFile, "--pid-file", opts.pidFile];
     if (opts.consoleSocket) args.push("--console-socket", opts.consoleSocket);
-    await this.#run(id, "exec", [...args, id], { stdio: opts.stdio });
+    await this.#run(id, "exec", [...args, id], { stdio: opts.stdio ?? {} });
   }
 
   async kill(id: string, signal: number, opts: { all?: boolean } = {}): Promise<void> {

@@ -69,7 +69,7 @@ export async function writeBundle(
   dir: string,
   rootfs: string,
   id: string,
-  opts: { args: string[]; terminal?: boolean; cgroupParent: string; memoryLimit?: number },
+  opts: { args: string[]; terminal?: boolean; cgroupParent: string; memoryLimit?: number; hostname?: string | null },
 ): Promise<string> {
   const bundle = path.join(dir, "bundles", id);
   await mkdir(bundle, { recursive: true });
@@ -85,7 +85,7 @@ export async function writeBundle(
       noNewPrivileges: true,
     },
     root: { path: rootfs, readonly: true },
-    hostname: id.slice(0, 60),
+    ...(opts.hostname === null ? {} : { hostname: opts.hostname ?? id }),
     mounts: [
       { destination: "/proc", type: "proc", source: "proc" },
       {
