@@ -1,0 +1,81 @@
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { after, test } from "node:test";
+import { execa } from "execa";
+import { ContainerManager } from "../../../runtime/task/containers.ts";
+import { TaskError } from "../../../runtime/task/errors.ts";
+import { ExitMonitor } from "../../../runtime/task/exit-monitor.ts";
+import { Runc } from "../../../runtime/task/runc.ts";
+import { setupSandboxNamespaces, sysctlPath, teardownSandboxNamespaces } from "../../../runtime/task/sandbox-ns.ts";
+import { prepareBundle, sandboxNamespaces } from "../../../runtime/task/spec.ts";
+import * as h from "./harness.ts";
+
+// The container part orphans processes through runc; init reaps them (see underInit).
+if (await h.underInit(import.meta.url)) {
+  test("sysctl keys map to /proc/sys paths; malformed ones are rejected", () => {
+    assert.equal(sysctlPath("net.ipv4.ip_forward"), "/proc/sys/net/ipv4/ip_forward");
+    assert.equal(sysctlPath("net/ipv4/conf/eth0.100/forwarding"), "/proc/sys/net/ipv4/conf/eth0.100/forwarding");
+    for (const bad of ["../etc/passwd", "kernel..shmmax", "a b", "/kernel/x"]) {
+      assert.throws(
+        () => sysctlPath(bad),
+        (e: unknown) => e instanceof TaskError && e.message.includes(bad),
+      );
+    }
+  });
+
+  await h.requireTools();
+  await h.ptyReady();
+  const s = await h.scratch("sandboxns");
+  const nsDir = path.join(s.dir, "sandbox-ns");
+  const exits = ExitMonitor.fromInit();
+  after(async () => {
+    exits.close();
+    await teardownSandboxNamespaces(nsDir);
+    await s.cleanup();
+  });
+
+  test("persistent ipc/uts namespaces carry the pod's hostname and ipc sysctls; containers join them", {
+    timeout: 60_000,
+  }, async () => {
+    const hostShmmni = readFileSync("/proc/sys/kernel/shmmni", "utf8");
+    const hostName = readFileSync("/proc/sys/kernel/hostname", "utf8");
+    await setupSandboxNamespaces({ dir: nsDir, hostname: "pod-a", sysctls: { "kernel.shmmni": "123" } });
+    assert.deepEqual(Object.keys(sandboxNamespaces(nsDir)).sort(), ["ipc", "uts"]);
+    const inside = (cmd: string) =>
+      execa("nsenter", [`--ipc=${nsDir}/ipc`, `--uts=${nsDir}/uts`, "sh", "-c", cmd]).then((r) => r.stdout);
+    assert.equal(await inside("hostname; cat /proc/sys/kernel/shmmni"), "pod-a\n123");
+    assert.equal(readFileSync("/proc/sys/kernel/shmmni", "utf8"), hostShmmni, "the host's value is untouched");
+    assert.equal(readFileSync("/proc/sys/kernel/hostname", "utf8"), hostName);
+
+    // Again: the existing namespaces are reused and the settings applied to them.
+    await setupSandboxNamespaces({ dir: nsDir, hostname: "pod-b", sysctls: { "kernel.msgmax": "4096" } });
+    assert.equal(await inside("hostname; cat /proc/sys/kernel/msgmax /proc/sys/kernel/shmmni"), "pod-b\n4096\n123");
+    await assert.rejects(
+      setupSandboxNamespaces({ dir: nsDir, sysctls: { "kernel.nosuchkey": "1" } }),
+      /kernel\.nosuchkey/,
+    );
+    await assert.rejects(setupSandboxNamespaces({ dir: nsDir, hostname: "bad_name!" }), /bad_name!/);
+
+    const rootfs = await h.busyboxRootfs(s.dir);
+    const bundle = await h.writeBundle(s.dir, rootfs, "joiner", {
+      args: ["sh", "-c", "hostname; cat /proc/sys/kernel/shmmni"],
+      cgroupParent: s.cgroupParent,
+      hostname: null,
+    });
+    await prepareBundle(bundle, { sandboxNsDir: nsDir, lsm: { apparmor: false, selinux: false } });
+    const m = new ContainerManager({
+      runc: new Runc({ root: s.runcRoot, logDir: `${s.dir}/logs` }),
+      exits,
+      stateDir: `${s.dir}/state`,
+      lsm: { apparmor: false, selinux: false },
+    });
+    await m.create("joiner", bundle, { stdout: "o" });
+    const out = h.collect(m.process("joiner").stdio.stdout);
+    await m.start("joiner");
+    assert.equal((await m.wait("joiner")).exitStatus, 0);
+    await out.ended;
+    assert.equal(out.text(), "pod-b\n123\n");
+    await m.delete("joiner");
+  });
+}
