@@ -1,0 +1,58 @@
+import { spawn } from "node:child_process";
+import { closeSync } from "node:fs";
+import { constants } from "node:os";
+import { ptyAddon } from "../native/pty/addon.ts";
+import { PtyStream } from "./stdio.ts";
+
+export interface DebugShell {
+  /** The pty master: write keystrokes, read the screen. Ends when the shell and its children are gone. */
+  stream: PtyStream;
+  pid: number;
+  /** Resolves with the shell's exit code (128 + n when killed by signal n). */
+  exited: Promise<number>;
+  resize(cols: number, rows: number): void;
+  /** SIGKILLs the shell and releases the pty. */
+  close(): void;
+}
+
+/**
+ * Starts a shell on a new pty for the debug console (vsock port 1025). `setsid -c` (busybox and util-linux)
+ * makes the pty the shell's controlling terminal, so job control and ^C work; the shell stays a direct child,
+ * so libuv reaps it.
+ */
+export function spawnDebugShell(shell = "/bin/sh", opts: { env?: NodeJS.ProcessEnv } = {}): DebugShell {
+  const { master, slave } = ptyAddon().openPty();
+  let child: ReturnType<typeof spawn>;
+  try {
+    child = spawn("setsid", ["-c", shell], {
+      stdio: [slave, slave, slave],
+      env: opts.env ?? { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin", TERM: "vt100", HOME: "/" },
+    });
+  } catch (e) {
+    closeSync(master);
+    throw e;
+  } finally {
+    closeSync(slave);
+  }
+  const stream = new PtyStream(master);
+  const exited = new Promise<number>((resolve, reject) => {
+    child.once("error", (e) => {
+      stream.destroy();
+      reject(new Error(`debug shell: cannot run setsid -c ${shell}: ${e.message}`));
+    });
+    child.once("exit", (code, signal) => {
+      resolve(code ?? 128 + (signal ? constants.signals[signal] : 0));
+    });
+  });
+  exited.catch(() => undefined);
+  return {
+    stream,
+    pid: child.pid ?? 0,
+    exited,
+    resize: (cols, rows) => stream.resize(cols, rows),
+    close: () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      stream.destroy();
+    },
+  };
+}
