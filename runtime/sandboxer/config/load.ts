@@ -99,9 +99,9 @@ const didYouMean = (word: string, candidates: readonly string[]) => {
 type Checked = { ok: true; value: unknown } | { ok: false; problem: string };
 
 function check(f: Field, v: unknown): Checked {
-  const expected = (extra = "") => ({
+  const expected = (hint = "") => ({
     ok: false as const,
-    problem: `expected ${describeType(f)}${extra}, found ${found(v)}`,
+    problem: `expected ${describeType(f)}, found ${found(v)}${hint}`,
   });
   switch (f.type) {
     case "string": {
@@ -333,8 +333,12 @@ function crossCheck(config: Config, kind: HypervisorKind, explicit: Set<string>,
           "microvm has only virtio-mmio (VirtioMmio), the other machines use VirtioBlk or VirtioScsi",
       );
     }
-    if (micro && !h.disable_nvdimm)
+    if (micro && !h.disable_nvdimm) {
       problems.push("hypervisor.disable_nvdimm = false: microvm has no NVDIMM; set it to true");
+    }
+    if (!h.disable_nvdimm && h.mem_slots === 0) {
+      problems.push("hypervisor.disable_nvdimm = false needs mem_slots > 0: the NVDIMM occupies a memory slot");
+    }
     const accel = h.machine_accelerators.split(",").filter((w) => ["auto", "kvm", "tcg"].includes(w.trim()));
     if (accel.length > 1) {
       problems.push(
