@@ -87,6 +87,13 @@ if (await h.underInit(import.meta.url)) {
       assert.equal((await m.wait(id)).exitStatus, 137);
       assert.equal(await code(m.kill(id, "", 9)), "NotFound");
       await m.delete(id);
+
+      // A created container that never started can be deleted: runc kills its waiting init.
+      const { id: idle, b: ib } = await bundle(["true"]);
+      await m.create(idle, ib, io);
+      const waiting = m.wait(idle);
+      assert.equal((await m.delete(idle)).exitStatus, 137);
+      assert.equal((await waiting).exitStatus, 137);
     });
 
     test("exec: output, exit code, pids, SIGTERM as 128+15, delete", async () => {
@@ -247,6 +254,25 @@ if (await h.underInit(import.meta.url)) {
       m.off("exit", onExit);
       assert.equal(exit.exitStatus, 137);
       assert.deepEqual(order, ["oom", "exit"]);
+      await m.delete(id);
+    });
+
+    test("many short execs leave no zombies and no fds behind", async () => {
+      const { id, b } = await bundle(["sleep", "100"]);
+      await m.create(id, b, io);
+      await m.start(id);
+      const fds = () => readdirSync("/proc/self/fd").length;
+      const before = fds();
+      for (let i = 0; i < 20; i++) {
+        await m.exec(id, `q${i}`, { args: ["sh", "-c", `exit ${i}`], cwd: "/", env: ["PATH=/bin"] }, io);
+        await m.start(id, `q${i}`);
+        assert.equal((await m.wait(id, `q${i}`)).exitStatus, i);
+        await m.delete(id, `q${i}`);
+      }
+      await h.until("fds released", () => fds() <= before, 2000);
+      assert.deepEqual(h.zombies([process.pid, process.ppid]), []);
+      await m.kill(id, "", 9);
+      await m.wait(id);
       await m.delete(id);
     });
 

@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { existsSync, readdirSync, rmdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmdirSync } from "node:fs";
 import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -174,6 +174,24 @@ export function collect(stream: NodeJS.ReadableStream | undefined): { text(): st
     stream.once("close", resolve);
   });
   return { text: () => buf, ended };
+}
+
+/** Zombie processes whose parent is one of parents (a reaper that missed them). */
+export function zombies(parents: number[]): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync("/proc")) {
+    if (!/^\d+$/.test(e)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${e}/stat`, "utf8");
+    } catch {
+      continue;
+    }
+    // Fields after the parenthesised command: state, ppid, ...
+    const [state, ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    if (state === "Z" && parents.includes(Number(ppid))) out.push(Number(e));
+  }
+  return out;
 }
 
 /** Resolves once predicate(text) holds, failing after ms. */
