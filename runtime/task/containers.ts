@@ -443,6 +443,8 @@ export class ContainerManager extends EventEmitter<{ exit: [ExitEvent]; oom: [Oo
   async shutdown(): Promise<void> {
     await Promise.all(
       this.list().map(async (id) => {
+        // A frozen cgroup holds SIGKILL until thawed.
+        if (this.#containers.get(id)?.paused) await this.resume(id).catch(() => undefined);
         await this.kill(id, "", 9, true).catch(() => undefined);
         const c = this.#containers.get(id);
         if (c && !c.init.exit) await this.#awaitKilled(c.init);

@@ -276,7 +276,7 @@ if (await h.underInit(import.meta.url)) {
       await m.delete(id);
     });
 
-    test("delete releases fds; shutdown removes everything", async () => {
+    test("delete releases fds; shutdown removes everything, paused or never started", async () => {
       const fds = () => readdirSync("/proc/self/fd").length;
       const { id, b } = await bundle(["true"]);
       const before = fds();
@@ -295,6 +295,7 @@ if (await h.underInit(import.meta.url)) {
       const { id: a, b: ab } = await bundle(["sleep", "100"]);
       await m.create(a, ab, io);
       await m.start(a);
+      await m.pause(a);
       const { id: c, b: cb } = await bundle(["sleep", "100"]);
       await m.create(c, cb, io);
       await m.shutdown();
