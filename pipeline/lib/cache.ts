@@ -45,12 +45,22 @@ export class Cache {
       return { hit: false, reason: existsSync(dir) ? "incomplete cache entry" : "not built yet" };
     }
     const out = path.join(dir, "out");
+    const stampsFile = path.join(dir, "verified.json");
+    const stamps = JSON.parse(await readFile(stampsFile, "utf8").catch(() => "{}")) as Record<string, string>;
+    let restamped = false;
     for (const [rel, rec] of Object.entries(manifest.files)) {
       const file = path.join(out, rel);
       const st = await stat(file).catch(() => undefined);
       if (!st || st.size !== rec.size) return { hit: false, reason: `cached ${rel} is missing or truncated` };
+      // Any write or utimes() changes ctime, which user space cannot set back: an unchanged stamp means the
+      // bytes hashed last time are still there, so only touched files are hashed again.
+      const stamp = `${st.size}:${st.ino}:${st.ctimeMs}:${st.mtimeMs}`;
+      if (stamps[rel] === stamp) continue;
       if ((await hashFile(file)) !== rec.sha256) return { hit: false, reason: `cached ${rel} has a wrong digest` };
+      stamps[rel] = stamp;
+      restamped = true;
     }
+    if (restamped) await writeFile(stampsFile, JSON.stringify(stamps)).catch(() => undefined);
     return { hit: true, dir: out };
   }
 

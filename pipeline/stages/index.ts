@@ -1,8 +1,13 @@
 import type { Stage } from "../lib/stage.ts";
+import { imageStage } from "./image.ts";
+import { initrdStage } from "./initrd.ts";
+import { kernelStage } from "./kernel.ts";
+import { rootfsStage } from "./rootfs.ts";
+import { taskStage } from "./task.ts";
 import { unitsStage } from "./units.ts";
 
 /** Every stage the CLI knows, in no particular order (the runner orders them by dependencies). */
-export const allStages: Stage[] = [unitsStage];
+export const allStages: Stage[] = [kernelStage, taskStage, rootfsStage, imageStage, initrdStage, unitsStage];
 
-/** What `all` builds. */
-export const defaultTargets = allStages.map((s) => s.name);
+/** What `all` builds: the published artifacts (rootfs is only an intermediate of the image and initrd). */
+export const defaultTargets = ["kernel", "task", "image", "initrd", "units"];

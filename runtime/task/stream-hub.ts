@@ -50,12 +50,15 @@ export class StreamHub {
     });
   }
 
-  /** The body of Streaming.Stream: read the StreamInit, ack it, then relay until either side ends. */
+  /**
+   * The body of Streaming.Stream: read the StreamInit and ack it at once (the host opens an exec's streams
+   * before it calls Start, which is what creates the process), then relay once the process offers its end.
+   */
   async serve(requests: AsyncIterable<Any>, send: (m: Any) => Promise<void>, timeoutMs = RENDEZVOUS_MS): Promise<void> {
     const ch: AnyChannel = { send, messages: requests[Symbol.asyncIterator](), end: () => {} };
     const id = await readInit(ch);
-    const endpoint = await this.claim(id, timeoutMs);
     await send(ackMessage());
+    const endpoint = await this.claim(id, timeoutMs);
     if (endpoint.kind === "source") await sendStream(ch, endpoint.stream);
     else await receiveStream(ch, endpoint.stream);
   }

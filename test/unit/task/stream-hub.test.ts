@@ -42,12 +42,12 @@ test("a stream opened before its process is paired once the process offers its s
   const h = hostStream("c/init/stdout");
   const serving = hub.serve(h.requests, h.send, 2000);
   await new Promise((r) => setTimeout(r, 20));
-  assert.equal(h.sent.length, 0, "no ack before the process exists");
+  assert.equal(h.sent.length, 1, "acked before the process exists");
   const stdout = new PassThrough();
   hub.offer("c/init/stdout", { kind: "source", stream: stdout });
+  stdout.end("bye");
   await new Promise((r) => setTimeout(r, 20));
   assert.match(h.sent[0]!.typeUrl, /google.protobuf.Empty$/);
-  stdout.end();
   h.end();
   await serving;
 });

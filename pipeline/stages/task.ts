@@ -1,0 +1,43 @@
+import { copyFile, mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { buildNative } from "../../runtime/native/build.ts";
+import { buildPtyAddon } from "../../runtime/native/pty/build.ts";
+import { bundleNode } from "../lib/bundle.ts";
+import type { Stage } from "../lib/stage.ts";
+
+/** Source trees vmm-task is built from: the agent, the protocol layer it imports, and the native code. */
+const SOURCES = ["runtime/task", "runtime/protos", "runtime/ttrpc", "runtime/transport", "runtime/native"];
+
+/** vmm-task: the guest agent bundled into one file, its native addons, and the static C init that runs it as PID 1. */
+export const taskStage: Stage = {
+  name: "task",
+  title: "Guest agent vmm-task (bundle, vsock + pty addons, init)",
+  deps: [],
+  async inputs(ctx) {
+    const trees: Record<string, string> = {};
+    for (const dir of SOURCES) trees[dir] = await ctx.treeDigest(path.join(ctx.repo, dir));
+    return {
+      trees,
+      lock: await ctx.fileDigest(path.join(ctx.repo, "package-lock.json")),
+      node: process.version,
+      cc: await ctx.tool("cc", "build-essential"),
+    };
+  },
+  async build(ctx) {
+    ctx.log("bundling runtime/task/main.ts");
+    await bundleNode(path.join(ctx.repo, "runtime/task/main.ts"), path.join(ctx.out, "vmm-task.js"));
+    ctx.log("building the vsock addon and init");
+    const scratch = await mkdtemp(path.join(os.tmpdir(), "kuasar-native-"));
+    try {
+      const native = await buildNative({ outDir: scratch });
+      await copyFile(native.vsockAddon, path.join(ctx.out, "vsock.node"));
+      await copyFile(native.init, path.join(ctx.out, "init"));
+      ctx.log("building the pty addon");
+      await copyFile(await buildPtyAddon(scratch), path.join(ctx.out, "pty.node"));
+    } finally {
+      await rm(scratch, { recursive: true, force: true });
+    }
+  },
+  publish: { "vmm-task.js": "vmm-task", "vsock.node": "vsock.node", "pty.node": "pty.node", init: "vmm-task-init" },
+};

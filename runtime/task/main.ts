@@ -1,0 +1,142 @@
+import { mkdir, rm } from "node:fs/promises";
+import net from "node:net";
+import type { Duplex } from "node:stream";
+import { parseArgs } from "node:util";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { TaskOOMSchema } from "../protos/gen/containerd/events/task_pb.ts";
+import { Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
+import { Streaming } from "../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
+import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
+import { listenVsock } from "../transport/vsock.ts";
+import { TtrpcServer } from "../ttrpc/index.ts";
+import { readCmdline } from "./cmdline.ts";
+import { spawnDebugShell } from "./console.ts";
+import { ContainerManager } from "./containers.ts";
+import { EventQueue } from "./event-queue.ts";
+import { ExitMonitor } from "./exit-monitor.ts";
+import { configureLog, logger } from "./log.ts";
+import { setupPid1, shutdownGuest } from "./pid1.ts";
+import { Runc } from "./runc.ts";
+import { setupSandboxNamespaces } from "./sandbox-ns.ts";
+import { sandboxService } from "./services/sandbox-service.ts";
+import { taskService } from "./services/task-service.ts";
+import { StreamHub } from "./stream-hub.ts";
+
+const AGENT_PORT = 1024;
+const DEBUG_PORT = 1025;
+const log = logger("vmm_task");
+
+/**
+ * vmm-task: in the guest it is started by the C init (PID 1), sets the VM up and serves ttrpc on vsock 1024.
+ * `--listen unix:<path>` serves on a unix socket instead and skips the PID 1 duties, so the same agent runs on
+ * a host (under the init in subreaper mode) for tests.
+ */
+async function main(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      listen: { type: "string" },
+      "state-dir": { type: "string", default: "/run/vmm-task" },
+      "runc-root": { type: "string", default: "/run/runc" },
+      "log-level": { type: "string" },
+    },
+  });
+  const guest = values.listen === undefined;
+  const params = await readCmdline(guest ? "/proc/cmdline" : "/dev/null").catch(() => readCmdline("/dev/null"));
+  configureLog({ level: (values["log-level"] as typeof params.logLevel | undefined) ?? params.logLevel });
+  for (const w of params.warnings) log.warn(w);
+
+  if (guest) {
+    await setupPid1(params.sharefsType, { log });
+    log.info(`guest ready: share ${params.sharefsType} mounted, cgroup2 set up`);
+  }
+  const stateDir = values["state-dir"]!;
+  await mkdir(stateDir, { recursive: true });
+
+  const manager = new ContainerManager({
+    runc: new Runc({ root: values["runc-root"], logDir: stateDir }),
+    exits: ExitMonitor.fromInit(),
+    stateDir,
+    log: log.child("containers"),
+  });
+  const events = new EventQueue();
+  manager.on("oom", (ev) =>
+    events.push({
+      $typeName: "containerd.services.events.ttrpc.v1.Envelope",
+      namespace: "k8s.io",
+      topic: "/tasks/oom",
+      event: {
+        $typeName: "google.protobuf.Any",
+        typeUrl: "containerd.events.TaskOOM",
+        value: oomEvent(ev.containerId),
+      },
+    }),
+  );
+  const hub = new StreamHub();
+  const tasks = taskService(manager, hub);
+  const server = new TtrpcServer()
+    .register(Task, tasks)
+    .registerAs("containerd.task.v2.Task", Task, tasks)
+    .register(SandboxService, sandboxService({ events, setupPod: (c) => setupPod(c) }))
+    .register(Streaming, { stream: (requests, out) => hub.serve(requests, (m) => out.send(m)) });
+
+  if (guest) {
+    const l = listenVsock({ port: AGENT_PORT });
+    l.on("connection", (s: Duplex) => server.handleConnection(s));
+    l.on("error", (e: Error) => log.error(`vsock ${AGENT_PORT}: ${e.message}`));
+    if (params.debug) serveDebugConsole(params.debugShell);
+  } else {
+    const path = values.listen!.replace(/^unix:/, "");
+    await rm(path, { force: true });
+    const l = net.createServer();
+    server.serve(l);
+    await new Promise<void>((resolve) => l.listen(path, resolve));
+  }
+  log.info(`vmm-task serving ttrpc on ${guest ? `vsock port ${AGENT_PORT}` : values.listen}`);
+
+  const stop = async (signal: string) => {
+    log.info(`${signal}: stopping containers`);
+    await server.shutdown().catch(() => undefined);
+    if (guest) await shutdownGuest(manager, { log });
+    await manager.shutdown();
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+/** SetupSandbox: the pod's persistent ipc/uts namespaces, hostname and sysctls. */
+async function setupPod(config: { hostname?: string; linux?: { sysctls?: Record<string, string> } }): Promise<void> {
+  await setupSandboxNamespaces({
+    ...(config.hostname ? { hostname: config.hostname } : {}),
+    ...(config.linux?.sysctls ? { sysctls: config.linux.sysctls } : {}),
+  });
+}
+
+/** task.debug: a shell on a pty for each connection to vsock port 1025. */
+function serveDebugConsole(shell: string): void {
+  const l = listenVsock({ port: DEBUG_PORT });
+  l.on("error", (e: Error) => log.error(`debug console: ${e.message}`));
+  l.on("connection", (conn: Duplex) => {
+    const sh = spawnDebugShell(shell);
+    conn.pipe(sh.stream).pipe(conn);
+    const end = () => {
+      sh.close();
+      conn.destroy();
+    };
+    conn.on("close", end);
+    conn.on("error", end);
+    void sh.exited.then(end);
+  });
+  log.warn(`task.debug is set: a debug shell (${shell}) is served on vsock port ${DEBUG_PORT}`);
+}
+
+function oomEvent(containerId: string): Uint8Array {
+  return toBinary(TaskOOMSchema, create(TaskOOMSchema, { containerId }));
+}
+
+main(process.argv.slice(2)).catch((err: Error) => {
+  log.error(`fatal: ${err.stack ?? err.message}`);
+  // Exiting hands control back to init, which powers the VM off with this status on the console.
+  process.exit(1);
+});
