@@ -84,7 +84,9 @@ async function summary(outcomes: StageOutcome[], binDir: string, seconds: number
       const s = await stat(path.join(binDir, name)).catch(() => undefined);
       if (s) files.push(`${name} ${(s.size / 1048576).toFixed(1)} MiB`);
     }
-    rows.push(`  ${o.stage.padEnd(10)} ${o.cached ? "cached" : "built "} ${o.seconds.toFixed(1).padStart(6)} s  ${files.join(", ")}`);
+    rows.push(
+      `  ${o.stage.padEnd(10)} ${o.cached ? "cached" : "built "} ${o.seconds.toFixed(1).padStart(6)} s  ${files.join(", ")}`,
+    );
   }
   return `${rows.join("\n")}\n  total ${seconds.toFixed(1)} s; artifacts in ${binDir}`;
 }

@@ -29,6 +29,7 @@ export interface KeyContext {
   options: BuildOptions;
   /** sha256 of a file, memoised on (path, size, mtime, inode) so large inputs like /usr/bin/node are read once. */
   fileDigest(file: string): Promise<string>;
+  /** Digest of a source tree; build outputs (build/, *.node, lock files) are not sources and are skipped. */
   treeDigest(dir: string): Promise<string>;
   /** First line of `<tool> --version` (or args); a missing tool throws an error naming its Debian package. */
   tool(name: string, pkg: string, args?: string[]): Promise<string>;
@@ -92,12 +93,17 @@ export class DigestMemo {
   }
 }
 
+const BUILD_OUTPUT = /(^|\/)(build|node_modules)(\/|$)|\.node$|\.lock$|\.tmp-/;
+function isBuildOutput(rel: string): boolean {
+  return BUILD_OUTPUT.test(rel);
+}
+
 export function keyContext(repo: string, options: BuildOptions, memo: DigestMemo): KeyContext {
   return {
     repo,
     options,
     fileDigest: (f) => memo.digest(f),
-    treeDigest: (d) => hashTree(d),
+    treeDigest: (d) => hashTree(d, { ignore: isBuildOutput }),
     tool: (name, pkg, args) => toolVersion(name, pkg, args),
   };
 }

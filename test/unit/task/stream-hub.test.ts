@@ -61,10 +61,11 @@ test("a stream for stdio that never appears fails with its name", async () => {
 test("guest NICs are found by MAC, ignoring those without one", async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), "sysnet-"));
   try {
-    for (const [name, mac] of [
+    const nics: Array<[string, string]> = [
       ["lo", "00:00:00:00:00:00"],
       ["eth0", "AA:BB:CC:00:11:22"],
-    ]) {
+    ];
+    for (const [name, mac] of nics) {
       await mkdir(path.join(dir, name));
       await writeFile(path.join(dir, name, "address"), `${mac}\n`);
     }
