@@ -1,0 +1,105 @@
+import type { Config } from "../../config/schema.ts";
+import { virtiofsdDialect } from "../host.ts";
+import type { DiskSpec, DriverEnv, HypervisorState, SandboxSpec, VmStatus } from "../index.ts";
+import { checkDiskId, checkFiles, newState, type Plan, VmmDriver } from "../vm.ts";
+import { ClhApi, ClhApiError } from "./api.ts";
+import { clhPlan } from "./plan.ts";
+
+const RECOVER_MS = 3000;
+const STATES: Record<string, VmStatus["state"]> = {
+  Running: "running",
+  Paused: "paused",
+  Created: "paused",
+  BreakPoint: "paused",
+  Shutdown: "shutdown",
+};
+
+export class ClhVm extends VmmDriver {
+  readonly kind = "cloud-hypervisor";
+  private api?: ClhApi;
+
+  constructor(
+    state: HypervisorState,
+    env: DriverEnv,
+    private readonly input?: { config: Config; sandbox: SandboxSpec },
+  ) {
+    super(state, env);
+  }
+
+  static create(config: Config, sandbox: SandboxSpec, env: DriverEnv): ClhVm {
+    return new ClhVm(newState("cloud-hypervisor", sandbox), env, { config, sandbox });
+  }
+
+  static async recover(state: HypervisorState, env: DriverEnv): Promise<ClhVm> {
+    const vm = new ClhVm(structuredClone(state), env);
+    await vm.reattach(RECOVER_MS);
+    return vm;
+  }
+
+  protected async plan(): Promise<Plan> {
+    if (!this.input) throw new Error(`sandbox ${this.id}: a recovered VM cannot be started again`);
+    const { config, sandbox } = this.input;
+    await checkFiles(config, this.env, ["kernel_path", "image_path", "initrd_path", "path"]);
+    return clhPlan(config, sandbox, await virtiofsdDialect(config.hypervisor.virtiofsd.path, this.env.probes));
+  }
+
+  protected async connectControl(timeoutMs: number, keepTrying: () => boolean): Promise<void> {
+    const api = new ClhApi(this.state.controlSocket);
+    await api.waitReady(timeoutMs, keepTrying);
+    this.api = api;
+  }
+
+  protected closeControl(): void {
+    this.api = undefined;
+  }
+
+  private client(): ClhApi {
+    if (!this.api) throw new Error(`sandbox ${this.id}: no cloud-hypervisor API connection (the VM is not running)`);
+    return this.api;
+  }
+
+  protected async powerButton(): Promise<void> {
+    await this.client().powerButton();
+  }
+
+  /** vm.shutdown stops the guest, vmm.shutdown ends the process; a VM already shut down answers 405, which is fine. */
+  protected async quit(): Promise<void> {
+    const api = this.client();
+    await api.shutdownVm().catch((err: Error) => {
+      if (!(err instanceof ClhApiError)) throw err;
+    });
+    await api.shutdownVmm().catch((err: Error) => {
+      // The process may exit before it answers.
+      if (err instanceof ClhApiError) throw err;
+    });
+    this.shutdownSeen = true;
+  }
+
+  async status(): Promise<VmStatus> {
+    if (!this.api) return { state: "exited", detail: "the VMM has exited" };
+    try {
+      const info = await this.api.vmInfo();
+      return { state: STATES[info.state] ?? "unresponsive", detail: info.state };
+    } catch (err) {
+      return { state: "unresponsive", detail: (err as Error).message };
+    }
+  }
+
+  async hotplugDisk(disk: DiskSpec): Promise<{ id: string; serial: string }> {
+    checkDiskId(this.id, disk.id);
+    if (this.state.devices[disk.id]) throw new Error(`sandbox ${this.id}: device ${disk.id} is already plugged`);
+    const r = await this.client()
+      .addDisk({ path: disk.path, readonly: disk.readOnly, direct: true, id: disk.id, serial: disk.id })
+      .catch((err: Error) => {
+        throw new Error(`sandbox ${this.id}: hot-plug of ${disk.id} (${disk.path}) failed: ${err.message}`);
+      });
+    this.state.devices[disk.id] = { bus: r.bdf };
+    return { id: disk.id, serial: disk.id };
+  }
+
+  async removeDevice(id: string): Promise<void> {
+    if (!this.state.devices[id]) throw new Error(`sandbox ${this.id}: no hot-plugged device ${id}`);
+    await this.client().removeDevice(id);
+    delete this.state.devices[id];
+  }
+}

@@ -1,0 +1,80 @@
+import path from "node:path";
+import type { Config } from "../../config/schema.ts";
+import { AGENT_PORT, kernelCmdline, MOUNT_TAG, virtiofsd } from "../guest.ts";
+import type { VirtiofsdDialect } from "../host.ts";
+import type { SandboxSpec } from "../index.ts";
+import { layoutNics } from "../net.ts";
+import type { Plan } from "../vm.ts";
+
+/** cloud-hypervisor's hybrid vsock CID: each VM has its own UDS, so every guest can be 3. */
+const GUEST_CID = 3;
+
+/**
+ * The cloud-hypervisor command line: the VM boots straight from the flags; the API socket is for control. Guest
+ * memory is shared because virtio-fs (the only share cloud-hypervisor has) maps it from virtiofsd.
+ */
+export function clhPlan(config: Config, sandbox: SandboxSpec, dialect: VirtiofsdDialect): Plan {
+  const h = config.hypervisor;
+  const dir = sandbox.dir;
+  const api = path.join(dir, "api.sock");
+  const vsock = path.join(dir, "task.vsock");
+  const consoleLog = path.join(dir, "console.log");
+  const vcpus = sandbox.vcpus ?? h.vcpus;
+  const mem = sandbox.memoryMiB ?? h.memory_in_mb;
+  const fs = virtiofsd(config, sandbox, dialect);
+
+  const memory = [`size=${mem}M`, "shared=on"];
+  if (h.hugepages) memory.push("hugepages=on");
+  if (h.enable_mem_prealloc) memory.push("prefault=on");
+  const image = h.image_path;
+  const args = [
+    ...["--api-socket", api],
+    ...["--cpus", `boot=${vcpus}`],
+    ...["--memory", memory.join(",")],
+    ...["--kernel", h.kernel_path],
+    ...[
+      "--cmdline",
+      kernelCmdline(config, sandbox, {
+        console: "console=ttyS0",
+        // The image is not partitioned, so the whole pmem device is the filesystem.
+        rootDevice: image ? "/dev/pmem0" : undefined,
+        sharefs: "virtiofs",
+      }),
+    ],
+  ];
+  // discard_writes: the guest may write to its copy of the page cache, never to the shared image file.
+  if (image) args.push("--pmem", `file=${image},discard_writes=on`);
+  else args.push("--initramfs", h.initrd_path);
+  if (h.entropy_source) args.push("--rng", `src=${h.entropy_source}`);
+  args.push(
+    ...["--vsock", `cid=${GUEST_CID},socket=${vsock}`],
+    ...["--fs", `tag=${MOUNT_TAG},socket=${fs.readyPath}`],
+    ...["--serial", `file=${consoleLog}`, "--console", "off"],
+  );
+  const net = layoutNics(sandbox);
+  for (const n of net.nics) {
+    const q = n.childFds.length;
+    args.push(
+      "--net",
+      q === 0 ? `tap=${n.tapName},mac=${n.mac}` : `fd=[${n.childFds.join(",")}],mac=${n.mac},num_queues=${2 * q}`,
+    );
+  }
+  if (h.debug) args.push("-vv");
+
+  return {
+    helpers: [fs],
+    vmm: {
+      name: "cloud-hypervisor",
+      path: h.path,
+      args,
+      logFile: path.join(dir, "vmm.log"),
+      fds: net.hostFds,
+      ...(net.netnsPath ? { netnsPath: net.netnsPath } : {}),
+    },
+    agentAddress: { kind: "hvsock", udsPath: vsock, port: AGENT_PORT },
+    consoleLog,
+    controlSocket: api,
+    files: [api, vsock, fs.readyPath],
+    extra: {},
+  };
+}

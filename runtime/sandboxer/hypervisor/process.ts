@@ -1,0 +1,164 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
+import { readFile, stat } from "node:fs/promises";
+import { constants } from "node:os";
+import { setTimeout as sleep } from "node:timers/promises";
+
+/**
+ * A process identified beyond its pid: the start time (clock ticks since boot, /proc/<pid>/stat field 22) tells a
+ * recycled pid from the process we started, which matters when a restarted daemon signals a recorded pid.
+ */
+export interface ProcRef {
+  pid: number;
+  startTime: number;
+}
+
+/** Start time of a live (non-zombie) process, or undefined when there is none with this pid. */
+export async function procStartTime(pid: number): Promise<number | undefined> {
+  let text: string;
+  try {
+    text = await readFile(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return undefined;
+  }
+  // comm (field 2) may contain spaces and parentheses: fields are counted from the last ')'.
+  const rest = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  if (rest[0] === "Z" || rest[0] === "X") return undefined;
+  const t = Number(rest[19]);
+  return Number.isFinite(t) ? t : undefined;
+}
+
+export async function isAlive(ref: ProcRef): Promise<boolean> {
+  return (await procStartTime(ref.pid)) === ref.startTime;
+}
+
+/** Signals the process only if it is still the one recorded. */
+export async function signalProc(ref: ProcRef, signal: NodeJS.Signals): Promise<boolean> {
+  if (!(await isAlive(ref))) return false;
+  try {
+    process.kill(ref.pid, signal);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Resolves once the process is gone; `wake` lets a caller cut a poll short (e.g. its control socket closed). */
+export async function waitGone(ref: ProcRef, pollMs: number, wake?: AbortSignal): Promise<void> {
+  while (await isAlive(ref)) {
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, pollMs);
+      wake?.addEventListener(
+        "abort",
+        () => {
+          clearTimeout(t);
+          resolve();
+        },
+        { once: true },
+      );
+    });
+  }
+}
+
+/** Exit status as a shell reports it: the code, or 128 + signal number. */
+export function exitStatusOf(code: number | null, signal: NodeJS.Signals | null): number {
+  if (code !== null) return code;
+  return 128 + (signal ? (constants.signals[signal] ?? 0) : 0);
+}
+
+export interface SpawnSpec {
+  /** Short name for logs and errors (qemu, virtiofsd, vhost-device-vsock, ...). */
+  name: string;
+  path: string;
+  args: string[];
+  /** stdout and stderr go here (appended), never to the daemon: VMs outlive it. */
+  logFile: string;
+  /** Host fds handed to the child as fd 3, 4, ... (tap queues). */
+  fds?: number[];
+  /** Run inside this network namespace (nsenter execs, so the pid is the program's own). */
+  netnsPath?: string;
+  /** Added to the daemon's environment. */
+  env?: Record<string, string>;
+}
+
+export interface Spawned {
+  ref: ProcRef;
+  /** Settles with the exit status; listened for from the moment of spawning, so a quick death is never missed. */
+  exited: Promise<number>;
+}
+
+/**
+ * Starts a process in its own session with no pipes to the daemon, so it survives a daemon restart
+ * (KillMode=process) and never blocks on a full pipe nobody reads.
+ */
+export async function spawnDetached(spec: SpawnSpec): Promise<Spawned> {
+  const [file, args] = spec.netnsPath
+    ? ["nsenter", [`--net=${spec.netnsPath}`, "--", spec.path, ...spec.args]]
+    : [spec.path, spec.args];
+  const log = openSync(spec.logFile, "a", 0o640);
+  let child: ChildProcess;
+  let exited: Promise<number>;
+  try {
+    child = spawn(file, args, {
+      detached: true,
+      stdio: ["ignore", log, log, ...(spec.fds ?? [])],
+      ...(spec.env ? { env: { ...process.env, ...spec.env } } : {}),
+    });
+    exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve(exitStatusOf(code, signal))));
+    await new Promise<void>((resolve, reject) => {
+      child.once("spawn", resolve);
+      child.once("error", (err: NodeJS.ErrnoException) =>
+        reject(
+          new Error(
+            err.code === "ENOENT"
+              ? `${spec.name}: ${file} not found (install it or fix its path in the configuration)`
+              : `${spec.name}: cannot start ${file}: ${err.message}`,
+          ),
+        ),
+      );
+    });
+  } finally {
+    closeSync(log);
+  }
+  child.unref();
+  const pid = child.pid!;
+  const startTime = await procStartTime(pid);
+  // A child that died at once has no /proc entry left; its exit is still reported through `child`.
+  return { ref: { pid, startTime: startTime ?? -1 }, exited };
+}
+
+/** Resolves when `file` exists, rejects when `exited` settles first or the deadline passes. */
+export async function waitForPath(
+  file: string,
+  timeoutMs: number,
+  exited: Promise<unknown>,
+  what: string,
+): Promise<void> {
+  let done = false;
+  const gone = exited.then(() => {
+    if (!done) throw new Error(`${what} exited before creating ${file}`);
+  });
+  gone.catch(() => {});
+  const deadline = Date.now() + timeoutMs;
+  try {
+    while (Date.now() < deadline) {
+      if (
+        await stat(file).then(
+          () => true,
+          () => false,
+        )
+      )
+        return;
+      await Promise.race([sleep(20), gone]);
+    }
+    throw new Error(`${what} did not create ${file} within ${timeoutMs} ms`);
+  } finally {
+    done = true;
+  }
+}
+
+/** The last lines of a log file, for error messages. */
+export async function tail(file: string, lines = 15): Promise<string> {
+  const text = await readFile(file, "utf8").catch(() => "");
+  return text.trimEnd().split("\n").slice(-lines).join("\n");
+}

@@ -1,0 +1,229 @@
+import path from "node:path";
+import type { Config } from "../../config/schema.ts";
+import { AGENT_PORT, kernelCmdline, MOUNT_TAG, vhostDeviceVsock, virtiofsd } from "../guest.ts";
+import type { Accel, VirtiofsdDialect, VsockMode } from "../host.ts";
+import type { AgentAddress, SandboxSpec } from "../index.ts";
+import { layoutNics } from "../net.ts";
+import type { HelperSpec, Plan } from "../vm.ts";
+
+/** Host facts a QEMU command line depends on, probed by the driver (or given by a test). */
+export interface QemuFacts {
+  accel: Accel;
+  vsock: VsockMode;
+  /** Guest CID for vhost-vsock. */
+  cid: number;
+  /** /dev/vhost-net exists: tap NICs get vhost=on under kvm. */
+  vhostNet: boolean;
+  hostMemMiB: number;
+  /** Which virtiofsd flags to use (share_fs = VirtioFS). */
+  virtiofsd?: VirtiofsdDialect;
+  /** Size of image_path, for the NVDIMM (disable_nvdimm = false). */
+  imageBytes?: number;
+}
+
+const on = (b: boolean) => (b ? "on" : "off");
+
+/** Splits machine_accelerators into the accelerator word and Kuasar-style extra -machine options. */
+export function parseAccelerators(value: string): { accel: "auto" | Accel; machineOptions: string[] } {
+  const words = value
+    .split(",")
+    .map((w) => w.trim())
+    .filter(Boolean);
+  const accel = (words.find((w) => w === "auto" || w === "kvm" || w === "tcg") ?? "auto") as "auto" | Accel;
+  return { accel, machineOptions: words.filter((w) => w !== "auto" && w !== "kvm" && w !== "tcg") };
+}
+
+/** The QEMU command line and helpers for one sandbox VM. */
+export function qemuPlan(config: Config, sandbox: SandboxSpec, facts: QemuFacts): Plan {
+  const h = config.hypervisor;
+  const dir = sandbox.dir;
+  const micro = h.machine_type === "microvm";
+  const q35 = /^(q35|pc-q35-)/.test(h.machine_type);
+  // microvm has only virtio-mmio; the other machines take PCI devices.
+  const dev = (name: string) => (micro ? `${name}-device` : `${name}-pci`);
+  const vcpus = sandbox.vcpus ?? h.vcpus;
+  const mem = sandbox.memoryMiB ?? h.memory_in_mb;
+  const image = h.image_path;
+  const nvdimm = image !== "" && !h.disable_nvdimm;
+  const virtiofs = h.share_fs === "VirtioFS";
+  const hybrid = facts.vsock === "hybrid";
+  const helpers: HelperSpec[] = [];
+  const files = [path.join(dir, "qmp.sock")];
+  const consoleLog = path.join(dir, "console.log");
+
+  const machine = [h.machine_type, `accel=${facts.accel}`, ...parseAccelerators(h.machine_accelerators).machineOptions];
+  if (nvdimm) machine.push("nvdimm=on");
+  if (micro) machine.push("memory-backend=mem");
+  const cpuModel = h.cpu_model === "host" && facts.accel === "tcg" ? "max" : h.cpu_model;
+  const maxVcpus = Math.max(h.default_max_vcpus, vcpus);
+
+  const args = [
+    ...["-name", `sandbox-${sandbox.id}`],
+    ...["-machine", machine.join(",")],
+    ...["-cpu", [cpuModel, h.cpu_features].filter(Boolean).join(",")],
+    ...["-smp", maxVcpus > vcpus ? `${vcpus},maxcpus=${maxVcpus}` : String(vcpus)],
+  ];
+
+  // Memory: vhost-user devices (hybrid vsock, virtio-fs, vhost-user storage) map guest RAM, so it must be shared.
+  const nvdimmMiB = nvdimm ? Math.ceil((facts.imageBytes ?? 0) / 1048576) : 0;
+  const slots = h.mem_slots > 0 && !micro ? h.mem_slots : 0;
+  // maxmem (host memory, as Kuasar sets it) must exceed the boot memory and leave room for the NVDIMM.
+  const maxMem = Math.max(facts.hostMemMiB, mem + Math.max(nvdimmMiB, 1));
+  args.push("-m", slots > 0 ? `${mem}M,slots=${slots},maxmem=${maxMem}M` : `${mem}M`);
+  const shared = hybrid || virtiofs || h.enable_vhost_user_store;
+  const memPath = h.memory_path || (h.hugepages ? "/dev/hugepages" : "");
+  const backend = memPath
+    ? [`memory-backend-file`, "id=mem", `size=${mem}M`, `mem-path=${memPath}`, `share=${on(shared)}`]
+    : shared
+      ? ["memory-backend-memfd", "id=mem", `size=${mem}M`, "share=on"]
+      : ["memory-backend-ram", "id=mem", `size=${mem}M`];
+  if (h.mem_prealloc || h.enable_mem_prealloc) backend.push("prealloc=on");
+  args.push("-object", backend.join(","));
+  if (!micro) args.push("-numa", "node,memdev=mem");
+
+  const firmware = h.firmware_path || h.firmware;
+  if (firmware) args.push("-bios", firmware);
+  args.push(
+    ...["-nodefaults", "-nographic", "-no-user-config"],
+    // Guest reboots (panic=1) end the VM instead of looping.
+    "-no-reboot",
+    ...["-qmp", `unix:${path.join(dir, "qmp.sock")},server=on,wait=off`],
+    ...["-chardev", `file,id=console0,path=${consoleLog}`, "-serial", "chardev:console0"],
+  );
+  if (h.debug) args.push("-d", "guest_errors,unimp");
+
+  // Buses for hot-plugged disks, first so the explicit ones keep their places.
+  const hotplugBuses: string[] = [];
+  if (!micro) {
+    for (let i = 0; i < h.default_bridges; i++) {
+      const id = q35 ? `rp${i}` : `pci-bridge-${i}`;
+      hotplugBuses.push(id);
+      args.push(
+        "-device",
+        q35
+          ? `pcie-root-port,id=${id},bus=pcie.0,chassis=${i + 1},port=${i + 1}`
+          : `pci-bridge,bus=pci.0,id=${id},chassis_nr=${i + 1},shpc=off`,
+      );
+    }
+  }
+  const iothread = h.enable_iothreads ? ",iothread=iothread0" : "";
+  if (h.enable_iothreads) args.push("-object", "iothread,id=iothread0");
+  if (h.block_device_driver === "VirtioScsi") args.push("-device", `virtio-scsi-pci,id=scsi0${iothread}`);
+
+  let rootDevice: string | undefined;
+  if (image && nvdimm) {
+    const bytes = facts.imageBytes ?? 0;
+    if (bytes === 0 || bytes % 4096 !== 0) {
+      throw new Error(
+        `hypervisor.image_path ${image} is ${bytes} bytes: an NVDIMM needs a size that is a multiple of 4096 ` +
+          "(pad the image, or set disable_nvdimm = true)",
+      );
+    }
+    // Read-only and unarmed: one image file backs every sandbox's root filesystem.
+    args.push(
+      ...[
+        "-object",
+        `memory-backend-file,id=mem-rootfs,mem-path=${image},size=${facts.imageBytes},readonly=on,share=off`,
+      ],
+      ...["-device", "nvdimm,id=nv-rootfs,memdev=mem-rootfs,unarmed=on"],
+    );
+    rootDevice = "/dev/pmem0";
+  } else if (image) {
+    // Read-only: every sandbox boots the same image, and QEMU would refuse a second writer anyway.
+    args.push("-drive", `id=rootfs,file=${image},if=none,format=raw,readonly=on,aio=threads`);
+    if (h.block_device_driver === "VirtioScsi") {
+      args.push("-device", "scsi-hd,bus=scsi0.0,drive=rootfs,id=rootfs-disk");
+      rootDevice = "/dev/sda";
+    } else {
+      args.push("-device", `${dev("virtio-blk")},drive=rootfs,id=rootfs-disk${micro ? "" : iothread}`);
+      rootDevice = "/dev/vda";
+    }
+  }
+  const cmdline = kernelCmdline(config, sandbox, {
+    console: "console=ttyS0",
+    rootDevice,
+    sharefs: virtiofs ? "virtiofs" : "9p",
+  });
+  args.push("-kernel", h.kernel_path, "-append", cmdline);
+  if (!image) args.push("-initrd", h.initrd_path);
+
+  if (h.entropy_source) {
+    args.push("-object", `rng-random,id=rng0,filename=${h.entropy_source}`, "-device", `${dev("virtio-rng")},rng=rng0`);
+  }
+
+  if (virtiofs) {
+    const v = virtiofsd(config, sandbox, facts.virtiofsd ?? "c");
+    helpers.push(v);
+    files.push(v.readyPath);
+    args.push(
+      ...["-chardev", `socket,id=char-virtiofs,path=${v.readyPath}`],
+      ...["-device", `${dev("vhost-user-fs")},chardev=char-virtiofs,tag=${MOUNT_TAG},queue-size=1024`],
+    );
+  } else {
+    const fsdev = [`local,id=fsdev-${MOUNT_TAG},path=${sandbox.shareDir},security_model=none`];
+    if (h.virtio_9p_multidevs) fsdev.push(`multidevs=${h.virtio_9p_multidevs}`);
+    if (h.virtio_9p_direct_io) fsdev.push("writeout=immediate");
+    args.push(
+      "-fsdev",
+      fsdev.join(","),
+      "-device",
+      `${dev("virtio-9p")},fsdev=fsdev-${MOUNT_TAG},mount_tag=${MOUNT_TAG}`,
+    );
+  }
+
+  let agentAddress: AgentAddress;
+  if (hybrid) {
+    const v = vhostDeviceVsock(config, sandbox);
+    helpers.push(v);
+    files.push(v.readyPath, v.uds);
+    args.push(
+      "-chardev",
+      `socket,id=char-vsock,path=${v.readyPath}`,
+      "-device",
+      `${dev("vhost-user-vsock")},chardev=char-vsock`,
+    );
+    agentAddress = { kind: "hvsock", udsPath: v.uds, port: AGENT_PORT };
+  } else {
+    args.push("-device", `${dev("vhost-vsock")},id=vsock0,guest-cid=${facts.cid}`);
+    agentAddress = { kind: "vsock", cid: facts.cid, port: AGENT_PORT };
+  }
+
+  const net = layoutNics(sandbox);
+  const vhostNet = facts.accel === "kvm" && facts.vhostNet ? ",vhost=on" : "";
+  for (const n of net.nics) {
+    const queues = n.childFds.length;
+    const backend =
+      queues === 0
+        ? `ifname=${n.tapName},script=no,downscript=no`
+        : queues === 1
+          ? `fd=${n.childFds[0]}`
+          : `fds=${n.childFds.join(":")}`;
+    const mq = queues > 1 ? `,mq=on,vectors=${2 * queues + 2}` : "";
+    args.push(
+      ...["-netdev", `tap,id=net${n.index},${backend}${vhostNet}`],
+      ...["-device", `${dev("virtio-net")},netdev=net${n.index},mac=${n.mac},id=nic${n.index}${mq}`],
+    );
+  }
+
+  return {
+    helpers,
+    vmm: {
+      name: "qemu",
+      path: h.qemu_path,
+      args,
+      logFile: path.join(dir, "vmm.log"),
+      fds: net.hostFds,
+      ...(net.netnsPath ? { netnsPath: net.netnsPath } : {}),
+    },
+    agentAddress,
+    consoleLog,
+    controlSocket: path.join(dir, "qmp.sock"),
+    files,
+    extra: {
+      accel: facts.accel,
+      blockDriver: h.block_device_driver,
+      hotplugBuses: hotplugBuses.join(","),
+      machine: h.machine_type,
+    },
+  };
+}

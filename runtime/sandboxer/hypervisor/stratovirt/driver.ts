@@ -1,0 +1,86 @@
+import type { Config } from "../../config/schema.ts";
+import { randomCid } from "../guest.ts";
+import type { DiskSpec, DriverEnv, HypervisorState, SandboxSpec } from "../index.ts";
+import { QmpDriver } from "../qmp-driver.ts";
+import { checkDiskId, checkFiles, newState, type Plan } from "../vm.ts";
+import { stratovirtPlan } from "./plan.ts";
+
+const RECOVER_MS = 3000;
+
+export class StratoVirtVm extends QmpDriver {
+  readonly kind = "stratovirt";
+  private cid = 0;
+
+  constructor(
+    state: HypervisorState,
+    env: DriverEnv,
+    private readonly input?: { config: Config; sandbox: SandboxSpec },
+  ) {
+    super(state, env);
+  }
+
+  static create(config: Config, sandbox: SandboxSpec, env: DriverEnv): StratoVirtVm {
+    return new StratoVirtVm(newState("stratovirt", sandbox), env, { config, sandbox });
+  }
+
+  static async recover(state: HypervisorState, env: DriverEnv): Promise<StratoVirtVm> {
+    const vm = new StratoVirtVm(structuredClone(state), env);
+    await vm.reattach(RECOVER_MS);
+    return vm;
+  }
+
+  protected async plan(attempt: number): Promise<Plan> {
+    if (!this.input) throw new Error(`sandbox ${this.id}: a recovered VM cannot be started again`);
+    const { config, sandbox } = this.input;
+    if (attempt === 0) {
+      await checkFiles(config, this.env, ["kernel_path", "image_path", "initrd_path", "firmware", "path"]);
+      if (!(await this.env.probes.exists("/dev/vhost-vsock"))) {
+        throw new Error(
+          "stratovirt talks to the guest over vhost-vsock, and /dev/vhost-vsock does not exist: modprobe vhost_vsock",
+        );
+      }
+    }
+    this.cid = randomCid();
+    return stratovirtPlan(config, sandbox, this.cid);
+  }
+
+  /** The kernel refuses a CID another VM holds (EADDRINUSE); drawing a new one fixes it. */
+  protected override retryable(log: string): boolean {
+    return /cid/i.test(log) && /(in use|EADDRINUSE)/i.test(log);
+  }
+
+  async hotplugDisk(disk: DiskSpec): Promise<{ id: string; serial: string }> {
+    checkDiskId(this.id, disk.id);
+    if (this.state.devices[disk.id]) throw new Error(`sandbox ${this.id}: device ${disk.id} is already plugged`);
+    if (this.state.extra.micro) throw new Error(`sandbox ${this.id}: microvm (virtio-mmio) cannot hot-plug disks here`);
+    // Each root port takes one device, at slot 0.
+    const used = new Set(Object.values(this.state.devices).map((d) => d.bus));
+    const bus = String(this.state.extra.rootPorts ?? "")
+      .split(",")
+      .find((p) => p && !used.has(p));
+    if (!bus) throw new Error(`sandbox ${this.id}: all PCIe root ports are in use`);
+    const qmp = this.client();
+    const node = `drive-${disk.id}`;
+    await qmp.execute("blockdev-add", {
+      "node-name": node,
+      file: { driver: "file", filename: disk.path },
+      cache: { direct: true },
+      "read-only": disk.readOnly,
+    });
+    try {
+      await qmp.execute("device_add", {
+        id: disk.id,
+        driver: "virtio-blk-pci",
+        bus,
+        addr: "0x0",
+        drive: node,
+        serial: disk.id,
+      });
+    } catch (err) {
+      await qmp.execute("blockdev-del", { "node-name": node }).catch(() => {});
+      throw new Error(`sandbox ${this.id}: hot-plug of ${disk.id} (${disk.path}) failed: ${(err as Error).message}`);
+    }
+    this.state.devices[disk.id] = { node, bus };
+    return { id: disk.id, serial: disk.id };
+  }
+}

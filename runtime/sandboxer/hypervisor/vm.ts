@@ -1,0 +1,294 @@
+import { rm, writeFile } from "node:fs/promises";
+import path from "node:path";
+import type { Config, HypervisorKind } from "../config/schema.ts";
+import type { Logger } from "../log.ts";
+import type {
+  AgentAddress,
+  DiskSpec,
+  DriverEnv,
+  Exit,
+  Hypervisor,
+  HypervisorState,
+  SandboxSpec,
+  Started,
+  VmStatus,
+} from "./index.ts";
+import {
+  isAlive,
+  type ProcRef,
+  type SpawnSpec,
+  signalProc,
+  spawnDetached,
+  tail,
+  waitForPath,
+  waitGone,
+} from "./process.ts";
+
+/** A helper process the VMM needs running first, ready once readyPath (its socket) exists. */
+export interface HelperSpec extends SpawnSpec {
+  readyPath: string;
+}
+
+/** Everything one start of a VM needs: built by each driver from the config, the sandbox and probed host facts. */
+export interface Plan {
+  helpers: HelperSpec[];
+  vmm: SpawnSpec;
+  agentAddress: AgentAddress;
+  consoleLog: string;
+  controlSocket: string;
+  /** Sockets and files the VMM or helpers create, removed before starting and after the VM is gone. */
+  files: string[];
+  extra: HypervisorState["extra"];
+}
+
+/** Thrown by a driver when a start failed in a way another attempt can fix (a vsock CID already taken). */
+export class RetryStart extends Error {}
+
+const HELPER_READY_MS = 10_000;
+const CONTROL_READY_MS = 15_000;
+const QUIT_GRACE_MS = 3_000;
+const HELPER_TERM_MS = 2_000;
+const START_ATTEMPTS = 5;
+export const PID_FILE = "vmm.pid";
+
+export function newState(kind: HypervisorKind, sandbox: SandboxSpec): HypervisorState {
+  return {
+    kind,
+    id: sandbox.id,
+    dir: sandbox.dir,
+    helpers: [],
+    consoleLog: path.join(sandbox.dir, "console.log"),
+    controlSocket: "",
+    files: [],
+    devices: {},
+    extra: {},
+  };
+}
+
+/** Resolves true if p settles within ms. */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<false>((r) => {
+    timer = setTimeout(() => r(false), ms);
+  });
+  const done = await Promise.race([p.then(() => true), t]);
+  clearTimeout(timer);
+  return done;
+}
+
+/**
+ * The lifecycle every VMM shares: helpers first, the VMM detached with its pid recorded, readiness through the
+ * control socket, exit tracking for processes this daemon did or did not start, staged stop and cleanup.
+ * Drivers supply the plan and speak their control protocol.
+ */
+export abstract class VmmDriver implements Hypervisor {
+  abstract readonly kind: HypervisorKind;
+  protected readonly log: Logger;
+  private exit?: Promise<Exit>;
+  /** Woken when the control connection drops, so an exit is noticed without waiting for the next poll. */
+  protected controlLost = new AbortController();
+  /** Set when the VMM reported an orderly shutdown: the exit status of a VMM we did not start is then 0. */
+  protected shutdownSeen = false;
+  private detached = false;
+
+  constructor(
+    protected state: HypervisorState,
+    protected readonly env: DriverEnv,
+  ) {
+    this.log = env.log.child(`${state.kind}:${state.id}`);
+  }
+
+  get id(): string {
+    return this.state.id;
+  }
+
+  /** Probes the host and builds the plan; attempt counts restarts after RetryStart. */
+  protected abstract plan(attempt: number): Promise<Plan>;
+  /** Connects the control channel; keepTrying() turns false once the VMM has exited. */
+  protected abstract connectControl(timeoutMs: number, keepTrying: () => boolean): Promise<void>;
+  protected abstract closeControl(): void;
+  /** Maps a failed start's log to RetryStart when another attempt can succeed. */
+  protected retryable(_log: string): boolean {
+    return false;
+  }
+  /** ACPI power button; rejects when the VMM cannot do it. */
+  protected abstract powerButton(): Promise<void>;
+  /** Makes the VMM process exit now. */
+  protected abstract quit(): Promise<void>;
+  abstract status(): Promise<VmStatus>;
+  abstract hotplugDisk(disk: DiskSpec): Promise<{ id: string; serial: string }>;
+  abstract removeDevice(id: string): Promise<void>;
+
+  async start(): Promise<Started> {
+    if (this.state.vmm) throw new Error(`sandbox ${this.id}: the VM was already started (pid ${this.state.vmm.pid})`);
+    for (let attempt = 0; ; attempt++) {
+      const plan = await this.plan(attempt);
+      try {
+        return await this.launch(plan);
+      } catch (err) {
+        if (!(err instanceof RetryStart) || attempt + 1 >= START_ATTEMPTS) throw err;
+        this.log.info(`start attempt ${attempt + 1} failed (${err.message}); retrying`);
+      }
+    }
+  }
+
+  private async launch(plan: Plan): Promise<Started> {
+    Object.assign(this.state, {
+      agentAddress: plan.agentAddress,
+      consoleLog: plan.consoleLog,
+      controlSocket: plan.controlSocket,
+      files: [...plan.files, path.join(this.state.dir, PID_FILE)],
+      extra: plan.extra,
+    });
+    await Promise.all(this.state.files.map((f) => rm(f, { force: true })));
+    let vmmExited: Promise<number> | undefined;
+    try {
+      for (const h of plan.helpers) {
+        this.log.debug(`starting ${h.name}: ${h.path} ${h.args.join(" ")}`);
+        const s = await spawnDetached(h);
+        this.state.helpers.push({ name: h.name, ...s.ref });
+        await waitForPath(h.readyPath, HELPER_READY_MS, s.exited, h.name).catch(async (err: Error) => {
+          throw new Error(`${err.message}; its log ${h.logFile}:\n${await tail(h.logFile)}`);
+        });
+      }
+      this.log.info(`starting ${plan.vmm.name}: ${plan.vmm.path} ${plan.vmm.args.join(" ")}`);
+      const s = await spawnDetached(plan.vmm);
+      this.state.vmm = s.ref;
+      vmmExited = s.exited;
+      let gone = false;
+      this.exit = s.exited.then((exitStatus) => {
+        gone = true;
+        return { exitStatus, exitedAt: new Date() };
+      });
+      await Promise.race([
+        this.connectControl(CONTROL_READY_MS, () => !gone),
+        s.exited.then((status) => {
+          throw new Error(`${plan.vmm.name} exited with status ${status} while starting`);
+        }),
+      ]);
+      await writeFile(path.join(this.state.dir, PID_FILE), `${s.ref.pid}\n`);
+    } catch (err) {
+      const log = await tail(plan.vmm.logFile);
+      await this.abortStart(vmmExited);
+      const msg = `sandbox ${this.id}: ${(err as Error).message}`;
+      if (vmmExited && this.retryable(log)) throw new RetryStart(msg);
+      throw new Error(log ? `${msg}; ${plan.vmm.logFile}:\n${log}` : msg);
+    }
+    this.exit = this.exit!.then((e) => this.finish(e));
+    return { pid: this.state.vmm.pid, agentAddress: plan.agentAddress, consoleLog: plan.consoleLog };
+  }
+
+  private async abortStart(vmmExited: Promise<number> | undefined): Promise<void> {
+    this.closeControl();
+    if (this.state.vmm && vmmExited) {
+      await signalProc(this.state.vmm, "SIGKILL");
+      await vmmExited;
+    }
+    await this.cleanup();
+    this.state.vmm = undefined;
+    this.exit = undefined;
+  }
+
+  /** After the VMM is gone: close the control channel and clean up helpers and files. */
+  private async finish(e: Exit): Promise<Exit> {
+    // A detached driver no longer owns the VM: whoever recovered it cleans up.
+    if (this.detached) return e;
+    this.closeControl();
+    await this.cleanup().catch((err: Error) => this.log.warn(`cleanup: ${err.message}`));
+    this.log.info(`VMM exited with status ${e.exitStatus}`);
+    return e;
+  }
+
+  wait(): Promise<Exit> {
+    if (!this.exit) {
+      const vmm = this.state.vmm;
+      if (!vmm) return Promise.reject(new Error(`sandbox ${this.id}: the VM was never started`));
+      // Not our child (the daemon restarted): poll /proc, woken early when the control socket closes.
+      this.exit = waitGone(vmm, this.env.pollMs, this.controlLost.signal)
+        .then(() => ({ exitStatus: this.shutdownSeen ? 0 : 255, exitedAt: new Date() }))
+        .then((e) => this.finish(e));
+    }
+    return this.exit;
+  }
+
+  async stop(timeoutMs: number): Promise<Exit> {
+    const exit = this.wait();
+    if (await settlesWithin(exit, 0)) return exit;
+    if (timeoutMs > 0) {
+      const asked = await this.powerButton().then(
+        () => true,
+        (err: Error) => {
+          this.log.info(`no ACPI power-off (${err.message}); asking the VMM to quit`);
+          return false;
+        },
+      );
+      if (asked && (await settlesWithin(exit, timeoutMs))) return exit;
+    }
+    await this.quit().catch((err: Error) => this.log.info(`quit: ${err.message}`));
+    if (await settlesWithin(exit, QUIT_GRACE_MS)) return exit;
+    this.log.warn(`VMM pid ${this.state.vmm?.pid} did not exit; killing it`);
+    if (this.state.vmm) await signalProc(this.state.vmm, "SIGKILL");
+    return exit;
+  }
+
+  async cleanup(): Promise<void> {
+    await Promise.all(this.state.helpers.map((h) => this.stopHelper(h)));
+    this.state.helpers = [];
+    await Promise.all(this.state.files.map((f) => rm(f, { force: true })));
+  }
+
+  private async stopHelper(h: ProcRef & { name: string }): Promise<void> {
+    if (!(await signalProc(h, "SIGTERM"))) return;
+    const gone = waitGone(h, 50);
+    if (!(await settlesWithin(gone, HELPER_TERM_MS))) {
+      this.log.warn(`${h.name} (pid ${h.pid}) ignored SIGTERM; killing it`);
+      await signalProc(h, "SIGKILL");
+      await gone;
+    }
+  }
+
+  detach(): void {
+    this.detached = true;
+    this.closeControl();
+  }
+
+  persistState(): HypervisorState {
+    return structuredClone(this.state);
+  }
+
+  /** For recover(): the recorded VMM must still run and its control socket answer within timeoutMs. */
+  protected async reattach(timeoutMs: number): Promise<void> {
+    const vmm = this.state.vmm;
+    if (!vmm) throw new Error(`sandbox ${this.id}: no VMM pid recorded`);
+    if (!(await isAlive(vmm))) throw new Error(`sandbox ${this.id}: VMM pid ${vmm.pid} is no longer running`);
+    await this.connectControl(timeoutMs, () => true).catch((err: Error) => {
+      throw new Error(`sandbox ${this.id}: VMM pid ${vmm.pid} runs but ${err.message}`);
+    });
+    this.wait();
+  }
+}
+
+/** Files the configuration names that must exist before QEMU is worth starting. */
+export async function checkFiles(config: Config, env: DriverEnv, keys: string[]): Promise<void> {
+  const h = config.hypervisor as unknown as Record<string, string>;
+  const missing: string[] = [];
+  for (const key of keys) {
+    const file = h[key];
+    if (file && !(await env.probes.exists(file))) missing.push(`hypervisor.${key} = ${file} does not exist`);
+  }
+  if (missing.length > 0) {
+    throw new Error(
+      `${missing.join("; ")} (${config.file ?? "default configuration"}): build the guest with ` +
+        "`make bin/vmlinux.bin bin/kuasar.img` and install it with `make install-vmm`, or fix the paths",
+    );
+  }
+}
+
+/** The disk ids hotplugDisk accepts: also the virtio-blk serial, which holds 20 bytes. */
+export function checkDiskId(sandboxId: string, id: string): void {
+  if (!/^[A-Za-z0-9_-]{1,20}$/.test(id)) {
+    throw new Error(
+      `sandbox ${sandboxId}: disk id '${id}' must be 1-20 characters from [A-Za-z0-9_-] (it is the disk serial)`,
+    );
+  }
+}
