@@ -1,0 +1,195 @@
+import assert from "node:assert/strict";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { createReadStream, existsSync } from "node:fs";
+import { mkdir, readdir, writeFile } from "node:fs/promises";
+import net from "node:net";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { buildNative } from "../../../runtime/native/build.ts";
+import { Task } from "../../../runtime/protos/gen/containerd/runtime/task/v3/shim_pb.ts";
+import { Status } from "../../../runtime/protos/gen/containerd/types/task/task_pb.ts";
+import { EventPublisher } from "../../../runtime/sandboxer/events.ts";
+import { logger } from "../../../runtime/sandboxer/log.ts";
+import { TaskProxy } from "../../../runtime/sandboxer/task-proxy/proxy.ts";
+import { TtrpcClient, TtrpcServer } from "../../../runtime/ttrpc/index.ts";
+import { busyboxRootfs, ptyReady, repo, requireTools, type Scratch, scratch } from "../task/harness.ts";
+
+// containerd -> host task proxy -> the real vmm-task (on this host, under the C init) -> runc: everything but
+// the VM. The "share" is a host directory that both sides see at the same path.
+let s: Scratch;
+let agentProc: ChildProcess;
+let agent: TtrpcClient;
+let events: EventPublisher;
+let proxyServer: TtrpcServer;
+let containerd: TtrpcClient;
+let share: string;
+
+async function waitForSocket(sock: string, ms: number): Promise<net.Socket> {
+  const until = Date.now() + ms;
+  for (;;) {
+    try {
+      return await new Promise<net.Socket>((resolve, reject) => {
+        const c = net.connect(sock);
+        c.once("connect", () => resolve(c));
+        c.once("error", reject);
+      });
+    } catch (e) {
+      if (Date.now() > until)
+        throw new Error(`vmm-task did not listen on ${sock} within ${ms} ms: ${(e as Error).message}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+before(async () => {
+  await requireTools();
+  await ptyReady();
+  s = await scratch("proxy-agent");
+  const { init } = await buildNative({ outDir: path.join(repo, "build", "native") });
+  const sock = path.join(s.dir, "agent.sock");
+  agentProc = spawn(
+    init,
+    [
+      "--",
+      process.execPath,
+      "--import",
+      "tsx",
+      path.join(repo, "runtime/task/main.ts"),
+      "--listen",
+      `unix:${sock}`,
+      "--state-dir",
+      path.join(s.dir, "agent-state"),
+      "--runc-root",
+      s.runcRoot,
+      "--log-level",
+      "debug",
+    ],
+    { stdio: ["ignore", "inherit", "inherit"], env: { ...process.env } },
+  );
+  agent = new TtrpcClient(await waitForSocket(sock, 20_000));
+  share = path.join(s.dir, "shared");
+  await mkdir(share);
+  events = new EventPublisher(path.join(s.dir, "no-containerd.sock"), logger("test"));
+  let n = 0;
+  const proxy = new TaskProxy({
+    sandboxId: "sb1",
+    share: { host: share, guest: share },
+    agent: () => agent,
+    events,
+    nextStorage: () => n++,
+    log: logger("proxy"),
+  });
+  proxyServer = new TtrpcServer().register(Task, proxy.handlers());
+  const l = net.createServer();
+  proxyServer.serve(l);
+  const taskSock = path.join(s.dir, "task.sock");
+  await new Promise<void>((r) => l.listen(taskSock, r));
+  containerd = new TtrpcClient(await waitForSocket(taskSock, 2000));
+});
+
+after(async () => {
+  events?.close();
+  containerd?.close();
+  agent?.close();
+  await proxyServer?.close();
+  agentProc?.kill("SIGTERM");
+  await new Promise((r) => agentProc?.once("exit", r));
+  await s?.cleanup();
+});
+
+async function hostBundle(id: string, args: string[]): Promise<string> {
+  const bundle = path.join(s.dir, "host-bundles", id);
+  await mkdir(bundle, { recursive: true });
+  const rootfs = await busyboxRootfs(path.join(s.dir, "image"));
+  // What containerd writes: a full spec with host paths; rootfs comes separately as snapshot mounts.
+  await writeFile(
+    path.join(bundle, "config.json"),
+    JSON.stringify({
+      ociVersion: "1.0.2",
+      process: { args, env: ["PATH=/bin"], cwd: "/", user: { uid: 0, gid: 0 } },
+      root: { path: rootfs },
+      mounts: [{ destination: "/proc", type: "proc", source: "proc" }],
+      linux: {
+        namespaces: [{ type: "pid" }, { type: "mount" }, { type: "network", path: "/proc/1/ns/net" }],
+        cgroupsPath: `${s.cgroupParent}/${id}`,
+      },
+    }),
+  );
+  return bundle;
+}
+
+function fifo(name: string): string {
+  const p = path.join(s.dir, name);
+  execFileSync("mkfifo", [p]);
+  return p;
+}
+
+function readAll(p: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let out = "";
+    createReadStream(p)
+      .on("data", (d) => {
+        out += d.toString();
+      })
+      .on("end", () => resolve(out))
+      .on("error", reject);
+  });
+}
+
+test("a container created through the proxy runs in the agent with runc; its output reaches the host FIFO", async () => {
+  const task = containerd.service(Task);
+  const stdout = fifo("c1-stdout");
+  const output = readAll(stdout);
+  const bundle = await hostBundle("c1", ["sh", "-c", "echo hello from a container; echo to stderr >&2; exit 3"]);
+  const created = await task.create(
+    { id: "c1", bundle, stdout },
+    { metadata: { "containerd-namespace-ttrpc": "k8s.io" } },
+  );
+  assert.ok(created.pid > 0);
+  assert.equal((await task.state({ id: "c1" })).status, Status.CREATED);
+  const waiting = task.wait({ id: "c1" });
+  await task.start({ id: "c1" });
+  assert.equal((await waiting).exitStatus, 3);
+  assert.equal(await output, "hello from a container\n");
+  const st = await task.state({ id: "c1" });
+  assert.equal(st.status, Status.STOPPED);
+  assert.equal(st.bundle, bundle);
+  await task.delete({ id: "c1" });
+  assert.deepEqual(await readdir(share), []);
+});
+
+test("exec runs a second process in a running container with its own stdio", async () => {
+  const task = containerd.service(Task);
+  const bundle = await hostBundle("c2", ["sleep", "60"]);
+  await task.create({ id: "c2", bundle });
+  await task.start({ id: "c2" });
+  const stdout = fifo("c2-exec-stdout");
+  const output = readAll(stdout);
+  const spec = {
+    args: ["sh", "-c", "echo exec says hi; exit 7"],
+    env: ["PATH=/bin"],
+    cwd: "/",
+    user: { uid: 0, gid: 0 },
+  };
+  await task.exec({
+    id: "c2",
+    execId: "e1",
+    stdout,
+    spec: {
+      typeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process",
+      value: Buffer.from(JSON.stringify(spec)),
+    },
+  });
+  const waiting = task.wait({ id: "c2", execId: "e1" });
+  await task.start({ id: "c2", execId: "e1" });
+  assert.equal((await waiting).exitStatus, 7);
+  assert.equal(await output, "exec says hi\n");
+  await task.delete({ id: "c2", execId: "e1" });
+  const pids = await task.pids({ id: "c2" });
+  assert.ok(pids.processes.length >= 1, "the container's init is alive");
+  const done = task.wait({ id: "c2" });
+  await task.kill({ id: "c2", signal: 9 });
+  assert.equal((await done).exitStatus, 137);
+  await task.delete({ id: "c2" });
+  assert.equal(existsSync(path.join(share, "c2")), false);
+});
