@@ -47,15 +47,13 @@ export async function signalProc(ref: ProcRef, signal: NodeJS.Signals): Promise<
 export async function waitGone(ref: ProcRef, pollMs: number, wake?: AbortSignal): Promise<void> {
   while (await isAlive(ref)) {
     await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, pollMs);
-      wake?.addEventListener(
-        "abort",
-        () => {
-          clearTimeout(t);
-          resolve();
-        },
-        { once: true },
-      );
+      const done = () => {
+        clearTimeout(t);
+        wake?.removeEventListener("abort", done);
+        resolve();
+      };
+      const t = setTimeout(done, pollMs);
+      wake?.addEventListener("abort", done, { once: true });
     });
   }
 }
