@@ -50,13 +50,16 @@ export async function buildNative(opts: BuildNativeOptions): Promise<NativeArtif
     await writeStamp(stampFile, stamp);
   }
 
-  const gyp = nodeGyp();
   const nodedir = nodeDir();
   const vsockKey = await digest(vsockSources, [ccVersion, process.version, nodedir ?? "download"]);
   if (stamp.vsock !== vsockKey || !existsSync(out.vsockAddon)) {
+    // The in-place build is shared by every outDir (and found by the loader): rebuild it only when stale.
+    const inPlaceStamp = path.join(vsockDir, "build", "kuasar-stamp");
     await withLock(path.join(vsockDir, ".build.lock"), async () => {
-      const args = [gyp, "rebuild", ...(nodedir ? [`--nodedir=${nodedir}`] : [])];
+      if ((await readFile(inPlaceStamp, "utf8").catch(() => "")) === vsockKey) return;
+      const args = [nodeGyp(), "rebuild", ...(nodedir ? [`--nodedir=${nodedir}`] : [])];
       await run(process.execPath, args, "building the vsock addon with node-gyp", vsockDir);
+      await writeFile(inPlaceStamp, vsockKey);
     });
     const tmp = `${out.vsockAddon}.tmp-${process.pid}`;
     await copyFile(path.join(vsockDir, "build", "Release", "vsock.node"), tmp);

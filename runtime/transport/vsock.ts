@@ -213,7 +213,8 @@ export class VsockSocket extends Duplex {
       // libuv reports EPOLLERR as EBADF and stops watching; the socket's own error says what happened.
       this.#events = 0;
       const err = native().socketError(this.#h);
-      this.destroy(errnoError(err || -status, this.#connecting ? "connect" : "poll", this.#label));
+      const syscall = this.#connecting ? "connect" : this.#pending ? "write" : "read";
+      this.destroy(errnoError(err || -status, syscall, this.#label));
       return;
     }
     if (this.#connecting) {

@@ -174,7 +174,7 @@ static void finalize_sock(napi_env env, void *data, void *hint) {
   if (s->uv_closed) free(s);
 }
 
-// watch(fd, cb(status, events)) -> handle. Takes ownership of fd: close(handle) closes it.
+// watch(fd, cb(status, events)) -> handle. Takes ownership of fd: close(handle) closes it, as does a failure here.
 static napi_value js_watch(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   if (!get_args(env, info, 2, argv)) return NULL;
@@ -183,10 +183,14 @@ static napi_value js_watch(napi_env env, napi_callback_info info) {
   uv_loop_t *loop;
   CHECK(env, napi_get_uv_event_loop(env, &loop));
   sock_t *s = calloc(1, sizeof *s);
-  if (s == NULL) return throw_errno(env, ENOMEM, "watch");
+  if (s == NULL) {
+    close(fd);
+    return throw_errno(env, ENOMEM, "watch");
+  }
   int r = uv_poll_init_socket(loop, &s->poll, fd);
   if (r != 0) {
     free(s);
+    close(fd);
     return throw_uv(env, r, "watch");
   }
   s->poll.data = s;

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
@@ -6,6 +7,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
 import {
   connectVsock,
   listenVsock,
@@ -169,6 +171,24 @@ describe("server and connect (AF_UNIX test hooks)", () => {
     server.close();
     assert.deepEqual(await pending, { value: undefined, done: true });
   });
+});
+
+test("unref()'d servers and sockets do not keep the process alive", () => {
+  const mod = fileURLToPath(new URL("../../../runtime/transport/vsock.ts", import.meta.url));
+  const script = [
+    `import { listenVsock, VMADDR_PORT_ANY, vsockTestHooks } from ${JSON.stringify(mod)};`,
+    "listenVsock({ port: VMADDR_PORT_ANY }).unref();",
+    "const [a, b] = vsockTestHooks.socketPair();",
+    "a.resume();",
+    "a.unref();",
+    "b.unref();",
+  ].join("\n");
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+    encoding: "utf8",
+    timeout: 30_000,
+  });
+  assert.equal(r.signal, null, "the process was still running after 30 s");
+  assert.equal(r.status, 0, r.stderr);
 });
 
 describe("AF_VSOCK on this host", () => {
