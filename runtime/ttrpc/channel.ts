@@ -1,4 +1,5 @@
 import type { Duplex } from "node:stream";
+import { byteLength } from "./codec.ts";
 import { Code, TtrpcError } from "./errors.ts";
 import { encodeHeader, FrameParser, type FrameSink, MAX_DATA_LENGTH } from "./frame.ts";
 
@@ -44,8 +45,7 @@ export class Channel {
 
   /** Queues one frame; false means the caller should await drained() before sending more stream data. */
   send(streamId: number, type: number, flags: number, parts: readonly Uint8Array[]): boolean {
-    let length = 0;
-    for (const p of parts) length += p.length;
+    const length = byteLength(parts);
     if (length > MAX_DATA_LENGTH) {
       throw new TtrpcError(
         Code.ResourceExhausted,

@@ -7,9 +7,9 @@ import {
   fromBinary,
   type MessageInitShape,
   type MessageShape,
-  toBinary,
 } from "@bufbuild/protobuf";
 import { Channel, type ChannelHandler } from "./channel.ts";
+import { byteLength, encodeMessage } from "./codec.ts";
 import { decodeResponse, encodeRequest, encodeRoute, statusError } from "./envelope.ts";
 import { Code, TtrpcError } from "./errors.ts";
 import { Flag, MAX_DATA_LENGTH, MessageType } from "./frame.ts";
@@ -268,7 +268,7 @@ export class TtrpcClient implements ChannelHandler {
   private start(
     route: Buffer,
     desc: DescMethod,
-    payload: Uint8Array,
+    payload: readonly Uint8Array[],
     flags: number,
     options: CallOptions | undefined,
   ): ClientCall {
@@ -281,8 +281,7 @@ export class TtrpcClient implements ChannelHandler {
       timeoutMs !== undefined && timeoutMs > 0 ? Math.round(timeoutMs * 1e6) : 0,
       flattenMetadata(options?.metadata),
     );
-    let length = 0;
-    for (const p of parts) length += p.length;
+    const length = byteLength(parts);
     if (length > MAX_DATA_LENGTH) {
       throw new TtrpcError(
         Code.ResourceExhausted,
@@ -305,8 +304,7 @@ export class TtrpcClient implements ChannelHandler {
     options: CallOptions | undefined,
   ): Promise<unknown> {
     return new Promise((resolve, reject) => {
-      const payload = toBinary(desc.input, create(desc.input, req));
-      const call = this.start(route, desc, payload, 0, options);
+      const call = this.start(route, desc, encodeMessage(desc.input, create(desc.input, req)), 0, options);
       call.resolve = resolve;
       call.reject = reject;
     });
@@ -320,8 +318,7 @@ export class TtrpcClient implements ChannelHandler {
   ): AsyncIterable<unknown> {
     let call: ClientCall;
     try {
-      const payload = toBinary(desc.input, create(desc.input, req));
-      call = this.start(route, desc, payload, Flag.RemoteClosed, options);
+      call = this.start(route, desc, encodeMessage(desc.input, create(desc.input, req)), Flag.RemoteClosed, options);
     } catch (err) {
       return failedIterable(err);
     }
@@ -337,7 +334,7 @@ export class TtrpcClient implements ChannelHandler {
   ): ClientStreamingCall<DescMessage, DescMessage> {
     let call: ClientCall;
     try {
-      call = this.start(route, desc, new Uint8Array(0), Flag.RemoteOpen, options);
+      call = this.start(route, desc, [], Flag.RemoteOpen, options);
     } catch (err) {
       return { send: () => Promise.reject(err), closeAndReceive: () => Promise.reject(err) };
     }
@@ -363,7 +360,7 @@ export class TtrpcClient implements ChannelHandler {
   ): BidiStreamingCall<DescMessage, DescMessage> {
     let call: ClientCall;
     try {
-      call = this.start(route, desc, new Uint8Array(0), Flag.RemoteOpen, options);
+      call = this.start(route, desc, [], Flag.RemoteOpen, options);
     } catch (err) {
       const failed = failedIterable(err);
       return {
@@ -399,8 +396,8 @@ export class TtrpcClient implements ChannelHandler {
     if (call.error) throw call.error;
     if (call.localClosed) throw new TtrpcError(Code.FailedPrecondition, `call ${call.id}: send after closeSend`);
     if (call.done) return; // the server already answered; further input is moot
-    const payload = toBinary(call.desc.input, create(call.desc.input, message));
-    if (!this.channel.send(call.id, MessageType.Data, 0, [payload])) await this.channel.drained();
+    const payload = encodeMessage(call.desc.input, create(call.desc.input, message));
+    if (!this.channel.send(call.id, MessageType.Data, 0, payload)) await this.channel.drained();
   }
 
   private closeSend(call: ClientCall): void {

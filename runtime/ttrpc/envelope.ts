@@ -7,6 +7,7 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { Any } from "@bufbuild/protobuf/wkt";
 import { StatusSchema } from "../protos/gen/google/rpc/status_pb.ts";
+import { byteLength } from "./codec.ts";
 import { Code, TtrpcError } from "./errors.ts";
 
 const TAG_SERVICE = 0x0a; // field 1, length-delimited
@@ -27,8 +28,10 @@ export interface DecodedRequest {
   hasPayload: boolean;
   /** Nanoseconds; 0 = none, negative = already expired. */
   timeoutNano: number;
-  metadata: Map<string, string[]>;
+  metadata: ReadonlyMap<string, readonly string[]>;
 }
+
+const NO_METADATA: ReadonlyMap<string, readonly string[]> = new Map();
 
 export interface Status {
   code: number;
@@ -81,13 +84,14 @@ export function encodeRoute(service: string, method: string): Buffer {
   return buf;
 }
 
-/** Encodes a Request as [prefix, payload?]; the payload is not copied. */
+/** Encodes a Request as [prefix, ...payload]; the payload chunks are not copied. */
 export function encodeRequest(
   route: Buffer,
-  payload: Uint8Array,
+  payload: readonly Uint8Array[],
   timeoutNano: number,
   metadata: ReadonlyArray<readonly [string, string]>,
 ): Uint8Array[] {
+  const payloadLength = byteLength(payload);
   let size = route.length;
   if (timeoutNano > 0) size += 1 + varintSize(timeoutNano);
   const kvs: Buffer[] = [];
@@ -101,7 +105,7 @@ export function encodeRequest(
   }
   // proto3 leaves an empty bytes field off the wire; Go's server relies on that
   // to tell "no first message" for client-streaming calls.
-  if (payload.length > 0) size += 1 + varintSize(payload.length);
+  if (payloadLength > 0) size += 1 + varintSize(payloadLength);
   const prefix = Buffer.allocUnsafe(size);
   let off = route.copy(prefix, 0);
   if (timeoutNano > 0) {
@@ -109,14 +113,15 @@ export function encodeRequest(
     off = writeVarint(prefix, off, timeoutNano);
   }
   for (const kv of kvs) off = writeBytesField(prefix, off, TAG_METADATA, kv);
-  if (payload.length === 0) return [prefix];
+  if (payloadLength === 0) return [prefix];
   prefix[off++] = TAG_PAYLOAD;
-  writeVarint(prefix, off, payload.length);
-  return [prefix, payload];
+  writeVarint(prefix, off, payloadLength);
+  return [prefix, ...payload];
 }
 
-/** Encodes a Response as [prefix, payload?]; a status is only written when not OK. */
-export function encodeResponse(status: Status | undefined, payload: Uint8Array): Uint8Array[] {
+/** Encodes a Response as [prefix, ...payload]; a status is only written when not OK. */
+export function encodeResponse(status: Status | undefined, payload: readonly Uint8Array[]): Uint8Array[] {
+  const payloadLength = byteLength(payload);
   let statusBytes: Uint8Array | undefined;
   if (status !== undefined && status.code !== Code.OK) {
     statusBytes = toBinary(
@@ -125,7 +130,7 @@ export function encodeResponse(status: Status | undefined, payload: Uint8Array):
     );
   }
   const size =
-    (statusBytes ? fieldSize(statusBytes.length) : 0) + (payload.length > 0 ? 1 + varintSize(payload.length) : 0);
+    (statusBytes ? fieldSize(statusBytes.length) : 0) + (payloadLength > 0 ? 1 + varintSize(payloadLength) : 0);
   const prefix = Buffer.allocUnsafe(size);
   let off = 0;
   if (statusBytes) {
@@ -133,10 +138,10 @@ export function encodeResponse(status: Status | undefined, payload: Uint8Array):
     off = writeVarint(prefix, off, statusBytes.length);
     off += Buffer.from(statusBytes.buffer, statusBytes.byteOffset, statusBytes.length).copy(prefix, off);
   }
-  if (payload.length === 0) return [prefix];
+  if (payloadLength === 0) return [prefix];
   prefix[off++] = TAG_RESPONSE_PAYLOAD;
-  writeVarint(prefix, off, payload.length);
-  return [prefix, payload];
+  writeVarint(prefix, off, payloadLength);
+  return [prefix, ...payload];
 }
 
 /** Minimal protobuf reader over a Buffer; throws on truncation. */
@@ -223,8 +228,9 @@ export function decodeRequest(buf: Buffer): DecodedRequest {
     payload: EMPTY,
     hasPayload: false,
     timeoutNano: 0,
-    metadata: new Map(),
+    metadata: NO_METADATA,
   };
+  let metadata: Map<string, string[]> | undefined;
   while (!r.done) {
     const tag = r.varint();
     switch (tag) {
@@ -256,9 +262,13 @@ export function decodeRequest(buf: Buffer): DecodedRequest {
           else kv.skip(t & 7);
         }
         key = key.toLowerCase();
-        const values = req.metadata.get(key);
+        if (!metadata) {
+          metadata = new Map();
+          req.metadata = metadata;
+        }
+        const values = metadata.get(key);
         if (values) values.push(value);
-        else req.metadata.set(key, [value]);
+        else metadata.set(key, [value]);
         break;
       }
       default:

@@ -31,6 +31,11 @@ export class FrameError extends Error {
   override readonly name = "FrameError";
 }
 
+/** Frames assembled from several chunks are carved from slabs of this size (fewer, larger allocations for the GC to track). */
+const SLAB_SIZE = 1 << 20;
+/** Larger frames get a buffer of their own. */
+const SLAB_MAX_FRAME = SLAB_SIZE >> 2;
+
 enum State {
   Header = 0,
   Data = 1,
@@ -53,6 +58,8 @@ export class FrameParser {
   private data: Buffer | null = null;
   private filled = 0;
   private discard = 0;
+  private slab: Buffer | null = null;
+  private slabUsed = 0;
 
   constructor(private readonly sink: FrameSink) {}
 
@@ -97,7 +104,7 @@ export class FrameParser {
           this.sink.onFrame(this.streamId, this.type, this.flags, data);
           continue;
         }
-        this.data = Buffer.allocUnsafe(length);
+        this.data = this.allocate(length);
         this.filled = 0;
       }
       const n = Math.min(length - this.filled, end - off);
@@ -110,6 +117,17 @@ export class FrameParser {
       this.state = State.Header;
       this.sink.onFrame(this.streamId, this.type, this.flags, data);
     }
+  }
+
+  private allocate(length: number): Buffer {
+    if (length > SLAB_MAX_FRAME) return Buffer.allocUnsafeSlow(length);
+    if (this.slab === null || this.slabUsed + length > SLAB_SIZE) {
+      this.slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+      this.slabUsed = 0;
+    }
+    const data = this.slab.subarray(this.slabUsed, this.slabUsed + length);
+    this.slabUsed += (length + 7) & ~7; // keep views 8-byte aligned
+    return data;
   }
 
   private readHeader(buf: Buffer, off: number): void {

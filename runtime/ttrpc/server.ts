@@ -8,9 +8,9 @@ import {
   fromBinary,
   type MessageInitShape,
   type MessageShape,
-  toBinary,
 } from "@bufbuild/protobuf";
 import { Channel, type ChannelHandler } from "./channel.ts";
+import { encodeMessage } from "./codec.ts";
 import { decodeRequest, encodeResponse, type Status } from "./envelope.ts";
 import { Code, TtrpcError, toTtrpcError } from "./errors.ts";
 import { Flag, MAX_DATA_LENGTH, MessageType } from "./frame.ts";
@@ -80,7 +80,6 @@ interface Registered {
 
 /** Timers cannot wait longer than this; longer deadlines are as good as none. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
-const EMPTY = new Uint8Array(0);
 
 type ServerState = "serving" | "draining" | "closed";
 
@@ -223,20 +222,44 @@ class ServerStream {
   remoteClosed = false;
   timer: NodeJS.Timeout | undefined;
   queue: MessageQueue<unknown> | undefined;
+  // created on first use: most handlers never look at their signal, and AbortControllers are not free
+  private controller: AbortController | undefined;
+  private abortReason: TtrpcError | undefined;
 
   constructor(
     readonly id: number,
     readonly desc: DescMethod,
-    readonly controller: AbortController,
   ) {}
 
   get kind(): Kind {
     return this.desc.methodKind;
   }
 
-  /** Streams whose server side sends Data frames and ends with Data[remote-closed]. */
-  get streamsOut(): boolean {
-    return this.kind === "server_streaming" || this.kind === "bidi_streaming";
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.abortReason) this.controller.abort(this.abortReason);
+    }
+    return this.controller.signal;
+  }
+
+  abort(reason: TtrpcError): void {
+    if (this.abortReason) return;
+    this.abortReason = reason;
+    this.controller?.abort(reason);
+  }
+}
+
+class Context implements CallContext {
+  constructor(
+    private readonly stream: ServerStream,
+    readonly metadata: ReadonlyMap<string, readonly string[]>,
+    readonly service: string,
+    readonly method: string,
+  ) {}
+
+  get signal(): AbortSignal {
+    return this.stream.signal;
   }
 }
 
@@ -284,7 +307,7 @@ class ServerConnection implements ChannelHandler {
     for (const stream of this.streams.values()) {
       stream.done = true;
       clearTimeout(stream.timer);
-      stream.controller.abort(reason);
+      stream.abort(reason);
       stream.queue?.fail(reason);
     }
     this.streams.clear();
@@ -328,7 +351,7 @@ class ServerConnection implements ChannelHandler {
       return;
     }
 
-    const stream = new ServerStream(id, reg.desc, new AbortController());
+    const stream = new ServerStream(id, reg.desc);
     this.streams.set(id, stream);
     if (req.timeoutNano > 0) {
       const ms = req.timeoutNano / 1e6;
@@ -339,12 +362,7 @@ class ServerConnection implements ChannelHandler {
         );
       }
     }
-    const ctx: CallContext = {
-      signal: stream.controller.signal,
-      metadata: req.metadata,
-      service: req.service,
-      method: req.method,
-    };
+    const ctx = new Context(stream, req.metadata, req.service, req.method);
     const { desc, handler } = reg;
 
     if (stream.kind === "unary" || stream.kind === "server_streaming") {
@@ -356,10 +374,22 @@ class ServerConnection implements ChannelHandler {
         return;
       }
       if (stream.kind === "unary") {
-        invoke(() => handler(input, ctx)).then(
-          (res) => this.reply(stream, res),
-          (err) => this.fail(stream, toTtrpcError(err)),
-        );
+        let res: unknown;
+        try {
+          res = handler(input, ctx);
+        } catch (err) {
+          this.fail(stream, toTtrpcError(err));
+          return;
+        }
+        // synchronous handlers answer without a trip through the microtask queue
+        if (isPromiseLike(res)) {
+          res.then(
+            (value) => this.reply(stream, value),
+            (err) => this.fail(stream, toTtrpcError(err)),
+          );
+        } else {
+          this.reply(stream, res);
+        }
       } else {
         invoke(() => handler(input, this.writer(stream), ctx)).then(
           () => this.finishStreaming(stream),
@@ -450,8 +480,8 @@ class ServerConnection implements ChannelHandler {
     return {
       send: async (message) => {
         if (stream.done) throw new TtrpcError(Code.Canceled, `stream ${stream.id} is closed`);
-        const payload = toBinary(output, create(output, message));
-        if (!this.channel.send(stream.id, MessageType.Data, 0, [payload])) await this.channel.drained();
+        const payload = encodeMessage(output, create(output, message));
+        if (!this.channel.send(stream.id, MessageType.Data, 0, payload)) await this.channel.drained();
       },
     };
   }
@@ -459,9 +489,9 @@ class ServerConnection implements ChannelHandler {
   /** Unary and client-streaming success: one Response carrying the output. */
   private reply(stream: ServerStream, result: unknown): void {
     if (stream.done) return;
-    let payload: Uint8Array;
+    let payload: Uint8Array[];
     try {
-      payload = toBinary(stream.desc.output, create(stream.desc.output, result as MessageInitShape<DescMessage>));
+      payload = encodeMessage(stream.desc.output, create(stream.desc.output, result as MessageInitShape<DescMessage>));
     } catch (err) {
       this.fail(
         stream,
@@ -479,9 +509,9 @@ class ServerConnection implements ChannelHandler {
 
   private fail(stream: ServerStream, err: TtrpcError): void {
     if (stream.done) return;
-    if (!stream.controller.signal.aborted) stream.controller.abort(err);
+    stream.abort(err);
     stream.queue?.fail(err);
-    this.complete(stream, MessageType.Response, 0, encodeResponse(toStatus(err), EMPTY));
+    this.complete(stream, MessageType.Response, 0, encodeResponse(toStatus(err), []));
   }
 
   private complete(stream: ServerStream, type: number, flags: number, parts: Uint8Array[]): void {
@@ -501,7 +531,7 @@ class ServerConnection implements ChannelHandler {
   }
 
   private sendStatus(id: number, err: TtrpcError): void {
-    this.channel.send(id, MessageType.Response, 0, encodeResponse(toStatus(err), EMPTY));
+    this.channel.send(id, MessageType.Response, 0, encodeResponse(toStatus(err), []));
   }
 }
 
@@ -511,6 +541,10 @@ function toStatus(err: TtrpcError): Status {
 
 function decodeError(schema: DescMessage, err: unknown): TtrpcError {
   return new TtrpcError(Code.InvalidArgument, `cannot decode ${schema.typeName}: ${(err as Error).message}`);
+}
+
+function isPromiseLike(v: unknown): v is PromiseLike<unknown> {
+  return typeof (v as PromiseLike<unknown> | null)?.then === "function";
 }
 
 function invoke(fn: () => unknown): Promise<unknown> {

@@ -1,10 +1,12 @@
-// Frame parser and the hand-written Request/Response envelope codec, checked
-// against the generated ttrpc.Request/Response code.
+// Frame parser, message encoding, and the hand-written Request/Response
+// envelope codec checked against the generated ttrpc.Request/Response code.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AnySchema } from "@bufbuild/protobuf/wkt";
 import { RequestSchema, ResponseSchema } from "../../../runtime/protos/gen/ttrpc/request_pb.ts";
+import { EchoMessageSchema } from "../../../runtime/protos/gen/ttrpc/testing/echo_pb.ts";
+import { byteLength, encodeMessage } from "../../../runtime/ttrpc/codec.ts";
 import {
   decodeRequest,
   decodeResponse,
@@ -93,6 +95,31 @@ describe("frame parser", () => {
     assert.equal(seen.frames[1]!.data.toString(), "next");
   });
 
+  it("keeps assembled frames intact when many share a slab", () => {
+    let seed = 7;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) >>> 0;
+      return seed % n;
+    };
+    const sent: Buffer[] = [];
+    for (let i = 0; i < 200; i++) {
+      const data = Buffer.alloc(rand(300_000));
+      for (let j = 0; j < data.length; j += 997) data[j] = rand(256);
+      data.writeUInt32BE(i, 0);
+      sent.push(data);
+    }
+    const stream = Buffer.concat(sent.map((d, i) => frame(2 * i + 1, 3, 0, d)));
+    const views: Buffer[] = [];
+    const p = new FrameParser({ onFrame: (_i, _t, _f, d) => views.push(d), onOversize: () => {} });
+    for (let off = 0; off < stream.length; ) {
+      const n = 1 + rand(100_000);
+      p.push(stream.subarray(off, off + n));
+      off += n;
+    }
+    assert.equal(views.length, sent.length);
+    for (const [i, v] of views.entries()) assert.ok(v.equals(sent[i]!), `frame ${i} corrupted`);
+  });
+
   it("rejects a header whose reserved first byte is set", () => {
     const { p } = parser();
     const bad = Buffer.alloc(10);
@@ -107,7 +134,7 @@ describe("request envelope", () => {
   it("encodes what the generated codec decodes", () => {
     const payload = Buffer.from([1, 2, 3, 4]);
     const bytes = Buffer.concat(
-      encodeRequest(route, payload, 1_500_000_000, [
+      encodeRequest(route, [payload], 1_500_000_000, [
         ["containerd-namespace-ttrpc", "k8s.io"],
         ["x", "1"],
         ["x", "2"],
@@ -129,7 +156,7 @@ describe("request envelope", () => {
   });
 
   it("leaves an empty payload and a zero timeout off the wire", () => {
-    const bytes = Buffer.concat(encodeRequest(route, new Uint8Array(0), 0, []));
+    const bytes = Buffer.concat(encodeRequest(route, [], 0, []));
     assert.deepEqual(bytes, route);
     const decoded = decodeRequest(bytes);
     assert.equal(decoded.hasPayload, false);
@@ -177,24 +204,50 @@ describe("request envelope", () => {
   });
 
   it("throws on truncated input", () => {
-    const bytes = Buffer.concat(encodeRequest(route, Buffer.alloc(50, 1), 0, []));
+    const bytes = Buffer.concat(encodeRequest(route, [Buffer.alloc(50, 1)], 0, []));
     for (const cut of [1, route.length + 1, bytes.length - 1]) {
       assert.throws(() => decodeRequest(bytes.subarray(0, cut)), /runs past the end|truncated/);
     }
   });
 });
 
+describe("message encoding", () => {
+  it("sends large bytes fields by reference and still decodes to the same message", () => {
+    const payload = Buffer.alloc(100_000, 3);
+    const msg = create(EchoMessageSchema, { payload, seq: 9, text: "t" });
+    const parts = encodeMessage(EchoMessageSchema, msg);
+    assert.equal(parts.length, 3);
+    assert.equal(parts[2], payload, "the payload itself, not a copy");
+    const back = fromBinary(EchoMessageSchema, Buffer.concat(parts));
+    assert.equal(back.seq, 9);
+    assert.equal(back.text, "t");
+    assert.ok(Buffer.from(back.payload).equals(payload));
+    assert.equal(msg.payload, payload, "the caller's message is left alone");
+
+    const any = create(AnySchema, { typeUrl: "containerd.types.transfer.Data", value: Buffer.alloc(20_000, 1) });
+    const anyParts = encodeMessage(AnySchema, any);
+    assert.equal(anyParts.at(-1), any.value);
+    assert.deepEqual(fromBinary(AnySchema, Buffer.concat(anyParts)), any);
+  });
+
+  it("encodes small messages in one piece, exactly as toBinary does", () => {
+    const msg = create(EchoMessageSchema, { payload: Buffer.alloc(100, 1), seq: 1 });
+    const parts = encodeMessage(EchoMessageSchema, msg);
+    assert.equal(parts.length, 1);
+    assert.deepEqual(Buffer.from(parts[0]!), Buffer.from(toBinary(EchoMessageSchema, msg)));
+    assert.equal(byteLength(parts), parts[0]!.length);
+  });
+});
+
 describe("response envelope", () => {
   it("round-trips success and error statuses with the generated codec", () => {
-    const ok = Buffer.concat(encodeResponse(undefined, Buffer.from("out")));
+    const ok = Buffer.concat(encodeResponse(undefined, [Buffer.from("out")]));
     const okGen = fromBinary(ResponseSchema, ok);
     assert.equal(okGen.status, undefined);
     assert.equal(Buffer.from(okGen.payload).toString(), "out");
 
     const detail = create(AnySchema, { typeUrl: "x.Y", value: new Uint8Array([9]) });
-    const err = Buffer.concat(
-      encodeResponse({ code: Code.NotFound, message: "no task t1", details: [detail] }, Buffer.alloc(0)),
-    );
+    const err = Buffer.concat(encodeResponse({ code: Code.NotFound, message: "no task t1", details: [detail] }, []));
     const errGen = fromBinary(ResponseSchema, err);
     assert.equal(errGen.status?.code, Code.NotFound);
     assert.equal(errGen.status?.message, "no task t1");

@@ -90,7 +90,7 @@ class FrameFuzzer {
     const timeout = this.pick([0, 0, 0, 1, 5e6, 3e9, -1, 2 ** 62]);
     const md: Array<[string, string]> = this.random() < 0.3 ? [["Containerd-Namespace-TTRPC", "k8s.io"]] : [];
     const payload = this.random() < 0.8 ? this.message() : this.bytes(this.int(40));
-    return Buffer.concat(encodeRequest(this.pick(this.routes), payload, timeout, md));
+    return Buffer.concat(encodeRequest(this.pick(this.routes), [payload], timeout, md));
   }
 
   private frame(id: number, type: number, flags: number, data: Buffer): Buffer {

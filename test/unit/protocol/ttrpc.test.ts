@@ -115,7 +115,7 @@ class RawConn {
   }
 
   request(id: number, service: string, method: string, payload: Uint8Array, flags = 0, timeoutNano = 0): void {
-    this.send(id, MessageType.Request, flags, encodeRequest(encodeRoute(service, method), payload, timeoutNano, []));
+    this.send(id, MessageType.Request, flags, encodeRequest(encodeRoute(service, method), [payload], timeoutNano, []));
   }
 
   next(timeoutMs = 2000): Promise<RawFrame> {
@@ -287,7 +287,8 @@ describe("ttrpc unary calls", () => {
     // Request frame = route + payload field; EchoMessage = field 1 header + bytes
     const route = encodeRoute("ttrpc.testing.Echo", "Unary").length;
     let n = MAX_DATA_LENGTH - route - 20;
-    const frameLen = (k: number) => encodeRequest(Buffer.alloc(route), echoBytes({ payload: Buffer.alloc(k) }), 0, []);
+    const frameLen = (k: number) =>
+      encodeRequest(Buffer.alloc(route), [echoBytes({ payload: Buffer.alloc(k) })], 0, []);
     while (frameLen(n).reduce((s, p) => s + p.length, 0) < MAX_DATA_LENGTH) n++;
     assert.equal(
       frameLen(n).reduce((s, p) => s + p.length, 0),
