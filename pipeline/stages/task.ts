@@ -7,7 +7,14 @@ import { bundleNode } from "../lib/bundle.ts";
 import type { Stage } from "../lib/stage.ts";
 
 /** Source trees vmm-task is built from: the agent, the protocol layer it imports, and the native code. */
-const SOURCES = ["runtime/task", "runtime/protos", "runtime/ttrpc", "runtime/transport", "runtime/native"];
+const SOURCES = [
+  "runtime/task",
+  "runtime/protos",
+  "runtime/ttrpc",
+  "runtime/transport",
+  "runtime/streaming",
+  "runtime/native",
+];
 
 /** vmm-task: the guest agent bundled into one file, its native addons, and the static C init that runs it as PID 1. */
 export const taskStage: Stage = {

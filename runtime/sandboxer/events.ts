@@ -32,12 +32,17 @@ export class EventPublisher {
 
   /** containerd accepts the bare type URL ("containerd.events.TaskExit") as the event's Any type. */
   publish<D extends DescMessage>(namespace: string, topic: string, schema: D, event: MessageShape<D>): void {
+    this.publishRaw(namespace, topic, schema.typeName, toBinary(schema, event));
+  }
+
+  /** An event already encoded (e.g. one the guest sent). */
+  publishRaw(namespace: string, topic: string, typeUrl: string, value: Uint8Array): void {
     if (this.closed) return;
     if (this.queue.length >= MAX_QUEUED) {
       const dropped = this.queue.shift();
       this.log.warn(`containerd events queue full: dropped ${dropped?.topic}`);
     }
-    this.queue.push({ namespace, topic, typeUrl: schema.typeName, value: toBinary(schema, event) });
+    this.queue.push({ namespace, topic, typeUrl, value });
     if (!this.running) void this.drain();
   }
 

@@ -1,0 +1,32 @@
+import path from "node:path";
+import { bundleNode } from "../lib/bundle.ts";
+import type { Stage } from "../lib/stage.ts";
+
+/** Sources the daemon is bundled from: itself, the protocol layer and the gRPC adapter. */
+const SOURCES = [
+  "runtime/sandboxer",
+  "runtime/protos",
+  "runtime/ttrpc",
+  "runtime/transport",
+  "runtime/streaming",
+  "runtime/grpc",
+];
+
+/** vmm-sandboxer: the host daemon as one executable file (it loads the vsock addon the task stage builds). */
+export const sandboxerStage: Stage = {
+  name: "sandboxer",
+  title: "Host daemon vmm-sandboxer (bundle)",
+  deps: [],
+  async inputs(ctx) {
+    const trees: Record<string, string> = {};
+    for (const dir of SOURCES) trees[dir] = await ctx.treeDigest(path.join(ctx.repo, dir));
+    return { trees, lock: await ctx.fileDigest(path.join(ctx.repo, "package-lock.json")) };
+  },
+  async build(ctx) {
+    ctx.log("bundling runtime/sandboxer/main.ts");
+    await bundleNode(path.join(ctx.repo, "runtime/sandboxer/main.ts"), path.join(ctx.out, "vmm-sandboxer"), {
+      executable: true,
+    });
+  },
+  publish: { "vmm-sandboxer": "vmm-sandboxer" },
+};

@@ -1,0 +1,247 @@
+import { mkdir, open, rm } from "node:fs/promises";
+import net from "node:net";
+import path from "node:path";
+import { Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
+import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
+import { dial } from "../transport/address.ts";
+import { type TtrpcClient, TtrpcServer } from "../ttrpc/index.ts";
+import { connectAgent, syncGuestClock } from "./agent.ts";
+import type { Config } from "./config/schema.ts";
+import type { EventPublisher } from "./events.ts";
+import {
+  type AgentAddress,
+  agentUrl,
+  createHypervisor,
+  defaultEnv,
+  type Hypervisor,
+  type HypervisorState,
+  recoverHypervisor,
+} from "./hypervisor/index.ts";
+import type { Logger } from "./log.ts";
+import { attachPodNetwork, detachPodNetwork, type Nic, type PodNetwork } from "./network/pod-network.ts";
+import type { Launcher, SandboxRecord } from "./sandbox/record.ts";
+import { type PodConfigJson, writeShareFiles } from "./share-files.ts";
+import { TaskProxy } from "./task-proxy/proxy.ts";
+
+/** Where the guest sees the share (Kuasar's guest contract). */
+const GUEST_SHARE = "/run/kuasar/state";
+/** A guest under TCG boots Node in tens of seconds; a KVM guest answers in a few. */
+const AGENT_DEADLINE_MS = 120_000;
+/** After a daemon restart a live agent answers at once: fail fast and clean up instead. */
+const RECOVER_AGENT_DEADLINE_MS = 3_000;
+const CLOCK_SYNC_MS = 60_000;
+
+/** What sandbox.json keeps for the launcher. */
+interface RuntimeState {
+  vm: HypervisorState;
+  agent: AgentAddress;
+  nics: Nic[];
+}
+
+interface Running {
+  vm: Hypervisor;
+  agent: TtrpcClient;
+  proxy: TaskProxy;
+  server: TtrpcServer;
+  net?: Pick<PodNetwork, "nsPath" | "nics">;
+  timers: NodeJS.Timeout[];
+}
+
+/** Runs each sandbox as a VM: hypervisor + pod network + guest agent + the per-sandbox task API for containerd. */
+export class VmLauncher implements Launcher {
+  private running = new Map<string, Running>();
+
+  constructor(
+    private readonly config: Config,
+    private readonly events: EventPublisher,
+    private readonly log: Logger,
+  ) {}
+
+  async prepare(rec: SandboxRecord, dir: string): Promise<void> {
+    const share = path.join(dir, "shared");
+    await mkdir(share, { recursive: true });
+    await writeShareFiles(share, rec.id, rec.podConfig as PodConfigJson | undefined);
+  }
+
+  async start(rec: SandboxRecord, dir: string): Promise<{ pid: number; taskAddress: string; runtime: unknown }> {
+    const log = this.log.child(rec.id);
+    const net = rec.netnsPath ? await attachPodNetwork(rec.netnsPath) : undefined;
+    let vm: Hypervisor | undefined;
+    try {
+      vm = createHypervisor(
+        this.config,
+        {
+          id: rec.id,
+          dir,
+          shareDir: path.join(dir, "shared"),
+          ...(rec.netnsPath ? { netnsPath: rec.netnsPath } : {}),
+          netDevices: (net?.nics ?? []).map((n) => ({ tapName: n.tap, mac: n.mac, mtu: n.mtu })),
+        },
+        defaultEnv(log),
+      );
+      const t0 = Date.now();
+      const started = await vm.start();
+      log.info(`vmm pid ${started.pid} started; waiting for the agent at ${agentUrl(started.agentAddress)}`);
+      let exited = false;
+      void vm.wait().then(() => {
+        exited = true;
+      });
+      const agent = await connectAgent(() => dial(agentUrl(started.agentAddress), { timeoutMs: 2000 }), {
+        deadlineMs: AGENT_DEADLINE_MS,
+        alive: () => !exited,
+      }).catch(async (err: Error) => {
+        throw new Error(
+          `${err.message}\nlast console lines (${started.consoleLog}):\n${await tail(started.consoleLog, 15)}`,
+        );
+      });
+      log.info(`agent answered ${((Date.now() - t0) / 1000).toFixed(1)} s after the VMM started`);
+      await agent.service(SandboxService).setupSandbox({
+        config: { typeUrl: "PodSandboxConfig", value: Buffer.from(JSON.stringify(rec.podConfig ?? {})) },
+        interfaces: net?.interfaces ?? [],
+        routes: net?.routes ?? [],
+      });
+      await this.serve(rec, dir, vm, agent, net);
+      const runtime: RuntimeState = { vm: vm.persistState(), agent: started.agentAddress, nics: net?.nics ?? [] };
+      return { pid: started.pid, taskAddress: `ttrpc+unix://${path.join(dir, "task.sock")}`, runtime };
+    } catch (err) {
+      if (vm) {
+        await vm.stop(0).catch(() => undefined);
+        await vm.cleanup().catch(() => undefined);
+      }
+      if (net) await detachPodNetwork(net).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Serves containerd's task API for the sandbox and keeps the guest clock and events flowing. */
+  private async serve(
+    rec: SandboxRecord,
+    dir: string,
+    vm: Hypervisor,
+    agent: TtrpcClient,
+    pod: Pick<PodNetwork, "nsPath" | "nics"> | undefined,
+  ): Promise<void> {
+    const log = this.log.child(rec.id);
+    const proxy = new TaskProxy({
+      sandboxId: rec.id,
+      share: { host: path.join(dir, "shared"), guest: GUEST_SHARE },
+      agent: () => agent,
+      events: this.events,
+      nextStorage: () => rec.nextStorage++,
+      log,
+    });
+    const tasks = proxy.handlers();
+    const server = new TtrpcServer().register(Task, tasks).registerAs("containerd.task.v2.Task", Task, tasks);
+    const sock = path.join(dir, "task.sock");
+    await rm(sock, { force: true });
+    const listener = net.createServer();
+    server.serve(listener);
+    await new Promise<void>((resolve, reject) => {
+      listener.once("error", reject);
+      listener.listen(sock, resolve);
+    });
+    const sync = () => syncGuestClock(agent).catch((e: Error) => log.debug(`clock sync: ${e.message}`));
+    await sync();
+    const timers = [setInterval(sync, CLOCK_SYNC_MS)];
+    for (const t of timers) t.unref();
+    this.running.set(rec.id, { vm, agent, proxy, server, ...(pod ? { net: pod } : {}), timers });
+    void this.forwardGuestEvents(rec.id, agent);
+  }
+
+  /** Guest-only events (OOM kills) reach containerd through the daemon. */
+  private async forwardGuestEvents(id: string, agent: TtrpcClient): Promise<void> {
+    const svc = agent.service(SandboxService);
+    for (;;) {
+      const r = this.running.get(id);
+      if (!r || r.agent !== agent) return;
+      try {
+        const ev = await svc.getEvents({});
+        if (ev.event) {
+          this.events.publishRaw(ev.namespace || "k8s.io", ev.topic, ev.event.typeUrl, ev.event.value);
+        }
+      } catch {
+        return;
+      }
+    }
+  }
+
+  async waitExit(rec: SandboxRecord): Promise<{ exitStatus: number; exitedAt: Date }> {
+    const r = this.running.get(rec.id);
+    if (!r) throw new Error(`sandbox ${rec.id} has no running VM`);
+    return r.vm.wait();
+  }
+
+  async stop(rec: SandboxRecord, _dir: string, timeoutMs: number): Promise<void> {
+    await this.running.get(rec.id)?.vm.stop(timeoutMs);
+  }
+
+  async release(rec: SandboxRecord, dir: string): Promise<void> {
+    const r = this.running.get(rec.id);
+    this.running.delete(rec.id);
+    if (r) {
+      for (const t of r.timers) clearInterval(t);
+      r.agent.close();
+      await r.server.close();
+      await r.proxy.releaseAll();
+      await r.vm.cleanup();
+    }
+    const state = rec.runtime as RuntimeState | undefined;
+    const net =
+      r?.net ?? (rec.netnsPath && state?.nics.length ? { nsPath: rec.netnsPath, nics: state.nics } : undefined);
+    if (net) await detachPodNetwork(net);
+    await rm(path.join(dir, "task.sock"), { force: true });
+  }
+
+  async recover(rec: SandboxRecord, dir: string): Promise<{ ok: true } | { ok: false; reason: string }> {
+    const state = rec.runtime as RuntimeState | undefined;
+    if (!state?.vm) return { ok: false, reason: "sandbox.json has no VM state" };
+    let vm: Hypervisor;
+    try {
+      vm = await recoverHypervisor(state.vm, defaultEnv(this.log.child(rec.id)));
+    } catch (err) {
+      return { ok: false, reason: (err as Error).message };
+    }
+    let agent: TtrpcClient;
+    try {
+      agent = await connectAgent(() => dial(agentUrl(state.agent), { timeoutMs: 1000 }), {
+        deadlineMs: RECOVER_AGENT_DEADLINE_MS,
+      });
+    } catch (err) {
+      await vm.stop(0).catch(() => undefined);
+      await vm.cleanup().catch(() => undefined);
+      return { ok: false, reason: (err as Error).message };
+    }
+    const net = rec.netnsPath && state.nics.length ? { nsPath: rec.netnsPath, nics: state.nics } : undefined;
+    await this.serve(rec, dir, vm, agent, net);
+    return { ok: true };
+  }
+
+  /** Daemon shutdown: stop serving but leave every VM running (KillMode=process). */
+  async detachAll(): Promise<void> {
+    for (const r of this.running.values()) {
+      for (const t of r.timers) clearInterval(t);
+      r.agent.close();
+      await r.server.close();
+      r.vm.detach();
+    }
+    this.running.clear();
+  }
+}
+
+/** The last lines of a console log, for errors that need the guest's side of the story. */
+async function tail(file: string, lines: number): Promise<string> {
+  try {
+    const fh = await open(file, "r");
+    try {
+      const { size } = await fh.stat();
+      const len = Math.min(size, 16384);
+      const buf = Buffer.alloc(len);
+      await fh.read(buf, 0, len, size - len);
+      return buf.toString("utf8").split("\n").slice(-lines).join("\n");
+    } finally {
+      await fh.close();
+    }
+  } catch (err) {
+    return `(unreadable: ${(err as Error).message})`;
+  }
+}
