@@ -93,6 +93,11 @@ export const SANDBOX_TABLE = {
     aliases: { warning: "warn" },
   }),
   enable_tracing: bool("Export OpenTelemetry (OTLP) traces of sandbox operations.", false),
+  containerd_address: str(
+    "containerd's socket (kuasar-vmm addition); task events go to its ttrpc socket, <containerd_address>.ttrpc.",
+    "/run/containerd/containerd.sock",
+    { check: absolute },
+  ),
 };
 
 export const HYPERVISOR_TABLE = {
