@@ -43,18 +43,21 @@ const WRITABLE = 2;
 
 let addon: Addon | undefined;
 
-/** Addon locations, in lookup order: explicit override, next to the running bundle, the node-gyp build in the repo. */
+/** Addon locations, in lookup order: next to the running bundle, then the node-gyp build in the repo. */
 export function vsockAddonCandidates(): string[] {
   const here = path.dirname(fileURLToPath(import.meta.url));
-  const list = [path.join(here, "vsock.node"), path.resolve(here, "../native/vsock/build/Release/vsock.node")];
-  const env = process.env.KUASAR_VSOCK_ADDON;
-  return env ? [env, ...list] : list;
+  return [path.join(here, "vsock.node"), path.resolve(here, "../native/vsock/build/Release/vsock.node")];
 }
 
 function native(): Addon {
   if (addon) return addon;
+  // An explicit KUASAR_VSOCK_ADDON is used as given: falling back would hide a misconfiguration.
+  const explicit = process.env.KUASAR_VSOCK_ADDON;
+  if (explicit && !existsSync(explicit)) {
+    throw new Error(`KUASAR_VSOCK_ADDON=${explicit} does not exist; point it at a built vsock.node or unset it`);
+  }
   const candidates = vsockAddonCandidates();
-  const found = candidates.find((c) => existsSync(c));
+  const found = explicit || candidates.find((c) => existsSync(c));
   if (!found) {
     throw new Error(
       `vsock addon not found (looked at: ${candidates.join(", ")}); build it with \`npx tsx runtime/native/build.ts\` ` +

@@ -3,7 +3,7 @@ import { spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -43,11 +43,36 @@ function sha(b: Buffer): string {
 }
 
 describe("addon loading", () => {
-  test("KUASAR_VSOCK_ADDON comes first, then vsock.node beside the module, then the node-gyp build", () => {
+  function loadIn(moduleFile: string, env: Record<string, string | undefined>): string {
+    const script = `import(${JSON.stringify(moduleFile)}).then((m) => { try { m.localCid(); console.log("loaded"); } catch (e) { console.log(e.message); } });`;
+    return spawnSync(process.execPath, ["--import", "tsx", "-e", script], {
+      encoding: "utf8",
+      env: { ...process.env, ...env },
+    }).stdout;
+  }
+
+  test("candidates: vsock.node beside the module (the bundle), then the node-gyp build", () => {
     const list = vsockAddonCandidates();
-    assert.equal(list[0], process.env.KUASAR_VSOCK_ADDON);
-    assert.match(list[1] ?? "", /runtime\/transport\/vsock\.node$/);
-    assert.match(list[2] ?? "", /runtime\/native\/vsock\/build\/Release\/vsock\.node$/);
+    assert.match(list[0] ?? "", /runtime\/transport\/vsock\.node$/);
+    assert.match(list[1] ?? "", /runtime\/native\/vsock\/build\/Release\/vsock\.node$/);
+  });
+
+  test("a KUASAR_VSOCK_ADDON that does not exist is an error, not a silent fallback", () => {
+    const mod = fileURLToPath(new URL("../../../runtime/transport/vsock.ts", import.meta.url));
+    assert.match(
+      loadIn(mod, { KUASAR_VSOCK_ADDON: "/nonexistent/vsock.node" }),
+      /KUASAR_VSOCK_ADDON=\/nonexistent\/vsock.node does not exist/,
+    );
+  });
+
+  test("with no addon anywhere, the error lists where it looked and how to build it", async () => {
+    // .mts: outside the repo there is no package.json saying "type": "module".
+    const copy = path.join(dir, "bundle-like", "vsock.mts");
+    await mkdir(path.dirname(copy));
+    await copyFile(fileURLToPath(new URL("../../../runtime/transport/vsock.ts", import.meta.url)), copy);
+    const out = loadIn(copy, { KUASAR_VSOCK_ADDON: undefined });
+    assert.match(out, /vsock addon not found \(looked at: .*bundle-like\/vsock.node/);
+    assert.match(out, /npx tsx runtime\/native\/build.ts/);
   });
 });
 
