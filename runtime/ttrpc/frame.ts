@@ -31,9 +31,12 @@ export class FrameError extends Error {
   override readonly name = "FrameError";
 }
 
-/** Frames assembled from several chunks are carved from slabs of this size (fewer, larger allocations for the GC to track). */
+// Streamed frames assembled from several chunks are carved from slabs: fewer,
+// larger allocations for the GC to track. Smaller frames use Node's pool, larger
+// ones get a buffer of their own; an idle parser lets go of its slab so quiet
+// connections pin no memory.
 const SLAB_SIZE = 1 << 20;
-/** Larger frames get a buffer of their own. */
+const SLAB_MIN_FRAME = 16 << 10;
 const SLAB_MAX_FRAME = SLAB_SIZE >> 2;
 
 enum State {
@@ -81,7 +84,10 @@ export class FrameParser {
           chunk.copy(this.header, this.headerFilled, off, off + n);
           this.headerFilled += n;
           off += n;
-          if (this.headerFilled < HEADER_LENGTH) return;
+          if (this.headerFilled < HEADER_LENGTH) {
+            if (this.headerFilled === 0) this.slab = null;
+            return;
+          }
           this.headerFilled = 0;
           this.readHeader(this.header, 0);
         }
@@ -120,6 +126,7 @@ export class FrameParser {
   }
 
   private allocate(length: number): Buffer {
+    if (length < SLAB_MIN_FRAME) return Buffer.allocUnsafe(length);
     if (length > SLAB_MAX_FRAME) return Buffer.allocUnsafeSlow(length);
     if (this.slab === null || this.slabUsed + length > SLAB_SIZE) {
       this.slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
