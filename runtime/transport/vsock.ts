@@ -43,10 +43,17 @@ const WRITABLE = 2;
 
 let addon: Addon | undefined;
 
-/** Addon locations, in lookup order: next to the running bundle, then the node-gyp build in the repo. */
+/**
+ * Addon locations, in lookup order: next to the running bundle (the guest), install-vmm's place beside an
+ * installed /usr/local/bin/vmm-sandboxer, then the node-gyp build in the repo.
+ */
 export function vsockAddonCandidates(): string[] {
   const here = path.dirname(fileURLToPath(import.meta.url));
-  return [path.join(here, "vsock.node"), path.resolve(here, "../native/vsock/build/Release/vsock.node")];
+  return [
+    path.join(here, "vsock.node"),
+    path.resolve(here, "../lib/kuasar-vmm/vsock.node"),
+    path.resolve(here, "../native/vsock/build/Release/vsock.node"),
+  ];
 }
 
 function native(): Addon {
