@@ -39,8 +39,8 @@ async function toolchain(ctx: KeyContext): Promise<Record<string, string>> {
     flex: await ctx.tool("flex", "flex"),
     bison: await ctx.tool("bison", "bison"),
     bc: await ctx.tool("bc", "bc"),
-    // bzImage's payload compressor (CONFIG_KERNEL_GZIP, allnoconfig's and defconfig's default).
-    gzip: await ctx.tool("gzip", "gzip"),
+    // bzImage's payload compressor (CONFIG_KERNEL_ZSTD in fragments/base.config).
+    zstd: await ctx.tool("zstd", "zstd"),
   };
 }
 
@@ -109,7 +109,7 @@ export const kernelStage: Stage = {
       );
       const env = reproducibleEnv(o.sourceDateEpoch);
       const make = (args: string[]) =>
-        ctx.exec("make", ["-C", srcDir, "ARCH=x86_64", ...args], { env, extendEnv: false });
+        ctx.exec("make", ["ARCH=x86_64", ...args], { cwd: srcDir, env, extendEnv: false });
       const version = (await make(["-s", "kernelversion"])).trim();
       const config = await configure({ srcDir, profile: o.profile, requested, make, log: ctx.log });
 
