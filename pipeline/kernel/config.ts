@@ -89,6 +89,7 @@ export async function configure(args: ConfigureArgs): Promise<string> {
     await args.make(["x86_64_defconfig"]);
     // Drop the base's lines for requested symbols (as merge_config.sh does) so kconfig sees one value each.
     const base = (await readFile(dotConfig, "utf8"))
+      .trimEnd()
       .split("\n")
       .filter((l) => !requested.has(/^(?:# )?CONFIG_([A-Za-z0-9_]+)[= ]/.exec(l)?.[1] ?? ""));
     await writeFile(dotConfig, `${[...base, ...lines].join("\n")}\n`);

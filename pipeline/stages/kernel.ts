@@ -97,6 +97,7 @@ export const kernelStage: Stage = {
     const source = await resolveSource(o.kernelSource, o.kernelSha256, ctx.repo);
     const { files, requested } = await loadRequest(ctx.repo, o.hypervisors);
     const patches = await patchList(ctx);
+    ctx.log(`merged ${files.length} fragment files: ${requested.size} requested symbols, no conflicts`);
     // Next to out/ inside the cache's temporary entry: never part of the verified entry, removed below.
     const scratch = path.join(path.dirname(ctx.out), "kernel-build");
     try {
