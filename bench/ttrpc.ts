@@ -76,12 +76,14 @@ function serveRaw(echoPath: string, streamPath: string): void {
           sock.once("data", (req) => {
             const chunk = Buffer.alloc(req.readUInt32BE(0), 7);
             let left = req.readUInt32BE(4);
+            // same buffering policy as the ttrpc channel: keep up to 1 MiB queued
             const pump = () => {
-              while (left > 0) {
+              while (left > 0 && sock.writableLength < 1 << 20) {
                 left--;
-                if (!sock.write(chunk)) return void sock.once("drain", pump);
+                sock.write(chunk);
               }
-              sock.end();
+              if (left > 0) sock.once("drain", pump);
+              else sock.end();
             };
             pump();
           });

@@ -5,8 +5,8 @@ import { encodeHeader, FrameParser, type FrameSink, MAX_DATA_LENGTH } from "./fr
 
 /** Bytes queued for writing above which senders of stream data wait for 'drain'. */
 const WRITE_HIGH_WATER = 1 << 20;
-/** Frames buffered for one write up to this size are merged into one buffer. */
-const COALESCE_LIMIT = 64 << 10;
+/** Pieces smaller than this are merged into one buffer per write; larger ones are written as they are. */
+const COPY_LIMIT = 2 << 10;
 /** How long one stream's full receive queue may stall reading for all streams. */
 export const STALL_TIMEOUT_MS = 1000;
 
@@ -115,12 +115,30 @@ export class Channel {
     if (this.closed || !this.duplex.writable) return;
     if (parts.length === 1) {
       this.duplex.write(parts[0]);
-    } else if (bytes <= COALESCE_LIMIT) {
+    } else if (bytes < COPY_LIMIT) {
       this.duplex.write(Buffer.concat(parts, bytes));
     } else {
-      // large frames go out vectored (writev) without being copied
+      // small pieces (headers, envelopes, small messages) are merged; large
+      // ones (payloads sent by reference) go out vectored (writev), uncopied
+      const out: Uint8Array[] = [];
+      let run: Uint8Array[] = [];
+      let runBytes = 0;
+      for (const p of parts) {
+        if (p.length < COPY_LIMIT) {
+          run.push(p);
+          runBytes += p.length;
+          continue;
+        }
+        if (run.length > 0) {
+          out.push(run.length === 1 ? run[0]! : Buffer.concat(run, runBytes));
+          run = [];
+          runBytes = 0;
+        }
+        out.push(p);
+      }
+      if (run.length > 0) out.push(run.length === 1 ? run[0]! : Buffer.concat(run, runBytes));
       this.duplex.cork();
-      for (const p of parts) this.duplex.write(p);
+      for (const p of out) this.duplex.write(p);
       this.duplex.uncork();
     }
     if (!this.duplex.writableNeedDrain) this.onDrain();

@@ -2,7 +2,7 @@ import { type DescField, type DescMessage, type Message, ScalarType, toBinary } 
 import { FeatureSet_FieldPresence } from "@bufbuild/protobuf/wkt";
 
 /** Bytes fields at least this long are sent by reference instead of being copied into the encoding. */
-const BY_REFERENCE_MIN = 16 << 10;
+const BY_REFERENCE_MIN = 2 << 10;
 const EMPTY = new Uint8Array(0);
 
 const bytesFieldsCache = new WeakMap<DescMessage, readonly DescField[]>();
