@@ -3,11 +3,20 @@ import { imageStage } from "./image.ts";
 import { initrdStage } from "./initrd.ts";
 import { kernelStage } from "./kernel.ts";
 import { rootfsStage } from "./rootfs.ts";
+import { sandboxerStage } from "./sandboxer.ts";
 import { taskStage } from "./task.ts";
 import { unitsStage } from "./units.ts";
 
 /** Every stage the CLI knows, in no particular order (the runner orders them by dependencies). */
-export const allStages: Stage[] = [kernelStage, taskStage, rootfsStage, imageStage, initrdStage, unitsStage];
+export const allStages: Stage[] = [
+  kernelStage,
+  taskStage,
+  sandboxerStage,
+  rootfsStage,
+  imageStage,
+  initrdStage,
+  unitsStage,
+];
 
 /** What `all` builds: the published artifacts (rootfs is only an intermediate of the image and initrd). */
-export const defaultTargets = ["kernel", "task", "image", "initrd", "units"];
+export const defaultTargets = ["kernel", "task", "sandboxer", "image", "initrd", "units"];

@@ -154,6 +154,17 @@ export async function mountRun(opts: Pid1Options = {}): Promise<boolean> {
   return mounted;
 }
 
+/** /tmp on tmpfs: the image root is mounted read-only and shared by every VM. */
+export function mountTmp(opts: Pid1Options = {}): Promise<boolean> {
+  return ensureMount({
+    source: "tmpfs",
+    target: at(opts, "/tmp"),
+    type: "tmpfs",
+    options: ["nosuid", "nodev", "mode=1777"],
+    hint: "the guest kernel needs CONFIG_TMPFS",
+  });
+}
+
 const CONTROLLERS = ["cpu", "cpuset", "io", "memory", "pids", "hugetlb"];
 
 /** cgroup2 on /sys/fs/cgroup with the container controllers enabled for child cgroups. Returns those enabled. */
@@ -255,6 +266,7 @@ export async function setupPid1(sharefsType: "9p" | "virtiofs", opts: Pid1Option
   await mountDevShm(opts);
   await mountDevPts(opts);
   await mountRun(opts);
+  await mountTmp(opts);
   const controllers = await mountCgroup2(opts);
   opts.log?.debug(`cgroup controllers enabled: ${controllers.join(" ") || "none"}`);
   await mountShare(sharefsType, opts);
