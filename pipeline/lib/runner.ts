@@ -1,3 +1,4 @@
+import { existsSync } from "node:fs";
 import { copyFile, mkdir, stat, utimes } from "node:fs/promises";
 import path from "node:path";
 import { Listr } from "listr2";
@@ -71,7 +72,9 @@ export async function runStages(req: RunRequest): Promise<StageOutcome[]> {
     const depKeys = Object.fromEntries(st.deps.map((d) => [d, keys.get(d)!]));
     let inputs: Record<string, unknown>;
     try {
-      inputs = await st.inputs(kctx);
+      // The stage's own code is an input too: changing how it builds must rebuild it.
+      const code = path.join(req.repo, "pipeline", "stages", `${st.name}.ts`);
+      inputs = { ...(await st.inputs(kctx)), stageCode: existsSync(code) ? await kctx.fileDigest(code) : null };
     } catch (err) {
       throw new StageError(st.name, (err as Error).message);
     }

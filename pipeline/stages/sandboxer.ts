@@ -1,3 +1,4 @@
+import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import { bundleNode } from "../lib/bundle.ts";
 import type { Stage } from "../lib/stage.ts";
@@ -27,6 +28,8 @@ export const sandboxerStage: Stage = {
     await bundleNode(path.join(ctx.repo, "runtime/sandboxer/main.ts"), path.join(ctx.out, "vmm-sandboxer"), {
       executable: true,
     });
+    // The bundle is CommonJS; inside this repo the root package.json says "module", so bin/ says otherwise.
+    await writeFile(path.join(ctx.out, "package.json"), '{ "type": "commonjs" }\n');
   },
-  publish: { "vmm-sandboxer": "vmm-sandboxer" },
+  publish: { "vmm-sandboxer": "vmm-sandboxer", "package.json": "package.json" },
 };
