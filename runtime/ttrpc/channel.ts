@@ -26,6 +26,7 @@ export class Channel {
   private pendingBytes = 0;
   private flushScheduled = false;
   private drainWaiters: Array<() => void> = [];
+  private flushWaiters: Array<() => void> = [];
   private readonly stalls = new Map<object, NodeJS.Timeout>();
   private closeError: Error | undefined;
   closed = false;
@@ -61,6 +62,17 @@ export class Channel {
       process.nextTick(this.flush);
     }
     return !this.needDrain();
+  }
+
+  /**
+   * Like send(), but resolves once the frame has been written out, so the
+   * caller may reuse buffers it sent by reference (and waits as long as the
+   * connection is congested).
+   */
+  sendWritten(streamId: number, type: number, flags: number, parts: readonly Uint8Array[]): Promise<void> {
+    this.send(streamId, type, flags, parts);
+    if (this.closed) return Promise.resolve();
+    return new Promise((resolve) => this.flushWaiters.push(resolve));
   }
 
   /** Resolves once queued bytes fall below the high-water mark (or the channel closed). */
@@ -112,11 +124,19 @@ export class Channel {
     const bytes = this.pendingBytes;
     this.pending = [];
     this.pendingBytes = 0;
-    if (this.closed || !this.duplex.writable) return;
+    if (this.closed || !this.duplex.writable) {
+      resolveAll(this.flushWaiters);
+      this.flushWaiters = [];
+      return;
+    }
+    const waiters = this.flushWaiters;
+    this.flushWaiters = [];
+    // called once the last piece is written; the stream calls it with an error if destroyed first
+    const written = waiters.length === 0 ? undefined : () => resolveAll(waiters);
     if (parts.length === 1) {
-      this.duplex.write(parts[0]);
+      this.duplex.write(parts[0], written);
     } else if (bytes < COPY_LIMIT) {
-      this.duplex.write(Buffer.concat(parts, bytes));
+      this.duplex.write(Buffer.concat(parts, bytes), written);
     } else {
       // small pieces (headers, envelopes, small messages) are merged; large
       // ones (payloads sent by reference) go out vectored (writev), uncopied
@@ -138,7 +158,7 @@ export class Channel {
       }
       if (run.length > 0) out.push(run.length === 1 ? run[0]! : Buffer.concat(run, runBytes));
       this.duplex.cork();
-      for (const p of out) this.duplex.write(p);
+      for (let i = 0; i < out.length; i++) this.duplex.write(out[i], i === out.length - 1 ? written : undefined);
       this.duplex.uncork();
     }
     if (!this.duplex.writableNeedDrain) this.onDrain();
@@ -186,9 +206,10 @@ export class Channel {
     this.stalls.clear();
     this.pending = [];
     this.pendingBytes = 0;
-    const waiters = this.drainWaiters;
+    resolveAll(this.drainWaiters);
     this.drainWaiters = [];
-    for (const w of waiters) w();
+    resolveAll(this.flushWaiters);
+    this.flushWaiters = [];
     this.duplex.off("data", this.onData);
     this.duplex.off("drain", this.onDrain);
     this.duplex.off("end", this.onEnd);
@@ -196,4 +217,8 @@ export class Channel {
     // keep an error listener: a late 'error' from a destroyed stream must not crash the process
     this.handler.onClose(this.closeError);
   }
+}
+
+function resolveAll(waiters: Array<() => void>): void {
+  for (const w of waiters) w();
 }

@@ -397,7 +397,9 @@ export class TtrpcClient implements ChannelHandler {
     if (call.localClosed) throw new TtrpcError(Code.FailedPrecondition, `call ${call.id}: send after closeSend`);
     if (call.done) return; // the server already answered; further input is moot
     const payload = encodeMessage(call.desc.input, create(call.desc.input, message));
-    if (!this.channel.send(call.id, MessageType.Data, 0, payload)) await this.channel.drained();
+    // buffers sent by reference must stay untouched until written: the caller may reuse them after send()
+    if (payload.length > 1) await this.channel.sendWritten(call.id, MessageType.Data, 0, payload);
+    else if (!this.channel.send(call.id, MessageType.Data, 0, payload)) await this.channel.drained();
   }
 
   private closeSend(call: ClientCall): void {

@@ -481,7 +481,9 @@ class ServerConnection implements ChannelHandler {
       send: async (message) => {
         if (stream.done) throw new TtrpcError(Code.Canceled, `stream ${stream.id} is closed`);
         const payload = encodeMessage(output, create(output, message));
-        if (!this.channel.send(stream.id, MessageType.Data, 0, payload)) await this.channel.drained();
+        // buffers sent by reference must stay untouched until written: the caller may reuse them after send()
+        if (payload.length > 1) await this.channel.sendWritten(stream.id, MessageType.Data, 0, payload);
+        else if (!this.channel.send(stream.id, MessageType.Data, 0, payload)) await this.channel.drained();
       },
     };
   }

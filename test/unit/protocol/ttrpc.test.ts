@@ -508,6 +508,49 @@ describe("ttrpc streaming", () => {
     await rejectsWith(call.send({ seq: 1 }), Code.FailedPrecondition);
   });
 
+  it("lets senders reuse a buffer as soon as send() resolves", async () => {
+    const size = 64 << 10;
+    const t = await harness((server) =>
+      server.register(Echo, {
+        clientStream: async (reqs) => {
+          let intact = 0;
+          let n = 0;
+          for await (const r of reqs) {
+            if (Buffer.from(r.payload).equals(Buffer.alloc(size, n % 251))) intact++;
+            n++;
+          }
+          return { count: intact, seq: n };
+        },
+        serverStream: async (req, out) => {
+          const buf = Buffer.alloc(size);
+          for (let i = 0; i < req.count; i++) {
+            buf.fill(i % 251);
+            await out.send({ payload: buf });
+          }
+        },
+      }),
+    );
+    try {
+      const echo = (await t.client()).service(Echo);
+      const up = echo.clientStream();
+      const buf = Buffer.alloc(size);
+      for (let i = 0; i < 100; i++) {
+        buf.fill(i % 251);
+        await up.send({ payload: buf });
+      }
+      const res = await up.closeAndReceive();
+      assert.deepEqual([res.count, res.seq], [100, 100]);
+      let i = 0;
+      for await (const m of echo.serverStream({ count: 100 })) {
+        assert.ok(Buffer.from(m.payload).equals(Buffer.alloc(size, i % 251)), `message ${i} intact`);
+        i++;
+      }
+      assert.equal(i, 100);
+    } finally {
+      await t.stop();
+    }
+  });
+
   it("a consumer that stops reading stalls the connection for at most 1 s, then its stream fails", async () => {
     const client = await h.client();
     const echo = client.service(Echo);
