@@ -1,0 +1,114 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { copyFile, mkdir, symlink, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const bin = path.join(repo, "bin");
+
+/** VM tests need the pipeline's artifacts; missing ones fail the test with what to run (no silent skip). */
+export function requireArtifacts(names = ["vmlinux.bin", "kuasar.img", "vsock.node"]): void {
+  const missing = names.filter((n) => !existsSync(path.join(bin, n)));
+  if (missing.length) {
+    throw new Error(
+      `missing ${missing.map((m) => `bin/${m}`).join(", ")}: run \`make all\` (or npm test, which builds first)`,
+    );
+  }
+}
+
+/** A QEMU config for the built artifacts; extra lines go into [hypervisor]. */
+export async function writeConfig(file: string, extra = ""): Promise<void> {
+  await writeFile(
+    file,
+    `[sandbox]\nlog_level = "debug"\ncontainerd_address = "${path.dirname(file)}/no-containerd.sock"\n\n` +
+      `[hypervisor]\nqemu_path = "/usr/bin/qemu-system-x86_64"\nvcpus = 1\nmemory_in_mb = 512\n` +
+      `kernel_path = "${bin}/vmlinux.bin"\nimage_path = "${bin}/kuasar.img"\n${extra}`,
+  );
+}
+
+export interface Daemon {
+  proc: ChildProcess;
+  sock: string;
+  log: () => string;
+}
+
+/** Runs vmm-sandboxer from source (the code under test) and waits for its socket. */
+export async function startDaemon(dir: string, config: string): Promise<Daemon> {
+  const sock = path.join(dir, "vmm-sandboxer.sock");
+  let out = "";
+  const proc = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      path.join(repo, "runtime/sandboxer/main.ts"),
+      "-c",
+      config,
+      "-d",
+      path.join(dir, "state"),
+      "-l",
+      sock,
+    ],
+    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, KUASAR_VSOCK_ADDON: path.join(bin, "vsock.node") } },
+  );
+  proc.stdout?.on("data", (d) => {
+    out += d;
+  });
+  proc.stderr?.on("data", (d) => {
+    out += d;
+  });
+  const until = Date.now() + 20_000;
+  while (!out.includes("serving the sandbox API")) {
+    if (proc.exitCode !== null) throw new Error(`vmm-sandboxer exited with ${proc.exitCode}:\n${out}`);
+    if (Date.now() > until) throw new Error(`vmm-sandboxer did not come up within 20 s:\n${out}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { proc, sock, log: () => out };
+}
+
+/** A busybox container bundle the way containerd lays one out (spec with a host rootfs path). */
+export async function busyboxBundle(dir: string, args: string[]): Promise<string> {
+  const rootfs = path.join(dir, "rootfs");
+  if (!existsSync(rootfs)) {
+    await mkdir(path.join(rootfs, "bin"), { recursive: true });
+    for (const d of ["proc", "sys", "dev", "tmp", "etc"]) await mkdir(path.join(rootfs, d));
+    await copyFile("/bin/busybox", path.join(rootfs, "bin/busybox"));
+    for (const a of ["sh", "echo", "uname", "cat", "hostname", "sleep", "ls"]) {
+      await symlink("busybox", path.join(rootfs, "bin", a));
+    }
+  }
+  const bundle = path.join(dir, `bundle-${Math.random().toString(36).slice(2, 8)}`);
+  await mkdir(bundle);
+  await writeFile(
+    path.join(bundle, "config.json"),
+    JSON.stringify({
+      ociVersion: "1.0.2",
+      process: { args, env: ["PATH=/bin"], cwd: "/", user: { uid: 0, gid: 0 } },
+      root: { path: rootfs },
+      mounts: [
+        { destination: "/proc", type: "proc", source: "proc" },
+        { destination: "/dev", type: "tmpfs", source: "tmpfs", options: ["nosuid", "mode=755"] },
+      ],
+      linux: {
+        namespaces: [{ type: "pid" }, { type: "mount" }, { type: "ipc", path: "/proc/1/ns/ipc" }],
+        cgroupsPath: `/kuasar-vm-test/${path.basename(bundle)}`,
+      },
+    }),
+  );
+  return bundle;
+}
+
+/** Pids of processes whose command line mentions needle (leak checks). */
+export function processesMatching(needle: string): number[] {
+  const out: number[] = [];
+  for (const p of readdirSync("/proc")) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      if (readFileSync(`/proc/${p}/cmdline`, "utf8").includes(needle)) out.push(Number(p));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return out;
+}

@@ -1,0 +1,171 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { createReadStream, existsSync, readFileSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { create, toBinary } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+import { type MethodsOf, type UnaryClient, unaryClient } from "../../runtime/grpc/service.ts";
+import { Task } from "../../runtime/protos/gen/containerd/runtime/task/v3/shim_pb.ts";
+import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
+import { PodSandboxConfigSchema } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
+import { SandboxService } from "../../runtime/protos/gen/kuasar/sandbox_pb.ts";
+import { dial } from "../../runtime/transport/address.ts";
+import { TtrpcClient } from "../../runtime/ttrpc/index.ts";
+import {
+  busyboxBundle,
+  type Daemon,
+  processesMatching,
+  requireArtifacts,
+  startDaemon,
+  writeConfig,
+} from "./harness.ts";
+
+// The daemon from source driving real QEMU (TCG here) guests built by the pipeline: the sandbox API as
+// containerd uses it, a container through the per-sandbox task API, the debug console, kill -9 of the daemon
+// (recovery) and of the VMM (Wait returns, everything cleaned).
+let dir: string;
+let config: string;
+let daemon: Daemon;
+let controller: UnaryClient<MethodsOf<typeof Controller>>;
+let closeController: () => void;
+
+function connectController() {
+  ({ client: controller, close: closeController } = unaryClient(Controller, `unix://${daemon.sock}`));
+}
+
+before(async () => {
+  requireArtifacts();
+  dir = await mkdtemp(path.join(os.tmpdir(), "vm-sandboxer-"));
+  config = path.join(dir, "config.toml");
+  await writeConfig(config, 'kernel_params = "task.debug"\n');
+  daemon = await startDaemon(dir, config);
+  connectController();
+});
+
+after(async () => {
+  closeController?.();
+  daemon?.proc.kill("SIGKILL");
+  for (const pid of processesMatching(dir)) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // gone
+    }
+  }
+  await rm(dir, { recursive: true, force: true });
+});
+
+const options = (hostname: string) => ({
+  typeUrl: "runtime.v1.PodSandboxConfig",
+  value: toBinary(PodSandboxConfigSchema, create(PodSandboxConfigSchema, { hostname })),
+});
+
+async function runContainer(taskAddress: string, id: string, script: string): Promise<{ out: string; status: number }> {
+  const conn = net.connect(taskAddress.replace(/^ttrpc\+unix:\/\//, ""));
+  await new Promise((r) => conn.once("connect", r));
+  const client = new TtrpcClient(conn);
+  try {
+    const task = client.service(Task);
+    const stdout = path.join(dir, `${id}.stdout`);
+    execFileSync("mkfifo", [stdout]);
+    let out = "";
+    const reading = new Promise<void>((resolve) =>
+      createReadStream(stdout)
+        .on("data", (d) => {
+          out += d;
+        })
+        .on("end", resolve),
+    );
+    await task.create({ id, bundle: await busyboxBundle(dir, ["sh", "-c", script]), stdout });
+    const waiting = task.wait({ id });
+    await task.start({ id });
+    const { exitStatus } = await waiting;
+    await reading;
+    await task.delete({ id });
+    return { out, status: exitStatus };
+  } finally {
+    client.close();
+  }
+}
+
+test("a pod VM boots, serves containers through its task API, and stops cleanly", { timeout: 240_000 }, async () => {
+  await controller.create({ sandboxId: "pod-a", options: options("pod-a-host") });
+  const started = await controller.start({ sandboxId: "pod-a" });
+  assert.equal(started.version, 3);
+  assert.ok(started.pid > 0 && existsSync(`/proc/${started.pid}`), "Start reports the real QEMU pid");
+  assert.match(started.address, /^ttrpc\+unix:\/\/.*\/pod-a\/task\.sock$/);
+  const console = readFileSync(path.join(dir, "state/pod-a/console.log"), "utf8");
+  assert.match(console, /vmm-task serving ttrpc on vsock port 1024/, "readiness on the serial console");
+  assert.equal((await controller.status({ sandboxId: "pod-a" })).state, "SANDBOX_READY");
+
+  const r = await runContainer(started.address, "c1", "echo from $(hostname) on $(uname -r); exit 4");
+  assert.equal(r.status, 4);
+  assert.match(r.out, /^from \S+ on 6\.1\./);
+
+  const waiting = controller.wait({ sandboxId: "pod-a" });
+  await controller.stop({ sandboxId: "pod-a", timeoutSecs: 10 });
+  await waiting;
+  assert.equal((await controller.status({ sandboxId: "pod-a" })).state, "SANDBOX_NOTREADY");
+  await controller.shutdown({ sandboxId: "pod-a" });
+  assert.equal(existsSync(path.join(dir, "state/pod-a")), false);
+  assert.deepEqual(processesMatching(path.join(dir, "state/pod-a")), [], "no QEMU or vhost-device-vsock left");
+});
+
+test("the debug console answers over hybrid vsock when task.debug is set", { timeout: 240_000 }, async () => {
+  await controller.create({ sandboxId: "pod-d" });
+  await controller.start({ sandboxId: "pod-d" });
+  const sock = await dial(`hvsock://${path.join(dir, "state/pod-d/task.vsock")}:1025`, { timeoutMs: 5000 });
+  let screen = "";
+  sock.on("data", (d) => {
+    screen += d;
+  });
+  sock.write("echo console-$((6*7))\n");
+  for (let i = 0; i < 200 && !screen.includes("console-42"); i++) await new Promise((r) => setTimeout(r, 100));
+  sock.destroy();
+  assert.match(screen, /console-42/);
+  await controller.shutdown({ sandboxId: "pod-d" });
+});
+
+test("kill -9 of the daemon: a restarted daemon recovers the running pod", { timeout: 300_000 }, async () => {
+  await controller.create({ sandboxId: "pod-r" });
+  const started = await controller.start({ sandboxId: "pod-r" });
+  closeController();
+  daemon.proc.kill("SIGKILL");
+  await new Promise((r) => daemon.proc.once("exit", r));
+  assert.ok(existsSync(`/proc/${started.pid}`), "the VM outlives the daemon");
+
+  daemon = await startDaemon(dir, config);
+  connectController();
+  assert.match(daemon.log(), /sandbox pod-r recovered/);
+  const st = await controller.status({ sandboxId: "pod-r" });
+  assert.equal(st.state, "SANDBOX_READY");
+  assert.equal(st.pid, started.pid);
+  const r = await runContainer(st.address, "after-restart", "echo still here");
+  assert.equal(r.out, "still here\n");
+
+  // kill -9 of the VMM: Wait returns, the pod turns NOTREADY, its helpers are gone.
+  const waiting = controller.wait({ sandboxId: "pod-r" });
+  process.kill(started.pid, "SIGKILL");
+  const exit = await waiting;
+  assert.notEqual(exit.exitStatus, 0);
+  assert.equal((await controller.status({ sandboxId: "pod-r" })).state, "SANDBOX_NOTREADY");
+  await controller.shutdown({ sandboxId: "pod-r" });
+  assert.deepEqual(processesMatching(path.join(dir, "state/pod-r")), []);
+  await assert.rejects(
+    controller.status({ sandboxId: "pod-r" }),
+    (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND,
+  );
+});
+
+test("the agent answers Check over hybrid vsock directly (Kuasar's address)", { timeout: 240_000 }, async () => {
+  await controller.create({ sandboxId: "pod-c" });
+  await controller.start({ sandboxId: "pod-c" });
+  const client = new TtrpcClient(await dial(`hvsock://${path.join(dir, "state/pod-c/task.vsock")}:1024`));
+  await client.service(SandboxService).check({});
+  client.close();
+  await controller.shutdown({ sandboxId: "pod-c" });
+});
