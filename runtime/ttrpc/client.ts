@@ -69,6 +69,8 @@ class ClientCall {
   localClosed = false;
   private timer: NodeJS.Timeout | undefined;
   private signal: AbortSignal | undefined;
+  // only calls given a signal pay for a listener
+  private onAbort: (() => void) | undefined;
   /** Unary and client-streaming: the single response. */
   resolve: ((msg: unknown) => void) | undefined;
   reject: ((err: TtrpcError) => void) | undefined;
@@ -91,6 +93,7 @@ class ClientCall {
     }
     if (options?.signal) {
       this.signal = options.signal;
+      this.onAbort = () => this.abort();
       this.signal.addEventListener("abort", this.onAbort, { once: true });
     }
   }
@@ -122,18 +125,18 @@ class ClientCall {
   private settle(): void {
     this.done = true;
     clearTimeout(this.timer);
-    this.signal?.removeEventListener("abort", this.onAbort);
+    if (this.onAbort) this.signal?.removeEventListener("abort", this.onAbort);
     this.client.forget(this);
   }
 
-  private readonly onAbort = (): void => {
+  private abort(): void {
     const reason = this.signal?.reason;
     this.fail(
       reason instanceof TtrpcError
         ? reason
         : new TtrpcError(Code.Canceled, `call canceled${reason instanceof Error ? `: ${reason.message}` : ""}`),
     );
-  };
+  }
 }
 
 /**
