@@ -51,10 +51,11 @@ describe("addon loading", () => {
     }).stdout;
   }
 
-  test("candidates: vsock.node beside the module (the bundle), then the node-gyp build", () => {
+  test("candidates: beside the bundle, install-vmm's lib dir beside an installed daemon, then the node-gyp build", () => {
     const list = vsockAddonCandidates();
     assert.match(list[0] ?? "", /runtime\/transport\/vsock\.node$/);
-    assert.match(list[1] ?? "", /runtime\/native\/vsock\/build\/Release\/vsock\.node$/);
+    assert.match(list[1] ?? "", /runtime\/lib\/kuasar-vmm\/vsock\.node$/);
+    assert.match(list[2] ?? "", /runtime\/native\/vsock\/build\/Release\/vsock\.node$/);
   });
 
   test("a KUASAR_VSOCK_ADDON that does not exist is an error, not a silent fallback", () => {
