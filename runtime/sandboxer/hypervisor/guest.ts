@@ -12,6 +12,8 @@ export const MOUNT_TAG = "kuasar";
 export interface CmdlineParts {
   /** console=... for where the kernel's messages go. */
   console: string;
+  /** Parameters the machine needs (e.g. pcie_ports=native). */
+  platform?: string[];
   /** The block device holding image_path (root=<dev> ro), or undefined when booting initrd_path. */
   rootDevice: string | undefined;
   sharefs: "9p" | "virtiofs";
@@ -26,6 +28,7 @@ export function kernelCmdline(config: Config, sandbox: SandboxSpec, p: CmdlinePa
   const root = p.rootDevice ? [`root=${p.rootDevice}`, "ro", "rootfstype=ext4"] : ["rdinit=/sbin/init"];
   return [
     p.console,
+    ...(p.platform ?? []),
     ...root,
     // A guest panic reboots after 1 s; the VMMs run with reboot turned into exit, so a dead guest ends the VM.
     "panic=1",

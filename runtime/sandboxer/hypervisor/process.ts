@@ -155,8 +155,16 @@ export async function waitForPath(
   }
 }
 
-/** The last lines of a log file, for error messages. */
-export async function tail(file: string, lines = 15): Promise<string> {
-  const text = await readFile(file, "utf8").catch(() => "");
-  return text.trimEnd().split("\n").slice(-lines).join("\n");
+/** The last lines of a log file written after byte offset `from`, for error messages. */
+export async function tail(file: string, lines = 15, from = 0): Promise<string> {
+  const buf = await readFile(file).catch(() => Buffer.alloc(0));
+  return buf.subarray(from).toString("utf8").trimEnd().split("\n").slice(-lines).join("\n");
+}
+
+/** Current size of a file (0 when it does not exist yet). */
+export async function sizeOf(file: string): Promise<number> {
+  return stat(file).then(
+    (s) => s.size,
+    () => 0,
+  );
 }

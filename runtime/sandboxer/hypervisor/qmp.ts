@@ -46,8 +46,8 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
     super();
   }
 
-  /** Connects, retrying until timeoutMs while the socket is not there yet (the VMM is still starting). */
-  static async connect(path: string, timeoutMs: number, retryUntil?: () => boolean): Promise<QmpClient> {
+  /** Connects, retrying until timeoutMs (or keepTrying() turns false) while the VMM is still creating its socket. */
+  static async connect(path: string, timeoutMs: number, keepTrying?: () => boolean): Promise<QmpClient> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       try {
@@ -55,7 +55,7 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         const retryable = code === "ENOENT" || code === "ECONNREFUSED";
-        if (!retryable || Date.now() >= deadline || retryUntil?.() === false) {
+        if (!retryable || Date.now() >= deadline || keepTrying?.() === false) {
           throw new Error(`QMP ${path}: ${(err as Error).message}`);
         }
         await sleep(25);

@@ -18,6 +18,7 @@ import {
   type ProcRef,
   type SpawnSpec,
   signalProc,
+  sizeOf,
   spawnDetached,
   tail,
   waitForPath,
@@ -141,6 +142,8 @@ export abstract class VmmDriver implements Hypervisor {
       extra: plan.extra,
     });
     await Promise.all(this.state.files.map((f) => rm(f, { force: true })));
+    // Logs are appended across attempts: only this attempt's lines explain its failure.
+    const logFrom = await sizeOf(plan.vmm.logFile);
     let vmmExited: Promise<number> | undefined;
     try {
       for (const h of plan.helpers) {
@@ -168,7 +171,7 @@ export abstract class VmmDriver implements Hypervisor {
       ]);
       await writeFile(path.join(this.state.dir, PID_FILE), `${s.ref.pid}\n`);
     } catch (err) {
-      const log = await tail(plan.vmm.logFile);
+      const log = await tail(plan.vmm.logFile, 15, logFrom);
       await this.abortStart(vmmExited);
       const msg = `sandbox ${this.id}: ${(err as Error).message}`;
       if (vmmExited && this.retryable(log)) throw new RetryStart(msg);

@@ -42,8 +42,9 @@ export function stratovirtPlan(config: Config, sandbox: SandboxSpec, cid: number
   if (h.enable_mem_prealloc) args.push("-mem-prealloc");
   if (h.firmware) args.push("-drive", `file=${h.firmware},if=pflash,unit=0,readonly=true`);
   const cmdline = kernelCmdline(config, sandbox, {
-    // pcie_ports=native: hot-plug on StratoVirt's root ports is native PCIe, not ACPI.
-    console: micro ? "console=ttyS0" : "console=ttyS0 pcie_ports=native",
+    console: "console=ttyS0",
+    // Hot-plug on StratoVirt's root ports is native PCIe, not ACPI.
+    platform: micro ? [] : ["pcie_ports=native"],
     rootDevice: image ? "/dev/vda" : undefined,
     sharefs: "virtiofs",
   });
