@@ -95,6 +95,7 @@ export async function runStages(req: RunRequest): Promise<StageOutcome[]> {
   }
 
   const renderer = process.stdout.isTTY && !req.options.verbose ? "default" : "simple";
+  const showToolOutput = renderer === "default" || req.options.verbose;
   const tasks = new Listr(
     order
       .filter((st) => needed.has(st.name))
@@ -110,12 +111,12 @@ export async function runStages(req: RunRequest): Promise<StageOutcome[]> {
             task.title = `${st.title} (cached)`;
           } else {
             task.output = `building: ${found.reason}`;
-            const recent: string[] = [];
             const log = (line: string) => {
-              recent.push(line);
-              if (recent.length > 40) recent.shift();
               task.output = line;
             };
+            // Tool output scrolls by in a terminal or with --verbose; plain CI logs keep only the stages' own
+            // progress lines (a failing tool's last lines are in the error either way).
+            const toolLog = showToolOutput ? log : () => {};
             dir = await req.cache.store(st.name, key, async (out) => {
               const bctx: BuildContext = {
                 ...kctx,
@@ -126,7 +127,7 @@ export async function runStages(req: RunRequest): Promise<StageOutcome[]> {
                   return d;
                 },
                 log,
-                exec: (file, args, opts) => runExec(st.name, file, args, opts ?? {}, log),
+                exec: (file, args, opts) => runExec(st.name, file, args, opts ?? {}, toolLog),
               };
               await st.build(bctx);
             });
