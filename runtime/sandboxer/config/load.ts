@@ -256,7 +256,10 @@ export function parseConfig(text: string, file: string): Loaded {
       const keyPath = `${tablePath}.${name}`;
       const f = fields[name];
       if (!f) {
-        if (!subTables.includes(name)) warn(`unknown key ${keyPath} ignored${didYouMean(name, Object.keys(fields))}`);
+        // Unknown sub-tables were reported while walking the document.
+        if (!subTables.includes(name) && !isTable(v)) {
+          warn(`unknown key ${keyPath} ignored${didYouMean(name, Object.keys(fields))}`);
+        }
         continue;
       }
       if (f.deprecatedFor || (tablePath === "hypervisor" && name === "type")) continue;

@@ -102,6 +102,17 @@ describe("problems are collected and name file, key, expectation and finding", (
     );
   });
 
+  test("an unknown table is reported once, with the closest known table", () => {
+    const { warnings } = parseConfig(
+      '[hypervisor]\ntype = "qemu"\n[hypervisor.tsk]\ndebug = true\n[hypervisor.virtiofsd.x]\na = 1\n',
+      "t.toml",
+    );
+    assert.deepEqual(warnings, [
+      "t.toml: unknown table [hypervisor.tsk] ignored; did you mean hypervisor.task?",
+      "t.toml: unknown table [hypervisor.virtiofsd.x] ignored",
+    ]);
+  });
+
   test("a scalar where a table belongs, and a table where a scalar belongs", () => {
     const err = problems("hypervisor = 3\n");
     assert.match(err.problems.join("\n"), /hypervisor: expected a table \(\[hypervisor\]\), found 3 \(integer\)/);
