@@ -22,7 +22,7 @@ async function readConfig(file: string, explicit: boolean): Promise<Config> {
     return defaultConfig("qemu");
   }
   const loaded = await loadConfig(file);
-  for (const w of loaded.warnings) log.warn(`${file}: ${w}`);
+  for (const w of loaded.warnings) log.warn(w);
   return loaded.config;
 }
 

@@ -171,8 +171,15 @@ export class VmLauncher implements Launcher {
     return r.vm.wait();
   }
 
+  /** Asks the agent to power the guest off (it ignores ACPI), then lets the hypervisor escalate as needed. */
   async stop(rec: SandboxRecord, _dir: string, timeoutMs: number): Promise<void> {
-    await this.running.get(rec.id)?.vm.stop(timeoutMs);
+    const r = this.running.get(rec.id);
+    if (!r) return;
+    await r.agent
+      .service(Task)
+      .shutdown({ id: rec.id, now: true }, { timeoutMs: 2000 })
+      .catch((e: Error) => this.log.debug(`${rec.id}: agent shutdown: ${e.message}`));
+    await r.vm.stop(timeoutMs);
   }
 
   async release(rec: SandboxRecord, dir: string): Promise<void> {

@@ -73,7 +73,7 @@ async function main(argv: string[]): Promise<void> {
     }),
   );
   const hub = new StreamHub();
-  const tasks = taskService(manager, hub);
+  const tasks = taskService(manager, hub, () => void stop("Shutdown request"));
   const server = new TtrpcServer()
     .register(Task, tasks)
     .registerAs("containerd.task.v2.Task", Task, tasks)
@@ -94,13 +94,13 @@ async function main(argv: string[]): Promise<void> {
   }
   log.info(`vmm-task serving ttrpc on ${guest ? `vsock port ${AGENT_PORT}` : values.listen}`);
 
-  const stop = async (signal: string) => {
+  async function stop(signal: string): Promise<void> {
     log.info(`${signal}: stopping containers`);
     await server.shutdown().catch(() => undefined);
     if (guest) await shutdownGuest(manager, { log });
     await manager.shutdown();
     process.exit(0);
-  };
+  }
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
 }

@@ -55,7 +55,12 @@ function withdrawStdio(hub: StreamHub, names: Array<string | undefined>): void {
 }
 
 /** containerd's Task API (served as both v2 and v3) over the ContainerManager. */
-export function taskService(mgr: ContainerManager, hub: StreamHub): ServiceHandlers<typeof Task> {
+export function taskService(
+  mgr: ContainerManager,
+  hub: StreamHub,
+  /** The daemon's Shutdown (containerd's own Shutdown stops at the host proxy): power the VM off. */
+  onShutdown: () => void,
+): ServiceHandlers<typeof Task> {
   return {
     create: (req) =>
       mapped(async () => {
@@ -157,7 +162,11 @@ export function taskService(mgr: ContainerManager, hub: StreamHub): ServiceHandl
         return {};
       }),
     connect: (req) => mapped(() => ({ shimPid: process.pid, taskPid: mgr.state(req.id).pid, version: "3" })),
-    shutdown: async () => ({}),
+    shutdown: async () => {
+      // Answer first: the agent exits (and init powers the VM off) right after.
+      setImmediate(onShutdown);
+      return {};
+    },
     stats: async (req) => {
       throw new TtrpcError(
         Code.Unimplemented,
