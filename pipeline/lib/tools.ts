@@ -1,4 +1,4 @@
-import { execa } from "execa";
+import { $ } from "zx";
 
 export class MissingToolError extends Error {
   constructor(tool: string, pkg: string) {
@@ -19,9 +19,11 @@ export async function toolVersion(tool: string, pkg: string, args: string[] = ["
   const k = `${tool} ${args.join(" ")}`;
   const hit = versionCache.get(k);
   if (hit !== undefined) return hit;
-  const r = await execa(tool, args, { reject: false, all: true, stdin: "ignore" });
-  if (r.failed && (r as { code?: string }).code === "ENOENT") throw new MissingToolError(tool, pkg);
-  const line = (r.all ?? "").split("\n").find((l) => l.trim() !== "") ?? "";
+  // Some tools (mke2fs -V) print their version to stderr and exit non-zero: read both, judge only ENOENT.
+  const r = await $({ quiet: true, nothrow: true, stdio: ["ignore", "pipe", "pipe"] })`${tool} ${args}`;
+  if (r.exitCode === 127 || (/not found|ENOENT/.test(r.stderr) && r.stdout === ""))
+    throw new MissingToolError(tool, pkg);
+  const line = `${r.stdout}\n${r.stderr}`.split("\n").find((l) => l.trim() !== "") ?? "";
   versionCache.set(k, line.trim());
   return line.trim();
 }
