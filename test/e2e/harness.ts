@@ -1,0 +1,274 @@
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { closeSync, existsSync, openSync, readFileSync, readlinkSync } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { type MethodsOf, type UnaryClient, unaryClient } from "../../runtime/grpc/service.ts";
+import { ImageService, RuntimeService } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
+import { bin, type Daemon, processesMatching, requireArtifacts, startDaemon } from "../vm/harness.ts";
+import { busyboxImageArchive } from "./image.ts";
+
+const run = promisify(execFile);
+
+export const IMAGE = "docker.io/library/kuasar-busybox:e2e";
+export const RUNTIME_HANDLER = "kuasar-vmm";
+
+/** The e2e tests need a real containerd 2.1 and the VM tooling; missing ones fail with what to install. */
+function requireTools(): void {
+  requireArtifacts();
+  const tools: Array<[string, string]> = [
+    ["/usr/bin/containerd", "containerd 2.1 (Debian sid's containerd, see scripts/install-prereqs.sh)"],
+    ["/usr/bin/ctr", "ctr (ships with containerd)"],
+    ["/usr/bin/qemu-system-x86_64", "qemu-system-x86"],
+    ["/usr/bin/vhost-device-vsock", "vhost-device-vsock (Debian sid)"],
+  ];
+  const missing = tools.filter(([p]) => !existsSync(p)).map(([p, what]) => `${p}: install ${what}`);
+  if (missing.length) throw new Error(`e2e prerequisites missing:\n  ${missing.join("\n  ")}`);
+}
+
+export type Runtime = UnaryClient<MethodsOf<typeof RuntimeService>>;
+export type Images = UnaryClient<MethodsOf<typeof ImageService>>;
+
+export interface Env {
+  /** Private root: containerd's root/state/sockets, the daemon's state, pod logs. Kept short (unix socket paths). */
+  dir: string;
+  /** The daemon's per-sandbox state directory (<dir>/state/<sandbox id>). */
+  sandboxDir: (id: string) => string;
+  runtime: Runtime;
+  images: Images;
+  daemon: Daemon;
+  /** SIGTERM to containerd, then a fresh one on the same root and state; the CRI clients reconnect. */
+  restartContainerd: () => Promise<void>;
+  /** containerd's and the daemon's logs, tails of each, for failure messages. */
+  logs: (lines?: number) => string;
+  teardown: () => Promise<void>;
+}
+
+function containerdConfig(dir: string, daemonSock: string): string {
+  const cri = "plugins.'io.containerd.cri.v1.runtime'";
+  return `version = 3
+root = "${dir}/containerd/root"
+state = "${dir}/containerd/state"
+# Nothing here uses these; skipping them makes startup quicker and the log quieter.
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.differ.v1.erofs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+  "io.containerd.nri.v1.nri",
+]
+
+[grpc]
+  address = "${dir}/containerd.sock"
+
+[ttrpc]
+  address = "${dir}/containerd.sock.ttrpc"
+
+[proxy_plugins.vmm]
+  type = "sandbox"
+  address = "${daemonSock}"
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  # The pause image is never run by a remote sandboxer, but CRI resolves it: point it at the local image.
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "${IMAGE}"
+
+[${cri}]
+  enable_cdi = false
+  [${cri}.cni]
+    bin_dirs = ["${dir}/cni/bin"]
+    conf_dir = "${dir}/cni/net.d"
+  [${cri}.containerd]
+    default_runtime_name = "${RUNTIME_HANDLER}"
+  # No [...options] table: with a non-runc runtime_type containerd fails to unmarshal it at StartContainer.
+  [${cri}.containerd.runtimes.${RUNTIME_HANDLER}]
+    runtime_type = "io.containerd.kuasar-vmm.v1"
+    sandboxer = "vmm"
+    io_type = "fifo"
+    snapshotter = "overlayfs"
+
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+`;
+}
+
+function daemonConfig(dir: string): string {
+  return (
+    `[sandbox]\nlog_level = "debug"\ncontainerd_address = "${dir}/containerd.sock"\n\n` +
+    `[hypervisor]\nqemu_path = "/usr/bin/qemu-system-x86_64"\nvcpus = 1\nmemory_in_mb = 512\n` +
+    `kernel_path = "${bin}/vmlinux.bin"\nimage_path = "${bin}/kuasar.img"\n`
+  );
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function tail(file: string, lines: number): string {
+  try {
+    return readFileSync(file, "utf8").split("\n").slice(-lines).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
+
+async function ctr(dir: string, ...args: string[]): Promise<string> {
+  const { stdout } = await run("ctr", ["--address", `${dir}/containerd.sock`, ...args], {
+    timeout: 60_000,
+    maxBuffer: 16 << 20,
+  });
+  return stdout;
+}
+
+/** Mount points at or below dir, deepest first. */
+export function mountsUnder(dir: string): string[] {
+  const points = readFileSync("/proc/self/mountinfo", "utf8")
+    .split("\n")
+    .map((l) => l.split(" ")[4]?.replace(/\\040/g, " "))
+    .filter((m): m is string => !!m && (m === dir || m.startsWith(`${dir}/`)));
+  return points.sort((a, b) => b.length - a.length);
+}
+
+/** QEMU, vhost-device-vsock and virtiofsd processes whose command line mentions needle. */
+export function vmProcesses(needle: string): number[] {
+  return processesMatching(needle).filter((pid) => {
+    try {
+      return /qemu|vhost-device-vsock|virtiofsd/.test(path.basename(readlinkSync(`/proc/${pid}/exe`)));
+    } catch {
+      return false;
+    }
+  });
+}
+
+function waitExit(proc: ChildProcess, ms: number): Promise<boolean> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms);
+    proc.once("exit", () => {
+      clearTimeout(t);
+      resolve(true);
+    });
+  });
+}
+
+async function stop(proc: ChildProcess | undefined, ms: number): Promise<void> {
+  if (!proc) return;
+  proc.kill("SIGTERM");
+  if (!(await waitExit(proc, ms))) {
+    proc.kill("SIGKILL");
+    await waitExit(proc, 5000);
+  }
+}
+
+/**
+ * A private containerd (CRI, the vmm proxy sandboxer) and vmm-sandboxer from source, with the busybox image imported.
+ * Nothing touches /etc/containerd or /run/containerd.
+ */
+export async function startEnv(): Promise<Env> {
+  requireTools();
+  const dir = await mkdtemp(path.join(os.tmpdir(), "ke-"));
+  const containerdLog = path.join(dir, "containerd.log");
+  const config = path.join(dir, "containerd.toml");
+  const sock = path.join(dir, "containerd.sock");
+  let containerd: ChildProcess | undefined;
+  let daemon: Daemon | undefined;
+  let clients: Array<() => void> = [];
+  // Filled in as the parts come up; restartContainerd swaps the CRI clients in place.
+  const env = { dir, sandboxDir: (id: string) => path.join(dir, "state", id) } as Env;
+
+  const logs = (lines = 60) =>
+    `--- containerd log (${containerdLog}), last ${lines} lines:\n${tail(containerdLog, lines)}\n` +
+    `--- vmm-sandboxer log, last ${lines} lines:\n${(daemon?.log() ?? "").split("\n").slice(-lines).join("\n")}`;
+
+  const connect = () => {
+    const r = unaryClient(RuntimeService, `unix://${sock}`);
+    const i = unaryClient(ImageService, `unix://${sock}`);
+    env.runtime = r.client;
+    env.images = i.client;
+    clients = [r.close, i.close];
+  };
+
+  const startContainerd = async () => {
+    const fd = openSync(containerdLog, "a");
+    containerd = spawn("/usr/bin/containerd", ["--config", config, "--log-level", "debug"], {
+      stdio: ["ignore", fd, fd],
+    });
+    closeSync(fd);
+    const until = Date.now() + 30_000;
+    for (;;) {
+      if (containerd.exitCode !== null) throw new Error(`containerd exited with ${containerd.exitCode}\n${logs()}`);
+      if (Date.now() > until)
+        throw new Error(`containerd did not show the vmm sandbox controller within 30 s\n${logs()}`);
+      if (existsSync(sock)) {
+        const plugins = await ctr(dir, "plugins", "ls").catch(() => "");
+        if (/io\.containerd\.sandbox\.controller\.v1\s+vmm\s+.*\bok\b/.test(plugins)) break;
+      }
+      await sleep(250);
+    }
+    connect();
+    // CRI serves once its plugin is up; Version answering means RuntimeService is reachable.
+    for (;;) {
+      try {
+        await env.runtime.version({}, { deadlineMs: 2000 });
+        return;
+      } catch (err) {
+        if (Date.now() > until) throw new Error(`CRI did not answer within 30 s: ${(err as Error).message}\n${logs()}`);
+        await sleep(250);
+      }
+    }
+  };
+
+  const teardown = async () => {
+    if (env.runtime && containerd?.exitCode === null) {
+      const opts = { deadlineMs: 60_000 };
+      const pods = await env.runtime.listPodSandbox({}, opts).catch(() => ({ items: [] }));
+      for (const p of pods.items) {
+        await env.runtime.stopPodSandbox({ podSandboxId: p.id }, opts).catch(() => undefined);
+        await env.runtime.removePodSandbox({ podSandboxId: p.id }, opts).catch(() => undefined);
+      }
+    }
+    for (const close of clients) close();
+    await stop(containerd, 15_000);
+    await stop(daemon?.proc, 15_000);
+    for (const pid of processesMatching(dir)) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+    for (const m of mountsUnder(dir)) await run("umount", ["-l", m]).catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
+  };
+
+  try {
+    await mkdir(path.join(dir, "cni/bin"), { recursive: true });
+    await mkdir(path.join(dir, "cni/net.d"), { recursive: true });
+    const daemonToml = path.join(dir, "vmm-sandboxer.toml");
+    await writeFile(daemonToml, daemonConfig(dir));
+    daemon = await startDaemon(dir, daemonToml);
+    await writeFile(config, containerdConfig(dir, daemon.sock));
+    await startContainerd();
+    const archive = path.join(dir, "busybox-oci.tar");
+    await writeFile(archive, await busyboxImageArchive(IMAGE));
+    await ctr(dir, "-n", "k8s.io", "images", "import", "--local", archive);
+  } catch (err) {
+    await teardown();
+    throw err;
+  }
+  return Object.assign(env, {
+    daemon: daemon!,
+    restartContainerd: async () => {
+      for (const close of clients) close();
+      await stop(containerd, 30_000);
+      await startContainerd();
+    },
+    logs,
+    teardown,
+  });
+}

@@ -1,0 +1,132 @@
+import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import {
+  type ContainerConfigSchema,
+  ContainerState,
+  NamespaceMode,
+  type PodSandboxConfigSchema,
+  PodSandboxState,
+} from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
+import { type Env, IMAGE, mountsUnder, RUNTIME_HANDLER, startEnv, vmProcesses } from "./harness.ts";
+
+// A real containerd 2.1 drives vmm-sandboxer through CRI, as kubelet would: each pod is a QEMU (TCG) VM.
+// TCG boots take ~15-20 s, so CRI calls that boot or stop a VM get generous deadlines.
+let env: Env;
+const SLOW = { deadlineMs: 120_000 };
+const QUICK = { deadlineMs: 30_000 };
+
+before(async () => {
+  env = await startEnv();
+});
+
+after(async () => {
+  await env?.teardown();
+});
+
+/** Runs body; on failure the error carries containerd's and the daemon's log tails. */
+async function withLogs(body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+  } catch (err) {
+    const e = err as Error;
+    e.message = `${e.message}\n${env.logs()}`;
+    throw e;
+  }
+}
+
+async function podConfig(name: string): Promise<MessageInitShape<typeof PodSandboxConfigSchema>> {
+  const logDirectory = path.join(env.dir, "pods", name);
+  await mkdir(logDirectory, { recursive: true });
+  return {
+    metadata: { name, namespace: "e2e", uid: `${name}-uid`, attempt: 0 },
+    hostname: name,
+    logDirectory,
+    linux: { securityContext: { namespaceOptions: { network: NamespaceMode.NODE } } },
+  };
+}
+
+function containerConfig(name: string, script: string): MessageInitShape<typeof ContainerConfigSchema> {
+  return {
+    metadata: { name, attempt: 0 },
+    image: { image: IMAGE },
+    command: ["sh", "-c", script],
+    logPath: `${name}.log`,
+  };
+}
+
+async function runPod(name: string) {
+  const config = await podConfig(name);
+  const { podSandboxId } = await env.runtime.runPodSandbox({ config, runtimeHandler: RUNTIME_HANDLER }, SLOW);
+  return { id: podSandboxId, config };
+}
+
+async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms / 1000} s waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/** Removes the pod the way kubelet does and checks its VM and mounts are gone. */
+async function removePod(id: string): Promise<void> {
+  await env.runtime.stopPodSandbox({ podSandboxId: id }, SLOW);
+  await env.runtime.removePodSandbox({ podSandboxId: id }, SLOW);
+  const { items } = await env.runtime.listPodSandbox({ filter: { id } }, QUICK);
+  assert.deepEqual(items, [], "the pod is no longer listed");
+  const dir = env.sandboxDir(id);
+  await until("the VM's processes to exit", 10_000, async () => (vmProcesses(dir).length ? undefined : true));
+  assert.equal(existsSync(dir), false, "the daemon removed the sandbox directory");
+  assert.deepEqual(mountsUnder(dir), [], "no mounts left under the sandbox directory");
+}
+
+test("a pod VM runs a container through CRI: logs, exec, stop, remove", { timeout: 300_000 }, () =>
+  withLogs(async () => {
+    const pod = await runPod("e2e-one");
+    const status = await env.runtime.podSandboxStatus({ podSandboxId: pod.id }, QUICK);
+    assert.equal(status.status?.state, PodSandboxState.SANDBOX_READY);
+    assert.equal(vmProcesses(env.sandboxDir(pod.id)).length > 0, true, "a QEMU runs for the pod");
+
+    const { containerId } = await env.runtime.createContainer(
+      {
+        podSandboxId: pod.id,
+        config: containerConfig("echo", 'echo "hello from $(hostname)"; echo oops >&2; exec sleep 3600'),
+        sandboxConfig: pod.config,
+      },
+      SLOW,
+    );
+    await env.runtime.startContainer({ containerId }, SLOW);
+
+    // CRI log format: "<RFC3339Nano time> <stream> <P|F> <text>".
+    const logFile = path.join(pod.config.logDirectory!, "echo.log");
+    const log = await until("the container's output in its CRI log", 30_000, async () => {
+      const text = existsSync(logFile) ? readFileSync(logFile, "utf8") : "";
+      return /stderr F oops/.test(text) && /stdout F hello/.test(text) ? text : undefined;
+    });
+    assert.match(log, /^\d{4}-\d\d-\d\dT\S+ stdout F hello from e2e-one$/m);
+    assert.match(log, /^\S+ stderr F oops$/m);
+
+    const exec = await env.runtime.execSync(
+      { containerId, cmd: ["sh", "-c", "echo out-$((6*7)); echo err >&2; exit 3"], timeout: 60n },
+      SLOW,
+    );
+    assert.equal(Buffer.from(exec.stdout).toString(), "out-42\n");
+    assert.equal(Buffer.from(exec.stderr).toString(), "err\n");
+    assert.equal(exec.exitCode, 3);
+
+    const running = await env.runtime.containerStatus({ containerId }, QUICK);
+    assert.equal(running.status?.state, ContainerState.CONTAINER_RUNNING);
+
+    await env.runtime.stopContainer({ containerId, timeout: 2n }, SLOW);
+    const stopped = await env.runtime.containerStatus({ containerId }, QUICK);
+    assert.equal(stopped.status?.state, ContainerState.CONTAINER_EXITED);
+    await env.runtime.removeContainer({ containerId }, SLOW);
+    await removePod(pod.id);
+  }),
+);
