@@ -6,9 +6,10 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { type MethodsOf, type UnaryClient, unaryClient } from "../../runtime/grpc/service.ts";
+import { MetricsSchema } from "../../runtime/protos/gen/containerd/cgroups/v2/metrics_pb.ts";
 import { Task } from "../../runtime/protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { PodSandboxConfigSchema } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
@@ -21,6 +22,7 @@ import {
   processesMatching,
   requireArtifacts,
   startDaemon,
+  unmountUnder,
   writeConfig,
 } from "./harness.ts";
 
@@ -56,6 +58,7 @@ after(async () => {
       // gone
     }
   }
+  unmountUnder(dir);
   await rm(dir, { recursive: true, force: true });
 });
 
@@ -105,6 +108,26 @@ test("a pod VM boots, serves containers through its task API, and stops cleanly"
   const r = await runContainer(started.address, "c1", "echo from $(hostname) on $(uname -r); exit 4");
   assert.equal(r.status, 4);
   assert.match(r.out, /^from \S+ on 6\.1\./);
+
+  // Stats of a running container come from the guest's cgroup v2 as containerd's Metrics type.
+  const conn = net.connect(started.address.replace(/^ttrpc\+unix:\/\//, ""));
+  await new Promise((res) => conn.once("connect", res));
+  const client = new TtrpcClient(conn);
+  const task = client.service(Task);
+  await task.create({ id: "sleeper", bundle: await busyboxBundle(dir, ["sleep", "300"]) });
+  await task.start({ id: "sleeper" });
+  const stats = await task.stats({ id: "sleeper" });
+  assert.equal(stats.stats?.typeUrl, "io.containerd.cgroups.v2.Metrics");
+  const m = fromBinary(MetricsSchema, stats.stats!.value);
+  assert.ok(
+    (m.pids?.current ?? 0n) >= 1n && (m.memory?.usage ?? 0n) > 0n,
+    `pids ${m.pids?.current}, memory ${m.memory?.usage}`,
+  );
+  const gone = task.wait({ id: "sleeper" });
+  await task.kill({ id: "sleeper", signal: 9 });
+  assert.equal((await gone).exitStatus, 137);
+  await task.delete({ id: "sleeper" });
+  client.close();
 
   const waiting = controller.wait({ sandboxId: "pod-a" });
   await controller.stop({ sandboxId: "pod-a", timeoutSecs: 10 });

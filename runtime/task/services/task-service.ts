@@ -6,6 +6,7 @@ import { STREAM_PREFIX } from "../../streaming/stdio-stream.ts";
 import { Code, type ServiceHandlers, TtrpcError } from "../../ttrpc/index.ts";
 import type { ContainerManager } from "../containers.ts";
 import { TaskError } from "../errors.ts";
+import { metricsAny } from "../metrics.ts";
 import type { TaskProcess, TaskStatus } from "../process.ts";
 import { type OciProcess, prepareBundle } from "../spec.ts";
 import type { StreamHub } from "../stream-hub.ts";
@@ -167,12 +168,7 @@ export function taskService(
       setImmediate(onShutdown);
       return {};
     },
-    stats: async (req) => {
-      throw new TtrpcError(
-        Code.Unimplemented,
-        `stats for ${req.id}: cgroup metrics are not converted to containerd's types yet`,
-      );
-    },
+    stats: (req) => mapped(async () => ({ stats: metricsAny(req.id, await mgr.stats(req.id)) })),
     checkpoint: async () => {
       throw new TtrpcError(Code.Unimplemented, "checkpoint is not supported in a VM sandbox");
     },
