@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createReadStream, existsSync } from "node:fs";
-import { mkdir, readdir, writeFile } from "node:fs/promises";
+import { mkdir, open, readdir, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { after, before, test } from "node:test";
@@ -97,7 +97,7 @@ after(async () => {
   await s?.cleanup();
 });
 
-async function hostBundle(id: string, args: string[]): Promise<string> {
+async function hostBundle(id: string, args: string[], terminal = false): Promise<string> {
   const bundle = path.join(s.dir, "host-bundles", id);
   await mkdir(bundle, { recursive: true });
   const rootfs = await busyboxRootfs(path.join(s.dir, "image"));
@@ -106,9 +106,18 @@ async function hostBundle(id: string, args: string[]): Promise<string> {
     path.join(bundle, "config.json"),
     JSON.stringify({
       ociVersion: "1.0.2",
-      process: { args, env: ["PATH=/bin"], cwd: "/", user: { uid: 0, gid: 0 } },
+      process: { terminal, args, env: ["PATH=/bin", "TERM=xterm"], cwd: "/", user: { uid: 0, gid: 0 } },
       root: { path: rootfs },
-      mounts: [{ destination: "/proc", type: "proc", source: "proc" }],
+      mounts: [
+        { destination: "/proc", type: "proc", source: "proc" },
+        { destination: "/dev", type: "tmpfs", source: "tmpfs", options: ["nosuid", "mode=755"] },
+        {
+          destination: "/dev/pts",
+          type: "devpts",
+          source: "devpts",
+          options: ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+        },
+      ],
       linux: {
         namespaces: [{ type: "pid" }, { type: "mount" }, { type: "network", path: "/proc/1/ns/net" }],
         cgroupsPath: `${s.cgroupParent}/${id}`,
@@ -192,4 +201,24 @@ test("exec runs a second process in a running container with its own stdio", asy
   assert.equal((await done).exitStatus, 137);
   await task.delete({ id: "c2" });
   assert.equal(existsSync(path.join(share, "c2")), false);
+});
+
+test("a terminal container: keystrokes from the host stdin FIFO reach its pty, the screen comes back on stdout", async () => {
+  const task = containerd.service(Task);
+  const stdin = fifo("t1-stdin");
+  const stdout = fifo("t1-stdout");
+  const output = readAll(stdout);
+  const bundle = await hostBundle("t1", ["sh"], true);
+  await task.create({ id: "t1", bundle, stdin, stdout, terminal: true });
+  const waiting = task.wait({ id: "t1" });
+  await task.start({ id: "t1" });
+  await task.resizePty({ id: "t1", width: 123, height: 45 });
+  const keys = await open(stdin, "w");
+  await keys.write("stty size; echo typed-$((40+2)); exit 5\n");
+  assert.equal((await waiting).exitStatus, 5);
+  await keys.close();
+  const screen = await output;
+  assert.match(screen, /45 123/);
+  assert.match(screen, /typed-42/);
+  await task.delete({ id: "t1" });
 });
