@@ -1,13 +1,14 @@
-import { copyFile, rm, stat, writeFile } from "node:fs/promises";
+import { copyFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { configure, loadRequest } from "../kernel/config.ts";
 import { applyPatches, type KernelSource, materialise, resolveSource, sourceDigest } from "../kernel/source.ts";
 import { hashFile, sha256 } from "../lib/hash.ts";
 import type { BuildContext, KeyContext, Stage } from "../lib/stage.ts";
 
-/** Bump when build() changes what it produces from the same inputs (strip flags, make targets, manifest shape). */
-const RECIPE = 1;
+/** The helpers that shape the output (merge, configure, source handling); the runner already keys this file. */
+const HELPERS = fileURLToPath(new URL("../kernel/", import.meta.url));
 
 /** Fixed build identity so two builds of the same inputs are bit-identical. */
 export function reproducibleEnv(epoch: number): Record<string, string> {
@@ -58,6 +59,13 @@ async function patchList(ctx: KeyContext): Promise<{ file: string; sha256: strin
   return out;
 }
 
+async function helperDigests(ctx: KeyContext): Promise<Record<string, string>> {
+  const names = (await readdir(HELPERS)).filter((n) => n.endsWith(".ts")).sort();
+  const out: Record<string, string> = {};
+  for (const n of names) out[n] = await ctx.fileDigest(path.join(HELPERS, n));
+  return out;
+}
+
 async function fragmentDigests(ctx: KeyContext, files: string[]): Promise<{ file: string; sha256: string }[]> {
   return Promise.all(files.map(async (file) => ({ file, sha256: await ctx.fileDigest(path.join(ctx.repo, file)) })));
 }
@@ -81,7 +89,7 @@ export const kernelStage: Stage = {
     if (source.kind === "tarball" && source.path.endsWith(".xz")) await ctx.tool("xz", "xz-utils");
     if (o.kernelPatches.length > 0) await ctx.tool("patch", "patch");
     return {
-      recipe: RECIPE,
+      helpers: await helperDigests(ctx),
       source: { kind: source.kind, sha256: await sourceDigest(source, ctx) },
       patches: (await patchList(ctx)).map((p) => p.sha256),
       profile: o.profile,

@@ -48,16 +48,17 @@ describe("kernel stage inputs", () => {
     const inputs = (await kernelStage.inputs(ctx)) as Record<string, unknown>;
     assert.deepEqual(Object.keys(inputs).sort(), [
       "fragments",
+      "helpers",
       "hypervisors",
       "patches",
       "profile",
-      "recipe",
       "source",
       "sourceDateEpoch",
       "tools",
     ]);
     assert.deepEqual(Object.keys(inputs.tools as object).sort(), ["bc", "bison", "flex", "gcc", "ld", "make", "zstd"]);
     assert.match((inputs.tools as Record<string, string>).gcc!, /gcc/);
+    assert.deepEqual(Object.keys(inputs.helpers as object), ["config.ts", "fragment.ts", "source.ts", "verify.ts"]);
   });
 
   test("change when anything that shapes the kernel changes, and only then", async () => {
