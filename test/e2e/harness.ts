@@ -99,6 +99,12 @@ disabled_plugins = [
 `;
 }
 
+// containerd derives containerd-shim-kuasar-vmm-v1 from runtime_type and, after a restart, drops every task whose
+// shim binary it cannot resolve. It runs the binary only as `... delete` for a task whose task API is gone; the
+// daemon cleans those up itself, so an empty DeleteResponse (no output) is the whole answer.
+const SHIM = "containerd-shim-kuasar-vmm-v1";
+const SHIM_SCRIPT = "#!/bin/sh\nexit 0\n";
+
 function daemonConfig(dir: string): string {
   return (
     `[sandbox]\nlog_level = "debug"\ncontainerd_address = "${dir}/containerd.sock"\n\n` +
@@ -197,6 +203,7 @@ export async function startEnv(): Promise<Env> {
     const fd = openSync(containerdLog, "a");
     containerd = spawn("/usr/bin/containerd", ["--config", config, "--log-level", "debug"], {
       stdio: ["ignore", fd, fd],
+      env: { ...process.env, PATH: `${path.join(dir, "bin")}:${process.env.PATH}` },
     });
     closeSync(fd);
     const until = Date.now() + 30_000;
@@ -249,6 +256,8 @@ export async function startEnv(): Promise<Env> {
   try {
     await mkdir(path.join(dir, "cni/bin"), { recursive: true });
     await mkdir(path.join(dir, "cni/net.d"), { recursive: true });
+    await mkdir(path.join(dir, "bin"));
+    await writeFile(path.join(dir, "bin", SHIM), SHIM_SCRIPT, { mode: 0o755 });
     const daemonToml = path.join(dir, "vmm-sandboxer.toml");
     await writeFile(daemonToml, daemonConfig(dir));
     daemon = await startDaemon(dir, daemonToml);

@@ -32,8 +32,9 @@ async function withLogs(body: () => Promise<void>): Promise<void> {
   try {
     await body();
   } catch (err) {
+    // The reporter prints the stack, which was captured with the original message.
     const e = err as Error;
-    e.message = `${e.message}\n${env.logs()}`;
+    e.stack = `${e.stack}\n${env.logs()}`;
     throw e;
   }
 }
@@ -63,6 +64,8 @@ async function runPod(name: string) {
   const { podSandboxId } = await env.runtime.runPodSandbox({ config, runtimeHandler: RUNTIME_HANDLER }, SLOW);
   return { id: podSandboxId, config };
 }
+
+const cmdline = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, "utf8");
 
 async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
   const deadline = Date.now() + ms;
@@ -126,6 +129,106 @@ test("a pod VM runs a container through CRI: logs, exec, stop, remove", { timeou
     await env.runtime.stopContainer({ containerId, timeout: 2n }, SLOW);
     const stopped = await env.runtime.containerStatus({ containerId }, QUICK);
     assert.equal(stopped.status?.state, ContainerState.CONTAINER_EXITED);
+    await env.runtime.removeContainer({ containerId }, SLOW);
+    await removePod(pod.id);
+  }),
+);
+
+test("a container that exits non-zero: CRI reports its exit code", { timeout: 300_000 }, () =>
+  withLogs(async () => {
+    const pod = await runPod("e2e-exit");
+    const { containerId } = await env.runtime.createContainer(
+      { podSandboxId: pod.id, config: containerConfig("fail", "echo bye; exit 7"), sandboxConfig: pod.config },
+      SLOW,
+    );
+    await env.runtime.startContainer({ containerId }, SLOW);
+    // The exit reaches CRI only as a TaskExit event the daemon forwards to containerd.
+    const exited = await until("the container to be reported exited", 30_000, async () => {
+      const { status } = await env.runtime.containerStatus({ containerId }, QUICK);
+      return status?.state === ContainerState.CONTAINER_EXITED ? status : undefined;
+    });
+    assert.equal(exited.exitCode, 7);
+    // The exit time is the guest's clock (synced to the host's at boot); a fast exit may precede CRI's startedAt.
+    const ms = (ns: bigint) => Number(ns / 1_000_000n);
+    assert.ok(
+      Math.abs(ms(exited.finishedAt) - ms(exited.startedAt)) < 5000 && ms(exited.finishedAt) <= Date.now() + 1000,
+      `started ${new Date(ms(exited.startedAt)).toISOString()}, finished ${new Date(ms(exited.finishedAt)).toISOString()}`,
+    );
+    assert.match(readFileSync(path.join(pod.config.logDirectory!, "fail.log"), "utf8"), /stdout F bye$/m);
+    await env.runtime.removeContainer({ containerId }, SLOW);
+    await removePod(pod.id);
+  }),
+);
+
+test("two containers share one pod VM", { timeout: 300_000 }, () =>
+  withLogs(async () => {
+    const pod = await runPod("e2e-two");
+    const ids: string[] = [];
+    for (const name of ["first", "second"]) {
+      const { containerId } = await env.runtime.createContainer(
+        { podSandboxId: pod.id, config: containerConfig(name, "exec sleep 3600"), sandboxConfig: pod.config },
+        SLOW,
+      );
+      await env.runtime.startContainer({ containerId }, SLOW);
+      ids.push(containerId);
+    }
+    const { containers } = await env.runtime.listContainers({ filter: { podSandboxId: pod.id } }, QUICK);
+    assert.deepEqual(
+      containers.map((c) => c.state),
+      [ContainerState.CONTAINER_RUNNING, ContainerState.CONTAINER_RUNNING],
+    );
+    assert.equal(vmProcesses(env.sandboxDir(pod.id)).filter((p) => /qemu/.test(cmdline(p))).length, 1, "one VM");
+
+    // Same VM kernel and pod hostname from both; each sees only its own process tree.
+    const seen: string[] = [];
+    for (const containerId of ids) {
+      const r = await env.runtime.execSync(
+        { containerId, cmd: ["sh", "-c", "echo $(hostname) $(cat /proc/sys/kernel/random/boot_id)"], timeout: 60n },
+        SLOW,
+      );
+      assert.equal(r.exitCode, 0, Buffer.from(r.stderr).toString());
+      seen.push(Buffer.from(r.stdout).toString());
+    }
+    assert.match(seen[0]!, /^e2e-two \S+\n$/);
+    assert.equal(seen[0], seen[1]);
+
+    await env.runtime.stopContainer({ containerId: ids[0]!, timeout: 2n }, SLOW);
+    assert.equal(
+      (await env.runtime.containerStatus({ containerId: ids[1]! }, QUICK)).status?.state,
+      ContainerState.CONTAINER_RUNNING,
+      "stopping one container leaves the other running",
+    );
+    for (const containerId of ids) {
+      await env.runtime.stopContainer({ containerId, timeout: 2n }, SLOW);
+      await env.runtime.removeContainer({ containerId }, SLOW);
+    }
+    await removePod(pod.id);
+  }),
+);
+
+test("a containerd restart keeps the pod READY and its container RUNNING", { timeout: 300_000 }, () =>
+  withLogs(async () => {
+    const pod = await runPod("e2e-restart");
+    const { containerId } = await env.runtime.createContainer(
+      { podSandboxId: pod.id, config: containerConfig("keeper", "exec sleep 3600"), sandboxConfig: pod.config },
+      SLOW,
+    );
+    await env.runtime.startContainer({ containerId }, SLOW);
+    const vm = vmProcesses(env.sandboxDir(pod.id));
+
+    await env.restartContainerd();
+    // CRI recovers sandboxes and tasks in the background after it starts serving.
+    await until("the pod to be READY after the restart", 60_000, async () => {
+      const { status } = await env.runtime.podSandboxStatus({ podSandboxId: pod.id }, QUICK);
+      return status?.state === PodSandboxState.SANDBOX_READY ? true : undefined;
+    });
+    const { status } = await env.runtime.containerStatus({ containerId }, QUICK);
+    assert.equal(status?.state, ContainerState.CONTAINER_RUNNING);
+    assert.deepEqual(vmProcesses(env.sandboxDir(pod.id)), vm, "the same VM serves the pod");
+    const r = await env.runtime.execSync({ containerId, cmd: ["echo", "still here"], timeout: 60n }, SLOW);
+    assert.equal(Buffer.from(r.stdout).toString(), "still here\n");
+
+    await env.runtime.stopContainer({ containerId, timeout: 2n }, SLOW);
     await env.runtime.removeContainer({ containerId }, SLOW);
     await removePod(pod.id);
   }),
