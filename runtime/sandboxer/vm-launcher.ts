@@ -30,6 +30,10 @@ const AGENT_DEADLINE_MS = 120_000;
 /** After a daemon restart a live agent answers at once: fail fast and clean up instead. */
 const RECOVER_AGENT_DEADLINE_MS = 3_000;
 const CLOCK_SYNC_MS = 60_000;
+/** vmm-task's readiness line on the serial console. */
+const AGENT_LISTENING = "vmm-task serving ttrpc on vsock port";
+/** Past this a guest that does not log the line (quieter log level) is dialled anyway. */
+const AGENT_CONSOLE_WAIT_MS = 60_000;
 
 /** What sandbox.json keeps for the launcher. */
 interface RuntimeState {
@@ -86,6 +90,11 @@ export class VmLauncher implements Launcher {
       void vm.wait().then(() => {
         exited = true;
       });
+      // vhost-device-vsock 0.3 can wedge for good (accepts, never answers CONNECT) when dialled before the guest's
+      // vsock driver is up; hold the first dial until the guest agent says it listens, falling back to dialling.
+      if (started.agentAddress.kind === "hvsock") {
+        await waitForConsole(started.consoleLog, AGENT_LISTENING, AGENT_CONSOLE_WAIT_MS, () => !exited);
+      }
       const agent = await connectAgent(() => dial(agentUrl(started.agentAddress), { timeoutMs: 2000 }), {
         deadlineMs: AGENT_DEADLINE_MS,
         alive: () => !exited,
@@ -235,7 +244,17 @@ export class VmLauncher implements Launcher {
   }
 }
 
+/** Polls the console log until it contains `needle`; gives up quietly after ms or when alive() turns false. */
+async function waitForConsole(file: string, needle: string, ms: number, alive: () => boolean): Promise<void> {
+  const until = Date.now() + ms;
+  while (Date.now() < until && alive()) {
+    if ((await tail(file, 200)).includes(needle)) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 /** The last lines of a console log, for errors that need the guest's side of the story. */
+
 async function tail(file: string, lines: number): Promise<string> {
   try {
     const fh = await open(file, "r");
