@@ -14,13 +14,22 @@ export async function hashFile(file: string): Promise<string> {
 }
 
 /** Digest of a directory tree: relative paths, modes, link targets and contents, in sorted order. */
-export async function hashTree(dir: string, opts: { ignore?: (rel: string) => boolean } = {}): Promise<string> {
+export async function hashTree(
+  dir: string,
+  opts: { ignore?: (rel: string) => boolean; fileDigest?: (file: string) => Promise<string> } = {},
+): Promise<string> {
   const h = createHash("sha256");
-  await walkInto(h, dir, "", opts.ignore ?? (() => false));
+  await walkInto(h, dir, "", opts.ignore ?? (() => false), opts.fileDigest ?? hashFile);
   return h.digest("hex");
 }
 
-async function walkInto(h: Hash, root: string, rel: string, ignore: (rel: string) => boolean): Promise<void> {
+async function walkInto(
+  h: Hash,
+  root: string,
+  rel: string,
+  ignore: (rel: string) => boolean,
+  fileDigest: (file: string) => Promise<string>,
+): Promise<void> {
   const names = (await readdir(path.join(root, rel))).sort();
   for (const name of names) {
     const r = rel ? `${rel}/${name}` : name;
@@ -31,7 +40,7 @@ async function walkInto(h: Hash, root: string, rel: string, ignore: (rel: string
     if (st.isSymbolicLink()) h.update(`L ${r} ${await readlink(abs)}\n`);
     else if (st.isDirectory()) {
       h.update(`D ${r} ${mode}\n`);
-      await walkInto(h, root, r, ignore);
-    } else if (st.isFile()) h.update(`F ${r} ${mode} ${await hashFile(abs)}\n`);
+      await walkInto(h, root, r, ignore, fileDigest);
+    } else if (st.isFile()) h.update(`F ${r} ${mode} ${await fileDigest(abs)}\n`);
   }
 }

@@ -103,7 +103,7 @@ export function keyContext(repo: string, options: BuildOptions, memo: DigestMemo
     repo,
     options,
     fileDigest: (f) => memo.digest(f),
-    treeDigest: (d) => hashTree(d, { ignore: isBuildOutput }),
+    treeDigest: (d) => hashTree(d, { ignore: isBuildOutput, fileDigest: (f) => memo.digest(f) }),
     tool: (name, pkg, args) => toolVersion(name, pkg, args),
   };
 }
