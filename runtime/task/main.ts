@@ -92,7 +92,10 @@ async function main(argv: string[]): Promise<void> {
     server.serve(l);
     await new Promise<void>((resolve) => l.listen(path, resolve));
   }
-  log.info(`vmm-task serving ttrpc on ${guest ? `vsock port ${AGENT_PORT}` : values.listen}`);
+  // Printed whatever the log level: over hybrid vsock the host waits for this console line before it dials.
+  process.stderr.write(
+    `[${new Date().toISOString()} INFO  vmm_task] vmm-task serving ttrpc on ${guest ? `vsock port ${AGENT_PORT}` : values.listen}\n`,
+  );
 
   async function stop(signal: string): Promise<void> {
     log.info(`${signal}: stopping containers`);
