@@ -7,22 +7,16 @@ import { after, afterEach, before, beforeEach, describe, test } from "node:test"
 import { parseConfig } from "../../../runtime/sandboxer/config/load.ts";
 import { ClhApi, ClhApiError } from "../../../runtime/sandboxer/hypervisor/cloud-hypervisor/api.ts";
 import { clhPlan } from "../../../runtime/sandboxer/hypervisor/cloud-hypervisor/plan.ts";
-import { realProbes } from "../../../runtime/sandboxer/hypervisor/host.ts";
 import {
   createHypervisor,
-  type DriverEnv,
   type HypervisorState,
   recoverHypervisor,
 } from "../../../runtime/sandboxer/hypervisor/index.ts";
 import { procStartTime } from "../../../runtime/sandboxer/hypervisor/process.ts";
-import { logger, setLogLevel } from "../../../runtime/sandboxer/log.ts";
+import { DIR, env, sandbox } from "./fixtures/driver-env.ts";
 import { FakeClhApi } from "./fixtures/fake-clh-api.ts";
 import { gone, standIn } from "./fixtures/procs.ts";
 
-setLogLevel("error");
-const env: DriverEnv = { probes: realProbes, log: logger("test"), pollMs: 50 };
-const DIR = "/run/kuasar-vmm/sb1";
-const sandbox = { id: "sb1", dir: DIR, shareDir: `${DIR}/shared`, netDevices: [] };
 const clh = (toml = "") => parseConfig(`[hypervisor]\ntype = "cloud-hypervisor"\n${toml}`, "test.toml").config;
 let tmp: string;
 before(async () => {

@@ -8,9 +8,8 @@ import {
   virtiofsdDialect,
 } from "../../../runtime/sandboxer/hypervisor/host.ts";
 import { parseAccelerators, type QemuFacts, qemuPlan } from "../../../runtime/sandboxer/hypervisor/qemu/plan.ts";
+import { DIR, sandbox } from "./fixtures/driver-env.ts";
 
-const DIR = "/run/kuasar-vmm/sb1";
-const sandbox = { id: "sb1", dir: DIR, shareDir: `${DIR}/shared`, netDevices: [] };
 const qemu = (toml = "") => parseConfig(`[hypervisor]\ntype = "qemu"\n${toml}`, "test.toml").config;
 const TCG_HYBRID: QemuFacts = { accel: "tcg", vsock: "hybrid", cid: 7, vhostNet: false, hostMemMiB: 24000 };
 

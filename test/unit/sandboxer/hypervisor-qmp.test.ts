@@ -4,19 +4,12 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, afterEach, before, beforeEach, describe, test } from "node:test";
-import { realProbes } from "../../../runtime/sandboxer/hypervisor/host.ts";
-import {
-  type DriverEnv,
-  type HypervisorState,
-  recoverHypervisor,
-} from "../../../runtime/sandboxer/hypervisor/index.ts";
+import { type HypervisorState, recoverHypervisor } from "../../../runtime/sandboxer/hypervisor/index.ts";
 import { QmpClient, QmpError } from "../../../runtime/sandboxer/hypervisor/qmp.ts";
-import { logger, setLogLevel } from "../../../runtime/sandboxer/log.ts";
+import { env } from "./fixtures/driver-env.ts";
 import { FakeQmp } from "./fixtures/fake-qmp.ts";
 import { gone, standIn } from "./fixtures/procs.ts";
 
-setLogLevel("error");
-const env: DriverEnv = { probes: realProbes, log: logger("test"), pollMs: 50 };
 let dir: string;
 before(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), "kuasar-qmp-"));

@@ -4,21 +4,12 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { parseConfig } from "../../../runtime/sandboxer/config/load.ts";
-import { realProbes } from "../../../runtime/sandboxer/hypervisor/host.ts";
-import {
-  type DriverEnv,
-  type HypervisorState,
-  recoverHypervisor,
-} from "../../../runtime/sandboxer/hypervisor/index.ts";
+import { type HypervisorState, recoverHypervisor } from "../../../runtime/sandboxer/hypervisor/index.ts";
 import { stratovirtMachine, stratovirtPlan } from "../../../runtime/sandboxer/hypervisor/stratovirt/plan.ts";
-import { logger, setLogLevel } from "../../../runtime/sandboxer/log.ts";
+import { DIR, env, sandbox } from "./fixtures/driver-env.ts";
 import { FakeQmp, STRATOVIRT_COMMANDS } from "./fixtures/fake-qmp.ts";
 import { gone, standIn } from "./fixtures/procs.ts";
 
-setLogLevel("error");
-const env: DriverEnv = { probes: realProbes, log: logger("test"), pollMs: 50 };
-const DIR = "/run/kuasar-vmm/sb1";
-const sandbox = { id: "sb1", dir: DIR, shareDir: `${DIR}/shared`, netDevices: [] };
 const sv = (toml = "") => parseConfig(`[hypervisor]\ntype = "stratovirt"\n${toml}`, "test.toml").config;
 const rootPorts = (from: number) =>
   Array.from({ length: 10 }, (_, i) => {
