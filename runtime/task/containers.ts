@@ -10,7 +10,15 @@ import { type OomEvent, OomWatcher } from "./oom.ts";
 import type { Exit, ExitSource, IoOptions, TaskProcess, TaskStatus } from "./process.ts";
 import { Proc } from "./process.ts";
 import { type InheritedStdio, type Runc, RuncError } from "./runc.ts";
-import { adjustProcessSpec, type GuestLsm, guestLsm, type OciProcess, type OciSpec } from "./spec.ts";
+import {
+  adjustProcessSpec,
+  adjustResources,
+  type GuestLsm,
+  guestHasSwap,
+  guestLsm,
+  type OciProcess,
+  type OciSpec,
+} from "./spec.ts";
 import { openStdioPipes, PtyStream } from "./stdio.ts";
 
 export interface ContainerManagerOptions {
@@ -403,7 +411,7 @@ export class ContainerManager extends EventEmitter<{ exit: [ExitEvent]; oom: [Oo
       const c = this.#get(id);
       if (c.init.exit) throw new TaskError("FailedPrecondition", `container ${id} has exited; nothing to update`);
       try {
-        await this.#runc.update(id, resources);
+        await this.#runc.update(id, adjustResources(resources, guestHasSwap()));
       } catch (e) {
         throw asTaskError(e, `container ${id}: update`);
       }

@@ -39,6 +39,8 @@ export interface AdjustSpecOptions {
   /** The pod's persistent namespaces that exist (SetupSandbox), by OCI type ("ipc", "uts"). */
   sandboxNamespaces?: Partial<Record<string, string>>;
   lsm?: GuestLsm;
+  /** Whether the guest kernel accounts swap (memory.swap.max exists); default: probe it. */
+  swap?: boolean;
 }
 
 export const SANDBOX_NS_DIR = "/run/sandbox-ns";
@@ -76,8 +78,30 @@ export function adjustSpec(spec: OciSpec, opts: AdjustSpecOptions): OciSpec {
       });
     }
     if (out.linux.cgroupsPath !== undefined) out.linux.cgroupsPath = cgroupfsPath(out.linux.cgroupsPath);
+    if (out.linux.resources) out.linux.resources = adjustResources(out.linux.resources, opts.swap ?? guestHasSwap());
   }
   return out;
+}
+
+interface LinuxResources {
+  memory?: { swap?: number | bigint; [key: string]: unknown };
+  [key: string]: unknown;
+}
+
+/**
+ * The guest never has a swap device, and a kernel built without CONFIG_SWAP has no memory.swap.max, so a swap
+ * limit (CRI sets one equal to the memory limit) would make runc fail: drop it there.
+ */
+export function adjustResources<T extends object>(resources: T, swap: boolean): T {
+  const r = resources as LinuxResources;
+  if (swap || r.memory?.swap === undefined) return resources;
+  const { swap: _dropped, ...memory } = r.memory;
+  return { ...resources, memory };
+}
+
+/** CONFIG_SWAP gives both /proc/swaps and the cgroup swap files. */
+export function guestHasSwap(): boolean {
+  return existsSync("/proc/swaps");
 }
 
 /** Drops process security labels the guest kernel cannot apply (the host's AppArmor profile, SELinux labels). */

@@ -233,3 +233,25 @@ test("a containerd restart keeps the pod READY and its container RUNNING", { tim
     await removePod(pod.id);
   }),
 );
+
+test("an OOM-killed container is reported with reason OOMKilled", { timeout: 300_000 }, () =>
+  withLogs(async () => {
+    const pod = await runPod("e2e-oom");
+    // The shell doubles a string until the 24 MiB memory cgroup in the guest kills it.
+    const config = containerConfig("hog", 'a=x; while true; do a="$a$a"; done');
+    config.linux = { resources: { memoryLimitInBytes: 24n << 20n } };
+    const { containerId } = await env.runtime.createContainer(
+      { podSandboxId: pod.id, config, sandboxConfig: pod.config },
+      SLOW,
+    );
+    await env.runtime.startContainer({ containerId }, SLOW);
+    const exited = await until("the container to be reported exited", 60_000, async () => {
+      const { status } = await env.runtime.containerStatus({ containerId }, QUICK);
+      return status?.state === ContainerState.CONTAINER_EXITED ? status : undefined;
+    });
+    assert.equal(exited.reason, "OOMKilled", `reason ${exited.reason}, exit code ${exited.exitCode}`);
+    assert.equal(exited.exitCode, 137);
+    await env.runtime.removeContainer({ containerId }, SLOW);
+    await removePod(pod.id);
+  }),
+);

@@ -4,7 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
 import { TaskError } from "../../../runtime/task/errors.ts";
-import { adjustSpec, cgroupfsPath, type OciSpec, prepareBundle } from "../../../runtime/task/spec.ts";
+import { adjustResources, adjustSpec, cgroupfsPath, type OciSpec, prepareBundle } from "../../../runtime/task/spec.ts";
 
 const bundle = "/run/kuasar/state/c1";
 const hostNs = (type: string) => ({ type, path: `/proc/4242/ns/${type === "network" ? "net" : type}` });
@@ -134,4 +134,14 @@ test("prepareBundle rewrites config.json in place", async () => {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test("a swap limit is dropped only where the guest kernel has no swap accounting", () => {
+  const resources = { memory: { limit: 25165824, swap: 25165824 }, cpu: { shares: 2 } };
+  const spec: OciSpec = { root: { path: "/b/rootfs" }, linux: { resources } };
+  const noSwap = adjustSpec(spec, { bundle: "/b", swap: false });
+  assert.deepEqual(noSwap.linux?.resources, { memory: { limit: 25165824 }, cpu: { shares: 2 } });
+  assert.deepEqual(adjustSpec(spec, { bundle: "/b", swap: true }).linux?.resources, resources);
+  assert.equal(adjustResources({ cpu: { shares: 2 } }, false).cpu.shares, 2, "nothing to drop: unchanged");
+  assert.deepEqual(resources.memory.swap, 25165824, "the input is not modified");
 });
