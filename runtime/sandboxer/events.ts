@@ -1,5 +1,6 @@
 import net from "node:net";
 import { type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
+import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Events } from "../protos/gen/containerd/services/events/ttrpc/v1/events_pb.ts";
 import { TtrpcClient } from "../ttrpc/index.ts";
@@ -96,4 +97,19 @@ export class EventPublisher {
     this.closed = true;
     this.client?.close();
   }
+}
+
+/** Field 1 of every containerd task event (TaskStart, TaskExit, TaskOOM, ...) is the container id. */
+export function containerIdOf(event: Uint8Array): string | undefined {
+  try {
+    const r = new BinaryReader(event);
+    while (r.pos < r.len) {
+      const [field, wire] = r.tag();
+      if (field === 1 && wire === WireType.LengthDelimited) return r.string();
+      r.skip(wire);
+    }
+  } catch {
+    // not a task event
+  }
+  return undefined;
 }

@@ -7,7 +7,7 @@ import { dial } from "../transport/address.ts";
 import { type TtrpcClient, TtrpcServer } from "../ttrpc/index.ts";
 import { connectAgent, syncGuestClock } from "./agent.ts";
 import type { Config } from "./config/schema.ts";
-import type { EventPublisher } from "./events.ts";
+import { containerIdOf, type EventPublisher } from "./events.ts";
 import {
   type AgentAddress,
   agentUrl,
@@ -157,7 +157,7 @@ export class VmLauncher implements Launcher {
     void this.forwardGuestEvents(rec.id, agent);
   }
 
-  /** Guest-only events (OOM kills) reach containerd through the daemon. */
+  /** Task start, exit and OOM events are the guest's: they reach containerd through the daemon. */
   private async forwardGuestEvents(id: string, agent: TtrpcClient): Promise<void> {
     const svc = agent.service(SandboxService);
     for (;;) {
@@ -166,7 +166,8 @@ export class VmLauncher implements Launcher {
       try {
         const ev = await svc.getEvents({});
         if (ev.event) {
-          this.events.publishRaw(ev.namespace || "k8s.io", ev.topic, ev.event.typeUrl, ev.event.value);
+          const ns = r.proxy.namespaceOf(containerIdOf(ev.event.value) ?? "") ?? (ev.namespace || "k8s.io");
+          this.events.publishRaw(ns, ev.topic, ev.event.typeUrl, ev.event.value);
         }
       } catch {
         return;

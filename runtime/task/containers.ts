@@ -92,7 +92,13 @@ const KILLED_EXIT_WAIT_MS = 10_000;
  * The containers of the pod and their processes, run with runc. Emits 'exit' (ExitEvent) when a started
  * process exits and 'oom' (OomEvent) when a container's memory cgroup OOM-kills; errors are TaskErrors.
  */
-export class ContainerManager extends EventEmitter<{ exit: [ExitEvent]; oom: [OomEvent] }> {
+export interface StartEvent {
+  containerId: string;
+  execId: string;
+  pid: number;
+}
+
+export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: [ExitEvent]; oom: [OomEvent] }> {
   readonly #runc: Runc;
   readonly #exits: ExitSource;
   readonly #stateDir: string;
@@ -104,6 +110,8 @@ export class ContainerManager extends EventEmitter<{ exit: [ExitEvent]; oom: [Oo
   readonly #containers = new Map<string, Container>();
   readonly #reserved = new Set<string>();
   readonly #locks = new Map<string, Promise<unknown>>();
+  /** Processes being started: their exit is announced only after their start. */
+  readonly #starting = new WeakMap<object, Promise<void>>();
   #seq = 0;
 
   constructor(opts: ContainerManagerOptions) {
@@ -195,43 +203,57 @@ export class ContainerManager extends EventEmitter<{ exit: [ExitEvent]; oom: [Oo
       if (p.phase !== "created") {
         throw new TaskError("FailedPrecondition", `${p.label} cannot be started: it is ${this.#status(c, p)}`);
       }
-      if (p === c.init) {
-        try {
-          await this.#runc.start(id);
-        } catch (e) {
-          throw asTaskError(e, `container ${id}: start`);
-        }
-        if (!p.exit) p.phase = "running";
-        return p.pid;
-      }
-      if (c.init.exit) throw new TaskError("FailedPrecondition", `${p.label} cannot start: the container has exited`);
-      p.phase = "starting";
-      const processFile = path.join(c.dir, `exec-${++this.#seq}.json`);
+      let started = () => {};
+      this.#starting.set(p, new Promise<void>((r) => (started = r)));
       try {
-        const spec: OciProcess = adjustProcessSpec(p.spec ?? {}, this.#lsm);
-        // runc sizes the pty before the process runs; a resize after runc returns could come too late.
-        if (p.terminal && p.pendingSize) spec.consoleSize = { height: p.pendingSize.rows, width: p.pendingSize.cols };
-        await writeFile(processFile, JSON.stringify(spec));
-        await this.#launch(c, p, (run) =>
-          this.#runc.exec(id, {
-            processFile,
-            pidFile: run.pidFile,
-            ...(run.consoleSocket ? { consoleSocket: run.consoleSocket } : {}),
-            ...(run.stdio ? { stdio: run.stdio } : {}),
-          }),
-        );
-      } catch (e) {
-        p.closeStdio();
-        // A failed start is final: Wait returns and Delete is allowed, as with containerd's shim.
-        p.setExited({ exitStatus: 255, exitedAt: new Date() });
-        throw asTaskError(e, `${p.label}: start`);
+        const pid = await this.#start(c, p);
+        this.emit("start", { containerId: id, execId, pid });
+        return pid;
       } finally {
-        await rm(processFile, { force: true });
+        this.#starting.delete(p);
+        started();
       }
-      // A quick process may have exited (and been recorded) before runc returned.
+    });
+  }
+
+  async #start(c: Container, p: Proc): Promise<number> {
+    const id = c.id;
+    if (p === c.init) {
+      try {
+        await this.#runc.start(id);
+      } catch (e) {
+        throw asTaskError(e, `container ${id}: start`);
+      }
       if (!p.exit) p.phase = "running";
       return p.pid;
-    });
+    }
+    if (c.init.exit) throw new TaskError("FailedPrecondition", `${p.label} cannot start: the container has exited`);
+    p.phase = "starting";
+    const processFile = path.join(c.dir, `exec-${++this.#seq}.json`);
+    try {
+      const spec: OciProcess = adjustProcessSpec(p.spec ?? {}, this.#lsm);
+      // runc sizes the pty before the process runs; a resize after runc returns could come too late.
+      if (p.terminal && p.pendingSize) spec.consoleSize = { height: p.pendingSize.rows, width: p.pendingSize.cols };
+      await writeFile(processFile, JSON.stringify(spec));
+      await this.#launch(c, p, (run) =>
+        this.#runc.exec(id, {
+          processFile,
+          pidFile: run.pidFile,
+          ...(run.consoleSocket ? { consoleSocket: run.consoleSocket } : {}),
+          ...(run.stdio ? { stdio: run.stdio } : {}),
+        }),
+      );
+    } catch (e) {
+      p.closeStdio();
+      // A failed start is final: Wait returns and Delete is allowed, as with containerd's shim.
+      p.setExited({ exitStatus: 255, exitedAt: new Date() });
+      throw asTaskError(e, `${p.label}: start`);
+    } finally {
+      await rm(processFile, { force: true });
+    }
+    // A quick process may have exited (and been recorded) before runc returned.
+    if (!p.exit) p.phase = "running";
+    return p.pid;
   }
 
   /** Registers an exec process (containerd Exec); start(id, execId) runs it. */
@@ -518,6 +540,8 @@ export class ContainerManager extends EventEmitter<{ exit: [ExitEvent]; oom: [Oo
     p.setExited(exit);
     this.#log.debug(`${p.label}: pid ${p.pid} exited with status ${exit.exitStatus}`);
     if (c.deleted) return;
+    const starting = this.#starting.get(p);
+    if (starting) await starting;
     this.emit("exit", { containerId: c.id, execId: p.execId, pid: p.pid, ...exit });
   }
 

@@ -2,8 +2,6 @@ import { mkdir, rm } from "node:fs/promises";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import { parseArgs } from "node:util";
-import { create, toBinary } from "@bufbuild/protobuf";
-import { TaskOOMSchema } from "../protos/gen/containerd/events/task_pb.ts";
 import { Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
@@ -21,6 +19,7 @@ import { setupSandboxNamespaces } from "./sandbox-ns.ts";
 import { sandboxService } from "./services/sandbox-service.ts";
 import { taskService } from "./services/task-service.ts";
 import { StreamHub } from "./stream-hub.ts";
+import { queueTaskEvents } from "./task-events.ts";
 
 const AGENT_PORT = 1024;
 const DEBUG_PORT = 1025;
@@ -60,18 +59,7 @@ async function main(argv: string[]): Promise<void> {
     log: log.child("containers"),
   });
   const events = new EventQueue();
-  manager.on("oom", (ev) =>
-    events.push({
-      $typeName: "containerd.services.events.ttrpc.v1.Envelope",
-      namespace: "k8s.io",
-      topic: "/tasks/oom",
-      event: {
-        $typeName: "google.protobuf.Any",
-        typeUrl: "containerd.events.TaskOOM",
-        value: oomEvent(ev.containerId),
-      },
-    }),
-  );
+  queueTaskEvents(manager, events);
   const hub = new StreamHub();
   const tasks = taskService(manager, hub, () => void stop("Shutdown request"));
   const server = new TtrpcServer()
@@ -132,10 +120,6 @@ function serveDebugConsole(shell: string): void {
     void sh.exited.then(end);
   });
   log.warn(`task.debug is set: a debug shell (${shell}) is served on vsock port ${DEBUG_PORT}`);
-}
-
-function oomEvent(containerId: string): Uint8Array {
-  return toBinary(TaskOOMSchema, create(TaskOOMSchema, { containerId }));
 }
 
 main(process.argv.slice(2)).catch((err: Error) => {

@@ -1,12 +1,5 @@
 import type net from "node:net";
-import {
-  TaskCreateSchema,
-  TaskDeleteSchema,
-  TaskExecAddedSchema,
-  TaskExecStartedSchema,
-  TaskExitSchema,
-  TaskStartSchema,
-} from "../../protos/gen/containerd/events/task_pb.ts";
+import { TaskCreateSchema, TaskDeleteSchema, TaskExecAddedSchema } from "../../protos/gen/containerd/events/task_pb.ts";
 import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import {
@@ -123,24 +116,6 @@ export class TaskProxy {
     return entry;
   }
 
-  /** Publishes TaskExit when the process ends; containerd's CRI also learns of exits from Wait. */
-  private followExit(c: ContainerEntry, id: string, execId: string, pid: number): void {
-    this.task()
-      .wait({ id, execId })
-      .then(
-        (w) =>
-          this.deps.events.publish(c.namespace, "/tasks/exit", TaskExitSchema, {
-            $typeName: "containerd.events.TaskExit",
-            containerId: id,
-            id: execId || id,
-            pid,
-            exitStatus: w.exitStatus,
-            exitedAt: w.exitedAt,
-          }),
-        (e: Error) => this.deps.log.debug(`wait ${id}/${execId || "init"}: ${e.message}`),
-      );
-  }
-
   /** Forwards a call about a container this sandbox knows; NotFound otherwise. */
   private known<T>(req: { id: string }, call: () => Promise<T>): Promise<T> {
     this.container(req.id);
@@ -195,26 +170,9 @@ export class TaskProxy {
           throw err;
         }
       },
-      start: async (req) => {
-        const c = this.container(req.id);
-        const r = await this.task().start(req);
-        this.followExit(c, req.id, req.execId, r.pid);
-        if (req.execId) {
-          this.deps.events.publish(c.namespace, "/tasks/exec-started", TaskExecStartedSchema, {
-            $typeName: "containerd.events.TaskExecStarted",
-            containerId: req.id,
-            execId: req.execId,
-            pid: r.pid,
-          });
-        } else {
-          this.deps.events.publish(c.namespace, "/tasks/start", TaskStartSchema, {
-            $typeName: "containerd.events.TaskStart",
-            containerId: req.id,
-            pid: r.pid,
-          });
-        }
-        return r;
-      },
+      // Start and exit events come from the guest (GetEvents), which sees them first and keeps them across a
+      // daemon restart.
+      start: async (req) => this.known(req, () => this.task().start(req)),
       delete: async (req) => {
         const c = this.container(req.id);
         const r = await this.task().delete(req);
@@ -292,6 +250,11 @@ export class TaskProxy {
       update: async (req) => this.known(req, () => this.task().update(req)),
       stats: async (req) => this.known(req, () => this.task().stats(req)),
     };
+  }
+
+  /** The containerd namespace a container was created in (events from the guest carry none of their own). */
+  namespaceOf(containerId: string): string | undefined {
+    return this.containers.get(containerId)?.namespace;
   }
 
   /** After the VM is gone: close relays and unmount every container's storage. */

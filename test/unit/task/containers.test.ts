@@ -276,6 +276,26 @@ if (await h.underInit(import.meta.url)) {
       await m.delete(id);
     });
 
+    test("start is announced before the exit, even for a process that exits while runc starts it", async () => {
+      const { id, b } = await bundle(["true"]);
+      await m.create(id, b, io);
+      const order: string[] = [];
+      const onStart = (ev: { containerId: string; execId: string }) => order.push(`start ${ev.containerId}`);
+      const onExit = (ev: { containerId: string; execId: string }) => order.push(`exit ${ev.containerId}`);
+      m.on("start", onStart);
+      m.on("exit", onExit);
+      try {
+        await m.start(id);
+        await m.wait(id);
+        await h.until("the exit event", () => order.length === 2, 2000);
+        assert.deepEqual(order, [`start ${id}`, `exit ${id}`]);
+      } finally {
+        m.off("start", onStart);
+        m.off("exit", onExit);
+      }
+      await m.delete(id);
+    });
+
     test("delete releases fds; shutdown removes everything, paused or never started", async () => {
       const fds = () => readdirSync("/proc/self/fd").length;
       const { id, b } = await bundle(["true"]);
