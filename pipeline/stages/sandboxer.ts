@@ -11,9 +11,15 @@ const SOURCES = [
   "runtime/transport",
   "runtime/streaming",
   "runtime/grpc",
+  "runtime/shim",
 ];
 
-/** vmm-sandboxer: the host daemon as one executable file (it loads the vsock addon the task stage builds). */
+const SHIM = "containerd-shim-kuasar-vmm-v1";
+
+/**
+ * vmm-sandboxer: the host daemon as one executable file (it loads the vsock addon the task stage builds), and the
+ * containerd-shim-kuasar-vmm-v1 helper containerd's restart path runs.
+ */
 export const sandboxerStage: Stage = {
   name: "sandboxer",
   title: "Host daemon vmm-sandboxer (bundle)",
@@ -28,8 +34,10 @@ export const sandboxerStage: Stage = {
     await bundleNode(path.join(ctx.repo, "runtime/sandboxer/main.ts"), path.join(ctx.out, "vmm-sandboxer"), {
       executable: true,
     });
+    ctx.log("bundling runtime/shim/main.ts");
+    await bundleNode(path.join(ctx.repo, "runtime/shim/main.ts"), path.join(ctx.out, SHIM), { executable: true });
     // The bundle is CommonJS; inside this repo the root package.json says "module", so bin/ says otherwise.
     await writeFile(path.join(ctx.out, "package.json"), '{ "type": "commonjs" }\n');
   },
-  publish: { "vmm-sandboxer": "vmm-sandboxer", "package.json": "package.json" },
+  publish: { "vmm-sandboxer": "vmm-sandboxer", [SHIM]: SHIM, "package.json": "package.json" },
 };

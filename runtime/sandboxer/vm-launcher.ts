@@ -131,8 +131,10 @@ export class VmLauncher implements Launcher {
     pod: Pick<PodNetwork, "nsPath" | "nics"> | undefined,
   ): Promise<void> {
     const log = this.log.child(rec.id);
+    const sock = path.join(dir, "task.sock");
     const proxy = new TaskProxy({
       sandboxId: rec.id,
+      taskAddress: `ttrpc+unix://${sock}`,
       share: { host: path.join(dir, "shared"), guest: GUEST_SHARE },
       agent: () => agent,
       events: this.events,
@@ -141,7 +143,6 @@ export class VmLauncher implements Launcher {
     });
     const tasks = proxy.handlers();
     const server = new TtrpcServer().register(Task, tasks).registerAs("containerd.task.v2.Task", Task, tasks);
-    const sock = path.join(dir, "task.sock");
     await rm(sock, { force: true });
     const listener = net.createServer();
     server.serve(listener);

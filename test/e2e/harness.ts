@@ -1,6 +1,6 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { closeSync, existsSync, openSync, readFileSync, readlinkSync } from "node:fs";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -16,7 +16,7 @@ export const RUNTIME_HANDLER = "kuasar-vmm";
 
 /** The e2e tests need a real containerd 2.1 and the VM tooling; missing ones fail with what to install. */
 function requireTools(): void {
-  requireArtifacts();
+  requireArtifacts(["vmlinux.bin", "kuasar.img", "vsock.node", "vmm-sandboxer", SHIM]);
   const tools: Array<[string, string]> = [
     ["/usr/bin/containerd", "containerd 2.1 (Debian sid's containerd, see scripts/install-prereqs.sh)"],
     ["/usr/bin/ctr", "ctr (ships with containerd)"],
@@ -100,10 +100,8 @@ disabled_plugins = [
 }
 
 // containerd derives containerd-shim-kuasar-vmm-v1 from runtime_type and, after a restart, drops every task whose
-// shim binary it cannot resolve. It runs the binary only as `... delete` for a task whose task API is gone; the
-// daemon cleans those up itself, so an empty DeleteResponse (no output) is the whole answer.
+// shim binary it cannot resolve on PATH: the built helper is put there, as install-vmm puts it in /usr/local/bin.
 const SHIM = "containerd-shim-kuasar-vmm-v1";
-const SHIM_SCRIPT = "#!/bin/sh\nexit 0\n";
 
 function daemonConfig(dir: string): string {
   return (
@@ -257,7 +255,7 @@ export async function startEnv(): Promise<Env> {
     await mkdir(path.join(dir, "cni/bin"), { recursive: true });
     await mkdir(path.join(dir, "cni/net.d"), { recursive: true });
     await mkdir(path.join(dir, "bin"));
-    await writeFile(path.join(dir, "bin", SHIM), SHIM_SCRIPT, { mode: 0o755 });
+    await symlink(path.join(bin, SHIM), path.join(dir, "bin", SHIM));
     const daemonToml = path.join(dir, "vmm-sandboxer.toml");
     await writeFile(daemonToml, daemonConfig(dir));
     daemon = await startDaemon(dir, daemonToml);

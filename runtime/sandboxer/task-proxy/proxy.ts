@@ -2,6 +2,7 @@ import type net from "node:net";
 import { TaskCreateSchema, TaskDeleteSchema, TaskExecAddedSchema } from "../../protos/gen/containerd/events/task_pb.ts";
 import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
+import { writeTaskLink } from "../../shim/task-link.ts";
 import {
   type AnyChannel,
   initMessage,
@@ -39,6 +40,8 @@ interface ContainerEntry {
 
 export interface ProxyDeps {
   sandboxId: string;
+  /** This sandbox's task API address, left in each container's bundle for the shim helper. */
+  taskAddress: string;
   share: Share;
   /** The sandbox's live connection to vmm-task. */
   agent: () => TtrpcClient;
@@ -151,6 +154,7 @@ export class TaskProxy {
             ...this.guestStdio(req.id, "", stdio),
           });
           entry.processes.set("", await this.attachStdio(req.id, "", stdio));
+          await writeTaskLink(req.bundle, { sandboxId: this.deps.sandboxId, taskAddress: this.deps.taskAddress });
           this.containers.set(req.id, entry);
           this.deps.events.publish(namespace, "/tasks/create", TaskCreateSchema, {
             $typeName: "containerd.events.TaskCreate",

@@ -5,8 +5,9 @@ import { mkdir, open, readdir, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { after, before, test } from "node:test";
+import { fromBinary } from "@bufbuild/protobuf";
 import { buildNative } from "../../../runtime/native/build.ts";
-import { Task } from "../../../runtime/protos/gen/containerd/runtime/task/v3/shim_pb.ts";
+import { DeleteResponseSchema, Task } from "../../../runtime/protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Status } from "../../../runtime/protos/gen/containerd/types/task/task_pb.ts";
 import { EventPublisher } from "../../../runtime/sandboxer/events.ts";
 import { logger } from "../../../runtime/sandboxer/log.ts";
@@ -73,6 +74,7 @@ before(async () => {
   let n = 0;
   const proxy = new TaskProxy({
     sandboxId: "sb1",
+    taskAddress: `ttrpc+unix://${path.join(s.dir, "task.sock")}`,
     share: { host: share, guest: share },
     agent: () => agent,
     events,
@@ -221,4 +223,50 @@ test("a terminal container: keystrokes from the host stdin FIFO reach its pty, t
   assert.match(screen, /45 123/);
   assert.match(screen, /typed-42/);
   await task.delete({ id: "t1" });
+});
+
+test("containerd-shim-kuasar-vmm-v1 delete removes a running container through the sandbox's task API", async () => {
+  const task = containerd.service(Task);
+  const bundle = await hostBundle("s1", ["sleep", "60"]);
+  await task.create({ id: "s1", bundle });
+  await task.start({ id: "s1" });
+  // As containerd runs it after a restart: Go-style flags, the action last. Not spawnSync: the proxy it calls
+  // lives in this process.
+  const shim = (...args: string[]) =>
+    new Promise<{ status: number | null; stdout: Buffer; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, ["--import", "tsx", path.join(repo, "runtime/shim/main.ts"), ...args]);
+      const out: Buffer[] = [];
+      let err = "";
+      child.stdout.on("data", (d: Buffer) => out.push(d));
+      child.stderr.on("data", (d: Buffer) => {
+        err += d.toString();
+      });
+      child.on("close", (status) => resolve({ status, stdout: Buffer.concat(out), stderr: err }));
+    });
+  const run = async (id: string, b: string) => {
+    const r = await shim(
+      "-namespace",
+      "k8s.io",
+      "-address",
+      "/run/c.sock",
+      "-id",
+      id,
+      "-bundle",
+      b,
+      "-debug",
+      "delete",
+    );
+    assert.equal(r.status, 0, r.stderr);
+    return fromBinary(DeleteResponseSchema, r.stdout);
+  };
+  const deleted = await run("s1", bundle);
+  assert.equal(deleted.exitStatus, 137, "killed, then deleted");
+  assert.ok(deleted.pid > 0);
+  await assert.rejects(task.state({ id: "s1" }), /not found/);
+  assert.equal(existsSync(path.join(share, "s1")), false, "its guest bundle is gone");
+  // Nothing to delete (no link in the bundle, or a task the daemon no longer has): reported killed, exit 0.
+  const gone = await run("s1", bundle);
+  assert.equal(gone.exitStatus, 137);
+  assert.equal(gone.pid, 0);
+  assert.equal((await shim("-id", "s1", "-bundle", bundle, "start")).status, 2, "any other action: a usage error");
 });

@@ -68,6 +68,7 @@ before(async () => {
   events = new EventPublisher(path.join(dir, "no-containerd.sock"), logger("test"));
   proxy = new TaskProxy({
     sandboxId: "sb",
+    taskAddress: `ttrpc+unix://${path.join(dir, "task.sock")}`,
     share: { host: path.join(dir, "shared"), guest: "/run/kuasar/state" },
     agent: () => agent,
     events,
