@@ -20,15 +20,15 @@ export interface BundledDaemon {
 
 /**
  * Runs the shipped daemon (bin/vmm-sandboxer, as the demo and install-vmm do) with `-d <dir>/state`; resolves once
- * it serves. Its log is kept in memory for the phase timestamps.
+ * it serves. Its log is kept in memory for the phase timestamps; `flags` are added to its command line.
  */
-export async function startBundledDaemon(dir: string, config: string): Promise<BundledDaemon> {
+export async function startBundledDaemon(dir: string, config: string, flags: string[] = []): Promise<BundledDaemon> {
   const daemonBin = path.join(bin, "vmm-sandboxer");
   if (!existsSync(daemonBin)) throw new Error(`${daemonBin} is missing: run \`node pipeline/bin/kuasar-build.js all\``);
   const sock = path.join(dir, "vmm-sandboxer.sock");
   const stateDir = path.join(dir, "state");
   let out = "";
-  const proc = spawn(process.execPath, [daemonBin, "-c", config, "-d", stateDir, "-l", sock], {
+  const proc = spawn(process.execPath, [daemonBin, "-c", config, "-d", stateDir, "-l", sock, ...flags], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, KUASAR_VSOCK_ADDON: path.join(bin, "vsock.node") },
   });
