@@ -11,10 +11,16 @@ export interface Flags {
   help: boolean;
 }
 
+/** Kuasar's defaults; kuasar-ctl and the host check use the same ones. */
+export const DEFAULT_CONFIG = "/var/lib/kuasar/config.toml";
+export const DEFAULT_DIR = "/run/kuasar-vmm";
+export const DEFAULT_LISTEN = "/run/vmm-sandboxer.sock";
+
 export const USAGE = `usage: vmm-sandboxer [options]
-  -c, --config FILE     configuration (default /var/lib/kuasar/config.toml)
-  -d, --dir DIR         per-sandbox state directory (default /run/kuasar-vmm)
-  -l, --listen SOCKET   containerd sandbox API socket (default /run/vmm-sandboxer.sock)
+       vmm-sandboxer check [--json] [options]   check this host and say what to fix (--help for more)
+  -c, --config FILE     configuration (default ${DEFAULT_CONFIG})
+  -d, --dir DIR         per-sandbox state directory (default ${DEFAULT_DIR})
+  -l, --listen SOCKET   containerd sandbox API socket (default ${DEFAULT_LISTEN})
       --log-level LEVEL error|warn|info|debug|trace (overrides the config's sandbox.log_level)
   -v, --version         print the version and exit`;
 
@@ -26,8 +32,8 @@ export function parseFlags(argv: string[]): Flags {
     strict: true,
     options: {
       config: { type: "string", short: "c" },
-      dir: { type: "string", short: "d", default: "/run/kuasar-vmm" },
-      listen: { type: "string", short: "l", default: "/run/vmm-sandboxer.sock" },
+      dir: { type: "string", short: "d", default: DEFAULT_DIR },
+      listen: { type: "string", short: "l", default: DEFAULT_LISTEN },
       "log-level": { type: "string" },
       version: { type: "boolean", short: "v", default: false },
       help: { type: "boolean", short: "h", default: false },
@@ -35,7 +41,7 @@ export function parseFlags(argv: string[]): Flags {
   });
   if (positionals.length) throw new Error(`unexpected argument '${positionals[0]}'`);
   return {
-    config: values.config ?? "/var/lib/kuasar/config.toml",
+    config: values.config ?? DEFAULT_CONFIG,
     configExplicit: values.config !== undefined,
     dir: values.dir!,
     listen: values.listen!,

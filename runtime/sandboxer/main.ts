@@ -1,6 +1,7 @@
 import { existsSync } from "node:fs";
 import { chmod, mkdir, rm } from "node:fs/promises";
 import * as grpc from "@grpc/grpc-js";
+import { doctorMain } from "../doctor/cli.ts";
 import { addUnaryService } from "../grpc/service.ts";
 import { Controller } from "../protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { loadConfig } from "./config/load.ts";
@@ -32,6 +33,7 @@ function levelOf(flag: string | undefined, config: Config): Level {
 }
 
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === "check") return doctorMain(argv.slice(1), "vmm-sandboxer check");
   let flags: ReturnType<typeof parseFlags>;
   try {
     flags = parseFlags(argv);
