@@ -7,10 +7,15 @@ import type { Stage } from "../lib/stage.ts";
 const SOURCES = [
   "runtime/sandboxer",
   "runtime/protos",
+  "runtime/cgroups",
   "runtime/ttrpc",
   "runtime/transport",
   "runtime/streaming",
   "runtime/grpc",
+  // kuasar-ctl, and the host check both binaries run (it reads task.* parameters with the agent's own parser).
+  "runtime/ctl",
+  "runtime/doctor",
+  "runtime/task",
   "runtime/shim",
 ];
 
@@ -36,8 +41,17 @@ export const sandboxerStage: Stage = {
     });
     ctx.log("bundling runtime/shim/main.ts");
     await bundleNode(path.join(ctx.repo, "runtime/shim/main.ts"), path.join(ctx.out, SHIM), { executable: true });
+    ctx.log("bundling runtime/ctl/main.ts");
+    await bundleNode(path.join(ctx.repo, "runtime/ctl/main.ts"), path.join(ctx.out, "kuasar-ctl"), {
+      executable: true,
+    });
     // The bundle is CommonJS; inside this repo the root package.json says "module", so bin/ says otherwise.
     await writeFile(path.join(ctx.out, "package.json"), '{ "type": "commonjs" }\n');
   },
-  publish: { "vmm-sandboxer": "vmm-sandboxer", [SHIM]: SHIM, "package.json": "package.json" },
+  publish: {
+    "vmm-sandboxer": "vmm-sandboxer",
+    "kuasar-ctl": "kuasar-ctl",
+    [SHIM]: SHIM,
+    "package.json": "package.json",
+  },
 };

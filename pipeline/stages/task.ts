@@ -10,6 +10,7 @@ import type { Stage } from "../lib/stage.ts";
 const SOURCES = [
   "runtime/task",
   "runtime/protos",
+  "runtime/cgroups",
   "runtime/ttrpc",
   "runtime/transport",
   "runtime/streaming",

@@ -1,8 +1,7 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { Any } from "@bufbuild/protobuf/wkt";
 import { MemoryStatSchema, MetricsSchema, PidsStatSchema } from "../protos/gen/containerd/cgroups/v2/metrics_pb.ts";
-import type { CgroupStats, Limit } from "./cgroups.ts";
-import { TaskError } from "./errors.ts";
+import type { CgroupV2Stats, Limit } from "./stats.ts";
 
 /** "max" in a cgroup file: containerd reports it as the largest uint64. */
 const UNLIMITED = 2n ** 64n - 1n;
@@ -13,13 +12,10 @@ const camel = (k: string) => k.replace(/_([a-z])/g, (_, c: string) => c.toUpperC
 const MEMORY_FIELDS = new Set(MemoryStatSchema.fields.map((f) => f.localName));
 
 /**
- * Task.Stats answer: the container's cgroup v2 numbers as io.containerd.cgroups.v2.Metrics, which the CRI turns
- * into container stats. The guest kernel mounts only cgroup2, so v1 numbers do not occur there.
+ * A cgroup's v2 numbers as io.containerd.cgroups.v2.Metrics, the Any containerd turns into container and pod
+ * stats (Task.Stats in the guest, Controller.Metrics on the host).
  */
-export function metricsAny(id: string, stats: CgroupStats): Any {
-  if (stats.version !== 2) {
-    throw new TaskError("FailedPrecondition", `container ${id}: stats are reported for cgroup v2 only (this is v1)`);
-  }
+export function metricsAny(stats: CgroupV2Stats): Any {
   const m = create(MetricsSchema);
   if (stats.pids) m.pids = create(PidsStatSchema, { current: stats.pids.current, limit: limit(stats.pids.max) });
   if (stats.cpu) {

@@ -65,6 +65,19 @@ export function resolveCgroupPaths(procCgroup: string, mounts: CgroupMount[]): C
   return { version: 2, dir: join(v2, unified) };
 }
 
+/** The directories of cgroup `cg` (a path from the hierarchy root) in every mounted hierarchy. */
+export function cgroupPathsFor(cg: string, mounts: CgroupMount[]): CgroupPaths {
+  const v1 = mounts.filter((m) => m.version === 1 && m.controllers.length > 0);
+  if (v1.length) {
+    const dirs: Partial<Record<string, string>> = {};
+    for (const m of v1) for (const c of m.controllers) dirs[c] = join(m, cg);
+    return { version: 1, dirs };
+  }
+  const v2 = mounts.find((m) => m.version === 2);
+  if (!v2) throw new Error("no cgroup hierarchy is mounted: mount cgroup2 on /sys/fs/cgroup");
+  return { version: 2, dir: join(v2, cg) };
+}
+
 function join(mount: CgroupMount, cg: string): string {
   const rel = path.posix.relative(mount.root, cg);
   return rel.startsWith("..") ? path.posix.join(mount.mountPoint, cg) : path.posix.join(mount.mountPoint, rel);

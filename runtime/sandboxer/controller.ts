@@ -1,11 +1,14 @@
 import os from "node:os";
 import { fromBinary, toJson } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
+import { metricsAny } from "../cgroups/metrics.ts";
 import { GrpcError, type MethodsOf, type UnaryHandlers } from "../grpc/service.ts";
 import type { Controller } from "../protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { PodSandboxConfigSchema } from "../protos/gen/k8s/cri/runtime/v1/api_pb.ts";
+import { type PodResources, parentPath } from "./pod-cgroup.ts";
 import type { SandboxManager } from "./sandbox/manager.ts";
+import type { PodConfigJson } from "./share-files.ts";
 
 /** The sandbox API version containerd 2.1 needs to use our task address instead of exec'ing a shim. */
 const SANDBOX_API_VERSION = 3;
@@ -40,6 +43,14 @@ export function controllerHandlers(mgr: SandboxManager, version: string): UnaryH
             grpc.status.INVALID_ARGUMENT,
             `sandbox ${req.sandboxId}: options are not a valid PodSandboxConfig: ${(err as Error).message}`,
           );
+        }
+      }
+      const cgroupParent = (podConfig as PodConfigJson | undefined)?.linux?.cgroupParent;
+      if (cgroupParent) {
+        try {
+          parentPath(cgroupParent);
+        } catch (err) {
+          throw new GrpcError(grpc.status.INVALID_ARGUMENT, `sandbox ${req.sandboxId}: ${(err as Error).message}`);
         }
       }
       await mgr.create({
@@ -103,15 +114,77 @@ export function controllerHandlers(mgr: SandboxManager, version: string): UnaryH
       return {};
     },
     async metrics(req) {
-      mgr.status(req.sandboxId);
-      throw new GrpcError(
-        grpc.status.UNIMPLEMENTED,
-        "sandbox metrics come from the pod cgroup (CRI does not call Metrics)",
-      );
+      const stats = await mgr.stats(req.sandboxId);
+      if (!stats) {
+        throw new GrpcError(
+          grpc.status.FAILED_PRECONDITION,
+          `sandbox ${req.sandboxId} has no pod cgroup to measure: its PodSandboxConfig has no linux.cgroup_parent`,
+        );
+      }
+      if (stats.version !== 2) {
+        throw new GrpcError(
+          grpc.status.FAILED_PRECONDITION,
+          `sandbox ${req.sandboxId}: this host uses cgroup v1; Metrics reports cgroup v2 numbers (kubelet reads v1 pod stats from the pod cgroup itself)`,
+        );
+      }
+      return { metrics: { timestamp: timestampNow(), id: req.sandboxId, data: metricsAny(stats) } };
     },
     async update(req) {
       mgr.status(req.sandboxId);
+      const resources = podResourcesOf(req.sandboxId, req.sandbox, req.fields);
+      if (resources) await mgr.update(req.sandboxId, resources);
       return {};
     },
   };
+}
+
+/**
+ * Pod resources in an Update: linux.resources of the sandbox's OCI spec (fields "spec") or a LinuxResources
+ * JSON in extensions["resources"] (fields "extensions"). Other fields are accepted and ignored.
+ */
+function podResourcesOf(
+  id: string,
+  sandbox: { spec?: { value: Uint8Array }; extensions: Record<string, { value: Uint8Array }> } | undefined,
+  fields: string[],
+): PodResources | undefined {
+  const parse = (what: string, value: Uint8Array): Record<string, unknown> => {
+    try {
+      const v = JSON.parse(Buffer.from(value).toString("utf8")) as unknown;
+      if (v && typeof v === "object") return v as Record<string, unknown>;
+    } catch {
+      // reported below
+    }
+    throw new GrpcError(grpc.status.INVALID_ARGUMENT, `sandbox ${id}: ${what} is not a JSON object`);
+  };
+  let resources: Record<string, unknown> | undefined;
+  if (fields.includes("spec") && sandbox?.spec?.value.length) {
+    const linux = parse("sandbox.spec", sandbox.spec.value).linux as Record<string, unknown> | undefined;
+    resources = linux?.resources as Record<string, unknown> | undefined;
+  }
+  const ext = sandbox?.extensions.resources;
+  if (fields.includes("extensions") && ext?.value.length) resources = parse('extensions["resources"]', ext.value);
+  if (!resources) return undefined;
+  const num = (v: unknown, field: string): number | undefined => {
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "number" || !Number.isFinite(v)) {
+      throw new GrpcError(grpc.status.INVALID_ARGUMENT, `sandbox ${id}: resources.${field} must be a number`);
+    }
+    return v;
+  };
+  const cpu = (resources.cpu ?? {}) as Record<string, unknown>;
+  const memory = (resources.memory ?? {}) as Record<string, unknown>;
+  const out: PodResources = {};
+  const shares = num(cpu.shares, "cpu.shares");
+  const quota = num(cpu.quota, "cpu.quota");
+  const period = num(cpu.period, "cpu.period");
+  const limit = num(memory.limit, "memory.limit");
+  if (shares !== undefined || quota !== undefined || period !== undefined) {
+    out.cpu = {
+      ...(shares !== undefined ? { shares } : {}),
+      ...(quota !== undefined ? { quota } : {}),
+      ...(period !== undefined ? { period } : {}),
+    };
+  }
+  if (limit !== undefined) out.memory = { limit };
+  return out;
 }

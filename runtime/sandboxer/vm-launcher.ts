@@ -1,6 +1,7 @@
 import { mkdir, open, rm } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
+import type { CgroupStats } from "../cgroups/stats.ts";
 import { Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
 import { dial } from "../transport/address.ts";
@@ -19,6 +20,7 @@ import {
 } from "./hypervisor/index.ts";
 import type { Logger } from "./log.ts";
 import { attachPodNetwork, detachPodNetwork, type Nic, type PodNetwork } from "./network/pod-network.ts";
+import { PodCgroup, type PodResources } from "./pod-cgroup.ts";
 import type { Launcher, SandboxRecord } from "./sandbox/record.ts";
 import { type PodConfigJson, writeShareFiles } from "./share-files.ts";
 import { TaskProxy } from "./task-proxy/proxy.ts";
@@ -69,6 +71,13 @@ export class VmLauncher implements Launcher {
 
   async start(rec: SandboxRecord, dir: string): Promise<{ pid: number; taskAddress: string; runtime: unknown }> {
     const log = this.log.child(rec.id);
+    const cgroup = podCgroupOf(rec);
+    if (cgroup) {
+      await cgroup.create().catch((err: Error) => {
+        throw new Error(`sandbox ${rec.id}: cannot create its pod cgroup ${cgroup.cgroup}: ${err.message}`);
+      });
+      log.info(`VMM and helpers run in cgroup ${cgroup.cgroup}`);
+    }
     const net = rec.netnsPath ? await attachPodNetwork(rec.netnsPath) : undefined;
     let vm: Hypervisor | undefined;
     try {
@@ -80,6 +89,7 @@ export class VmLauncher implements Launcher {
           shareDir: path.join(dir, "shared"),
           ...(rec.netnsPath ? { netnsPath: rec.netnsPath } : {}),
           netDevices: (net?.nics ?? []).map((n) => ({ tapName: n.tap, mac: n.mac, mtu: n.mtu })),
+          ...(cgroup ? { cgroupProcs: cgroup.procsFiles() } : {}),
         },
         defaultEnv(log),
       );
@@ -118,6 +128,7 @@ export class VmLauncher implements Launcher {
         await vm.cleanup().catch(() => undefined);
       }
       if (net) await detachPodNetwork(net).catch(() => undefined);
+      await cgroup?.remove().catch((e: Error) => log.warn(e.message));
       throw err;
     }
   }
@@ -207,7 +218,20 @@ export class VmLauncher implements Launcher {
     const net =
       r?.net ?? (rec.netnsPath && state?.nics.length ? { nsPath: rec.netnsPath, nics: state.nics } : undefined);
     if (net) await detachPodNetwork(net);
+    await podCgroupOf(rec)?.remove();
     await rm(path.join(dir, "task.sock"), { force: true });
+  }
+
+  /** The pod cgroup's numbers (the VMM and its helpers), for Controller.Metrics. */
+  async stats(rec: SandboxRecord): Promise<CgroupStats | undefined> {
+    return podCgroupOf(rec)?.stats();
+  }
+
+  /** Pod resources (CPU, memory limits) applied to the pod cgroup. */
+  async update(rec: SandboxRecord, resources: PodResources): Promise<void> {
+    const cgroup = podCgroupOf(rec);
+    if (!cgroup) throw new Error(`sandbox ${rec.id} has no pod cgroup (its PodSandboxConfig has no cgroup_parent)`);
+    await cgroup.update(resources);
   }
 
   async recover(rec: SandboxRecord, dir: string): Promise<{ ok: true } | { ok: false; reason: string }> {
@@ -244,6 +268,11 @@ export class VmLauncher implements Launcher {
     }
     this.running.clear();
   }
+}
+
+function podCgroupOf(rec: SandboxRecord): PodCgroup | undefined {
+  const parent = (rec.podConfig as PodConfigJson | undefined)?.linux?.cgroupParent;
+  return parent ? PodCgroup.resolve(parent, rec.id) : undefined;
 }
 
 /** Polls the console log until it contains `needle`; gives up quietly after ms or when alive() turns false. */

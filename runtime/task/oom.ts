@@ -2,7 +2,7 @@ import { EventEmitter } from "node:events";
 import { type FSWatcher, watch } from "node:fs";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
-import type { CgroupPaths } from "./cgroups.ts";
+import type { CgroupPaths } from "../cgroups/stats.ts";
 
 export interface OomEvent {
   containerId: string;

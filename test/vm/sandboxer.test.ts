@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createReadStream, existsSync, readFileSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, rmdir } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -60,6 +60,15 @@ after(async () => {
   }
   unmountUnder(dir);
   await rm(dir, { recursive: true, force: true });
+  // The parents a kubelet would own: the test made them.
+  for (const root of [
+    "/sys/fs/cgroup",
+    ...["cpu", "cpuacct", "cpuset", "memory", "pids", "blkio"].map((c) => `/sys/fs/cgroup/${c}`),
+  ]) {
+    for (const d of [`kuasar-vm-test-${process.pid}/pod-d`, `kuasar-vm-test-${process.pid}`]) {
+      await rmdir(path.join(root, d)).catch(() => undefined);
+    }
+  }
 });
 
 const options = (hostname: string) => ({
@@ -138,9 +147,31 @@ test("a pod VM boots, serves containers through its task API, and stops cleanly"
   assert.deepEqual(processesMatching(path.join(dir, "state/pod-a")), [], "no QEMU or vhost-device-vsock left");
 });
 
-test("the debug console answers over hybrid vsock when task.debug is set", { timeout: 240_000 }, async () => {
-  await controller.create({ sandboxId: "pod-d" });
-  await controller.start({ sandboxId: "pod-d" });
+test("the VMM and its helpers run in the pod cgroup; the debug console answers over hybrid vsock", {
+  timeout: 240_000,
+}, async () => {
+  const cgroupParent = `/kuasar-vm-test-${process.pid}/pod-d`;
+  const podOptions = {
+    typeUrl: "runtime.v1.PodSandboxConfig",
+    value: toBinary(PodSandboxConfigSchema, create(PodSandboxConfigSchema, { linux: { cgroupParent } })),
+  };
+  await controller.create({ sandboxId: "pod-d", options: podOptions });
+  const started = await controller.start({ sandboxId: "pod-d" });
+  const vmProcs = processesMatching(path.join(dir, "state/pod-d"));
+  assert.ok(vmProcs.includes(started.pid) && vmProcs.length >= 2, `QEMU and vhost-device-vsock: ${vmProcs}`);
+  const cg = cgroupOf(started.pid);
+  for (const pid of vmProcs) assert.equal(cgroupOf(pid), cg, `pid ${pid} is in the pod cgroup`);
+  assert.equal(cg, `${cgroupParent}/kuasar-vmm-pod-d`);
+  await controller.update({
+    sandboxId: "pod-d",
+    sandbox: {
+      extensions: { resources: { typeUrl: "resources", value: Buffer.from('{"memory":{"limit":1073741824}}') } },
+    },
+    fields: ["extensions"],
+  });
+  const limitFile = podCgroupFile(cg, "memory.limit_in_bytes", "memory.max");
+  assert.match(readFileSync(limitFile, "utf8"), /^1073741824\n?$/, "Update set the pod memory limit");
+
   const sock = await dial(`hvsock://${path.join(dir, "state/pod-d/task.vsock")}:1025`, { timeoutMs: 5000 });
   let screen = "";
   sock.on("data", (d) => {
@@ -151,7 +182,22 @@ test("the debug console answers over hybrid vsock when task.debug is set", { tim
   sock.destroy();
   assert.match(screen, /console-42/);
   await controller.shutdown({ sandboxId: "pod-d" });
+  assert.equal(existsSync(path.dirname(limitFile)), false, "the pod cgroup is removed with the sandbox");
 });
+
+/** The memory cgroup of a process (v1), or its unified cgroup (v2). */
+function cgroupOf(pid: number): string {
+  const lines = readFileSync(`/proc/${pid}/cgroup`, "utf8").trim().split("\n");
+  const line = lines.find((l) => /^\d+:memory:/.test(l)) ?? lines.find((l) => l.startsWith("0::"));
+  return line!.split(":")[2]!;
+}
+
+/** A file of cgroup cg in the memory hierarchy: v1 name on a v1 host, v2 name on a v2 host. */
+function podCgroupFile(cg: string, v1: string, v2: string): string {
+  return existsSync("/sys/fs/cgroup/memory")
+    ? path.join("/sys/fs/cgroup/memory", cg, v1)
+    : path.join("/sys/fs/cgroup", cg, v2);
+}
 
 test("kill -9 of the daemon: a restarted daemon recovers the running pod", { timeout: 300_000 }, async () => {
   await controller.create({ sandboxId: "pod-r" });

@@ -34,6 +34,8 @@ export interface SandboxSpec {
   netDevices: NetDevice[];
   /** Appended to the kernel command line after the configured kernel_params. */
   kernelParams?: string;
+  /** cgroup.procs files the VMM and its helpers join before they exec (the pod cgroup). */
+  cgroupProcs?: string[];
 }
 
 /** Where the guest agent (vmm-task, ttrpc on vsock port 1024) is reached. */
@@ -95,6 +97,7 @@ export interface HypervisorState {
   devices: Record<string, { node?: string; bus?: string }>;
   /** Driver-specific facts recovery needs (e.g. the disk transport). */
   extra: Record<string, string | number | boolean>;
+  cgroupProcs?: string[];
 }
 
 /** The VM of one sandbox, as the daemon drives it. */

@@ -1,7 +1,8 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { closeSync, openSync } from "node:fs";
+import { closeSync, existsSync, openSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { constants } from "node:os";
+import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
 /**
@@ -77,7 +78,12 @@ export interface SpawnSpec {
   netnsPath?: string;
   /** Added to the daemon's environment. */
   env?: Record<string, string>;
+  /** cgroup.procs files the process joins before it execs, so every page it touches is charged there. */
+  cgroupProcs?: string[];
 }
+
+/** sh script: write our pid to each file before "--", then exec the rest. */
+const JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"';
 
 export interface Spawned {
   ref: ProcRef;
@@ -90,9 +96,16 @@ export interface Spawned {
  * (KillMode=process) and never blocks on a full pipe nobody reads.
  */
 export async function spawnDetached(spec: SpawnSpec): Promise<Spawned> {
-  const [file, args] = spec.netnsPath
+  let [file, args] = spec.netnsPath
     ? ["nsenter", [`--net=${spec.netnsPath}`, "--", spec.path, ...spec.args]]
     : [spec.path, spec.args];
+  if (spec.cgroupProcs?.length) {
+    // Behind sh a missing program is exit 127; say what is missing as the direct spawn does.
+    if (path.isAbsolute(spec.path) && !existsSync(spec.path)) {
+      throw new Error(`${spec.name}: ${spec.path} not found (install it or fix its path in the configuration)`);
+    }
+    [file, args] = ["/bin/sh", ["-c", JOIN_CGROUPS, "sh", ...spec.cgroupProcs, "--", file, ...args]];
+  }
   const log = openSync(spec.logFile, "a", 0o640);
   let child: ChildProcess;
   let exited: Promise<number>;

@@ -63,6 +63,7 @@ export function newState(kind: HypervisorKind, sandbox: SandboxSpec): Hypervisor
     files: [],
     devices: {},
     extra: {},
+    ...(sandbox.cgroupProcs?.length ? { cgroupProcs: sandbox.cgroupProcs } : {}),
   };
 }
 
@@ -101,6 +102,10 @@ export abstract class VmmDriver implements Hypervisor {
 
   get id(): string {
     return this.state.id;
+  }
+
+  private inCgroup<T extends SpawnSpec>(spec: T): T {
+    return this.state.cgroupProcs ? { ...spec, cgroupProcs: this.state.cgroupProcs } : spec;
   }
 
   /** Probes the host and builds the plan; attempt counts restarts after RetryStart. */
@@ -148,14 +153,14 @@ export abstract class VmmDriver implements Hypervisor {
     try {
       for (const h of plan.helpers) {
         this.log.debug(`starting ${h.name}: ${h.path} ${h.args.join(" ")}`);
-        const s = await spawnDetached(h);
+        const s = await spawnDetached(this.inCgroup(h));
         this.state.helpers.push({ name: h.name, ...s.ref });
         await waitForPath(h.readyPath, HELPER_READY_MS, s.exited, h.name).catch(async (err: Error) => {
           throw new Error(`${err.message}; its log ${h.logFile}:\n${await tail(h.logFile)}`);
         });
       }
       this.log.info(`starting ${plan.vmm.name}: ${plan.vmm.path} ${plan.vmm.args.join(" ")}`);
-      const s = await spawnDetached(plan.vmm);
+      const s = await spawnDetached(this.inCgroup(plan.vmm));
       this.state.vmm = s.ref;
       vmmExited = s.exited;
       let gone = false;

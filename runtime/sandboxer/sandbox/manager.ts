@@ -1,9 +1,11 @@
 import { mkdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { status } from "@grpc/grpc-js";
+import type { CgroupStats } from "../../cgroups/stats.ts";
 import { GrpcError } from "../../grpc/service.ts";
 import { validateId } from "../ids.ts";
 import type { Logger } from "../log.ts";
+import type { PodResources } from "../pod-cgroup.ts";
 import { readRecords, writeRecord } from "../store.ts";
 import { KeyedLock } from "./keyed-lock.ts";
 import type { ExitInfo, Launcher, SandboxRecord } from "./record.ts";
@@ -164,6 +166,26 @@ export class SandboxManager {
     return this.get(id).rec;
   }
 
+  /** Host-side usage of a running sandbox (its pod cgroup); undefined when it has no pod cgroup. */
+  async stats(id: string): Promise<CgroupStats | undefined> {
+    const l = this.get(id);
+    if (l.rec.state !== "running") throw notRunning(l.rec);
+    return this.launcher.stats(l.rec);
+  }
+
+  /** Applies pod resources to a running sandbox. */
+  async update(id: string, resources: PodResources): Promise<void> {
+    await this.lock.run(id, async () => {
+      const l = this.get(id);
+      if (l.rec.state !== "running") throw notRunning(l.rec);
+      try {
+        await this.launcher.update(l.rec, resources);
+      } catch (err) {
+        throw new GrpcError(status.FAILED_PRECONDITION, `update sandbox ${id}: ${(err as Error).message}`);
+      }
+    });
+  }
+
   list(): SandboxRecord[] {
     return [...this.live.values()].map((l) => l.rec);
   }
@@ -219,4 +241,8 @@ export class SandboxManager {
 
 function exitOf(rec: SandboxRecord): ExitInfo {
   return { exitStatus: rec.exitStatus ?? 0, exitedAt: rec.exitedAt ? new Date(rec.exitedAt) : new Date() };
+}
+
+function notRunning(rec: SandboxRecord): GrpcError {
+  return new GrpcError(status.FAILED_PRECONDITION, `sandbox ${rec.id} is ${rec.state}, not running`);
 }

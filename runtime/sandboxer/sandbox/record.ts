@@ -1,3 +1,5 @@
+import type { CgroupStats } from "../../cgroups/stats.ts";
+import type { PodResources } from "../pod-cgroup.ts";
 /** What the daemon persists per sandbox in <dir>/<id>/sandbox.json: enough to recover it after a restart. */
 export interface SandboxRecord {
   id: string;
@@ -38,6 +40,10 @@ export interface Launcher {
   stop(rec: SandboxRecord, dir: string, timeoutMs: number): Promise<void>;
   /** Releases everything the sandbox holds on the host after its VM is gone (taps, mounts, helpers, task socket). */
   release(rec: SandboxRecord, dir: string): Promise<void>;
+  /** Resource usage of the sandbox on the host (its pod cgroup), or undefined when it has none. */
+  stats(rec: SandboxRecord): Promise<CgroupStats | undefined>;
+  /** Applies pod-level resources to the sandbox on the host. */
+  update(rec: SandboxRecord, resources: PodResources): Promise<void>;
   /** After a daemon restart: reattach to a running VM, or say why it cannot be. */
   recover(rec: SandboxRecord, dir: string): Promise<{ ok: true } | { ok: false; reason: string }>;
 }

@@ -1,12 +1,12 @@
 import { createWriteStream } from "node:fs";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { metricsAny } from "../../cgroups/metrics.ts";
 import type { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Status } from "../../protos/gen/containerd/types/task/task_pb.ts";
 import { STREAM_PREFIX } from "../../streaming/stdio-stream.ts";
 import { Code, type ServiceHandlers, TtrpcError } from "../../ttrpc/index.ts";
 import type { ContainerManager } from "../containers.ts";
 import { TaskError } from "../errors.ts";
-import { metricsAny } from "../metrics.ts";
 import type { TaskProcess, TaskStatus } from "../process.ts";
 import { type OciProcess, prepareBundle } from "../spec.ts";
 import type { StreamHub } from "../stream-hub.ts";
@@ -168,7 +168,15 @@ export function taskService(
       setImmediate(onShutdown);
       return {};
     },
-    stats: (req) => mapped(async () => ({ stats: metricsAny(req.id, await mgr.stats(req.id)) })),
+    stats: (req) =>
+      mapped(async () => {
+        const stats = await mgr.stats(req.id);
+        // The guest kernel mounts only cgroup2; v1 happens only when the agent runs on a v1 host (tests).
+        if (stats.version !== 2) {
+          throw new TaskError("FailedPrecondition", `container ${req.id}: stats are reported for cgroup v2 only`);
+        }
+        return { stats: metricsAny(stats) };
+      }),
     checkpoint: async () => {
       throw new TtrpcError(Code.Unimplemented, "checkpoint is not supported in a VM sandbox");
     },

@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
-import { parseCgroupMounts, readCgroupStats, resolveCgroupPaths } from "../../../runtime/task/cgroups.ts";
+import { parseCgroupMounts, readCgroupStats, resolveCgroupPaths } from "../../../runtime/cgroups/stats.ts";
 import { OomWatcher } from "../../../runtime/task/oom.ts";
 
 const HYBRID = `30 22 0:27 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755

@@ -3,13 +3,16 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promis
 import os from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, test } from "node:test";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
+import type { CgroupStats } from "../../../runtime/cgroups/stats.ts";
 import { addUnaryService, type MethodsOf, type UnaryClient, unaryClient } from "../../../runtime/grpc/service.ts";
+import { MetricsSchema } from "../../../runtime/protos/gen/containerd/cgroups/v2/metrics_pb.ts";
 import { Controller } from "../../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { PodSandboxConfigSchema } from "../../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
 import { controllerHandlers } from "../../../runtime/sandboxer/controller.ts";
 import { logger } from "../../../runtime/sandboxer/log.ts";
+import type { PodResources } from "../../../runtime/sandboxer/pod-cgroup.ts";
 import { SandboxManager } from "../../../runtime/sandboxer/sandbox/manager.ts";
 import type { ExitInfo, Launcher, SandboxRecord } from "../../../runtime/sandboxer/sandbox/record.ts";
 
@@ -37,6 +40,14 @@ class FakeLauncher implements Launcher {
   }
   async release(rec: SandboxRecord) {
     this.calls.push(`release ${rec.id}`);
+  }
+  cgroupStats: CgroupStats | undefined = undefined;
+  updates: PodResources[] = [];
+  async stats(_rec: SandboxRecord) {
+    return this.cgroupStats;
+  }
+  async update(_rec: SandboxRecord, r: PodResources) {
+    this.updates.push(r);
   }
   async recover(rec: SandboxRecord) {
     this.calls.push(`recover ${rec.id}`);
@@ -170,4 +181,62 @@ test("recovery reattaches running sandboxes, cleans unrecoverable ones and drops
     client.status({ sandboxId: "torn" }),
     (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND,
   );
+});
+
+test("Metrics reports the pod cgroup as cgroup v2 Metrics; no cgroup or v1 is a clear FailedPrecondition", async () => {
+  const code = (c: grpc.status, re: RegExp) => (e: grpc.ServiceError) => e.code === c && re.test(e.details);
+  await client.create({ sandboxId: "m1" });
+  await assert.rejects(
+    client.metrics({ sandboxId: "m1" }),
+    code(grpc.status.FAILED_PRECONDITION, /created, not running/),
+  );
+  await client.start({ sandboxId: "m1" });
+  await assert.rejects(client.metrics({ sandboxId: "m1" }), code(grpc.status.FAILED_PRECONDITION, /cgroup_parent/));
+  launcher.cgroupStats = { version: 1 };
+  await assert.rejects(client.metrics({ sandboxId: "m1" }), code(grpc.status.FAILED_PRECONDITION, /cgroup v1/));
+  launcher.cgroupStats = {
+    version: 2,
+    memory: { current: 300n << 20n, max: 1n << 30n, stat: { anon: 5n }, events: { oom_kill: 0n } },
+    pids: { current: 4n, max: null },
+  };
+  const { metrics } = await client.metrics({ sandboxId: "m1" });
+  assert.equal(metrics?.id, "m1");
+  assert.equal(metrics?.data?.typeUrl, "io.containerd.cgroups.v2.Metrics");
+  const m = fromBinary(MetricsSchema, metrics!.data!.value);
+  assert.equal(m.memory?.usage, 300n << 20n);
+  assert.equal(m.pids?.current, 4n);
+});
+
+test("Update applies linux.resources from the spec or extensions; bad JSON names the field", async () => {
+  const code = (c: grpc.status, re: RegExp) => (e: grpc.ServiceError) => e.code === c && re.test(e.details);
+  await client.create({ sandboxId: "u1" });
+  await client.start({ sandboxId: "u1" });
+  const json = (v: unknown) => ({ typeUrl: "x", value: Buffer.from(JSON.stringify(v)) });
+  const spec = json({
+    linux: { resources: { cpu: { shares: 512, quota: 50000, period: 100000 }, memory: { limit: 1 << 29 } } },
+  });
+  await client.update({ sandboxId: "u1", sandbox: { spec }, fields: ["spec"] });
+  await client.update({
+    sandboxId: "u1",
+    sandbox: { extensions: { resources: json({ memory: { limit: 1 << 30 } }) } },
+    fields: ["extensions"],
+  });
+  await client.update({ sandboxId: "u1", sandbox: { labels: { a: "b" } }, fields: ["labels"] });
+  assert.deepEqual(launcher.updates, [
+    { cpu: { shares: 512, quota: 50000, period: 100000 }, memory: { limit: 1 << 29 } },
+    { memory: { limit: 1 << 30 } },
+  ]);
+  await assert.rejects(
+    client.update({ sandboxId: "u1", sandbox: { spec: { typeUrl: "x", value: Buffer.from("{") } }, fields: ["spec"] }),
+    code(grpc.status.INVALID_ARGUMENT, /sandbox.spec is not a JSON object/),
+  );
+  await assert.rejects(
+    client.update({
+      sandboxId: "u1",
+      sandbox: { extensions: { resources: json({ cpu: { shares: "many" } }) } },
+      fields: ["extensions"],
+    }),
+    code(grpc.status.INVALID_ARGUMENT, /resources.cpu.shares must be a number/),
+  );
+  await assert.rejects(client.update({ sandboxId: "nope" }), code(grpc.status.NOT_FOUND, /nope/));
 });
