@@ -2,6 +2,7 @@ import type { Stage } from "../lib/stage.ts";
 import { imageStage } from "./image.ts";
 import { initrdStage } from "./initrd.ts";
 import { kernelStage } from "./kernel.ts";
+import { nodeInstallerStage } from "./node-installer.ts";
 import { rootfsStage } from "./rootfs.ts";
 import { sandboxerStage } from "./sandboxer.ts";
 import { taskStage } from "./task.ts";
@@ -16,6 +17,7 @@ export const allStages: Stage[] = [
   imageStage,
   initrdStage,
   unitsStage,
+  nodeInstallerStage,
 ];
 
 /** What `all` builds: the published artifacts (rootfs is only an intermediate of the image and initrd). */

@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import { test } from "node:test";
+import { promisify } from "node:util";
 import { parse } from "smol-toml";
 import {
   BLOCK_BEGIN,
@@ -11,6 +16,7 @@ import {
   splitManaged,
 } from "../../../runtime/node-installer/containerd-config.ts";
 
+const execFileP = promisify(execFile);
 const DROP_IN_FILE = "installers/containerd/kuasar-vmm.toml";
 const dropIn = readFileSync(DROP_IN_FILE, "utf8");
 const FILE = "/etc/containerd/config.toml";
@@ -159,4 +165,36 @@ test("containerd --version lines", () => {
   for (const [line, text, major, minor] of cases)
     assert.deepEqual(parseContainerdVersion(line), { text, major, minor });
   assert.equal(parseContainerdVersion("containerd: command not found"), undefined);
+});
+
+test("containerd 2.1 itself reads the merged config: the vmm proxy plugin and the kuasar-vmm runtime are there", async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "containerd-config-"));
+  try {
+    for (const [name, current] of [
+      ["operator", OPERATOR],
+      ["absent", undefined],
+    ] as const) {
+      const file = path.join(dir, `${name}.toml`);
+      await writeFile(file, plan(current).text);
+      const dump = await execFileP("containerd", ["--config", file, "config", "dump"]).catch((err: Error) => {
+        throw new Error(
+          `containerd --config ${file} config dump failed (${err.message}); containerd 2.1 is installed by scripts/install-prereqs.sh`,
+        );
+      });
+      const text = dump.stdout;
+      assert.match(
+        text,
+        /\[proxy_plugins\.vmm\]\n\s+type = 'sandbox'\n\s+address = '\/run\/vmm-sandboxer\.sock'/,
+        name,
+      );
+      const runtime =
+        /\[plugins\.'io\.containerd\.cri\.v1\.runtime'\.containerd\.runtimes\.kuasar-vmm\]\n([\s\S]*?)\n\n/.exec(text);
+      assert.ok(runtime, `${name}: the kuasar-vmm runtime is in containerd's view of the config`);
+      assert.match(runtime[1]!, /sandboxer = 'vmm'/);
+      assert.match(runtime[1]!, /runtime_type = 'io\.containerd\.kuasar-vmm\.v1'/);
+      if (name === "operator") assert.match(text, /default_runtime_name = 'runc'/);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
