@@ -37,7 +37,9 @@ async function readTar(data: Buffer): Promise<TarEntry[]> {
   const done = new Promise<void>((resolve, reject) => {
     ex.on("entry", (h, stream, next) => {
       const chunks: Buffer[] = [];
-      stream.on("data", (c: Buffer) => chunks.push(c));
+      stream.on("data", (c) => {
+        chunks.push(c as Buffer);
+      });
       stream.on("end", () => {
         out.push({
           name: h.name,
