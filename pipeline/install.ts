@@ -23,12 +23,13 @@ interface Entry {
 }
 
 /**
- * Kuasar's install layout (kuasar-contract.md), plus the host-side vsock addon the daemon loads and the shim helper
- * containerd resolves on PATH from runtime_type after it restarts.
+ * Kuasar's install layout (kuasar-contract.md), plus the host-side vsock addon the daemon loads, the shim helper
+ * containerd resolves on PATH from runtime_type after it restarts, and the operator's tool kuasar-ctl.
  */
 export function layout(hypervisor: HypervisorName): Entry[] {
   return [
     { src: "vmm-sandboxer", dst: "usr/local/bin/vmm-sandboxer", mode: 0o550 },
+    { src: "kuasar-ctl", dst: "usr/local/bin/kuasar-ctl", mode: 0o550 },
     { src: "containerd-shim-kuasar-vmm-v1", dst: "usr/local/bin/containerd-shim-kuasar-vmm-v1", mode: 0o555 },
     { src: "vsock.node", dst: "usr/local/lib/kuasar-vmm/vsock.node", mode: 0o550 },
     { src: "vmlinux.bin", dst: "var/lib/kuasar/vmlinux.bin", mode: 0o640 },

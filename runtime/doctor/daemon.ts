@@ -9,6 +9,12 @@ export function controllerClient(listen: string): { client: ControllerClient; cl
   return unaryClient(Controller, `unix://${listen}`);
 }
 
+/** grpc-js wraps a refused connection in "No connection established. Last error: Error: connect ENOENT ...". */
+export function reasonOf(e: ServiceError): string {
+  const m = /Error: (connect \S+ \S+?)\.?(?:\s|$)/.exec(e.details ?? "");
+  return m ? m[1]! : e.details || e.message;
+}
+
 /** An id no sandbox can have (ids start with a letter or digit): the daemon answers it with an error, not a hang. */
 const PROBE_ID = "-kuasar-probe";
 
@@ -27,7 +33,7 @@ export async function probeDaemon(
   } catch (err) {
     const e = err as ServiceError;
     if (e.code === grpcStatus.UNAVAILABLE || e.code === grpcStatus.DEADLINE_EXCEEDED) {
-      return { up: false, reason: e.details || e.message };
+      return { up: false, reason: reasonOf(e) };
     }
     if (e.code === grpcStatus.UNIMPLEMENTED) {
       return { up: false, reason: "something other than vmm-sandboxer serves there (no sandbox Controller)" };

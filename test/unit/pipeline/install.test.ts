@@ -58,6 +58,7 @@ test("install-vmm lays out Kuasar's paths and modes; uninstall removes exactly t
     "usr/local/ 755",
     "usr/local/bin/ 755",
     "usr/local/bin/containerd-shim-kuasar-vmm-v1 555",
+    "usr/local/bin/kuasar-ctl 550",
     "usr/local/bin/vmm-sandboxer 550",
     "usr/local/lib/ 755",
     "usr/local/lib/kuasar-vmm/ 755",

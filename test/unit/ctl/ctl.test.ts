@@ -1,0 +1,235 @@
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { appendFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { PassThrough } from "node:stream";
+import { after, before, describe, test } from "node:test";
+import * as grpc from "@grpc/grpc-js";
+import { formatDuration, formatTable, listSandboxes, rowOf } from "../../../runtime/ctl/list.ts";
+import { printLog, tailOffset } from "../../../runtime/ctl/logs.ts";
+import { readSandboxes, resolvePrefix } from "../../../runtime/ctl/sandboxes.ts";
+import { addUnaryService, GrpcError } from "../../../runtime/grpc/service.ts";
+import { Controller } from "../../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
+import { controllerHandlers } from "../../../runtime/sandboxer/controller.ts";
+import type { SandboxRecord } from "../../../runtime/sandboxer/sandbox/record.ts";
+import { writeRecord } from "../../../runtime/sandboxer/store.ts";
+
+const repo = path.resolve(import.meta.dirname, "../../..");
+let tmp: string;
+let state: string;
+
+function record(id: string, over: Partial<SandboxRecord> = {}): SandboxRecord {
+  return {
+    id,
+    state: "running",
+    createdAt: "2025-01-01T00:00:00.000Z",
+    startedAt: new Date(Date.now() - 3725_000).toISOString(),
+    netnsPath: "",
+    annotations: {},
+    labels: {},
+    pid: process.pid,
+    taskAddress: `ttrpc+unix://${state}/${id}/task.sock`,
+    runtime: { agent: { kind: "hvsock", udsPath: `${state}/${id}/task.vsock`, port: 1024 }, nics: [] },
+    nextStorage: 0,
+    ...over,
+  };
+}
+
+/** Runs kuasar-ctl from source. */
+function ctl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      ["--import", "tsx", path.join(repo, "runtime/ctl/main.ts"), ...args],
+      { cwd: repo },
+      (err, stdout, stderr) => resolve({ code: err ? Number(err.code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+before(async () => {
+  tmp = await mkdtemp(path.join(os.tmpdir(), "ctl-"));
+  state = path.join(tmp, "state");
+  for (const [id, over] of [
+    ["a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90", {}],
+    ["a1b2ffff", { state: "stopped", exitStatus: 0, exitedAt: "2025-01-01T01:00:00.000Z" }],
+    ["web-0", { pid: 2 ** 22 + 1 }],
+  ] as const) {
+    await mkdir(path.join(state, id), { recursive: true });
+    await writeRecord(path.join(state, id), record(id, over as Partial<SandboxRecord>));
+  }
+  await mkdir(path.join(state, "broken"));
+  await writeFile(path.join(state, "broken/sandbox.json"), "{ not json");
+  await writeFile(path.join(state, "web-0/console.log"), "boot 1\nboot 2\nvmm-task serving ttrpc on vsock port 1024\n");
+});
+
+after(async () => {
+  await rm(tmp, { recursive: true, force: true });
+});
+
+describe("sandbox ids", () => {
+  test("an exact id, a unique prefix; ambiguous and unknown prefixes name what to do", async () => {
+    const all = await readSandboxes(state);
+    assert.deepEqual(
+      all.map((e) => e.id),
+      ["a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90", "a1b2ffff", "broken", "web-0"],
+    );
+    assert.equal(resolvePrefix(all, "web", state).id, "web-0");
+    assert.equal(resolvePrefix(all, "a1b2c", state).id.length, 64);
+    assert.throws(
+      () => resolvePrefix(all, "a1b2", state),
+      /'a1b2' matches 2 sandboxes: a1b2c3d4.*, a1b2ffff; give more/,
+    );
+    assert.throws(() => resolvePrefix(all, "zz", state), new RegExp(`no sandbox id starts with 'zz' under ${state}`));
+  });
+});
+
+describe("list", () => {
+  test("rows from sandbox.json: state, pid and whether it still runs, uptime, address", async () => {
+    const [full, stopped, broken, web] = await readSandboxes(state);
+    const now = Date.now();
+    const r = rowOf(full!, "ready", now);
+    assert.equal(r.state, "running");
+    assert.equal(r.pid, process.pid);
+    assert.equal(r.pidAlive, true);
+    assert.ok(r.uptimeSeconds! >= 3724 && r.uptimeSeconds! <= 3727, String(r.uptimeSeconds));
+    assert.equal(r.agent, `hvsock://${state}/${full!.id}/task.vsock:1024`);
+    assert.equal(rowOf(stopped!, "-", now).uptimeSeconds, null);
+    assert.match(rowOf(broken!, "-", now).error!, /broken\/sandbox\.json: /);
+    assert.equal(rowOf(web!, "-", now).pidAlive, false);
+    const table = formatTable(
+      [full, stopped, web].map((e) => rowOf(e!, "ready", now)),
+      "daemon: x",
+    ).split("\n");
+    assert.equal(table[0], "daemon: x");
+    assert.match(table[1]!, /^SANDBOX\s+STATE\s+DAEMON\s+VMM PID\s+UPTIME\s+ADDRESS$/);
+    assert.match(table[2]!, new RegExp(`^a1b2c3d4e5f60  running  ready   ${process.pid}\\s+1h02m\\s+ttrpc\\+unix://`));
+    assert.match(table[4]!, /^web-0 .* 4194305 \(gone\)/);
+    assert.deepEqual([42, 423, 7500, 200_000].map(formatDuration), ["42s", "7m03s", "2h05m", "2d7h"]);
+  });
+
+  test("with the daemon up its Controller's view is shown; without it, the records alone", async () => {
+    const sock = path.join(tmp, "daemon.sock");
+    const server = new grpc.Server();
+    // The daemon's real Controller over a manager stub that knows one sandbox.
+    const known = record("web-0", { state: "running" });
+    const manager = {
+      status(id: string) {
+        if (id !== "web-0") throw new GrpcError(grpc.status.NOT_FOUND, `sandbox ${id} not found`);
+        return known;
+      },
+      dirOf: (id: string) => path.join(state, id),
+    };
+    addUnaryService(server, Controller, controllerHandlers(manager as never, "test"));
+    await new Promise<void>((res, rej) =>
+      server.bindAsync(`unix://${sock}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())),
+    );
+    try {
+      const up = await listSandboxes(state, sock);
+      assert.equal(up.daemonLine, `daemon: serving on ${sock}`);
+      assert.deepEqual(
+        up.rows.map((r) => [r.id.slice(0, 8), r.daemon]),
+        [
+          ["a1b2c3d4", "unknown to the daemon"],
+          ["a1b2ffff", "unknown to the daemon"],
+          ["broken", "unknown to the daemon"],
+          ["web-0", "ready"],
+        ],
+      );
+    } finally {
+      server.forceShutdown();
+    }
+    const down = await listSandboxes(state, sock);
+    assert.match(down.daemonLine, /^daemon: not answering on .*daemon\.sock \(.*\); showing .*state only$/);
+    assert.ok(down.rows.every((r) => r.daemon === "down"));
+  });
+});
+
+describe("logs", () => {
+  test("the last n lines", () => {
+    const b = Buffer.from("a\nb\nc\n");
+    assert.equal(b.subarray(tailOffset(b, 2)).toString(), "b\nc\n");
+    assert.equal(b.subarray(tailOffset(b, 9)).toString(), "a\nb\nc\n");
+    const noFinalNewline = Buffer.from("a\nb");
+    assert.equal(noFinalNewline.subarray(tailOffset(noFinalNewline, 1)).toString(), "b");
+  });
+
+  test("-f prints what is appended, starts over after truncation, ends when the sandbox is removed", async () => {
+    const dir = path.join(tmp, "follow");
+    await mkdir(dir);
+    const file = path.join(dir, "console.log");
+    await writeFile(file, "one\n");
+    const out = new PassThrough();
+    let text = "";
+    out.on("data", (d) => {
+      text += d;
+    });
+    const following = printLog(file, out, { follow: true });
+    const until = async (s: string) => {
+      for (let i = 0; i < 100 && !text.includes(s); i++) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(text.includes(s), `waiting for ${JSON.stringify(s)} in ${JSON.stringify(text)}`);
+    };
+    await until("one\n");
+    await appendFile(file, "two\n");
+    await until("two\n");
+    await writeFile(file, "3\n");
+    await until("one\ntwo\n3\n");
+    await rm(dir, { recursive: true });
+    await following;
+  });
+});
+
+describe("the kuasar-ctl command", () => {
+  test("list, logs -n, ambiguous id, exec without a console, usage", { timeout: 60_000 }, async () => {
+    const sock = path.join(tmp, "none.sock");
+    const list = await ctl(["ps", "--dir", state, "--listen", sock]);
+    assert.equal(list.code, 0, list.stderr);
+    assert.match(list.stdout, /^daemon: not answering/);
+    assert.match(list.stdout, /\nweb-0 +running +down +4194305 \(gone\) +1h02m +ttrpc\+unix:\/\//);
+    const json = JSON.parse((await ctl(["list", "--json", "-d", state, "-l", sock])).stdout);
+    assert.equal(json.sandboxes.length, 4);
+
+    const logs = await ctl(["logs", "-n", "1", "--dir", state, "we"]);
+    assert.deepEqual([logs.code, logs.stdout], [0, "vmm-task serving ttrpc on vsock port 1024\n"]);
+    const ambiguous = await ctl(["logs", "--dir", state, "a1"]);
+    assert.equal(ambiguous.code, 1);
+    assert.match(ambiguous.stderr, /'a1' matches 2 sandboxes/);
+
+    // exec's own failures are 125, so they never pass for the command's status.
+    const stopped = await ctl(["exec", "--dir", state, "a1b2f", "--", "true"]);
+    assert.equal(stopped.code, 125);
+    assert.match(stopped.stderr, /sandbox a1b2ffff is stopped, so its VM has no console/);
+    const noVm = await ctl(["exec", "--dir", state, "web", "ls", "-l"]);
+    assert.equal(noVm.code, 125);
+    assert.match(noVm.stderr, /web-0: cannot reach the debug console at hvsock:\/\/.*task\.vsock:1025/);
+    const usage = await ctl(["exec", "--dir", state, "web"]);
+    assert.equal(usage.code, 125);
+    assert.match(usage.stderr, /exec needs a sandbox id and a command/);
+    assert.equal((await ctl(["frobnicate"])).code, 2);
+    assert.match((await ctl(["logs", "--help"])).stdout, /^usage: kuasar-ctl/);
+  });
+
+  test("doctor and vmm-sandboxer check run the same checks", { timeout: 60_000 }, async () => {
+    const config = path.join(tmp, "bad.toml");
+    await writeFile(config, '[hypervisor]\nqemu_path = "/usr/bin/qemu-system-x86_64"\nvcpus = 0\n');
+    const args = ["--json", "-c", config, "-d", state, "-l", path.join(tmp, "none.sock")];
+    const doctor = await ctl(["doctor", ...args]);
+    const check = await new Promise<{ code: number; stdout: string }>((resolve) =>
+      execFile(
+        process.execPath,
+        ["--import", "tsx", path.join(repo, "runtime/sandboxer/main.ts"), "check", ...args],
+        (err, stdout) => resolve({ code: err ? Number(err.code) : 0, stdout }),
+      ),
+    );
+    assert.equal(doctor.code, 1);
+    assert.equal(check.code, 1);
+    const [a, b] = [JSON.parse(doctor.stdout), JSON.parse(check.stdout)];
+    const ids = (r: { checks: { id: string }[] }) => r.checks.map((c) => c.id);
+    assert.deepEqual(ids(a), ids(b));
+    assert.equal(a.checks[0].status, "fail");
+    assert.match(a.checks[0].verdict, /hypervisor\.vcpus: out of range/);
+    assert.equal(a.checks.find((c: { id: string }) => c.id === "kvm").status, "skip");
+    assert.equal((await ctl(["doctor", "--frob"])).code, 2);
+  });
+});
