@@ -1,4 +1,4 @@
-import { stat } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { ARTIFACTS_DIR, INSTALLER_PATH, NODE_PATH } from "../../runtime/node-installer/paths.ts";
@@ -14,6 +14,11 @@ export const IMAGE_ARCHIVE = "kuasar-vmm-node-installer.tar";
 
 export function imageName(version: string): string {
   return `${IMAGE_REPO}:${version}`;
+}
+
+/** The image's tag: the version in the repo's package.json. */
+export async function packageVersion(repo: string): Promise<string> {
+  return (JSON.parse(await readFile(path.join(repo, "package.json"), "utf8")) as { version: string }).version;
 }
 
 /** Host programs the installer runs inside the image: node for itself, nsenter to reach the host. */

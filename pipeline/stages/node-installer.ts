@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { type Stage, StageError } from "../lib/stage.ts";
@@ -9,6 +9,7 @@ import {
   bundleInstaller,
   IMAGE_ARCHIVE,
   imageName,
+  packageVersion,
   RUNTIME_ELFS,
 } from "../node-installer/image.ts";
 import { lddClosure } from "../rootfs/elf.ts";
@@ -28,11 +29,6 @@ function sources(): Map<string, { stage: string; rel: string }> {
   for (const st of PUBLISHERS)
     for (const [rel, name] of Object.entries(st.publish)) m.set(name, { stage: st.name, rel });
   return m;
-}
-
-/** The image's tag. */
-export async function packageVersion(repo: string): Promise<string> {
-  return (JSON.parse(await readFile(path.join(repo, "package.json"), "utf8")) as { version: string }).version;
 }
 
 /** Code the image is made from besides this file: the installer, what it bundles, and the image writer. */
