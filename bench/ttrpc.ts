@@ -3,7 +3,7 @@
 //   frames of the same size (rounds interleaved so machine load hits both alike);
 // - streaming throughput both ways next to a raw unix stream of the same chunk
 //   size (no per-message work: Node's ceiling here), also in interleaved rounds.
-// Run: node --import tsx bench/ttrpc.ts   (writes bench/results/ttrpc.json)
+// Run: node --import tsx bench/ttrpc.ts   (writes bench/results/ttrpc.json and its section of BENCHMARKS.md)
 
 import { type ChildProcess, fork } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -16,6 +16,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Echo, EchoMessageSchema } from "../runtime/protos/gen/ttrpc/testing/echo_pb.ts";
 import { encodeRequest, encodeRoute } from "../runtime/ttrpc/envelope.ts";
 import { HEADER_LENGTH, TtrpcClient, TtrpcServer } from "../runtime/ttrpc/index.ts";
+import { mdTable, updateBenchmarksMd } from "./lib/report.ts";
 
 const UNARY_PAYLOADS = [64, 4096];
 const ROUNDS = 5;
@@ -372,7 +373,8 @@ async function main(): Promise<void> {
     const out = path.join(path.dirname(fileURLToPath(import.meta.url)), "results", "ttrpc.json");
     mkdirSync(path.dirname(out), { recursive: true });
     writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
-    console.log(`\nwrote ${path.relative(process.cwd(), out)}`);
+    updateBenchmarksMd("ttrpc", markdown(result));
+    console.log(`\nwrote ${path.relative(process.cwd(), out)} and BENCHMARKS.md`);
   } finally {
     rawServer.kill();
     ttrpcServer.kill();
@@ -411,6 +413,53 @@ function printTables(r: BenchResult): void {
       };
     }),
   );
+}
+
+function markdown(r: BenchResult): string {
+  const verdict = (ok: boolean) => (ok ? "pass" : "MISS");
+  return [
+    "## ttrpc: unary round trips and streaming vs raw unix sockets",
+    "",
+    `Run ${r.when.slice(0, 16).replace("T", " ")} UTC, ${r.cpus} CPUs, node ${r.node}; load average ` +
+      `${r.loadavg.join(" / ")} at the end; ${r.seconds} s. Client and servers (child processes) share the machine.`,
+    "",
+    `Unary round trips on one connection, ${ROUNDS} interleaved rounds of ${ROUND_SECONDS} s (raw: an echo of frames ` +
+      "of the same size):",
+    "",
+    mdTable(
+      ["payload", "what", "p50 µs", "p99 µs", "calls/s", `calls/s x${CONCURRENCY}`, "cpu µs/call", "p50 ratio vs goal"],
+      r.unary.flatMap((u) =>
+        (["raw", "ttrpc"] as const).map((what) => [
+          `${u.payloadBytes} B (frame ${u.frameBytes} B)`,
+          what === "raw" ? "raw echo" : "ttrpc",
+          u[what].p50us,
+          u[what].p99us,
+          u[what].callsPerSec,
+          u[what].concurrentCallsPerSec,
+          u[what].cpuUsPerCall,
+          what === "raw"
+            ? ""
+            : `${u.ratioP50} vs <= ${r.goals.unaryRatioP50}: ${verdict(u.ratioP50 <= r.goals.unaryRatioP50)}`,
+        ]),
+      ),
+    ),
+    "",
+    `Streaming throughput over unix (GB/s), ${STREAM_ROUNDS} interleaved rounds of ${STREAM_ROUND_SECONDS} s:`,
+    "",
+    mdTable(
+      ["message", "raw stream (ceiling)", "ttrpc server->client", "ttrpc client->server", "slower direction vs goal"],
+      r.streaming.map((s) => {
+        const worst = Math.min(s.serverToClientBytesPerSec, s.clientToServerBytesPerSec);
+        return [
+          `${s.messageBytes >> 10} KiB`,
+          gbps(s.rawBytesPerSec),
+          gbps(s.serverToClientBytesPerSec),
+          gbps(s.clientToServerBytesPerSec),
+          `${gbps(worst)} vs >= ${r.goals.streamBytesPerSec / 1e9}: ${verdict(worst >= r.goals.streamBytesPerSec)}`,
+        ];
+      }),
+    ),
+  ].join("\n");
 }
 
 const role = process.argv[2];

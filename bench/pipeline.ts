@@ -1,0 +1,295 @@
+// Pipeline: cold and warm times per stage, artifact sizes, and reproducibility. Builds run the CLI
+// (pipeline/bin/kuasar-build.js) on a clean export of the committed tree (git archive HEAD, so edits in the
+// shared working tree neither leak in nor change between builds), into temporary cache and bin dirs (--cache-dir,
+// --bin-dir): bin/ and the shared cache are never written. Cold = a fresh cache dir; warm = the same run again.
+// Two cold builds must give the same sha256 for every file of every stage (image and initrd above all).
+// The kernel's cold build takes 11-26 minutes here, so it runs only with --cold-kernel (its sha256 is then compared
+// with the shared cache's build of the same key); without it the kernel's warm time is taken from the shared cache.
+// Run: node --import tsx bench/pipeline.ts [--cold-kernel]   (writes bench/results/pipeline.json)
+
+import { spawn, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { createReadStream, existsSync, readdirSync, readFileSync } from "node:fs";
+import { mkdir, stat, symlink } from "node:fs/promises";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { defaultCacheDir } from "../pipeline/lib/cache.ts";
+import { resolveOrder } from "../pipeline/lib/runner.ts";
+import { allStages, defaultTargets } from "../pipeline/stages/index.ts";
+import { cleanup, scratchDir } from "./lib/cleanup.ts";
+import { mdTable, mib, publish, type RunInfo, repo, runLine, startRun } from "./lib/report.ts";
+
+const STAGES = new Map(allStages.map((s) => [s.name, s]));
+/** `all` without what needs the kernel; intermediates (rootfs) come along as dependencies. */
+const NON_KERNEL_TARGETS = defaultTargets.filter((t) => !resolveOrder(STAGES, [t]).some((s) => s.name === "kernel"));
+const REPRO_STAGES = resolveOrder(STAGES, NON_KERNEL_TARGETS).map((s) => s.name);
+
+interface StageTime {
+  stage: string;
+  cached: boolean;
+  seconds: number;
+}
+
+interface BuildRun {
+  /** The CLI's wall time, tsx start-up and key planning included. */
+  wallSeconds: number;
+  stages: StageTime[];
+}
+
+interface Entry {
+  key: string;
+  files: Record<string, { size: number; sha256: string }>;
+}
+
+interface Repro {
+  stage: string;
+  sameKey: boolean;
+  /** Files whose sha256 differs between the two builds (empty: reproducible). */
+  differing: string[];
+  files: number;
+}
+
+interface Result {
+  run: RunInfo;
+  coldKernel: boolean;
+  cold: BuildRun;
+  warm: BuildRun;
+  coldSecond: BuildRun;
+  /** Without --cold-kernel: the kernel stage against the shared cache (undefined when it held no build for this tree). */
+  kernelWarm?: BuildRun;
+  kernelNote: string;
+  sizes: Record<string, number>;
+  reproducible: Repro[];
+  kernelRepro?: { vmlinuxSame: boolean; bzImageSame: boolean; against: string } | { note: string };
+}
+
+/** Runs the CLI of the exported tree; `abortOn` kills it when its output matches (a build we must not start). */
+async function build(
+  src: string,
+  targets: string[],
+  cacheDir: string,
+  binDir: string,
+  abortOn?: RegExp,
+): Promise<BuildRun | undefined> {
+  const t0 = performance.now();
+  const child = spawn(
+    process.execPath,
+    [path.join(src, "pipeline/bin/kuasar-build.js"), ...targets, "--cache-dir", cacheDir, "--bin-dir", binDir],
+    { cwd: src, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let out = "";
+  let aborted = false;
+  const collect = (d: Buffer) => {
+    out += d;
+    if (abortOn?.test(out) && !aborted) {
+      aborted = true;
+      child.kill("SIGKILL");
+    }
+  };
+  child.stdout.on("data", collect);
+  child.stderr.on("data", collect);
+  const code = await new Promise<number | null>((r) => child.once("exit", r));
+  if (aborted) return undefined;
+  if (code !== 0) throw new Error(`kuasar-build ${targets.join(" ")} exited with ${code}:\n${out.slice(-4000)}`);
+  const stages = [...out.matchAll(/^ {2}(\S+)\s+(cached|built)\s+([\d.]+) s/gm)].map((m) => ({
+    stage: m[1]!,
+    cached: m[2] === "cached",
+    seconds: Number(m[3]),
+  }));
+  return { wallSeconds: Math.round((performance.now() - t0) / 100) / 10, stages };
+}
+
+/** The one cache entry of a stage in a cache dir (a fresh cache holds exactly one per stage). */
+function entryOf(cacheDir: string, stage: string, key?: string): Entry | undefined {
+  const dir = path.join(cacheDir, stage);
+  const keys = key ? [key] : existsSync(dir) ? readdirSync(dir).filter((k) => !k.startsWith(".")) : [];
+  if (keys.length !== 1 || !existsSync(path.join(dir, keys[0]!, "entry.json"))) return undefined;
+  return JSON.parse(readFileSync(path.join(dir, keys[0]!, "entry.json"), "utf8")) as Entry;
+}
+
+function compare(stage: string, a: Entry | undefined, b: Entry | undefined): Repro {
+  if (!a || !b)
+    throw new Error(`stage ${stage}: no single cache entry in ${a ? "the second" : "the first"} cold build`);
+  const names = [...new Set([...Object.keys(a.files), ...Object.keys(b.files)])].sort();
+  return {
+    stage,
+    sameKey: a.key === b.key,
+    differing: names.filter((n) => a.files[n]?.sha256 !== b.files[n]?.sha256),
+    files: names.length,
+  };
+}
+
+function sha256(file: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const h = createHash("sha256");
+    createReadStream(file)
+      .on("data", (d) => h.update(d))
+      .on("end", () => resolve(h.digest("hex")))
+      .on("error", reject);
+  });
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { "cold-kernel": { type: "boolean", default: false } } });
+  const coldKernel = values["cold-kernel"] ?? false;
+  const run = startRun();
+  const dir = await scratchDir("bench-pipeline-");
+  const src = path.join(dir, "src");
+  await mkdir(src);
+  const exported = spawnSync("sh", ["-c", `git -C "${repo}" archive --format=tar HEAD | tar -x -C "${src}"`], {
+    encoding: "utf8",
+  });
+  if (exported.status !== 0) throw new Error(`cannot export HEAD: ${exported.stderr}`);
+  await symlink(path.join(repo, "node_modules"), path.join(src, "node_modules"));
+  const targets = coldKernel ? ["kernel", ...NON_KERNEL_TARGETS] : NON_KERNEL_TARGETS;
+  const c1 = path.join(dir, "cache-1");
+  const c2 = path.join(dir, "cache-2");
+  try {
+    console.log(`  cold build 1 (${targets.join(", ")})`);
+    const cold = (await build(src, targets, c1, path.join(dir, "bin-1")))!;
+    console.log(`    ${cold.wallSeconds} s; warm build`);
+    const warm = (await build(src, targets, c1, path.join(dir, "bin-1")))!;
+    console.log(`    ${warm.wallSeconds} s; cold build 2 (${NON_KERNEL_TARGETS.join(", ")})`);
+    const coldSecond = (await build(src, NON_KERNEL_TARGETS, c2, path.join(dir, "bin-2")))!;
+    console.log(`    ${coldSecond.wallSeconds} s`);
+
+    const reproducible = REPRO_STAGES.map((s) => compare(s, entryOf(c1, s), entryOf(c2, s)));
+    const shared = defaultCacheDir();
+    let kernelWarm: BuildRun | undefined;
+    let kernelNote: string;
+    let kernelRepro: Result["kernelRepro"];
+    let kernelBin: string;
+    if (coldKernel) {
+      const mine = entryOf(c1, "kernel")!;
+      const theirs = entryOf(shared, "kernel", mine.key);
+      kernelRepro = theirs
+        ? {
+            vmlinuxSame: mine.files["vmlinux.bin"]?.sha256 === theirs.files["vmlinux.bin"]?.sha256,
+            bzImageSame: mine.files.bzImage?.sha256 === theirs.files.bzImage?.sha256,
+            against: `${shared}/kernel/${mine.key.slice(0, 12)}…`,
+          }
+        : { note: `the shared cache ${shared} has no kernel build of key ${mine.key.slice(0, 12)}… to compare with` };
+      kernelNote = "kernel cold build run (--cold-kernel)";
+      kernelBin = path.join(dir, "bin-1");
+    } else {
+      kernelBin = path.join(dir, "bin-k");
+      kernelWarm = await build(src, ["kernel"], shared, kernelBin, /building/);
+      kernelNote = kernelWarm
+        ? "kernel cold build not run (use --cold-kernel); its warm time is from the shared cache"
+        : `kernel cold build not run (use --cold-kernel); the shared cache ${shared} holds no kernel for this tree, so no kernel figures`;
+      kernelRepro = { note: "not checked: kernel cold build not run (use --cold-kernel)" };
+    }
+
+    const sizes: Record<string, number> = {};
+    for (const [name, file] of [
+      ["vmlinux.bin", path.join(kernelBin, "vmlinux.bin")],
+      ["bzImage", path.join(kernelBin, "bzImage")],
+      ["kuasar.img", path.join(dir, "bin-1/kuasar.img")],
+      ["kuasar.initrd", path.join(dir, "bin-1/kuasar.initrd")],
+      ["vmm-task", path.join(dir, "bin-1/vmm-task")],
+      ["vmm-sandboxer", path.join(dir, "bin-1/vmm-sandboxer")],
+    ] as const) {
+      const st = await stat(file).catch(() => undefined);
+      if (st) sizes[name] = st.size;
+    }
+    const rootfs = entryOf(c1, "rootfs");
+    const archive = rootfs && Object.entries(rootfs.files).find(([n]) => n.endsWith(".gz"));
+    if (archive) sizes[`rootfs ${archive[0]}`] = archive[1].size;
+    if (kernelWarm) {
+      // what the shared cache's kernel is, to show which build the sizes belong to
+      for (const f of ["vmlinux.bin", "bzImage"]) console.log(`  ${f} sha256 ${await sha256(path.join(kernelBin, f))}`);
+    }
+
+    const result: Result = {
+      run: run.finish(),
+      coldKernel,
+      cold,
+      warm,
+      coldSecond,
+      ...(kernelWarm ? { kernelWarm } : {}),
+      kernelNote,
+      sizes,
+      reproducible,
+      kernelRepro,
+    };
+    const out = publish("pipeline", result, markdown(result));
+    printTables(result);
+    console.log(`\nwrote ${out} and BENCHMARKS.md`);
+  } finally {
+    await cleanup();
+  }
+}
+
+function stageRows(r: Result): Array<[string, string, string, string]> {
+  const t = (b: BuildRun | undefined, s: string) => {
+    const x = b?.stages.find((y) => y.stage === s);
+    return x ? `${x.seconds.toFixed(1)}${x.cached ? "" : " (built)"}` : "";
+  };
+  const names = [...new Set([...r.cold.stages, ...(r.kernelWarm?.stages ?? [])].map((s) => s.stage))];
+  const rows: Array<[string, string, string, string]> = names.map((s) => [
+    s,
+    s === "kernel" && !r.coldKernel ? "not run (use --cold-kernel)" : t(r.cold, s),
+    s === "kernel" && r.kernelWarm ? t(r.kernelWarm, s) : t(r.warm, s),
+    t(r.coldSecond, s),
+  ]);
+  rows.push(["whole CLI run (wall)", `${r.cold.wallSeconds}`, `${r.warm.wallSeconds}`, `${r.coldSecond.wallSeconds}`]);
+  return rows;
+}
+
+const STAGE_HEADERS = ["stage", "cold s", "warm s", "second cold s"];
+
+function reproRows(r: Result): Array<[string, string]> {
+  const rows: Array<[string, string]> = r.reproducible.map((x) => [
+    x.stage,
+    x.differing.length === 0
+      ? `same sha256 for all ${x.files} files${x.sameKey ? "" : " (different keys!)"}`
+      : `DIFFERENT: ${x.differing.join(", ")}${x.sameKey ? "" : " (different keys: the inputs changed)"}`,
+  ]);
+  const k = r.kernelRepro;
+  if (k && "note" in k) rows.push(["kernel", k.note]);
+  else if (k) {
+    rows.push([
+      "kernel",
+      `vmlinux.bin ${k.vmlinuxSame ? "same" : "DIFFERENT"}, bzImage ${k.bzImageSame ? "same" : "DIFFERENT"} sha256 vs ${k.against}`,
+    ]);
+  }
+  return rows;
+}
+
+function printTables(r: Result): void {
+  console.log("\nstage times (s; the CLI's own per-stage figures)");
+  console.table(stageRows(r).map((row) => Object.fromEntries(STAGE_HEADERS.map((h, i) => [h, row[i]]))));
+  console.table(Object.entries(r.sizes).map(([artifact, bytes]) => ({ artifact, MiB: mib(bytes), bytes })));
+  console.log(`${r.run.cpus} CPUs, load average ${r.run.loadavgStart.join(" ")} -> ${r.run.loadavgEnd.join(" ")}`);
+  console.log(r.kernelNote);
+  console.log("reproducibility (two cold builds):");
+  for (const [stage, v] of reproRows(r)) console.log(`  ${stage}: ${v}`);
+}
+
+function markdown(r: Result): string {
+  return [
+    "## Pipeline: cold and warm builds, sizes, reproducibility",
+    "",
+    runLine(r.run),
+    "The CLI runs on a clean export of the commit (`git archive`), into fresh temporary `--cache-dir` and `--bin-dir`. " +
+      "Cold: an empty cache; warm: the same command again; second cold: another empty cache, for the " +
+      `reproducibility check. **${r.kernelNote}.**`,
+    "",
+    mdTable(STAGE_HEADERS, stageRows(r)),
+    "",
+    mdTable(
+      ["artifact", "MiB", "bytes"],
+      Object.entries(r.sizes).map(([a, b]) => [a, mib(b), b]),
+    ),
+    "",
+    "Reproducibility (every file each stage stores, by sha256, between the two cold builds):",
+    "",
+    mdTable(["stage", "result"], reproRows(r)),
+  ].join("\n");
+}
+
+await main().catch(async (err: Error) => {
+  console.error(`pipeline benchmark failed: ${err.stack ?? err.message}`);
+  await cleanup();
+  process.exit(1);
+});
