@@ -32,7 +32,7 @@ export function lineChart(c: Chart): string {
   const xMax = Math.max(...all.map((p) => p[0]));
   const yStep = step(Math.max(...all.map((p) => p[1])), 6);
   const yMax = Math.ceil(Math.max(...all.map((p) => p[1])) / yStep) * yStep;
-  const xStep = step(xMax, 10);
+  const xStep = Math.max(1, step(xMax, 10));
   const px = (x: number) => M.left + (x / xMax) * (W - M.left - M.right);
   const py = (y: number) => H - M.bottom - (y / yMax) * (H - M.top - M.bottom);
   const out: string[] = [
