@@ -215,7 +215,9 @@ async function checkNode(o: InstallerOptions, d: InstallerDeps): Promise<void> {
 }
 
 async function systemctl(d: InstallerDeps, ...args: string[]): Promise<void> {
-  await runChecked(d.run, hostSystemctl(...args), `'journalctl -u ${args.at(-1)}' on the node says more`);
+  const unit = args.find((a) => a.endsWith(".service"));
+  const hint = unit ? `'journalctl -u ${unit}' on the node says more` : "systemd's journal on the node says more";
+  await runChecked(d.run, hostSystemctl(...args), hint);
 }
 
 function hostPath(hostRoot: string, abs: string): string {

@@ -37,9 +37,12 @@ const VERSION_CALLS = (h: string) => [
   `nsenter --root=${h} --wd=${h} -- node --version`,
 ];
 
+let failing: string | undefined;
+
 const runner: Runner = async (argv): Promise<CommandResult> => {
   calls.push(argv.join(" "));
   const cmd = argv.slice(argv.indexOf("--") + 1).join(" ");
+  if (cmd === failing) return { code: 1, stdout: "", stderr: `${cmd}: it failed` };
   if (cmd === "containerd --version") return { code: 0, stdout: `${containerdVersion}\n`, stderr: "" };
   if (cmd === "node --version") return { code: 0, stdout: "v20.20.2\n", stderr: "" };
   if (cmd.startsWith("systemctl ")) return { code: 0, stdout: "", stderr: "" };
@@ -107,6 +110,7 @@ beforeEach(async () => {
   apiCalls = [];
   labels = { "kubernetes.io/os": "linux" };
   containerdVersion = "containerd github.com/containerd/containerd/v2 2.1.9+unknown";
+  failing = undefined;
   out = [];
 });
 
@@ -273,4 +277,27 @@ test("the mode and the host root come from the environment when no argument give
   assert.match(out.join("\n"), new RegExp(`nothing of the kuasar-vmm node installer on ${host}`));
   assert.equal(await run("bogus"), 2);
   assert.match(out.at(-1)!, /the mode must be install, uninstall or ready, got 'bogus'/);
+});
+
+test("a host without Node.js is refused before anything changes", async () => {
+  failing = "node --version";
+  const before = await snapshot(host);
+  assert.equal(await install(), 1);
+  assert.match(out.join("\n"), /needs Node\.js 20 or newer on the node's PATH/);
+  assert.deepEqual(calls, VERSION_CALLS(host));
+  assert.deepEqual(await snapshot(host), before);
+});
+
+test("a failed containerd restart is reported, and uninstall still gives the config back", async () => {
+  const before = await snapshot(host);
+  failing = "systemctl restart containerd.service";
+  assert.equal(await install(), 1);
+  assert.match(
+    out.join("\n"),
+    /'nsenter --target=1 --mount -- systemctl restart containerd.service' failed \(exit 1\): systemctl restart containerd.service: it failed; 'journalctl -u containerd.service' on the node says more/,
+  );
+  assert.deepEqual(apiCalls, [], "the node is not labelled when the install failed");
+  failing = undefined;
+  assert.equal(await uninstall(), 0, out.join("\n"));
+  assert.deepEqual(await snapshot(host), before);
 });
