@@ -1,10 +1,12 @@
+import { readFile, writeFile } from "node:fs/promises";
+import path from "node:path";
 import type { IDaemonSet } from "kubernetes-models/apps/v1/DaemonSet";
 import type { IRuntimeClass } from "kubernetes-models/node.k8s.io/v1/RuntimeClass";
 import type { IClusterRole } from "kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole";
 import type { IClusterRoleBinding } from "kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding";
 import type { IServiceAccount } from "kubernetes-models/v1/ServiceAccount";
 import { stringify } from "yaml";
-import { imageName } from "../../pipeline/node-installer/image.ts";
+import { imageName, packageVersion } from "../../pipeline/node-installer/image.ts";
 import { ENV, INSTALLER_PATH, NODE_LABEL, NODE_PATH } from "../../runtime/node-installer/paths.ts";
 
 // The Kubernetes objects that deploy kuasar-vmm, as typed objects; kuasar-vmm.yaml is generated from them
@@ -108,4 +110,13 @@ export function render(version: string): string {
       .map((m) => `---\n${stringify(m, { lineWidth: 0, aliasDuplicateObjects: false })}`)
       .join("")
   );
+}
+
+/** Writes kuasar-vmm.yaml for the image tag the repo's package.json names; false when it was already current. */
+export async function writeGenerated(repo: string): Promise<boolean> {
+  const file = path.join(repo, GENERATED_FILE);
+  const text = render(await packageVersion(repo));
+  if ((await readFile(file, "utf8").catch(() => "")) === text) return false;
+  await writeFile(file, text);
+  return true;
 }
