@@ -79,25 +79,20 @@ async function install(o: InstallerOptions, d: InstallerDeps): Promise<void> {
     configExisted: current !== undefined,
     createdDirs: [],
   };
-  if (plan.changed && !plan.hadBlock) {
+  const addsBlock = plan.changed && !plan.hadBlock;
+  if (addsBlock) next.configExisted = current !== undefined;
+  await writeState(o.hostRoot, next);
+  if (addsBlock) {
     // The config as it is before the block goes in: what uninstall gives back.
-    await writeState(o.hostRoot, next);
     if (current === undefined) await rm(path.join(o.hostRoot, BACKUP_FILE), { force: true });
     else await writeFile(path.join(o.hostRoot, BACKUP_FILE), current, { mode: 0o600 });
-    next.configExisted = current !== undefined;
   }
-  await writeState(o.hostRoot, next);
 
   const entries = layout(o.hypervisor);
-  const before = await digests(
-    o.hostRoot,
-    entries.map((e) => e.dst),
-  );
+  const dsts = entries.map((e) => e.dst);
+  const before = await digests(o.hostRoot, dsts);
   await installVmm({ binDir: o.binDir, destDir: o.hostRoot, hypervisor: o.hypervisor });
-  const after = await digests(
-    o.hostRoot,
-    entries.map((e) => e.dst),
-  );
+  const after = await digests(o.hostRoot, dsts);
   const changed = entries.filter((e) => before[e.dst] !== after[e.dst]);
   d.log(
     changed.length
