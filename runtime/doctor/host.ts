@@ -129,8 +129,8 @@ function delegateOf(text: string): string | undefined {
 }
 
 /**
- * cgroup v2 with the controllers pods are accounted by, and Delegate=yes on the service so systemd leaves the
- * cgroups below it (VMMs, helpers) to the daemon.
+ * cgroup v2 with the controllers pods are accounted by, and Delegate=yes on the service so systemd leaves cgroup
+ * management below it to the daemon.
  */
 export async function checkCgroup(probes: DoctorProbes, cgroupRoot = "/sys/fs/cgroup"): Promise<CheckResult> {
   const mounts = (await probes.readText("/proc/self/mounts")) ?? "";
@@ -148,7 +148,9 @@ export async function checkCgroup(probes: DoctorProbes, cgroupRoot = "/sys/fs/cg
       verdict:
         `${cgroupRoot} is ${fsType ?? "not mounted"}, not cgroup v2` +
         (unified ? ` (cgroup v1 or hybrid layout; cgroup2 only at ${unified.split(" ")[1]})` : ""),
-      fix: "boot with systemd.unified_cgroup_hierarchy=1 (the default since systemd 247): containerd's pod cgroups and the unit's Delegate=yes assume cgroup v2",
+      fix:
+        "boot with systemd.unified_cgroup_hierarchy=1 (the default since systemd 247): pod cgroups work on v1 too, " +
+        "but systemd delegates a cgroup subtree (the unit's Delegate=yes) safely only on cgroup v2",
     };
   }
   const available = ((await probes.readText(`${cgroupRoot}/cgroup.controllers`)) ?? "").trim().split(/\s+/);

@@ -92,7 +92,10 @@ export const SANDBOX_TABLE = {
   log_level: oneOf("Daemon log level; empty keeps the --log-level flag (default info).", LEVELS, "info", {
     aliases: { warning: "warn" },
   }),
-  enable_tracing: bool("Export OpenTelemetry (OTLP) traces of sandbox operations.", false),
+  enable_tracing: bool(
+    "Kuasar's switch for OpenTelemetry (OTLP) traces of sandbox operations; accepted, but no traces are exported yet.",
+    false,
+  ),
   containerd_address: str(
     "containerd's socket (kuasar-vmm addition); task events go to its ttrpc socket, <containerd_address>.ttrpc.",
     "/run/containerd/containerd.sock",
@@ -249,7 +252,10 @@ export const HYPERVISOR_TABLE = {
 
 export const TASK_TABLE = {
   debug: bool("Start the guest agent with task.debug: a debug shell on vsock port 1025.", false),
-  enable_tracing: bool("Guest agent exports traces (task.enable_tracing).", false),
+  enable_tracing: bool(
+    "Boots the guest with task.enable_tracing (Kuasar's agent tracing); vmm-task accepts it but exports no traces yet.",
+    false,
+  ),
 };
 
 export const VIRTIOFSD_TABLE = {
