@@ -4,16 +4,20 @@ import path from "node:path";
 
 export const STATE_FILE = "sandbox.json";
 
+/** Writes <dir>/<id>/sandbox.json atomically (see writeJsonAtomic). */
+export function writeRecord(sandboxDir: string, record: unknown): Promise<void> {
+  return writeJsonAtomic(path.join(sandboxDir, STATE_FILE), record);
+}
+
 /**
- * Writes <dir>/<id>/sandbox.json atomically: a temp file is written and fsync'd, then renamed over the old one,
- * so a crash or a full disk leaves either the previous record or the new one, never a torn file.
+ * A temp file is written and fsync'd, then renamed over the old one, so a crash or a full disk leaves either the
+ * previous content or the new one, never a torn file.
  */
-export async function writeRecord(sandboxDir: string, record: unknown): Promise<void> {
-  const target = path.join(sandboxDir, STATE_FILE);
+export async function writeJsonAtomic(target: string, value: unknown): Promise<void> {
   const tmp = `${target}.${randomBytes(4).toString("hex")}.tmp`;
   const fh = await open(tmp, "w", 0o600);
   try {
-    await fh.writeFile(`${JSON.stringify(record, null, 2)}\n`);
+    await fh.writeFile(`${JSON.stringify(value, null, 2)}\n`);
     await fh.sync();
   } catch (err) {
     await fh.close();

@@ -146,6 +146,7 @@ export class VmLauncher implements Launcher {
     const proxy = new TaskProxy({
       sandboxId: rec.id,
       taskAddress: `ttrpc+unix://${sock}`,
+      recordDir: path.join(dir, "containers"),
       share: { host: path.join(dir, "shared"), guest: GUEST_SHARE },
       agent: () => agent,
       events: this.events,
@@ -255,6 +256,12 @@ export class VmLauncher implements Launcher {
     }
     const net = rec.netnsPath && state.nics.length ? { nsPath: rec.netnsPath, nics: state.nics } : undefined;
     await this.serve(rec, dir, vm, agent, net);
+    const reaped = await this.running.get(rec.id)!.proxy.reapOrphans();
+    if (reaped.length) {
+      this.log.info(
+        `sandbox ${rec.id}: stopped ${reaped.length} container(s) containerd recorded as exited when the daemon went away: ${reaped.join(", ")}`,
+      );
+    }
     return { ok: true };
   }
 

@@ -40,6 +40,8 @@ export interface Env {
   daemon: Daemon;
   /** SIGTERM to containerd, then a fresh one on the same root and state; the CRI clients reconnect. */
   restartContainerd: () => Promise<void>;
+  /** kill -9 of vmm-sandboxer, then a fresh one on the same state directory (it recovers the pods). */
+  restartDaemon: () => Promise<void>;
   /** containerd's and the daemon's logs, tails of each, for failure messages. */
   logs: (lines?: number) => string;
   teardown: () => Promise<void>;
@@ -179,15 +181,15 @@ export async function startEnv(): Promise<Env> {
   const containerdLog = path.join(dir, "containerd.log");
   const config = path.join(dir, "containerd.toml");
   const sock = path.join(dir, "containerd.sock");
+  const daemonToml = path.join(dir, "vmm-sandboxer.toml");
   let containerd: ChildProcess | undefined;
-  let daemon: Daemon | undefined;
   let clients: Array<() => void> = [];
   // Filled in as the parts come up; restartContainerd swaps the CRI clients in place.
   const env = { dir, sandboxDir: (id: string) => path.join(dir, "state", id) } as Env;
 
   const logs = (lines = 60) =>
     `--- containerd log (${containerdLog}), last ${lines} lines:\n${tail(containerdLog, lines)}\n` +
-    `--- vmm-sandboxer log, last ${lines} lines:\n${(daemon?.log() ?? "").split("\n").slice(-lines).join("\n")}`;
+    `--- vmm-sandboxer log, last ${lines} lines:\n${(env.daemon?.log() ?? "").split("\n").slice(-lines).join("\n")}`;
 
   const connect = () => {
     const r = unaryClient(RuntimeService, `unix://${sock}`);
@@ -239,7 +241,7 @@ export async function startEnv(): Promise<Env> {
     }
     for (const close of clients) close();
     await stop(containerd, 15_000);
-    await stop(daemon?.proc, 15_000);
+    await stop(env.daemon?.proc, 15_000);
     for (const pid of processesMatching(dir)) {
       try {
         process.kill(pid, "SIGKILL");
@@ -256,10 +258,9 @@ export async function startEnv(): Promise<Env> {
     await mkdir(path.join(dir, "cni/net.d"), { recursive: true });
     await mkdir(path.join(dir, "bin"));
     await symlink(path.join(bin, SHIM), path.join(dir, "bin", SHIM));
-    const daemonToml = path.join(dir, "vmm-sandboxer.toml");
     await writeFile(daemonToml, daemonConfig(dir));
-    daemon = await startDaemon(dir, daemonToml);
-    await writeFile(config, containerdConfig(dir, daemon.sock));
+    env.daemon = await startDaemon(dir, daemonToml);
+    await writeFile(config, containerdConfig(dir, env.daemon.sock));
     await startContainerd();
     const archive = path.join(dir, "busybox-oci.tar");
     await writeFile(archive, await busyboxImageArchive(IMAGE));
@@ -269,11 +270,19 @@ export async function startEnv(): Promise<Env> {
     throw err;
   }
   return Object.assign(env, {
-    daemon: daemon!,
     restartContainerd: async () => {
       for (const close of clients) close();
       await stop(containerd, 30_000);
       await startContainerd();
+    },
+    restartDaemon: async () => {
+      const proc = env.daemon.proc;
+      proc.kill("SIGKILL");
+      await waitExit(proc, 10_000);
+      const earlier = env.daemon.log();
+      const next = await startDaemon(dir, daemonToml);
+      // Failure messages show both lives of the daemon.
+      env.daemon = { ...next, log: () => `${earlier}\n--- restarted (kill -9) ---\n${next.log()}` };
     },
     logs,
     teardown,

@@ -255,3 +255,61 @@ test("an OOM-killed container is reported with reason OOMKilled", { timeout: 300
     await removePod(pod.id);
   }),
 );
+
+test(
+  "kill -9 of vmm-sandboxer: the pod stays READY and usable, nothing is left behind; kill -9 of the VMM: NOTREADY",
+  { timeout: 300_000 },
+  () =>
+    withLogs(async () => {
+      const pod = await runPod("e2e-crash");
+      const { containerId } = await env.runtime.createContainer(
+        { podSandboxId: pod.id, config: containerConfig("first", "exec sleep 3600"), sandboxConfig: pod.config },
+        SLOW,
+      );
+      await env.runtime.startContainer({ containerId }, SLOW);
+      const vm = vmProcesses(env.sandboxDir(pod.id));
+      assert.ok(mountsUnder(env.sandboxDir(pod.id)).length > 0, "the container's rootfs is mounted in the share");
+
+      await env.restartDaemon();
+      assert.match(env.daemon.log(), new RegExp(`sandbox ${pod.id} recovered`));
+      assert.deepEqual(vmProcesses(env.sandboxDir(pod.id)), vm, "the same VM serves the pod");
+      // containerd's connection to the controller socket backs off while the daemon is down, then comes back.
+      await until("containerd to reach the restarted daemon", 60_000, async () => {
+        const r = await env.runtime.podSandboxStatus({ podSandboxId: pod.id }, QUICK).catch(() => undefined);
+        return r?.status?.state === PodSandboxState.SANDBOX_READY ? true : undefined;
+      });
+      // CRI records a container whose task connection dropped as exited (255); the restarted daemon stops it in
+      // the guest and frees its storage, and kubelet would start a new one.
+      const first = await env.runtime.containerStatus({ containerId }, QUICK);
+      assert.equal(first.status?.state, ContainerState.CONTAINER_EXITED);
+      assert.match(env.daemon.log(), new RegExp(`stopped 1 container\\(s\\) .*${containerId}`));
+      assert.deepEqual(mountsUnder(env.sandboxDir(pod.id)), [], "its storage was unmounted");
+      await env.runtime.stopContainer({ containerId, timeout: 2n }, SLOW);
+      await env.runtime.removeContainer({ containerId }, SLOW);
+      const next = await env.runtime.createContainer(
+        { podSandboxId: pod.id, config: containerConfig("second", "exec sleep 3600"), sandboxConfig: pod.config },
+        SLOW,
+      );
+      await env.runtime.startContainer({ containerId: next.containerId }, SLOW);
+      const script = "echo after the crash; ps -o comm | grep -c sleep";
+      const r = await env.runtime.execSync(
+        { containerId: next.containerId, cmd: ["sh", "-c", script], timeout: 60n },
+        SLOW,
+      );
+      assert.equal(Buffer.from(r.stdout).toString(), "after the crash\n1\n", "one sleep: the old container is gone");
+
+      const qemu = vm.find((p) => /qemu/.test(cmdline(p)))!;
+      process.kill(qemu, "SIGKILL");
+      await until("the pod to turn NOTREADY", 30_000, async () => {
+        const { status } = await env.runtime.podSandboxStatus({ podSandboxId: pod.id }, QUICK);
+        return status?.state === PodSandboxState.SANDBOX_NOTREADY ? true : undefined;
+      });
+      await until("the VM's helpers to be gone", 10_000, async () =>
+        vmProcesses(env.sandboxDir(pod.id)).length ? undefined : true,
+      );
+      assert.deepEqual(mountsUnder(env.sandboxDir(pod.id)), [], "container storage unmounted");
+      await env.runtime.stopContainer({ containerId: next.containerId, timeout: 2n }, SLOW).catch(() => undefined);
+      await env.runtime.removeContainer({ containerId: next.containerId }, SLOW);
+      await removePod(pod.id);
+    }),
+);

@@ -1,4 +1,6 @@
+import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import type net from "node:net";
+import path from "node:path";
 import { TaskCreateSchema, TaskDeleteSchema, TaskExecAddedSchema } from "../../protos/gen/containerd/events/task_pb.ts";
 import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
@@ -16,6 +18,7 @@ import type { EventPublisher } from "../events.ts";
 import { validateId } from "../ids.ts";
 import type { Logger } from "../log.ts";
 import { type GuestBundle, prepareGuestBundle, releaseGuestBundle, type Share } from "../storage/guest-bundle.ts";
+import { writeJsonAtomic } from "../store.ts";
 import { openFifo } from "./fifo.ts";
 
 interface HostStdio {
@@ -31,6 +34,13 @@ interface ProcessEntry {
   sockets: Partial<Record<"stdin" | "stdout" | "stderr", net.Socket>>;
 }
 
+/** What outlives the daemon about a container: enough to stop it and free its host storage. */
+interface ContainerRecord {
+  hostBundle: string;
+  bundle: GuestBundle;
+  namespace: string;
+}
+
 interface ContainerEntry {
   hostBundle: string;
   bundle: GuestBundle;
@@ -42,6 +52,8 @@ export interface ProxyDeps {
   sandboxId: string;
   /** This sandbox's task API address, left in each container's bundle for the shim helper. */
   taskAddress: string;
+  /** Where each container's record is kept while it exists (<dir>/<id>/containers), for recovery. */
+  recordDir: string;
   share: Share;
   /** The sandbox's live connection to vmm-task. */
   agent: () => TtrpcClient;
@@ -155,6 +167,7 @@ export class TaskProxy {
           });
           entry.processes.set("", await this.attachStdio(req.id, "", stdio));
           await writeTaskLink(req.bundle, { sandboxId: this.deps.sandboxId, taskAddress: this.deps.taskAddress });
+          await this.saveRecord(req.id, { hostBundle: req.bundle, bundle, namespace });
           this.containers.set(req.id, entry);
           this.deps.events.publish(namespace, "/tasks/create", TaskCreateSchema, {
             $typeName: "containerd.events.TaskCreate",
@@ -186,6 +199,7 @@ export class TaskProxy {
         if (!req.execId) {
           for (const rest of c.processes.values()) closeStdio(rest);
           this.containers.delete(req.id);
+          await rm(this.recordFile(req.id), { force: true });
           await releaseGuestBundle(c.bundle).catch((e: Error) =>
             this.deps.log.warn(`release bundle of ${req.id}: ${e.message}`),
           );
@@ -261,6 +275,45 @@ export class TaskProxy {
     return this.containers.get(containerId)?.namespace;
   }
 
+  private recordFile(id: string): string {
+    return path.join(this.deps.recordDir, `${id}.json`);
+  }
+
+  private async saveRecord(id: string, rec: ContainerRecord): Promise<void> {
+    await mkdir(this.deps.recordDir, { recursive: true });
+    await writeJsonAtomic(this.recordFile(id), rec);
+  }
+
+  /**
+   * After a daemon restart: containerd saw every task connection of this sandbox drop and recorded its containers
+   * as exited (255), so the ones a previous daemon created are stopped in the guest and their host storage freed.
+   * Returns the ids it stopped.
+   */
+  async reapOrphans(): Promise<string[]> {
+    const names = await readdir(this.deps.recordDir).catch(() => [] as string[]);
+    const reaped: string[] = [];
+    for (const name of names.filter((n) => n.endsWith(".json"))) {
+      const id = name.slice(0, -".json".length);
+      const file = path.join(this.deps.recordDir, name);
+      let rec: ContainerRecord;
+      try {
+        rec = JSON.parse(await readFile(file, "utf8")) as ContainerRecord;
+      } catch (err) {
+        this.deps.log.warn(`container record ${file} is unreadable (${(err as Error).message}); removing it`);
+        await rm(file, { force: true });
+        continue;
+      }
+      const task = this.task();
+      await task.kill({ id, execId: "", signal: 9, all: true }, { timeoutMs: 5000 }).catch(() => undefined);
+      await task.wait({ id, execId: "" }, { timeoutMs: 5000 }).catch(() => undefined);
+      await task.delete({ id, execId: "" }, { timeoutMs: 5000 }).catch(() => undefined);
+      await releaseGuestBundle(rec.bundle).catch((e: Error) => this.deps.log.warn(`release ${id}: ${e.message}`));
+      await rm(file, { force: true });
+      reaped.push(id);
+    }
+    return reaped;
+  }
+
   /** After the VM is gone: close relays and unmount every container's storage. */
   async releaseAll(): Promise<void> {
     for (const [id, c] of this.containers) {
@@ -268,6 +321,17 @@ export class TaskProxy {
       await releaseGuestBundle(c.bundle).catch((e: Error) => this.deps.log.warn(`release ${id}: ${e.message}`));
     }
     this.containers.clear();
+    // Containers a previous daemon created: their storage is still mounted in the share.
+    for (const name of await readdir(this.deps.recordDir).catch(() => [] as string[])) {
+      const file = path.join(this.deps.recordDir, name);
+      const rec = await readFile(file, "utf8").then(
+        (t) => JSON.parse(t) as ContainerRecord,
+        () => undefined,
+      );
+      if (rec)
+        await releaseGuestBundle(rec.bundle).catch((e: Error) => this.deps.log.warn(`release ${name}: ${e.message}`));
+      await rm(file, { force: true });
+    }
   }
 }
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { createReadStream, existsSync } from "node:fs";
+import { createReadStream, existsSync, readFileSync } from "node:fs";
 import { mkdir, open, readdir, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
@@ -75,6 +75,7 @@ before(async () => {
   const proxy = new TaskProxy({
     sandboxId: "sb1",
     taskAddress: `ttrpc+unix://${path.join(s.dir, "task.sock")}`,
+    recordDir: path.join(s.dir, "containers"),
     share: { host: share, guest: share },
     agent: () => agent,
     events,
@@ -269,4 +270,31 @@ test("containerd-shim-kuasar-vmm-v1 delete removes a running container through t
   assert.equal(gone.exitStatus, 137);
   assert.equal(gone.pid, 0);
   assert.equal((await shim("-id", "s1", "-bundle", bundle, "start")).status, 2, "any other action: a usage error");
+});
+
+test("a restarted daemon's proxy stops the containers its predecessor created and frees their storage", async () => {
+  const task = containerd.service(Task);
+  const bundle = await hostBundle("o1", ["sleep", "60"]);
+  await task.create({ id: "o1", bundle });
+  await task.start({ id: "o1" });
+  assert.ok(existsSync(path.join(s.dir, "containers/o1.json")), "the container's record is kept while it exists");
+  const mounted = () => readFileSync("/proc/self/mountinfo", "utf8").includes(`${share}/`);
+  assert.ok(mounted(), "its rootfs is mounted in the share");
+  // A second proxy on the same state stands for the daemon after kill -9: it knows the container only by record.
+  const successor = new TaskProxy({
+    sandboxId: "sb1",
+    taskAddress: "ttrpc+unix:///unused",
+    recordDir: path.join(s.dir, "containers"),
+    share: { host: share, guest: share },
+    agent: () => agent,
+    events,
+    nextStorage: () => 99,
+    log: logger("successor"),
+  });
+  assert.deepEqual(await successor.reapOrphans(), ["o1"]);
+  await assert.rejects(agent.service(Task).state({ id: "o1" }), /not found/, "gone from the guest");
+  assert.equal(mounted(), false, "its storage is unmounted");
+  assert.deepEqual(await readdir(path.join(s.dir, "containers")), []);
+  assert.deepEqual(await successor.reapOrphans(), [], "nothing left to reap");
+  await assert.rejects(task.state({ id: "o1" }), /not found/);
 });

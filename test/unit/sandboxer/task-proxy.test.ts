@@ -69,6 +69,7 @@ before(async () => {
   proxy = new TaskProxy({
     sandboxId: "sb",
     taskAddress: `ttrpc+unix://${path.join(dir, "task.sock")}`,
+    recordDir: path.join(dir, "containers"),
     share: { host: path.join(dir, "shared"), guest: "/run/kuasar/state" },
     agent: () => agent,
     events,
