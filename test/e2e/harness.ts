@@ -42,6 +42,8 @@ export interface Env {
   restartContainerd: () => Promise<void>;
   /** kill -9 of vmm-sandboxer, then a fresh one on the same state directory (it recovers the pods). */
   restartDaemon: () => Promise<void>;
+  /** The CNI bridge pods without host networking attach to, and its gateway address (the host side). */
+  cni: { bridge: string; gateway: string; subnet: string };
   /** containerd's and the daemon's logs, tails of each, for failure messages. */
   logs: (lines?: number) => string;
   teardown: () => Promise<void>;
@@ -104,6 +106,38 @@ disabled_plugins = [
 // containerd derives containerd-shim-kuasar-vmm-v1 from runtime_type and, after a restart, drops every task whose
 // shim binary it cannot resolve on PATH: the built helper is put there, as install-vmm puts it in /usr/local/bin.
 const SHIM = "containerd-shim-kuasar-vmm-v1";
+
+/** Debian's containernetworking-plugins. */
+const CNI_PLUGINS = "/usr/lib/cni";
+
+/**
+ * A bridge network private to this run (its own bridge and /24, no masquerading, so no iptables): what a node's
+ * CNI gives a pod without host networking.
+ */
+async function setupCni(dir: string, env: Env): Promise<void> {
+  for (const plugin of ["bridge", "host-local", "loopback"]) {
+    const src = path.join(CNI_PLUGINS, plugin);
+    if (!existsSync(src)) throw new Error(`${src} is missing: install containernetworking-plugins`);
+    await symlink(src, path.join(dir, "cni/bin", plugin));
+  }
+  const n = process.pid % 200;
+  const cni = { bridge: `kve2e${process.pid % 100000}`, gateway: `10.234.${n}.1`, subnet: `10.234.${n}.0/24` };
+  const conflist = {
+    cniVersion: "1.0.0",
+    name: "kuasar-e2e",
+    plugins: [
+      {
+        type: "bridge",
+        bridge: cni.bridge,
+        isGateway: true,
+        ipMasq: false,
+        ipam: { type: "host-local", ranges: [[{ subnet: cni.subnet }]], routes: [{ dst: "0.0.0.0/0" }] },
+      },
+    ],
+  };
+  await writeFile(path.join(dir, "cni/net.d/10-kuasar-e2e.conflist"), JSON.stringify(conflist, null, 2));
+  env.cni = cni;
+}
 
 function daemonConfig(dir: string): string {
   return (
@@ -250,12 +284,14 @@ export async function startEnv(): Promise<Env> {
       }
     }
     for (const m of mountsUnder(dir)) await run("umount", ["-l", m]).catch(() => undefined);
+    if (env.cni) await run("ip", ["link", "del", env.cni.bridge]).catch(() => undefined);
     await rm(dir, { recursive: true, force: true });
   };
 
   try {
     await mkdir(path.join(dir, "cni/bin"), { recursive: true });
     await mkdir(path.join(dir, "cni/net.d"), { recursive: true });
+    await setupCni(dir, env);
     await mkdir(path.join(dir, "bin"));
     await symlink(path.join(bin, SHIM), path.join(dir, "bin", SHIM));
     await writeFile(daemonToml, daemonConfig(dir));

@@ -134,6 +134,35 @@ test("a pod VM runs a container through CRI: logs, exec, stop, remove", { timeou
   }),
 );
 
+test(
+  "pod networking through the CNI bridge: the container sees the pod IP and reaches the host",
+  { timeout: 300_000 },
+  () =>
+    withLogs(async () => {
+      const config = await podConfig("e2e-net");
+      config.linux = {};
+      const { podSandboxId } = await env.runtime.runPodSandbox({ config, runtimeHandler: RUNTIME_HANDLER }, SLOW);
+      const { status } = await env.runtime.podSandboxStatus({ podSandboxId }, QUICK);
+      const ip = status?.network?.ip ?? "";
+      assert.ok(ip.startsWith(env.cni.subnet.split(".").slice(0, 3).join(".")), `pod IP ${ip} in ${env.cni.subnet}`);
+      const { containerId } = await env.runtime.createContainer(
+        { podSandboxId, config: containerConfig("net", "exec sleep 3600"), sandboxConfig: config },
+        SLOW,
+      );
+      await env.runtime.startContainer({ containerId }, SLOW);
+      const r = await env.runtime.execSync(
+        { containerId, cmd: ["sh", "-c", `ip -4 addr show; ping -c 2 -W 5 ${env.cni.gateway}`], timeout: 60n },
+        SLOW,
+      );
+      const out = Buffer.from(r.stdout).toString();
+      assert.match(out, new RegExp(`inet ${ip.replace(/\./g, "\\.")}/24`), "the guest NIC has the pod IP");
+      assert.equal(r.exitCode, 0, `ping ${env.cni.gateway} (the bridge on the host):\n${out}${Buffer.from(r.stderr)}`);
+      await env.runtime.stopContainer({ containerId, timeout: 2n }, SLOW);
+      await env.runtime.removeContainer({ containerId }, SLOW);
+      await removePod(podSandboxId);
+    }),
+);
+
 test("a container that exits non-zero: CRI reports its exit code", { timeout: 300_000 }, () =>
   withLogs(async () => {
     const pod = await runPod("e2e-exit");
