@@ -9,7 +9,16 @@ export type Entry = Loaded<SandboxRecord>;
 
 /** Every sandbox directory under the daemon's --dir, sorted by id. */
 export async function readSandboxes(dir: string): Promise<Entry[]> {
-  return (await readRecords<SandboxRecord>(dir)).sort((a, b) => a.id.localeCompare(b.id));
+  try {
+    return (await readRecords<SandboxRecord>(dir)).sort((a, b) => a.id.localeCompare(b.id));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "EACCES") {
+      throw new Error(
+        `cannot read ${dir}: permission denied (the daemon's state belongs to root: run kuasar-ctl as root)`,
+      );
+    }
+    throw err;
+  }
 }
 
 /** An exact id, or a prefix of exactly one; otherwise an error listing what matched (or how to look). */
