@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job (npm run demo): installs prerequisites, builds every artifact (cached), then starts vmm-sandboxer
-# in a private directory and runs a pod with a container in a VM, printing each phase and its time.
+# The main job (npm run demo): installs prerequisites, builds every artifact (cached), then starts a private
+# containerd 2.1 and vmm-sandboxer and runs a pod with a container in a VM through CRI, printing each phase.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-prereqs.sh
