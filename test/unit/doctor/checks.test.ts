@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
+import * as grpc from "@grpc/grpc-js";
 import {
   checkContainerdConfig,
   checkContainerdVersion,
@@ -11,7 +13,7 @@ import {
   shimBinary,
 } from "../../../runtime/doctor/containerd.ts";
 import { checkCgroup, checkHostKernel, checkKvm, checkVsock } from "../../../runtime/doctor/host.ts";
-import { checkPaths } from "../../../runtime/doctor/paths.ts";
+import { checkDaemon, checkPaths } from "../../../runtime/doctor/paths.ts";
 import type { DoctorProbes, RunResult } from "../../../runtime/doctor/probes.ts";
 import { exitCode, formatText, summarize } from "../../../runtime/doctor/report.ts";
 import { checkArtifact, checkConfig, checkHypervisor, checkVirtiofsd } from "../../../runtime/doctor/vmm.ts";
@@ -419,6 +421,34 @@ test("paths: socket directory and state directory (or the ancestor it is created
   assert.match(r.verdict, /the socket directory \/missing\/dir does not exist/);
   const ro = await checkPaths("/run/x.sock", "/ro/state", host({ writable: ["/run"], devices: { "/ro": true } }));
   assert.match(ro.verdict, /\/ro\/state cannot be created: \/ro is not writable/);
+});
+
+test("daemon: a stale socket and a socket something else serves are not a vmm-sandboxer", {
+  timeout: 20_000,
+}, async () => {
+  const tmp = await mkdtemp(path.join(os.tmpdir(), "doctor-daemon-"));
+  const probes = { ...host({}), exists: async () => true };
+  try {
+    assert.match((await checkDaemon(path.join(tmp, "none.sock"), host({}))).verdict, /^not running: .* does not exist/);
+    // Accepts and hangs up, like a socket left behind by a dead daemon that something else now holds.
+    const stale = path.join(tmp, "stale.sock");
+    const plain = net.createServer((c) => c.destroy());
+    await new Promise<void>((r) => plain.listen(stale, r));
+    const r1 = await checkDaemon(stale, probes);
+    plain.close();
+    assert.equal(r1.status, "warn");
+    assert.match(r1.verdict, /exists but nothing answers on it/);
+    const other = path.join(tmp, "other.sock");
+    const server = new grpc.Server();
+    await new Promise<void>((res, rej) =>
+      server.bindAsync(`unix://${other}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())),
+    );
+    const r2 = await checkDaemon(other, probes);
+    server.forceShutdown();
+    assert.match(r2.verdict, /something other than vmm-sandboxer serves there/);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
 });
 
 test("report: one line per check, a fix under failures and warnings, exit status 1 only on failure", () => {
