@@ -63,10 +63,11 @@ async function resolve(dir: string, prefix: string): Promise<Entry> {
 /** The sandbox's running guest agent address, or an error saying why there is none. */
 function runningAgent(e: Entry) {
   if (!e.record) throw new Error(`sandbox ${e.id}: ${e.error}`);
-  const agent = agentAddressOf(e.record);
-  if (e.record.state !== "running" || !agent) {
+  if (e.record.state !== "running") {
     throw new Error(`sandbox ${e.id} is ${e.record.state}, so its VM has no console to connect to`);
   }
+  const agent = agentAddressOf(e.record);
+  if (!agent) throw new Error(`sandbox ${e.id}: ${e.dir}/sandbox.json records no guest agent address (runtime.agent)`);
   return agent;
 }
 
