@@ -35,6 +35,12 @@ export function layout(hypervisor: HypervisorName): Entry[] {
     { src: "vmlinux.bin", dst: "var/lib/kuasar/vmlinux.bin", mode: 0o640 },
     { src: "kuasar.img", dst: "var/lib/kuasar/kuasar.img", mode: 0o640 },
     { src: "kuasar.initrd", dst: "var/lib/kuasar/kuasar.initrd", mode: 0o640 },
+    // Beside each guest artifact, so `vmm-sandboxer check` can verify what is installed.
+    ...["vmlinux", "kuasar.img", "kuasar.initrd"].map((a) => ({
+      src: `${a}.manifest.json`,
+      dst: `var/lib/kuasar/${a}.manifest.json`,
+      mode: 0o640,
+    })),
     { src: CONFIG_FOR[hypervisor], dst: "var/lib/kuasar/config.toml", mode: 0o640, keepExisting: true },
     { src: "kuasar-vmm.service", dst: "usr/lib/systemd/system/kuasar-vmm.service", mode: 0o644 },
     { src: "kuasar-vmm.sysconfig", dst: "etc/sysconfig/kuasar-vmm", mode: 0o644, keepExisting: true },

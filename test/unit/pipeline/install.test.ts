@@ -69,8 +69,11 @@ test("install-vmm lays out Kuasar's paths and modes; uninstall removes exactly t
     "var/lib/kuasar/.install-manifest.json 640",
     "var/lib/kuasar/config.toml 640",
     "var/lib/kuasar/kuasar.img 640",
+    "var/lib/kuasar/kuasar.img.manifest.json 640",
     "var/lib/kuasar/kuasar.initrd 640",
+    "var/lib/kuasar/kuasar.initrd.manifest.json 640",
     "var/lib/kuasar/vmlinux.bin 640",
+    "var/lib/kuasar/vmlinux.manifest.json 640",
   ]);
   assert.match(
     await readFile(path.join(dest, "etc/sysconfig/kuasar-vmm"), "utf8"),
