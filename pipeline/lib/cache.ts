@@ -68,6 +68,7 @@ export class Cache {
   async store(stage: string, key: string, build: (out: string) => Promise<void>): Promise<string> {
     const stageDir = path.join(this.root, stage);
     await mkdir(stageDir, { recursive: true });
+    await sweepAbandoned(stageDir);
     const tmp = path.join(stageDir, `.tmp-${key.slice(0, 16)}-${process.pid}-${randomBytes(4).toString("hex")}`);
     await mkdir(path.join(tmp, "out"), { recursive: true });
     try {
@@ -87,6 +88,27 @@ export class Cache {
       await rm(tmp, { recursive: true, force: true });
       throw err;
     }
+  }
+}
+
+/**
+ * Removes scratch trees of builds whose process is gone (killed, or the machine went down mid-build): a kernel
+ * build leaves ~1.5 GB behind. A live pid's tree is another build running now and is left alone.
+ */
+async function sweepAbandoned(stageDir: string): Promise<void> {
+  for (const name of await readdir(stageDir)) {
+    const pid = Number(/^\.tmp-[0-9a-f]+-(\d+)-[0-9a-f]+$/.exec(name)?.[1]);
+    if (!pid || pid === process.pid || isAlive(pid)) continue;
+    await rm(path.join(stageDir, name), { recursive: true, force: true });
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
   }
 }
 

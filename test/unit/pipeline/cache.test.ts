@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm, stat, truncate, utimes, writeFile } from "node:fs/promises";
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, readFile, rm, stat, truncate, utimes, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, test } from "node:test";
@@ -54,4 +56,15 @@ test("a build that fails leaves no entry behind", async () => {
     /compiler exploded/,
   );
   assert.deepEqual(await cache.lookup("s", "k"), { hit: false, reason: "not built yet" });
+});
+
+test("a build killed mid-way leaves its scratch tree only until the next build of that stage", async () => {
+  const dead = spawnSync("true").pid;
+  const abandoned = path.join(root, "s", `.tmp-0123456789abcdef-${dead}-0a0b0c0d`);
+  const running = path.join(root, "s", ".tmp-0123456789abcdef-1-0a0b0c0d");
+  await mkdir(path.join(abandoned, "out/linux-6.1"), { recursive: true });
+  await mkdir(running, { recursive: true });
+  await cache.store("s", "k2", build);
+  assert.equal(existsSync(abandoned), false, "the dead build's tree is removed");
+  assert.equal(existsSync(running), true, "a live process's build is left alone");
 });
