@@ -31,7 +31,15 @@ import {
   verdict,
 } from "./lib/report.ts";
 import { lineChart } from "./lib/svg.ts";
-import { type AgentMemory, agentMemory, ConsoleWatch, daemonSteps, pssBytes, startBundledDaemon } from "./lib/vm.ts";
+import {
+  type AgentMemory,
+  agentMemory,
+  ConsoleWatch,
+  daemonSteps,
+  type ProcMemory,
+  procMemory,
+  startBundledDaemon,
+} from "./lib/vm.ts";
 
 const GOAL_BASELINE_MIB = 60;
 const GOAL_PER_SANDBOX_MIB = 0.5;
@@ -40,7 +48,8 @@ const REPORTED_COUNTS = [0, 1, 5, 10];
 
 interface Point {
   sandboxes: number;
-  daemonPssBytes: number;
+  /** Median of the readings of each field. */
+  daemon: ProcMemory;
 }
 
 interface SandboxFacts {
@@ -61,8 +70,10 @@ interface Result {
   setup: { vcpus: number; memoryMiB: number; batch: number; daemon: string };
   points: Point[];
   baselineBytes: number;
-  /** (PSS at the largest count - PSS at 1) / (count - 1). */
+  /** Least-squares slope of daemon PSS over the points with 1 or more sandboxes (bytes per sandbox). */
   perSandboxBytes: number;
+  /** The same slope of USS (private memory: unaffected by other processes sharing node's pages). */
+  perSandboxUssBytes: number;
   /** PSS at 1 - PSS at 0: what the first sandbox adds (code paths loaded once). */
   firstSandboxBytes: number;
   sandboxes: SandboxFacts[];
@@ -75,21 +86,44 @@ interface Result {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** MiB with two decimals: per-sandbox figures are compared with 0.5. */
+const mib2 = (bytes: number) => Math.round((bytes / 1048576) * 100) / 100;
 
-/** The median of a few PSS samples (a GC between samples moves single readings). */
-async function settledPss(pid: number): Promise<number> {
-  await sleep(2000);
-  const samples: number[] = [];
-  for (let i = 0; i < 5; i++) {
-    samples.push(pssBytes(pid));
-    await sleep(400);
+const SETTLE_MS = 10_000;
+const READINGS = 10;
+
+/**
+ * The daemon's memory once idle: V8's memory reducer runs a full GC some seconds after allocation stops, so the
+ * readings start SETTLE_MS after a batch is up and the median of READINGS (0.5 s apart) is kept.
+ */
+async function settledMemory(pid: number): Promise<ProcMemory> {
+  await sleep(SETTLE_MS);
+  const readings: ProcMemory[] = [];
+  for (let i = 0; i < READINGS; i++) {
+    readings.push(procMemory(pid));
+    await sleep(500);
   }
-  return percentile(samples, 0.5);
+  const median = (k: keyof ProcMemory) =>
+    percentile(
+      readings.map((r) => r[k]),
+      0.5,
+    );
+  return { pss: median("pss"), rss: median("rss"), uss: median("uss") };
+}
+
+/** Least-squares slope of y over x. */
+function slope(points: Array<[number, number]>): number {
+  const n = points.length;
+  const mx = points.reduce((a, [x]) => a + x, 0) / n;
+  const my = points.reduce((a, [, y]) => a + y, 0) / n;
+  const sxy = points.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0);
+  const sxx = points.reduce((a, [x]) => a + (x - mx) ** 2, 0);
+  return sxx === 0 ? Number.NaN : sxy / sxx;
 }
 
 /** PSS of the VM's own processes: everything whose command line names the sandbox directory. */
 function vmmPss(sandboxDir: string): number {
-  return processesMatching(sandboxDir).reduce((sum, pid) => sum + pssBytes(pid), 0);
+  return processesMatching(sandboxDir).reduce((sum, pid) => sum + procMemory(pid).pss, 0);
 }
 
 async function main(): Promise<void> {
@@ -117,8 +151,8 @@ async function main(): Promise<void> {
   const { client, close } = unaryClient(Controller, `unix://${daemon.sock}`);
   const watch = new ConsoleWatch(daemon.stateDir).start();
   try {
-    const points: Point[] = [{ sandboxes: 0, daemonPssBytes: await settledPss(pid) }];
-    console.log(`  0 sandboxes: daemon PSS ${mib(points[0]!.daemonPssBytes)} MiB`);
+    const points: Point[] = [{ sandboxes: 0, daemon: await settledMemory(pid) }];
+    console.log(`  0 sandboxes: daemon PSS ${mib(points[0]!.daemon.pss)} MiB, USS ${mib(points[0]!.daemon.uss)} MiB`);
     const started: Array<{ id: string; startMs: number }> = [];
     // the first sandbox alone (what one costs), then batches up to the total
     while (started.length < total) {
@@ -133,9 +167,11 @@ async function main(): Promise<void> {
         }),
       );
       const upS = ((Date.now() - t0) / 1000).toFixed(1);
-      const pss = await settledPss(pid);
-      points.push({ sandboxes: started.length, daemonPssBytes: pss });
-      console.log(`  ${started.length} sandboxes: daemon PSS ${mib(pss)} MiB (batch of ${n} up in ${upS} s)`);
+      const mem = await settledMemory(pid);
+      points.push({ sandboxes: started.length, daemon: mem });
+      console.log(
+        `  ${started.length} sandboxes: daemon PSS ${mib(mem.pss)} MiB, USS ${mib(mem.uss)} MiB (batch of ${n} up in ${upS} s)`,
+      );
     }
 
     const sandboxes: SandboxFacts[] = [];
@@ -173,9 +209,10 @@ async function main(): Promise<void> {
     tasks.close();
     await Promise.all(started.map((s) => client.shutdown({ sandboxId: s.id }, { deadlineMs: 120_000 })));
 
-    const at = (n: number) => points.find((p) => p.sandboxes === n)?.daemonPssBytes ?? Number.NaN;
-    const last = points[points.length - 1]!;
-    const perSandboxBytes = total > 1 ? (last.daemonPssBytes - at(1)) / (total - 1) : Number.NaN;
+    const at = (n: number) => points.find((p) => p.sandboxes === n)?.daemon.pss ?? Number.NaN;
+    const running = points.filter((p) => p.sandboxes >= 1);
+    const perSandboxBytes = slope(running.map((p) => [p.sandboxes, p.daemon.pss]));
+    const perSandboxUssBytes = slope(running.map((p) => [p.sandboxes, p.daemon.uss]));
     const agentIdleRssP50Bytes = percentile(
       sandboxes.map((s) => s.agentIdle.rss),
       0.5,
@@ -191,6 +228,7 @@ async function main(): Promise<void> {
       points,
       baselineBytes: at(0),
       perSandboxBytes: Math.round(perSandboxBytes),
+      perSandboxUssBytes: Math.round(perSandboxUssBytes),
       firstSandboxBytes: at(1) - at(0),
       sandboxes,
       agentIdleRssP50Bytes,
@@ -213,7 +251,7 @@ async function main(): Promise<void> {
       ),
       goals: {
         baseline: goal(mib(at(0)), GOAL_BASELINE_MIB, "max"),
-        perSandbox: goal(Math.round((perSandboxBytes / 1048576) * 100) / 100, GOAL_PER_SANDBOX_MIB, "max"),
+        perSandbox: goal(mib2(perSandboxBytes), GOAL_PER_SANDBOX_MIB, "max"),
         agentIdle: goal(mib(agentIdleRssP50Bytes), GOAL_AGENT_IDLE_MIB, "max"),
       },
     };
@@ -230,11 +268,12 @@ async function main(): Promise<void> {
 function plot(r: Result): string {
   const n = r.points[r.points.length - 1]!.sandboxes;
   return lineChart({
-    title: "vmm-sandboxer PSS by running sandboxes (QEMU TCG, 2 cores)",
+    title: "vmm-sandboxer memory by running sandboxes (QEMU TCG, 2 cores)",
     xLabel: "running sandboxes",
-    yLabel: "daemon PSS (MiB)",
+    yLabel: "daemon memory (MiB)",
     series: [
-      { name: "measured", color: "#1f77b4", points: r.points.map((p) => [p.sandboxes, mib(p.daemonPssBytes)]) },
+      { name: "PSS", color: "#1f77b4", points: r.points.map((p) => [p.sandboxes, mib(p.daemon.pss)]) },
+      { name: "USS (private)", color: "#2ca02c", points: r.points.map((p) => [p.sandboxes, mib(p.daemon.uss)]) },
       {
         name: `goal: ${GOAL_BASELINE_MIB} MiB + ${GOAL_PER_SANDBOX_MIB} MiB per sandbox`,
         color: "#d62728",
@@ -251,14 +290,21 @@ function plot(r: Result): string {
 function goalRows(r: Result): Array<[string, string]> {
   return [
     ["daemon baseline PSS (0 sandboxes)", verdict(r.goals.baseline, " MiB")],
-    ["daemon PSS per sandbox (1 -> N)", verdict(r.goals.perSandbox, " MiB")],
+    ["daemon PSS per sandbox (least-squares slope, 1..N sandboxes)", verdict(r.goals.perSandbox, " MiB")],
     ["vmm-task RSS in the guest, idle (p50)", verdict(r.goals.agentIdle, " MiB")],
   ];
 }
 
 function printTables(r: Result): void {
-  console.log("\ndaemon PSS by running sandboxes");
-  console.table(r.points.map((p) => ({ sandboxes: p.sandboxes, "PSS MiB": mib(p.daemonPssBytes) })));
+  console.log("\ndaemon memory by running sandboxes");
+  console.table(
+    r.points.map((p) => ({
+      sandboxes: p.sandboxes,
+      "PSS MiB": mib(p.daemon.pss),
+      "USS MiB": mib(p.daemon.uss),
+      "RSS MiB": mib(p.daemon.rss),
+    })),
+  );
   console.table(
     r.sandboxes.map((s) => ({
       sandbox: s.id,
@@ -271,7 +317,7 @@ function printTables(r: Result): void {
   );
   console.log(
     `${r.run.cpus} CPUs, load average ${r.run.loadavgStart.join(" ")} -> ${r.run.loadavgEnd.join(" ")}; ` +
-      `first sandbox adds ${mib(r.firstSandboxBytes)} MiB; QEMU+helper PSS p50 ${mib(r.vmmPssP50Bytes)} MiB per VM; ` +
+      `USS slope ${mib2(r.perSandboxUssBytes)} MiB per sandbox; first sandbox adds ${mib(r.firstSandboxBytes)} MiB; QEMU+helper PSS p50 ${mib(r.vmmPssP50Bytes)} MiB per VM; ` +
       `vmm-task with ${r.agentWithContainers.containers} containers: RSS ${mib(r.agentWithContainers.rss)} MiB; ` +
       `kernel start -> first Check p50 ${r.kernelToCheckP50Ms} ms (guest uptime ${r.uptimeAtCheckP50Ms} ms)`,
   );
@@ -281,7 +327,13 @@ function printTables(r: Result): void {
 function markdown(r: Result): string {
   const rows = REPORTED_COUNTS.filter((n) => r.points.some((p) => p.sandboxes === n)).map((n) => {
     const p = r.points.find((q) => q.sandboxes === n)!;
-    return [n, mib(p.daemonPssBytes), n === 0 ? "" : mib((p.daemonPssBytes - r.baselineBytes) / n)];
+    return [
+      n,
+      mib(p.daemon.pss),
+      n === 0 ? "" : mib2((p.daemon.pss - r.baselineBytes) / n),
+      mib(p.daemon.uss),
+      mib(p.daemon.rss),
+    ];
   });
   const a = r.agentWithContainers;
   return [
@@ -289,16 +341,20 @@ function markdown(r: Result): string {
     "",
     runLine(r.run),
     `Daemon: \`${r.setup.daemon}\`; guests of ${r.setup.vcpus} vCPU and ${r.setup.memoryMiB} MiB, started through the ` +
-      `Controller (the first alone, then ${r.setup.batch} at a time); PSS is the median of 5 readings of ` +
-      "`/proc/<pid>/smaps_rollup` taken 2 s after each batch is up. Goals in MB are read as MiB.",
+      `Controller (the first alone, then ${r.setup.batch} at a time). Memory is the median of ${READINGS} readings of ` +
+      `\`/proc/<pid>/smaps_rollup\` 0.5 s apart, starting ${SETTLE_MS / 1000} s after each batch is up (V8 collects ` +
+      "once the daemon idles). PSS shares node's pages with every other node process on the machine, so it drifts " +
+      "with what others run; USS (private pages) does not. Goals in MB are read as MiB.",
     "",
     mdTable(["goal", "measured vs goal"], goalRows(r)),
     "",
-    mdTable(["running sandboxes", "daemon PSS MiB", "PSS above baseline per sandbox MiB"], rows),
+    mdTable(["running sandboxes", "daemon PSS MiB", "PSS above baseline per sandbox MiB", "USS MiB", "RSS MiB"], rows),
     "",
-    "![daemon PSS by running sandboxes](bench/results/density.svg)",
+    "![daemon memory by running sandboxes](bench/results/density.svg)",
     "",
-    `Per sandbox (1 -> ${r.points[r.points.length - 1]!.sandboxes}): ${mib(r.perSandboxBytes)} MiB; the first ` +
+    `Per sandbox, the least-squares slope over ${r.points.filter((p) => p.sandboxes > 0).length} points from 1 to ` +
+      `${r.points[r.points.length - 1]!.sandboxes} sandboxes: PSS ${mib2(r.perSandboxBytes)} MiB, USS ` +
+      `${mib2(r.perSandboxUssBytes)} MiB; the first ` +
       `sandbox adds ${mib(r.firstSandboxBytes)} MiB (code paths loaded once). Each VM costs the host ` +
       `${mib(r.vmmPssP50Bytes)} MiB PSS (QEMU + vhost-device-vsock, p50), outside the daemon.`,
     "",

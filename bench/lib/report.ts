@@ -22,6 +22,15 @@ bench/<name>.ts\` runs one. Each writes \`bench/results/<name>.json\` and regene
 result, so every section is the latest run of its script. Goals are reported as measured vs goal with a pass/miss
 verdict; no test asserts a timing.
 
+| script | measures | options |
+| --- | --- | --- |
+| \`sandbox-start.ts\` | bare QEMU floor vs Controller Create+Start, with phases | \`--runs N\` (8) |
+| \`cri-start.ts\` | pod + container start through containerd's CRI, serial and in parallel | \`--runs N\` (3), \`--parallel N\` (4) |
+| \`density.ts\` | daemon memory by running sandboxes, vmm-task memory in the guest, kernel start to first Check | \`--sandboxes N\` (10), \`--batch N\` (2), \`--containers N\` (10) |
+| \`controller.ts\` | gRPC Controller Status calls/s | |
+| \`ttrpc.ts\` | ttrpc vs raw unix-socket echo, streaming throughput | |
+| \`pipeline.ts\` | cold and warm build times per stage, artifact sizes, reproducibility | \`--cold-kernel\` (adds 11-26 min) |
+
 The machine has 2 cores and no KVM: every guest runs under QEMU's TCG (software emulation), which makes boots
 10-20x slower than under KVM and puts the figures at the mercy of whatever else runs. Other engineers share it,
 so each section gives the load average (1, 5, 15 min) at the start and the end of its run.
@@ -89,12 +98,17 @@ export function writeResult(name: string, result: unknown): string {
   return out;
 }
 
-/** Replaces (or inserts, in SECTIONS order) the section between this benchmark's markers in BENCHMARKS.md. */
+/**
+ * Replaces (or inserts, in SECTIONS order) the section between this benchmark's markers in BENCHMARKS.md; the text
+ * before the first section is rewritten from HEADER.
+ */
 export function updateBenchmarksMd(name: string, markdown: string): void {
   const begin = `<!-- bench:${name} -->`;
   const end = `<!-- /bench:${name} -->`;
   const block = `${begin}\n${markdown.trim()}\n${end}`;
-  let text = existsSync(BENCHMARKS_MD) ? readFileSync(BENCHMARKS_MD, "utf8") : HEADER;
+  const old = existsSync(BENCHMARKS_MD) ? readFileSync(BENCHMARKS_MD, "utf8") : "";
+  const first = old.indexOf("<!-- bench:");
+  let text = first < 0 ? HEADER : `${HEADER}\n${old.slice(first)}`;
   const at = text.indexOf(begin);
   if (at >= 0) {
     const stop = text.indexOf(end, at);

@@ -49,14 +49,24 @@ export async function startBundledDaemon(dir: string, config: string, flags: str
   return { proc, sock, stateDir, log: () => out };
 }
 
-/** Proportional set size of a process (kB from /proc/<pid>/smaps_rollup), in bytes; 0 once it is gone. */
-export function pssBytes(pid: number): number {
+export interface ProcMemory {
+  /** Proportional set size: private pages plus a share of each page mapped by other processes too. */
+  pss: number;
+  rss: number;
+  /** Unique set size (Private_Clean + Private_Dirty): what only this process holds, whatever else runs. */
+  uss: number;
+}
+
+/** A process's memory from /proc/<pid>/smaps_rollup, in bytes; zeros once it is gone. */
+export function procMemory(pid: number): ProcMemory {
+  let text = "";
   try {
-    const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"));
-    return m ? Number(m[1]) * 1024 : 0;
+    text = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
   } catch {
-    return 0;
+    // gone
   }
+  const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(text)?.[1] ?? 0) * 1024;
+  return { pss: kb("Pss"), rss: kb("Rss"), uss: kb("Private_Clean") + kb("Private_Dirty") };
 }
 
 /** When the daemon logged each step of one sandbox's Create and Start (ms since the epoch, its own clock). */
