@@ -20,7 +20,12 @@ interface Entry {
   mode: number;
   /** an existing file is an operator's edit: keep it */
   keepExisting?: boolean;
+  /** a node program: installed to run on the private runtime, not on whatever node the host has (if any) */
+  script?: boolean;
 }
+
+/** The node runtime install-vmm lays out for its programs (built with it; the host's own node is not used). */
+export const NODE_RUNTIME = "/usr/local/lib/kuasar-vmm/node";
 
 /**
  * Kuasar's install layout (kuasar-contract.md), plus the host-side vsock addon the daemon loads, the shim helper
@@ -28,9 +33,15 @@ interface Entry {
  */
 export function layout(hypervisor: HypervisorName): Entry[] {
   return [
-    { src: "vmm-sandboxer", dst: "usr/local/bin/vmm-sandboxer", mode: 0o550 },
-    { src: "kuasar-ctl", dst: "usr/local/bin/kuasar-ctl", mode: 0o550 },
-    { src: "containerd-shim-kuasar-vmm-v1", dst: "usr/local/bin/containerd-shim-kuasar-vmm-v1", mode: 0o555 },
+    { src: "vmm-sandboxer", dst: "usr/local/bin/vmm-sandboxer", mode: 0o550, script: true },
+    { src: "kuasar-ctl", dst: "usr/local/bin/kuasar-ctl", mode: 0o550, script: true },
+    {
+      src: "containerd-shim-kuasar-vmm-v1",
+      dst: "usr/local/bin/containerd-shim-kuasar-vmm-v1",
+      mode: 0o555,
+      script: true,
+    },
+    { src: "node", dst: NODE_RUNTIME.slice(1), mode: 0o555 },
     { src: "vsock.node", dst: "usr/local/lib/kuasar-vmm/vsock.node", mode: 0o550 },
     { src: "vmlinux.bin", dst: "var/lib/kuasar/vmlinux.bin", mode: 0o640 },
     { src: "kuasar.img", dst: "var/lib/kuasar/kuasar.img", mode: 0o640 },
@@ -69,6 +80,8 @@ export async function installVmm(opts: {
       throw new Error(`${path.join(opts.binDir, e.src)} is missing; build it first (make all)`);
     }
   }
+  // A staging DEST_DIR (packaging) may not exist yet, as with make install DESTDIR=.
+  await mkdir(opts.destDir, { recursive: true });
   const previous = await readManifest(opts.destDir);
   const written = new Set(previous.files);
   const created = new Set(previous.dirs);
@@ -85,7 +98,8 @@ export async function installVmm(opts: {
     }
     if (e.keepExisting && (await exists(dst))) continue;
     await rm(dst, { force: true });
-    await copyFile(path.join(opts.binDir, e.src), dst);
+    if (e.script) await writeFile(dst, withInterpreter(await readFile(path.join(opts.binDir, e.src), "utf8")));
+    else await copyFile(path.join(opts.binDir, e.src), dst);
     await chmod(dst, e.mode);
     written.add(e.dst);
     if (e.keepExisting) editable[e.dst] = await hashFile(dst);
@@ -93,6 +107,12 @@ export async function installVmm(opts: {
   const manifest: InstallManifest = { files: [...written].sort(), dirs: [...created].sort(), editable };
   await writeFile(path.join(opts.destDir, MANIFEST), `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o640 });
   return manifest.files;
+}
+
+/** The script with its #! line pointing at the private runtime. */
+export function withInterpreter(script: string): string {
+  const body = script.startsWith("#!") ? script.slice(script.indexOf("\n") + 1) : script;
+  return `#!${NODE_RUNTIME}\n${body}`;
 }
 
 /**

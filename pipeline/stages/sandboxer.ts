@@ -1,4 +1,4 @@
-import { writeFile } from "node:fs/promises";
+import { copyFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { bundleNode } from "../lib/bundle.ts";
 import type { Stage } from "../lib/stage.ts";
@@ -32,7 +32,11 @@ export const sandboxerStage: Stage = {
   async inputs(ctx) {
     const trees: Record<string, string> = {};
     for (const dir of SOURCES) trees[dir] = await ctx.treeDigest(path.join(ctx.repo, dir));
-    return { trees, lock: await ctx.fileDigest(path.join(ctx.repo, "package-lock.json")) };
+    return {
+      trees,
+      lock: await ctx.fileDigest(path.join(ctx.repo, "package-lock.json")),
+      node: { version: process.version, digest: await ctx.fileDigest(process.execPath) },
+    };
   },
   async build(ctx) {
     ctx.log("bundling runtime/sandboxer/main.ts");
@@ -45,6 +49,9 @@ export const sandboxerStage: Stage = {
     await bundleNode(path.join(ctx.repo, "runtime/ctl/main.ts"), path.join(ctx.out, "kuasar-ctl"), {
       executable: true,
     });
+    // The runtime install-vmm gives these programs: a node host (Debian 12 ships Node 18) need not have one.
+    ctx.log(`copying the node runtime (${process.version})`);
+    await copyFile(process.execPath, path.join(ctx.out, "node"));
     // The bundle is CommonJS; inside this repo the root package.json says "module", so bin/ says otherwise.
     await writeFile(path.join(ctx.out, "package.json"), '{ "type": "commonjs" }\n');
   },
@@ -52,6 +59,7 @@ export const sandboxerStage: Stage = {
     "vmm-sandboxer": "vmm-sandboxer",
     "kuasar-ctl": "kuasar-ctl",
     [SHIM]: SHIM,
+    node: "node",
     "package.json": "package.json",
   },
 };

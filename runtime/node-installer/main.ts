@@ -15,7 +15,6 @@ const SERVICE = "kuasar-vmm.service";
 export const DROP_IN = "containerd-kuasar-vmm.toml";
 const UNIT_SRC = "kuasar-vmm.service";
 const MIN_CONTAINERD = { major: 2, minor: 1 };
-const MIN_NODE_MAJOR = 20;
 const HYPERVISORS: Record<HypervisorName, true> = { qemu: true, "cloud-hypervisor": true, stratovirt: true };
 
 export interface InstallerOptions {
@@ -59,7 +58,6 @@ export async function runInstaller(o: InstallerOptions, d: InstallerDeps): Promi
 async function install(o: InstallerOptions, d: InstallerDeps): Promise<void> {
   // Every check before the first write: a refusal leaves the host as it was.
   await checkContainerd(o, d);
-  await checkNode(o, d);
   const cfgFile = hostPath(o.hostRoot, o.containerdConfig);
   const current = await readConfig(cfgFile, o.containerdConfig);
   const dropInFile = path.join(o.binDir, DROP_IN);
@@ -200,13 +198,6 @@ async function checkContainerd(o: InstallerOptions, d: InstallerDeps): Promise<v
     );
   }
   d.log(`containerd ${v.text}`);
-}
-
-async function checkNode(o: InstallerOptions, d: InstallerDeps): Promise<void> {
-  const hint = `vmm-sandboxer (/usr/local/bin/vmm-sandboxer, '#!/usr/bin/env node') needs Node.js ${MIN_NODE_MAJOR} or newer on the node's PATH: install it on the node, then run the installer again. Nothing was changed.`;
-  const out = await runChecked(d.run, inHostRoot(o.hostRoot, ["node", "--version"]), hint);
-  const major = Number(/^v(\d+)\./.exec(out.trim())?.[1]);
-  if (!(major >= MIN_NODE_MAJOR)) throw new Error(`the node's 'node --version' says '${out.trim()}'; ${hint}`);
 }
 
 async function systemctl(d: InstallerDeps, ...args: string[]): Promise<void> {

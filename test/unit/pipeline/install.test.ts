@@ -4,7 +4,7 @@ import { copyFile, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } fro
 import os from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, test } from "node:test";
-import { installVmm, layout, uninstallVmm } from "../../../pipeline/install.ts";
+import { installVmm, layout, uninstallVmm, withInterpreter } from "../../../pipeline/install.ts";
 
 let tmp: string;
 let bin: string;
@@ -62,6 +62,7 @@ test("install-vmm lays out Kuasar's paths and modes; uninstall removes exactly t
     "usr/local/bin/vmm-sandboxer 550",
     "usr/local/lib/ 755",
     "usr/local/lib/kuasar-vmm/ 755",
+    "usr/local/lib/kuasar-vmm/node 555",
     "usr/local/lib/kuasar-vmm/vsock.node 550",
     "var/ 755",
     "var/lib/ 755",
@@ -79,6 +80,12 @@ test("install-vmm lays out Kuasar's paths and modes; uninstall removes exactly t
     await readFile(path.join(dest, "etc/sysconfig/kuasar-vmm"), "utf8"),
     /--listen \/run\/vmm-sandboxer.sock --dir \/run\/kuasar-vmm/,
   );
+  // The programs run on the runtime installed with them, whatever node the host has.
+  for (const prog of ["vmm-sandboxer", "kuasar-ctl", "containerd-shim-kuasar-vmm-v1"]) {
+    const text = await readFile(path.join(dest, "usr/local/bin", prog), "utf8");
+    assert.equal(text, `#!/usr/local/lib/kuasar-vmm/node\nartifact ${prog}\n`);
+  }
+  assert.equal(withInterpreter("#!/usr/bin/env node\nmain();\n"), "#!/usr/local/lib/kuasar-vmm/node\nmain();\n");
   await uninstallVmm({ destDir: dest });
   assert.deepEqual(await tree(dest), ["etc/ 755", "etc/untouched 644"]);
 });
