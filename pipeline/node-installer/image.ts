@@ -4,6 +4,7 @@ import { fileURLToPath } from "node:url";
 import { ARTIFACTS_DIR, INSTALLER_PATH, NODE_PATH } from "../../runtime/node-installer/paths.ts";
 import { layout } from "../install.ts";
 import { bundleNode } from "../lib/bundle.ts";
+import { hashFile } from "../lib/hash.ts";
 import type { HypervisorName } from "../lib/stage.ts";
 import { lddClosure } from "../rootfs/elf.ts";
 import { type Blob, type LayerEntry, ociArch, writeOciArchive } from "./oci.ts";
@@ -69,8 +70,15 @@ export async function buildNodeInstallerImage(input: NodeInstallerInput): Promis
   for (const name of artifactNames()) {
     const file = input.artifacts[name];
     if (!file) throw new Error(`no file given for the artifact '${name}' that install-vmm lays out`);
+    const dst = path.posix.join(ARTIFACTS_DIR, name);
+    // The node runtime install-vmm lays out is the runtime layer's node: link it rather than carry it twice.
+    const same = await findIdentical(file, input.elfs);
+    if (same) {
+      app.push({ path: dst, type: "symlink", target: same });
+      continue;
+    }
     const exec = (await stat(file)).mode & 0o111;
-    app.push({ path: path.posix.join(ARTIFACTS_DIR, name), type: "file", mode: exec ? 0o755 : 0o644, source: file });
+    app.push({ path: dst, type: "file", mode: exec ? 0o755 : 0o644, source: file });
   }
 
   const name = imageName(input.version);
@@ -96,4 +104,13 @@ export async function buildNodeInstallerImage(input: NodeInstallerInput): Promis
     input.out,
     input.scratch,
   );
+}
+
+/** The runtime file with the same bytes as file, if any. */
+async function findIdentical(file: string, candidates: string[]): Promise<string | undefined> {
+  const size = (await stat(file)).size;
+  for (const c of candidates) {
+    if ((await stat(c)).size === size && (await hashFile(c)) === (await hashFile(file))) return c;
+  }
+  return undefined;
 }
