@@ -4,7 +4,6 @@
 // interleave so machine load hits them alike; the daemon's CPU time per call comes from /proc/<pid>/stat.
 // Run: node --import tsx bench/controller.ts   (writes bench/results/controller.json)
 
-import { readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
@@ -16,7 +15,7 @@ import {
 import { requireArtifacts, writeConfig } from "../test/vm/harness.ts";
 import { cleanup, scratchDir } from "./lib/cleanup.ts";
 import { mdTable, percentile, publish, type RunInfo, runLine, startRun } from "./lib/report.ts";
-import { startBundledDaemon } from "./lib/vm.ts";
+import { procCpuUs, startBundledDaemon } from "./lib/vm.ts";
 
 const ROUNDS = 3;
 const ROUND_SECONDS = 2;
@@ -47,7 +46,6 @@ interface Result {
 
 const STATUS = Controller.method.status;
 const STATUS_PATH = `/${Controller.typeName}/${STATUS.name}`;
-const CLK_TCK = 100;
 
 /** A raw grpc-js client; `own` gives it a connection of its own instead of the process-wide shared one. */
 function channel(sock: string, own: boolean): grpc.Client {
@@ -74,12 +72,6 @@ function statusCall(client: grpc.Client, sandboxId: string, target: Target): () 
         },
       );
     });
-}
-
-/** user + system CPU of a process so far, µs. */
-function cpuUs(pid: number): number {
-  const rest = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  return ((Number(rest[11]) + Number(rest[12])) * 1e6) / CLK_TCK;
 }
 
 class Tally {
@@ -109,7 +101,7 @@ async function round(
   tally: Tally,
   daemonPid: number,
 ): Promise<void> {
-  const cpu0 = cpuUs(daemonPid);
+  const cpu0 = procCpuUs(daemonPid);
   const t0 = performance.now();
   const stopAt = t0 + seconds * 1000;
   await Promise.all(
@@ -123,7 +115,7 @@ async function round(
     }),
   );
   tally.ms += performance.now() - t0;
-  tally.cpu += cpuUs(daemonPid) - cpu0;
+  tally.cpu += procCpuUs(daemonPid) - cpu0;
 }
 
 async function main(): Promise<void> {

@@ -69,6 +69,12 @@ export function procMemory(pid: number): ProcMemory {
   return { pss: kb("Pss"), rss: kb("Rss"), uss: kb("Private_Clean") + kb("Private_Dirty") };
 }
 
+/** user + system CPU time of a process so far, µs (/proc/<pid>/stat, clock ticks of 10 ms). */
+export function procCpuUs(pid: number): number {
+  const rest = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(rest[11]) + Number(rest[12])) * 10_000;
+}
+
 /** When the daemon logged each step of one sandbox's Create and Start (ms since the epoch, its own clock). */
 export interface DaemonSteps {
   created?: number;
