@@ -1,4 +1,4 @@
-import { mkdir, open, rm } from "node:fs/promises";
+import { mkdir, open, readFile, rm } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import type { CgroupStats } from "../cgroups/stats.ts";
@@ -23,6 +23,7 @@ import { attachPodNetwork, detachPodNetwork, type Nic, type PodNetwork } from ".
 import { PodCgroup, type PodResources } from "./pod-cgroup.ts";
 import type { Launcher, SandboxRecord } from "./sandbox/record.ts";
 import { type PodConfigJson, writeShareFiles } from "./share-files.ts";
+import { makeSharedMount, unmount } from "./storage/mount.ts";
 import { TaskProxy } from "./task-proxy/proxy.ts";
 
 /** Where the guest sees the share (Kuasar's guest contract). */
@@ -78,7 +79,16 @@ export class VmLauncher implements Launcher {
       });
       log.info(`VMM and helpers run in cgroup ${cgroup.cgroup}`);
     }
-    const net = rec.netnsPath ? await attachPodNetwork(rec.netnsPath) : undefined;
+    const share = path.join(dir, "shared");
+    // virtiofsd sees only mounts that propagate into its namespace: container rootfs mounts come after it starts.
+    const sharedMount = this.config.hypervisor.share_fs === "VirtioFS";
+    if (sharedMount) await makeSharedMount(share);
+    const net = rec.netnsPath
+      ? await attachPodNetwork(rec.netnsPath).catch(async (err: Error) => {
+          if (sharedMount) await unmount(share).catch(() => undefined);
+          throw err;
+        })
+      : undefined;
     let vm: Hypervisor | undefined;
     try {
       vm = createHypervisor(
@@ -128,6 +138,7 @@ export class VmLauncher implements Launcher {
         await vm.cleanup().catch(() => undefined);
       }
       if (net) await detachPodNetwork(net).catch(() => undefined);
+      if (sharedMount) await unmount(share).catch(() => undefined);
       await cgroup?.remove().catch((e: Error) => log.warn(e.message));
       throw err;
     }
@@ -219,6 +230,8 @@ export class VmLauncher implements Launcher {
     const net =
       r?.net ?? (rec.netnsPath && state?.nics.length ? { nsPath: rec.netnsPath, nics: state.nics } : undefined);
     if (net) await detachPodNetwork(net);
+    // The share's own bind mount (VirtioFS), once every container mount below it is gone.
+    if (await isMountPoint(path.join(dir, "shared"))) await unmount(path.join(dir, "shared"));
     await podCgroupOf(rec)?.remove();
     await rm(path.join(dir, "task.sock"), { force: true });
   }
@@ -275,6 +288,11 @@ export class VmLauncher implements Launcher {
     }
     this.running.clear();
   }
+}
+
+async function isMountPoint(dir: string): Promise<boolean> {
+  const info = await readFile("/proc/self/mountinfo", "utf8");
+  return info.split("\n").some((l) => l.split(" ")[4] === dir);
 }
 
 function podCgroupOf(rec: SandboxRecord): PodCgroup | undefined {

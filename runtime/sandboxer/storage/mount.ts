@@ -20,3 +20,16 @@ export async function unmount(target: string): Promise<void> {
   const lazy = await execa("umount", ["-l", target], { reject: false, stdin: "ignore" });
   if (lazy.failed) throw new Error(`umount ${target} failed: ${r.stderr.trim()}`);
 }
+
+/**
+ * Makes dir a mount point with shared propagation, so mounts made below it later also appear in the mount
+ * namespace of a helper started before them (virtiofsd sandboxes itself in one, as a slave of the host's).
+ */
+export async function makeSharedMount(dir: string): Promise<void> {
+  await mount("none", dir, dir, ["bind"]);
+  const r = await execa("mount", ["--make-shared", dir], { reject: false, stdin: "ignore" });
+  if (r.failed) {
+    await unmount(dir);
+    throw new Error(`mount --make-shared ${dir} failed: ${r.stderr.trim() || r.shortMessage}`);
+  }
+}
