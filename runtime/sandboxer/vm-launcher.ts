@@ -1,3 +1,4 @@
+import { type FSWatcher, watch } from "node:fs";
 import { mkdir, open, readFile, rm } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
@@ -124,11 +125,16 @@ export class VmLauncher implements Launcher {
         );
       });
       log.info(`agent answered ${((Date.now() - t0) / 1000).toFixed(1)} s after the VMM started`);
-      await agent.service(SandboxService).setupSandbox({
-        config: { typeUrl: "PodSandboxConfig", value: Buffer.from(JSON.stringify(rec.podConfig ?? {})) },
-        interfaces: net?.interfaces ?? [],
-        routes: net?.routes ?? [],
-      });
+      // Without a KVM clock the guest boots at the epoch: its clock is set before any container runs, alongside
+      // SetupSandbox rather than after it.
+      await Promise.all([
+        agent.service(SandboxService).setupSandbox({
+          config: { typeUrl: "PodSandboxConfig", value: Buffer.from(JSON.stringify(rec.podConfig ?? {})) },
+          interfaces: net?.interfaces ?? [],
+          routes: net?.routes ?? [],
+        }),
+        syncGuestClock(agent).catch((e: Error) => log.warn(`clock sync: ${e.message}`)),
+      ]);
       await this.serve(rec, dir, vm, agent, net);
       const runtime: RuntimeState = { vm: vm.persistState(), agent: started.agentAddress, nics: net?.nics ?? [] };
       return { pid: started.pid, taskAddress: `ttrpc+unix://${path.join(dir, "task.sock")}`, runtime };
@@ -144,7 +150,7 @@ export class VmLauncher implements Launcher {
     }
   }
 
-  /** Serves containerd's task API for the sandbox and keeps the guest clock and events flowing. */
+  /** Serves containerd's task API for the sandbox and keeps the guest clock (synced every minute) and events flowing. */
   private async serve(
     rec: SandboxRecord,
     dir: string,
@@ -174,7 +180,6 @@ export class VmLauncher implements Launcher {
       listener.listen(sock, resolve);
     });
     const sync = () => syncGuestClock(agent).catch((e: Error) => log.debug(`clock sync: ${e.message}`));
-    await sync();
     const timers = [setInterval(sync, CLOCK_SYNC_MS)];
     for (const t of timers) t.unref();
     this.running.set(rec.id, { vm, agent, proxy, server, ...(pod ? { net: pod } : {}), timers });
@@ -268,6 +273,7 @@ export class VmLauncher implements Launcher {
       return { ok: false, reason: (err as Error).message };
     }
     const net = rec.netnsPath && state.nics.length ? { nsPath: rec.netnsPath, nics: state.nics } : undefined;
+    await syncGuestClock(agent).catch((e: Error) => this.log.debug(`${rec.id}: clock sync: ${e.message}`));
     await this.serve(rec, dir, vm, agent, net);
     const reaped = await this.running.get(rec.id)!.proxy.reapOrphans();
     if (reaped.length) {
@@ -303,9 +309,28 @@ function podCgroupOf(rec: SandboxRecord): PodCgroup | undefined {
 /** Polls the console log until it contains `needle`; gives up quietly after ms or when alive() turns false. */
 async function waitForConsole(file: string, needle: string, ms: number, alive: () => boolean): Promise<void> {
   const until = Date.now() + ms;
-  while (Date.now() < until && alive()) {
-    if ((await tail(file, 200)).includes(needle)) return;
-    await new Promise((r) => setTimeout(r, 200));
+  // inotify wakes us as soon as the VMM appends; the timeout covers file systems without it.
+  let wake = () => {};
+  let watcher: FSWatcher | undefined;
+  try {
+    watcher = watch(file, () => wake());
+    watcher.on("error", () => watcher?.close());
+  } catch {
+    // polled below
+  }
+  try {
+    while (Date.now() < until && alive()) {
+      if ((await tail(file, 200)).includes(needle)) return;
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, 250);
+        wake = () => {
+          clearTimeout(t);
+          r();
+        };
+      });
+    }
+  } finally {
+    watcher?.close();
   }
 }
 
