@@ -223,14 +223,16 @@ async function main(): Promise<void> {
 function stageRows(r: Result): Array<[string, string, string, string]> {
   const t = (b: BuildRun | undefined, s: string) => {
     const x = b?.stages.find((y) => y.stage === s);
-    return x ? `${x.seconds.toFixed(1)}${x.cached ? "" : " (built)"}` : "";
+    if (x) return `${x.seconds.toFixed(1)}${x.cached ? "" : " (built)"}`;
+    // the runner skips an intermediate whose dependants are all cached
+    return b?.stages.length ? "not needed" : "";
   };
   const names = [...new Set([...r.cold.stages, ...(r.kernelWarm?.stages ?? [])].map((s) => s.stage))];
   const rows: Array<[string, string, string, string]> = names.map((s) => [
     s,
     s === "kernel" && !r.coldKernel ? "not run (use --cold-kernel)" : t(r.cold, s),
     s === "kernel" && r.kernelWarm ? t(r.kernelWarm, s) : t(r.warm, s),
-    t(r.coldSecond, s),
+    s === "kernel" ? "not run (the second build skips the kernel)" : t(r.coldSecond, s),
   ]);
   rows.push(["whole CLI run (wall)", `${r.cold.wallSeconds}`, `${r.warm.wallSeconds}`, `${r.coldSecond.wallSeconds}`]);
   return rows;
