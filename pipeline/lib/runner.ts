@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { copyFile, mkdir, stat, utimes } from "node:fs/promises";
+import { copyFile, mkdir, rename, stat, utimes } from "node:fs/promises";
 import path from "node:path";
 import { Listr } from "listr2";
 import type { Cache } from "./cache.ts";
@@ -159,7 +159,10 @@ async function publish(st: Stage, dir: string, binDir: string): Promise<void> {
     const dst = path.join(binDir, name);
     const [s, d] = await Promise.all([stat(src), stat(dst).catch(() => undefined)]);
     if (d && d.size === s.size && d.mtimeMs === s.mtimeMs) continue;
-    await copyFile(src, dst);
-    await utimes(dst, s.atime, s.mtime);
+    // A new file renamed over the old one: a VM booting from the old image keeps reading it whole.
+    const tmp = `${dst}.${process.pid}.tmp`;
+    await copyFile(src, tmp);
+    await utimes(tmp, s.atime, s.mtime);
+    await rename(tmp, dst);
   }
 }
