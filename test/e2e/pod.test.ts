@@ -77,6 +77,20 @@ async function until<T>(what: string, ms: number, probe: () => Promise<T | undef
   }
 }
 
+/**
+ * Removes a container whose task connection dropped, as kubelet does: CRI finishes its exit handling (through
+ * containerd-shim-kuasar-vmm-v1 delete, with retries) before it lets the container go, so remove until accepted.
+ */
+async function removeExited(containerId: string): Promise<void> {
+  await until(`container ${containerId} to be removable`, 60_000, async () => {
+    await env.runtime.stopContainer({ containerId, timeout: 2n }, SLOW).catch(() => undefined);
+    return env.runtime.removeContainer({ containerId }, SLOW).then(
+      () => true,
+      () => undefined,
+    );
+  });
+}
+
 /** Removes the pod the way kubelet does and checks its VM and mounts are gone. */
 async function removePod(id: string): Promise<void> {
   await env.runtime.stopPodSandbox({ podSandboxId: id }, SLOW);
@@ -313,8 +327,7 @@ test(
       assert.equal(first.status?.state, ContainerState.CONTAINER_EXITED);
       assert.match(env.daemon.log(), new RegExp(`stopped 1 container\\(s\\) .*${containerId}`));
       assert.deepEqual(mountsUnder(env.sandboxDir(pod.id)), [], "its storage was unmounted");
-      await env.runtime.stopContainer({ containerId, timeout: 2n }, SLOW);
-      await env.runtime.removeContainer({ containerId }, SLOW);
+      await removeExited(containerId);
       const next = await env.runtime.createContainer(
         { podSandboxId: pod.id, config: containerConfig("second", "exec sleep 3600"), sandboxConfig: pod.config },
         SLOW,
@@ -337,8 +350,7 @@ test(
         vmProcesses(env.sandboxDir(pod.id)).length ? undefined : true,
       );
       assert.deepEqual(mountsUnder(env.sandboxDir(pod.id)), [], "container storage unmounted");
-      await env.runtime.stopContainer({ containerId: next.containerId, timeout: 2n }, SLOW).catch(() => undefined);
-      await env.runtime.removeContainer({ containerId: next.containerId }, SLOW);
+      await removeExited(next.containerId);
       await removePod(pod.id);
     }),
 );
