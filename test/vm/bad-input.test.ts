@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdtemp, readdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
@@ -10,7 +10,14 @@ import * as grpc from "@grpc/grpc-js";
 import { type MethodsOf, type UnaryClient, unaryClient } from "../../runtime/grpc/service.ts";
 import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { PodSandboxConfigSchema } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
-import { type Daemon, processesMatching, requireArtifacts, startDaemon, writeConfig } from "./harness.ts";
+import {
+  cleanupDaemonDir,
+  type Daemon,
+  processesMatching,
+  requireArtifacts,
+  startDaemon,
+  writeConfig,
+} from "./harness.ts";
 
 // Every kind of bad request against a real daemon (from source) whose configured kernel is missing: each gets a
 // clear error naming what was wrong, the daemon stays up, and nothing is left behind on the host.
@@ -26,15 +33,14 @@ before(async () => {
   await writeConfig(config);
   // The kernel goes missing after the config was accepted (an operator removed it): Start must say so.
   const text = readFileSync(config, "utf8").replace(/kernel_path = "[^"]*"/, `kernel_path = "${dir}/vmlinux.bin"`);
-  await import("node:fs/promises").then((fs) => fs.writeFile(config, text));
+  await writeFile(config, text);
   daemon = await startDaemon(dir, config);
   ({ client: controller, close } = unaryClient(Controller, `unix://${daemon.sock}`));
 });
 
 after(async () => {
   close?.();
-  daemon?.proc.kill("SIGKILL");
-  await rm(dir, { recursive: true, force: true });
+  await cleanupDaemonDir(daemon, dir);
 });
 
 /** What a leak would show: the daemon's fds, processes naming the state dir, mounts under it, kuasar taps. */

@@ -1,20 +1,12 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { type MethodsOf, type UnaryClient, unaryClient } from "../../runtime/grpc/service.ts";
 import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
-import {
-  type Daemon,
-  processesMatching,
-  repo,
-  requireArtifacts,
-  startDaemon,
-  unmountUnder,
-  writeConfig,
-} from "./harness.ts";
+import { cleanupDaemonDir, type Daemon, repo, requireArtifacts, startDaemon, writeConfig } from "./harness.ts";
 
 // kuasar-ctl against a real pod VM (QEMU, TCG here, hybrid vsock): the daemon from source with the debug console
 // turned on through its config, a sandbox created and started through the gRPC Controller as containerd does, then
@@ -37,16 +29,7 @@ before(async () => {
 after(async () => {
   await controller?.shutdown({ sandboxId: ID }).catch(() => undefined);
   closeController?.();
-  daemon?.proc.kill("SIGKILL");
-  for (const pid of processesMatching(dir)) {
-    try {
-      process.kill(pid, "SIGKILL");
-    } catch {
-      // gone
-    }
-  }
-  unmountUnder(dir);
-  await rm(dir, { recursive: true, force: true });
+  await cleanupDaemonDir(daemon, dir);
 });
 
 /** kuasar-ctl from source, pointed at this daemon; stdin is written and closed. */

@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { copyFile, mkdir, symlink, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -121,4 +121,19 @@ export function unmountUnder(dir: string): void {
     .filter((m) => m.startsWith(dir))
     .sort((a, b) => b.length - a.length);
   for (const m of points) spawnSync("umount", ["-l", m]);
+}
+
+/** After a test file: the daemon, every process whose command line names dir (VMs, helpers), mounts below dir, dir. */
+export async function cleanupDaemonDir(daemon: Daemon | undefined, dir: string | undefined): Promise<void> {
+  daemon?.proc.kill("SIGKILL");
+  if (!dir) return;
+  for (const pid of processesMatching(dir)) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // gone
+    }
+  }
+  unmountUnder(dir);
+  await rm(dir, { recursive: true, force: true });
 }

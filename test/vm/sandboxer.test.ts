@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createReadStream, existsSync, readFileSync } from "node:fs";
-import { mkdtemp, rm, rmdir } from "node:fs/promises";
+import { mkdtemp, rmdir } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -18,11 +18,11 @@ import { dial } from "../../runtime/transport/address.ts";
 import { TtrpcClient } from "../../runtime/ttrpc/index.ts";
 import {
   busyboxBundle,
+  cleanupDaemonDir,
   type Daemon,
   processesMatching,
   requireArtifacts,
   startDaemon,
-  unmountUnder,
   writeConfig,
 } from "./harness.ts";
 
@@ -50,16 +50,7 @@ before(async () => {
 
 after(async () => {
   closeController?.();
-  daemon?.proc.kill("SIGKILL");
-  for (const pid of processesMatching(dir)) {
-    try {
-      process.kill(pid, "SIGKILL");
-    } catch {
-      // gone
-    }
-  }
-  unmountUnder(dir);
-  await rm(dir, { recursive: true, force: true });
+  await cleanupDaemonDir(daemon, dir);
   // The parents a kubelet would own: the test made them.
   for (const root of [
     "/sys/fs/cgroup",

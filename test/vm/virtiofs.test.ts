@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createReadStream, existsSync, readFileSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -12,11 +12,11 @@ import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox
 import { TtrpcClient } from "../../runtime/ttrpc/index.ts";
 import {
   busyboxBundle,
+  cleanupDaemonDir,
   type Daemon,
   processesMatching,
   requireArtifacts,
   startDaemon,
-  unmountUnder,
   writeConfig,
 } from "./harness.ts";
 
@@ -40,16 +40,7 @@ before(async () => {
 
 after(async () => {
   close?.();
-  daemon?.proc.kill("SIGKILL");
-  for (const pid of processesMatching(dir)) {
-    try {
-      process.kill(pid, "SIGKILL");
-    } catch {
-      // gone
-    }
-  }
-  unmountUnder(dir);
-  await rm(dir, { recursive: true, force: true });
+  await cleanupDaemonDir(daemon, dir);
 });
 
 test("a pod VM with its share on virtio-fs runs a container from it", { timeout: 240_000 }, async () => {
