@@ -8,12 +8,12 @@
 // Run: node --import tsx bench/pipeline.ts [--cold-kernel]   (writes bench/results/pipeline.json)
 
 import { spawn, spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
-import { createReadStream, existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdir, stat, symlink } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { defaultCacheDir } from "../pipeline/lib/cache.ts";
+import { hashFile } from "../pipeline/lib/hash.ts";
 import { resolveOrder } from "../pipeline/lib/runner.ts";
 import { allStages, defaultTargets } from "../pipeline/stages/index.ts";
 import { cleanup, scratchDir } from "./lib/cleanup.ts";
@@ -119,16 +119,6 @@ function compare(stage: string, a: Entry | undefined, b: Entry | undefined): Rep
   };
 }
 
-function sha256(file: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const h = createHash("sha256");
-    createReadStream(file)
-      .on("data", (d) => h.update(d))
-      .on("end", () => resolve(h.digest("hex")))
-      .on("error", reject);
-  });
-}
-
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { "cold-kernel": { type: "boolean", default: false } } });
   const coldKernel = values["cold-kernel"] ?? false;
@@ -197,7 +187,8 @@ async function main(): Promise<void> {
     if (archive) sizes[`rootfs ${archive[0]}`] = archive[1].size;
     if (kernelWarm) {
       // what the shared cache's kernel is, to show which build the sizes belong to
-      for (const f of ["vmlinux.bin", "bzImage"]) console.log(`  ${f} sha256 ${await sha256(path.join(kernelBin, f))}`);
+      for (const f of ["vmlinux.bin", "bzImage"])
+        console.log(`  ${f} sha256 ${await hashFile(path.join(kernelBin, f))}`);
     }
 
     const result: Result = {

@@ -1,6 +1,7 @@
 import { spawn } from "node:child_process";
 import { closeSync } from "node:fs";
 import { constants } from "node:os";
+import type { Duplex } from "node:stream";
 import { ptyAddon } from "../native/pty/addon.ts";
 import { PtyStream } from "./stdio.ts";
 
@@ -55,4 +56,18 @@ export function spawnDebugShell(shell = "/bin/sh", opts: { env?: NodeJS.ProcessE
       stream.destroy();
     },
   };
+}
+
+/** One debug shell for one connection: the connection's bytes go to its pty and back; either end closes both. */
+export function serveDebugShell(conn: Duplex, shell: string): DebugShell {
+  const sh = spawnDebugShell(shell);
+  conn.pipe(sh.stream).pipe(conn);
+  const end = () => {
+    sh.close();
+    conn.destroy();
+  };
+  conn.on("close", end);
+  conn.on("error", end);
+  void sh.exited.then(end);
+  return sh;
 }

@@ -8,7 +8,7 @@ import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
 import { listenVsock } from "../transport/vsock.ts";
 import { TtrpcServer } from "../ttrpc/index.ts";
 import { readCmdline } from "./cmdline.ts";
-import { spawnDebugShell } from "./console.ts";
+import { serveDebugShell } from "./console.ts";
 import { ContainerManager } from "./containers.ts";
 import { EventQueue } from "./event-queue.ts";
 import { ExitMonitor } from "./exit-monitor.ts";
@@ -108,17 +108,7 @@ async function setupPod(config: { hostname?: string; linux?: { sysctls?: Record<
 function serveDebugConsole(shell: string): void {
   const l = listenVsock({ port: DEBUG_PORT });
   l.on("error", (e: Error) => log.error(`debug console: ${e.message}`));
-  l.on("connection", (conn: Duplex) => {
-    const sh = spawnDebugShell(shell);
-    conn.pipe(sh.stream).pipe(conn);
-    const end = () => {
-      sh.close();
-      conn.destroy();
-    };
-    conn.on("close", end);
-    conn.on("error", end);
-    void sh.exited.then(end);
-  });
+  l.on("connection", (conn: Duplex) => serveDebugShell(conn, shell));
   log.warn(`task.debug is set: a debug shell (${shell}) is served on vsock port ${DEBUG_PORT}`);
 }
 

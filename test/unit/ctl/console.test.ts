@@ -16,7 +16,7 @@ import {
   TIMED_OUT,
 } from "../../../runtime/ctl/console.ts";
 import type { AgentAddress } from "../../../runtime/sandboxer/hypervisor/index.ts";
-import { spawnDebugShell } from "../../../runtime/task/console.ts";
+import { serveDebugShell } from "../../../runtime/task/console.ts";
 import { HybridVsockListener } from "../../../runtime/transport/hybrid-vsock.ts";
 import { processesMatching } from "../../vm/harness.ts";
 import { ptyReady } from "../task/harness.ts";
@@ -109,16 +109,7 @@ describe("exec and shell against a debug shell on a pty", () => {
 
   // As vmm-task serves it: one shell per connection, gone with the connection.
   function serve(conn: Socket): void {
-    const sh = spawnDebugShell(path.join(dir, "sh"));
-    shells.push(sh);
-    conn.pipe(sh.stream).pipe(conn);
-    const end = () => {
-      sh.close();
-      conn.destroy();
-    };
-    conn.on("close", end);
-    conn.on("error", end);
-    void sh.exited.then(end);
+    shells.push(serveDebugShell(conn, path.join(dir, "sh")));
   }
 
   before(async () => {
