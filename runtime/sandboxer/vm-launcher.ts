@@ -29,8 +29,6 @@ import { TaskProxy } from "./task-proxy/proxy.ts";
 
 /** Where the guest sees the share (Kuasar's guest contract). */
 const GUEST_SHARE = "/run/kuasar/state";
-/** A guest under TCG boots Node in tens of seconds; a KVM guest answers in a few. */
-const AGENT_DEADLINE_MS = 120_000;
 /** After a daemon restart a live agent answers at once: fail fast and clean up instead. */
 const RECOVER_AGENT_DEADLINE_MS = 3_000;
 const CLOCK_SYNC_MS = 60_000;
@@ -105,6 +103,7 @@ export class VmLauncher implements Launcher {
         defaultEnv(log),
       );
       const t0 = Date.now();
+      const agentTimeout = this.config.sandbox.agent_timeout_ms;
       const started = await vm.start();
       log.info(`vmm pid ${started.pid} started; waiting for the agent at ${agentUrl(started.agentAddress)}`);
       let exited = false;
@@ -114,14 +113,20 @@ export class VmLauncher implements Launcher {
       // vhost-device-vsock 0.3 can wedge for good (accepts, never answers CONNECT) when dialled before the guest's
       // vsock driver is up; hold the first dial until the guest agent says it listens, falling back to dialling.
       if (started.agentAddress.kind === "hvsock") {
-        await waitForConsole(started.consoleLog, AGENT_LISTENING, AGENT_CONSOLE_WAIT_MS, () => !exited);
+        await waitForConsole(
+          started.consoleLog,
+          AGENT_LISTENING,
+          Math.min(AGENT_CONSOLE_WAIT_MS, agentTimeout),
+          () => !exited,
+        );
       }
       const agent = await connectAgent(() => dial(agentUrl(started.agentAddress), { timeoutMs: 2000 }), {
-        deadlineMs: AGENT_DEADLINE_MS,
+        deadlineMs: Math.max(1000, t0 + agentTimeout - Date.now()),
         alive: () => !exited,
       }).catch(async (err: Error) => {
         throw new Error(
-          `${err.message}\nlast console lines (${started.consoleLog}):\n${await tail(started.consoleLog, 15)}`,
+          `${err.message} (sandbox.agent_timeout_ms = ${agentTimeout} from the VMM's start)\n` +
+            `last console lines (${started.consoleLog}):\n${await tail(started.consoleLog, 15)}`,
         );
       });
       log.info(`agent answered ${((Date.now() - t0) / 1000).toFixed(1)} s after the VMM started`);

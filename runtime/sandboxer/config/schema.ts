@@ -101,6 +101,13 @@ export const SANDBOX_TABLE = {
     "/run/containerd/containerd.sock",
     { check: absolute },
   ),
+  agent_timeout_ms: int(
+    "How long Start waits, from the VMM's start, for the guest agent to answer (kuasar-vmm addition). A guest " +
+      "under TCG boots in tens of seconds; under KVM in a few. Start then fails with the console's last lines.",
+    120_000,
+    1000,
+    3_600_000,
+  ),
 };
 
 export const HYPERVISOR_TABLE = {
