@@ -4,6 +4,7 @@ import net from "node:net";
 import path from "node:path";
 import type { CgroupStats } from "../cgroups/stats.ts";
 import { Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
+import { Streaming } from "../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
 import { dial } from "../transport/address.ts";
 import { type TtrpcClient, TtrpcServer } from "../ttrpc/index.ts";
@@ -176,7 +177,10 @@ export class VmLauncher implements Launcher {
       log,
     });
     const tasks = proxy.handlers();
-    const server = new TtrpcServer().register(Task, tasks).registerAs("containerd.task.v2.Task", Task, tasks);
+    const server = new TtrpcServer()
+      .register(Task, tasks)
+      .registerAs("containerd.task.v2.Task", Task, tasks)
+      .register(Streaming, proxy.streamingHandlers());
     await rm(sock, { force: true });
     const listener = net.createServer();
     server.serve(listener);

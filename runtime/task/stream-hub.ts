@@ -1,5 +1,6 @@
 import type { Readable, Writable } from "node:stream";
 import type { Any } from "@bufbuild/protobuf/wkt";
+import { Rendezvous } from "../streaming/rendezvous.ts";
 import { type AnyChannel, ackMessage, readInit, receiveStream, sendStream } from "../streaming/stdio-stream.ts";
 
 /** A process stdio end waiting for the host: stdout/stderr are sent, stdin is received. */
@@ -13,41 +14,14 @@ const RENDEZVOUS_MS = 30_000;
  * offers its ends when it is created, the host opens one stream per end right after Create or Exec.
  */
 export class StreamHub {
-  private endpoints = new Map<string, Endpoint>();
-  private waiters = new Map<string, Array<(e: Endpoint) => void>>();
+  private ends = new Rendezvous<Endpoint>();
 
   offer(id: string, endpoint: Endpoint): void {
-    const waiting = this.waiters.get(id);
-    this.waiters.delete(id);
-    if (waiting?.length) for (const w of waiting) w(endpoint);
-    else this.endpoints.set(id, endpoint);
+    this.ends.offer(id, endpoint);
   }
 
   withdraw(id: string): void {
-    this.endpoints.delete(id);
-  }
-
-  private claim(id: string, timeoutMs: number): Promise<Endpoint> {
-    const ready = this.endpoints.get(id);
-    if (ready) {
-      this.endpoints.delete(id);
-      return Promise.resolve(ready);
-    }
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        const list = this.waiters.get(id) ?? [];
-        this.waiters.set(
-          id,
-          list.filter((w) => w !== done),
-        );
-        reject(new Error(`no process stdio named ${id} appeared within ${timeoutMs} ms`));
-      }, timeoutMs);
-      const done = (e: Endpoint) => {
-        clearTimeout(timer);
-        resolve(e);
-      };
-      this.waiters.set(id, [...(this.waiters.get(id) ?? []), done]);
-    });
+    this.ends.withdraw(id);
   }
 
   /**
@@ -58,7 +32,7 @@ export class StreamHub {
     const ch: AnyChannel = { send, messages: requests[Symbol.asyncIterator](), end: () => {} };
     const id = await readInit(ch);
     await send(ackMessage());
-    const endpoint = await this.claim(id, timeoutMs);
+    const endpoint = await this.ends.claim(id, timeoutMs, "process stdio");
     if (endpoint.kind === "source") await sendStream(ch, endpoint.stream);
     else await receiveStream(ch, endpoint.stream);
   }

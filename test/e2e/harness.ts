@@ -13,6 +13,7 @@ const run = promisify(execFile);
 
 export const IMAGE = "docker.io/library/kuasar-busybox:e2e";
 export const RUNTIME_HANDLER = "kuasar-vmm";
+export const STREAMING_HANDLER = "kuasar-vmm-streaming";
 
 /** The e2e tests need a real containerd 2.1 and the VM tooling; missing ones fail with what to install. */
 function requireTools(): void {
@@ -95,6 +96,12 @@ disabled_plugins = [
     runtime_type = "io.containerd.kuasar-vmm.v1"
     sandboxer = "vmm"
     io_type = "fifo"
+    snapshotter = "overlayfs"
+  # The same runtime with stdio carried by containerd's Streaming service on the sandbox's task API.
+  [${cri}.containerd.runtimes.${STREAMING_HANDLER}]
+    runtime_type = "io.containerd.kuasar-vmm.v1"
+    sandboxer = "vmm"
+    io_type = "streaming"
     snapshotter = "overlayfs"
 
 [plugins.'io.containerd.grpc.v1.cri']

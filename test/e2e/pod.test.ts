@@ -11,7 +11,7 @@ import {
   type PodSandboxConfigSchema,
   PodSandboxState,
 } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
-import { type Env, IMAGE, mountsUnder, RUNTIME_HANDLER, startEnv, vmProcesses } from "./harness.ts";
+import { type Env, IMAGE, mountsUnder, RUNTIME_HANDLER, STREAMING_HANDLER, startEnv, vmProcesses } from "./harness.ts";
 
 // A real containerd 2.1 drives vmm-sandboxer through CRI, as kubelet would: each pod is a QEMU (TCG) VM.
 // TCG boots take ~15-20 s, so CRI calls that boot or stop a VM get generous deadlines.
@@ -171,6 +171,39 @@ test(
       const out = Buffer.from(r.stdout).toString();
       assert.match(out, new RegExp(`inet ${ip.replace(/\./g, "\\.")}/24`), "the guest NIC has the pod IP");
       assert.equal(r.exitCode, 0, `ping ${env.cni.gateway} (the bridge on the host):\n${out}${Buffer.from(r.stderr)}`);
+      await env.runtime.stopContainer({ containerId, timeout: 2n }, SLOW);
+      await env.runtime.removeContainer({ containerId }, SLOW);
+      await removePod(podSandboxId);
+    }),
+);
+
+test(
+  "io_type streaming: stdio through containerd's Streaming service reaches the CRI log and ExecSync",
+  { timeout: 300_000 },
+  () =>
+    withLogs(async () => {
+      const config = await podConfig("e2e-stream");
+      const { podSandboxId } = await env.runtime.runPodSandbox({ config, runtimeHandler: STREAMING_HANDLER }, SLOW);
+      const { containerId } = await env.runtime.createContainer(
+        {
+          podSandboxId,
+          config: containerConfig("streamer", "echo streamed out; echo streamed err >&2; exec sleep 3600"),
+          sandboxConfig: config,
+        },
+        SLOW,
+      );
+      await env.runtime.startContainer({ containerId }, SLOW);
+      const log = path.join(config.logDirectory!, "streamer.log");
+      await until("both streams in the CRI log", 30_000, async () => {
+        const text = existsSync(log) ? readFileSync(log, "utf8") : "";
+        return /stdout F streamed out/.test(text) && /stderr F streamed err/.test(text) ? true : undefined;
+      });
+      const r = await env.runtime.execSync(
+        { containerId, cmd: ["sh", "-c", "echo via exec; exit 3"], timeout: 60n },
+        SLOW,
+      );
+      assert.equal(Buffer.from(r.stdout).toString(), "via exec\n");
+      assert.equal(r.exitCode, 3);
       await env.runtime.stopContainer({ containerId, timeout: 2n }, SLOW);
       await env.runtime.removeContainer({ containerId }, SLOW);
       await removePod(podSandboxId);

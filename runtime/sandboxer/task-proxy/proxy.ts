@@ -5,9 +5,12 @@ import { TaskCreateSchema, TaskDeleteSchema, TaskExecAddedSchema } from "../../p
 import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import { writeTaskLink } from "../../shim/task-link.ts";
+import { Rendezvous } from "../../streaming/rendezvous.ts";
 import {
   type AnyChannel,
+  ackMessage,
   initMessage,
+  readInit,
   receiveStream,
   STREAM_PREFIX,
   sendStream,
@@ -32,6 +35,17 @@ interface ProcessEntry {
   stdio: HostStdio;
   /** Open FIFO sockets relaying this process's stdio; closed on delete. */
   sockets: Partial<Record<"stdin" | "stdout" | "stderr", net.Socket>>;
+  /** io_type "streaming": the streaming ids containerd will open on this task API for the process. */
+  streams: string[];
+}
+
+/** How long containerd's stream may wait for the Create or Exec that names it (it may open it first). */
+const STREAM_RENDEZVOUS_MS = 30_000;
+
+/** io_type "streaming": containerd names a stream on the sandbox's task API ("<address>?streaming_id=<id>"). */
+export function streamingId(stdio: string): string | undefined {
+  const q = stdio.indexOf("?");
+  return q < 0 ? undefined : (new URLSearchParams(stdio.slice(q + 1)).get("streaming_id") ?? undefined);
 }
 
 /** What outlives the daemon about a container: enough to stop it and free its host storage. */
@@ -71,6 +85,8 @@ const NS_KEY = "containerd-namespace-ttrpc";
  */
 export class TaskProxy {
   readonly containers = new Map<string, ContainerEntry>();
+  /** containerd's streaming ids -> the guest stream of the process stdio each one carries. */
+  private readonly hostStreams = new Rendezvous<string>();
 
   constructor(private readonly deps: ProxyDeps) {}
 
@@ -106,8 +122,15 @@ export class TaskProxy {
 
   /** Connects the host FIFOs to the guest process's stdio streams. */
   private async attachStdio(id: string, execId: string, stdio: HostStdio): Promise<ProcessEntry> {
-    const entry: ProcessEntry = { stdio, sockets: {} };
+    const entry: ProcessEntry = { stdio, sockets: {}, streams: [] };
     const log = this.deps.log;
+    for (const which of ["stdin", "stdout", "stderr"] as const) {
+      const sid = streamingId(stdio[which]);
+      if (!sid || (which === "stderr" && stdio.terminal)) continue;
+      this.hostStreams.offer(sid, stdioStreamId(id, execId, which));
+      entry.streams.push(sid);
+    }
+    if (entry.streams.length) return entry;
     try {
       for (const which of ["stdout", "stderr"] as const) {
         if (!stdio[which] || (which === "stderr" && stdio.terminal)) continue;
@@ -194,10 +217,10 @@ export class TaskProxy {
         const c = this.container(req.id);
         const r = await this.task().delete(req);
         const p = c.processes.get(req.execId);
-        if (p) closeStdio(p);
+        if (p) this.closeProcess(p);
         c.processes.delete(req.execId);
         if (!req.execId) {
-          for (const rest of c.processes.values()) closeStdio(rest);
+          for (const rest of c.processes.values()) this.closeProcess(rest);
           this.containers.delete(req.id);
           await rm(this.recordFile(req.id), { force: true });
           await releaseGuestBundle(c.bundle).catch((e: Error) =>
@@ -270,9 +293,39 @@ export class TaskProxy {
     };
   }
 
+  /**
+   * Streaming.Stream on the sandbox's task API (io_type "streaming"): containerd opens one stream per stdio end,
+   * maybe before the Create or Exec that names it; once named, it is joined to the guest's stream for that end and
+   * messages (data and flow-control credit alike) pass through both ways.
+   */
+  streamingHandlers(): ServiceHandlers<typeof Streaming> {
+    return {
+      stream: async (requests, out) => {
+        const host: AnyChannel = {
+          send: (m) => out.send(m),
+          messages: requests[Symbol.asyncIterator](),
+          end: () => {},
+        };
+        const id = await readInit(host);
+        await out.send(ackMessage());
+        const guest = await this.openChannel(await this.hostStreams.claim(id, STREAM_RENDEZVOUS_MS, "stdio stream"));
+        // Stdin ends when containerd ends its side; stdout and stderr when the guest ends its side. Either way the
+        // call is over once the guest's side is done.
+        pump(host, guest).catch((e: Error) => this.deps.log.debug(`stream ${id} to the guest: ${e.message}`));
+        await pump(guest, host);
+      },
+    };
+  }
+
   /** The containerd namespace a container was created in (events from the guest carry none of their own). */
   namespaceOf(containerId: string): string | undefined {
     return this.containers.get(containerId)?.namespace;
+  }
+
+  /** Closes a process's FIFO relays and takes back streaming ids containerd never opened. */
+  private closeProcess(p: ProcessEntry): void {
+    closeStdio(p);
+    for (const sid of p.streams) this.hostStreams.withdraw(sid);
   }
 
   private recordFile(id: string): string {
@@ -317,7 +370,7 @@ export class TaskProxy {
   /** After the VM is gone: close relays and unmount every container's storage. */
   async releaseAll(): Promise<void> {
     for (const [id, c] of this.containers) {
-      for (const p of c.processes.values()) closeStdio(p);
+      for (const p of c.processes.values()) this.closeProcess(p);
       await releaseGuestBundle(c.bundle).catch((e: Error) => this.deps.log.warn(`release ${id}: ${e.message}`));
     }
     this.containers.clear();
@@ -338,4 +391,16 @@ export class TaskProxy {
 function closeStdio(p: ProcessEntry): void {
   for (const s of Object.values(p.sockets)) s?.destroy();
   p.sockets = {};
+}
+
+/** Forwards every message of one side to the other; ends the other side when this one ends. */
+async function pump(from: AnyChannel, to: AnyChannel): Promise<void> {
+  for (;;) {
+    const r = await from.messages.next();
+    if (r.done) {
+      to.end();
+      return;
+    }
+    await to.send(r.value);
+  }
 }
