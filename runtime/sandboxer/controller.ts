@@ -1,4 +1,5 @@
 import os from "node:os";
+import path from "node:path";
 import { fromBinary, toJson } from "@bufbuild/protobuf";
 import { timestampFromDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
@@ -6,6 +7,7 @@ import { metricsAny } from "../cgroups/metrics.ts";
 import { GrpcError, type MethodsOf, type UnaryHandlers } from "../grpc/service.ts";
 import type { Controller } from "../protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { PodSandboxConfigSchema } from "../protos/gen/k8s/cri/runtime/v1/api_pb.ts";
+import { validateId } from "./ids.ts";
 import { type PodResources, parentPath } from "./pod-cgroup.ts";
 import type { SandboxManager } from "./sandbox/manager.ts";
 import type { PodConfigJson } from "./share-files.ts";
@@ -27,6 +29,15 @@ const ARCH: Record<string, string> = {
 export function controllerHandlers(mgr: SandboxManager, version: string): UnaryHandlers<MethodsOf<typeof Controller>> {
   return {
     async create(req) {
+      // The id first: every later message names it, and a bad one must not be echoed in full.
+      const bad = validateId("sandbox", req.sandboxId);
+      if (bad) throw new GrpcError(grpc.status.INVALID_ARGUMENT, bad);
+      if (req.netnsPath !== "" && !path.isAbsolute(req.netnsPath)) {
+        throw new GrpcError(
+          grpc.status.INVALID_ARGUMENT,
+          `sandbox ${req.sandboxId}: netns_path ${JSON.stringify(req.netnsPath)} must be an absolute path (or empty)`,
+        );
+      }
       let podConfig: unknown;
       if (req.options?.value.length) {
         const url = req.options.typeUrl;
