@@ -267,11 +267,18 @@ export abstract class VmmDriver implements Hypervisor {
   /** For recover(): the recorded VMM must still run and its control socket answer within timeoutMs. */
   protected async reattach(timeoutMs: number): Promise<void> {
     const vmm = this.state.vmm;
-    if (!vmm) throw new Error(`sandbox ${this.id}: no VMM pid recorded`);
-    if (!(await isAlive(vmm))) throw new Error(`sandbox ${this.id}: VMM pid ${vmm.pid} is no longer running`);
-    await this.connectControl(timeoutMs, () => true).catch((err: Error) => {
-      throw new Error(`sandbox ${this.id}: VMM pid ${vmm.pid} runs but ${err.message}`);
-    });
+    try {
+      if (!vmm) throw new Error(`sandbox ${this.id}: no VMM pid recorded`);
+      if (!(await isAlive(vmm))) throw new Error(`sandbox ${this.id}: VMM pid ${vmm.pid} is no longer running`);
+      await this.connectControl(timeoutMs, () => true).catch((err: Error) => {
+        throw new Error(`sandbox ${this.id}: VMM pid ${vmm.pid} runs but ${err.message}`);
+      });
+    } catch (err) {
+      // Nothing else will end a VMM that cannot be reattached (frozen, hung) or the helpers of a dead one.
+      if (vmm) await signalProc(vmm, "SIGKILL");
+      await this.cleanup();
+      throw err;
+    }
     this.wait();
   }
 }
