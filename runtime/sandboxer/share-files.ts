@@ -6,7 +6,12 @@ export interface PodConfigJson {
   hostname?: string;
   metadata?: { name?: string; namespace?: string; uid?: string };
   dnsConfig?: { servers?: string[]; searches?: string[]; options?: string[] };
-  linux?: { cgroupParent?: string; sysctls?: Record<string, string> };
+  linux?: {
+    cgroupParent?: string;
+    sysctls?: Record<string, string>;
+    /** kubelet's hint of the pod's total limits (LinuxContainerResources). */
+    resources?: { cpuPeriod?: string | number; cpuQuota?: string | number; memoryLimitInBytes?: string | number };
+  };
 }
 
 /**

@@ -27,6 +27,7 @@ import type { Launcher, SandboxRecord } from "./sandbox/record.ts";
 import { type PodConfigJson, writeShareFiles } from "./share-files.ts";
 import { makeSharedMount, unmount } from "./storage/mount.ts";
 import { TaskProxy } from "./task-proxy/proxy.ts";
+import { vmSize } from "./vm-size.ts";
 
 /** Where the guest sees the share (Kuasar's guest contract). */
 const GUEST_SHARE = "/run/kuasar/state";
@@ -79,6 +80,12 @@ export class VmLauncher implements Launcher {
       });
       log.info(`VMM and helpers run in cgroup ${cgroup.cgroup}`);
     }
+    const h = this.config.hypervisor;
+    const size = vmSize(
+      { vcpus: h.vcpus, memoryMiB: h.memory_in_mb, maxVcpus: h.default_max_vcpus },
+      (rec.podConfig as PodConfigJson | undefined)?.linux?.resources,
+    );
+    log.info(`VM size ${size.vcpus} vCPU / ${size.memoryMiB} MiB: ${size.why}`);
     const share = path.join(dir, "shared");
     // virtiofsd sees only mounts that propagate into its namespace: container rootfs mounts come after it starts.
     const sharedMount = this.config.hypervisor.share_fs === "VirtioFS";
@@ -99,6 +106,8 @@ export class VmLauncher implements Launcher {
           shareDir: path.join(dir, "shared"),
           ...(rec.netnsPath ? { netnsPath: rec.netnsPath } : {}),
           netDevices: (net?.nics ?? []).map((n) => ({ tapName: n.tap, mac: n.mac, mtu: n.mtu })),
+          vcpus: size.vcpus,
+          memoryMiB: size.memoryMiB,
           ...(cgroup ? { cgroupProcs: cgroup.procsFiles() } : {}),
         },
         defaultEnv(log),

@@ -144,7 +144,10 @@ test("the VMM and its helpers run in the pod cgroup; the debug console answers o
   const cgroupParent = `/kuasar-vm-test-${process.pid}/pod-d`;
   const podOptions = {
     typeUrl: "runtime.v1.PodSandboxConfig",
-    value: toBinary(PodSandboxConfigSchema, create(PodSandboxConfigSchema, { linux: { cgroupParent } })),
+    value: toBinary(
+      PodSandboxConfigSchema,
+      create(PodSandboxConfigSchema, { linux: { cgroupParent, resources: { memoryLimitInBytes: 256n << 20n } } }),
+    ),
   };
   await controller.create({ sandboxId: "pod-d", options: podOptions });
   const started = await controller.start({ sandboxId: "pod-d" });
@@ -153,6 +156,8 @@ test("the VMM and its helpers run in the pod cgroup; the debug console answers o
   const cg = cgroupOf(started.pid);
   for (const pid of vmProcs) assert.equal(cgroupOf(pid), cg, `pid ${pid} is in the pod cgroup`);
   assert.equal(cg, `${cgroupParent}/kuasar-vmm-pod-d`);
+  const qemuArgs = readFileSync(`/proc/${started.pid}/cmdline`, "utf8").split("\0");
+  assert.match(qemuArgs[qemuArgs.indexOf("-m") + 1] ?? "", /^768M\b/, "512 MiB configured + the pod's 256 MiB limit");
   await controller.update({
     sandboxId: "pod-d",
     sandbox: {
