@@ -101,14 +101,25 @@ export class SandboxManager {
         throw new GrpcError(status.FAILED_PRECONDITION, `sandbox ${id} is ${l.rec.state}, not created`);
       }
       const dir = this.dirOf(id);
+      const release = () =>
+        this.launcher.release(l.rec, dir).catch((e: Error) => this.log.warn(`release ${id}: ${e.message}`));
+      let running: SandboxRecord;
       try {
         const started = await this.launcher.start(l.rec, dir);
-        Object.assign(l.rec, started, { state: "running", startedAt: new Date().toISOString() });
+        running = { ...l.rec, ...started, state: "running", startedAt: new Date().toISOString() };
       } catch (err) {
-        await this.launcher.release(l.rec, dir).catch((e: Error) => this.log.warn(`release ${id}: ${e.message}`));
+        await release();
         throw new GrpcError(status.INTERNAL, `start sandbox ${id}: ${(err as Error).message}`);
       }
-      await this.persist(l);
+      try {
+        await writeRecord(dir, running);
+      } catch (err) {
+        // A VM sandbox.json does not record would be lost to the next restart (a full disk): stop it instead.
+        await this.launcher.stop(running, dir, 0).catch((e: Error) => this.log.warn(`stop ${id}: ${e.message}`));
+        await release();
+        throw new GrpcError(status.INTERNAL, `start sandbox ${id}: ${(err as Error).message}`);
+      }
+      Object.assign(l.rec, running);
       this.watch(l);
       this.log.info(`sandbox ${id} running (vmm pid ${l.rec.pid})`);
       return l.rec;
@@ -145,10 +156,15 @@ export class SandboxManager {
     const l = await this.lock.run(id, async () => {
       const l = this.get(id);
       if (l.rec.state === "created") {
-        l.rec.state = "stopped";
-        l.rec.exitStatus = 0;
-        l.rec.exitedAt = new Date().toISOString();
-        await this.persist(l);
+        // On disk first, so a failed write (a full disk) leaves Status and sandbox.json agreeing.
+        const stopped: SandboxRecord = {
+          ...l.rec,
+          state: "stopped",
+          exitStatus: 0,
+          exitedAt: new Date().toISOString(),
+        };
+        await writeRecord(this.dirOf(id), stopped);
+        Object.assign(l.rec, stopped);
         l.resolveExit(exitOf(l.rec));
       } else if (l.rec.state === "running") {
         await this.launcher.stop(l.rec, this.dirOf(id), timeoutMs);
