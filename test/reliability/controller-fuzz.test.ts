@@ -183,8 +183,10 @@ async function fuzz(
         );
       }
     });
+    const badId = !("path" in req) && !VALID_IDS.includes(req.sandboxId as string);
     if (!err) {
       result.ok++;
+      if (badId) failures.push(`#${n} ${m} with sandbox id ${JSON.stringify(req.sandboxId).slice(0, 80)} succeeded`);
       return;
     }
     const name = grpc.status[err.code] ?? String(err.code);
@@ -197,9 +199,14 @@ async function fuzz(
       failures.push(described);
     } else if (err.details.trim() === "") {
       failures.push(`${described} (empty message)`);
-    } else if (err.code === grpc.status.INVALID_ARGUMENT && "sandboxId" in req) {
-      const sid = req.sandboxId as string;
-      if (!VALID_IDS.includes(sid) && !/sandbox id/.test(err.details)) failures.push(`${described} (id not named)`);
+    } else if (
+      badId &&
+      err.code !== grpc.status.DEADLINE_EXCEEDED && // the client's own short Wait deadline, under load
+      (err.code !== grpc.status.INVALID_ARGUMENT || !/sandbox id/.test(err.details))
+    ) {
+      failures.push(`${described} (a bad id must be refused as such)`);
+    } else if (err.details.length > 2000) {
+      failures.push(`${described.slice(0, 200)}… (a ${err.details.length}-character message)`);
     }
   };
   let next = 0;
