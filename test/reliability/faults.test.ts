@@ -18,8 +18,8 @@ import {
 import { type ControllerClient, footprint, mountTmpfs, recordsOnDisk, runContainer } from "./harness.ts";
 
 // Faults against the real daemon and QEMU (TCG) guests: kill -9 of the daemon with 4 sandboxes running (all
-// recovered), a VMM SIGSTOPped across a restart (the daemon still comes up, that sandbox is cleaned), kill -9 of a
-// VMM, a full disk under --dir, and a guest whose agent never answers. containerd's own restart is covered by
+// recovered), a VMM SIGSTOPped and one killed while the daemon is down (it still comes up, both are cleaned), kill -9
+// of a VMM, a full disk under --dir, and a guest whose agent never answers. containerd's own restart is covered by
 // test/e2e/pod.test.ts ("containerd restart with a running pod").
 const cleanups: (() => Promise<void> | void)[] = [];
 after(async () => {
@@ -93,18 +93,21 @@ test("kill -9 of the daemon with 4 sandboxes running; a VMM stopped across a res
   }
   assert.equal((await runContainer(h.dir, started[0]!.address, "after-restart", "echo alive")).out, "alive\n");
 
-  // A VMM frozen while the daemon restarts: recovery must not wait for it past its fail-fast deadlines.
+  // While the daemon is down one VMM is frozen (recovery must not wait for it past its fail-fast deadlines) and
+  // one is killed (its helper must not outlive it).
   const frozen = started[3]!.pid;
   await kill9();
   process.kill(frozen, "SIGSTOP");
+  process.kill(started[2]!.pid, "SIGKILL");
   try {
     const upFrozen = await start();
-    console.log(`daemon restart with one VMM stopped: serving after ${(upFrozen / 1000).toFixed(1)} s`);
-    assertRecoveredBeforeServing(h.daemon!.log(), 3, 1);
-    const st = await h.client!.status({ sandboxId: "k3" });
-    assert.equal(st.state, "SANDBOX_NOTREADY");
-    assert.deepEqual(processesMatching(path.join(state, "k3")), [], "the frozen VMM and its helper are gone");
-    assert.equal(existsSync(path.join(state, "k3/task.sock")), false);
+    console.log(`daemon restart with one VMM stopped, one killed: serving after ${(upFrozen / 1000).toFixed(1)} s`);
+    assertRecoveredBeforeServing(h.daemon!.log(), 2, 2);
+    for (const id of ["k2", "k3"]) {
+      assert.equal((await h.client!.status({ sandboxId: id })).state, "SANDBOX_NOTREADY", id);
+      assert.deepEqual(processesMatching(path.join(state, id)), [], `${id}: the VMM and its helper are gone`);
+      assert.equal(existsSync(path.join(state, id, "task.sock")), false, id);
+    }
   } finally {
     try {
       process.kill(frozen, "SIGCONT");
@@ -123,6 +126,7 @@ test("kill -9 of the daemon with 4 sandboxes running; a VMM stopped across a res
   assert.equal(existsSync(path.join(state, "k1/task.sock")), false);
   const recs = await recordsOnDisk(state);
   assert.equal(recs.get("k1")?.state, "stopped");
+  assert.equal(recs.get("k2")?.state, "stopped");
   assert.equal(recs.get("k3")?.state, "stopped");
 
   for (const id of ids) {
