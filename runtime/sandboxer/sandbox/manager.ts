@@ -152,9 +152,10 @@ export class SandboxManager {
     });
   }
 
-  async stop(id: string, timeoutMs: number): Promise<void> {
+  async stop(id: string, timeoutMs: number, only?: Live): Promise<void> {
     const l = await this.lock.run(id, async () => {
       const l = this.get(id);
+      if (only && l !== only) return undefined;
       if (l.rec.state === "created") {
         // On disk first, so a failed write (a full disk) leaves Status and sandbox.json agreeing.
         const stopped: SandboxRecord = {
@@ -171,7 +172,7 @@ export class SandboxManager {
       }
       return l;
     });
-    await l.exited;
+    if (l) await l.exited;
   }
 
   wait(id: string): Promise<ExitInfo> {
@@ -207,11 +208,15 @@ export class SandboxManager {
   }
 
   async shutdown(id: string): Promise<void> {
-    this.get(id);
-    await this.stop(id, 0);
+    const target = this.get(id);
+    await this.stop(id, 0, target).catch((err: unknown) => {
+      // Gone meanwhile (a concurrent Shutdown): nothing left to stop.
+      if (this.live.has(id)) throw err;
+    });
     await this.lock.run(id, async () => {
+      // Only the sandbox this call was about: a concurrent Shutdown may have removed it and a Create reused the id.
       const l = this.live.get(id);
-      if (!l) return;
+      if (l !== target) return;
       this.live.delete(id);
       await rm(this.dirOf(id), { recursive: true, force: true });
       this.log.info(`sandbox ${id} removed`);
