@@ -94,7 +94,9 @@ export function runLine(r: RunInfo, extra = ""): string {
 export function writeResult(name: string, result: unknown): string {
   const out = path.join(resultsDir, `${name}.json`);
   mkdirSync(resultsDir, { recursive: true });
-  writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
+  // Paths inside the checkout are kept relative to it: the results describe the run, not this machine's layout.
+  const text = JSON.stringify(result, null, 2).replaceAll(`${repo}/`, "");
+  writeFileSync(out, `${text}\n`);
   return out;
 }
 
