@@ -1,19 +1,18 @@
 import { execFileSync, spawnSync } from "node:child_process";
-import { createReadStream, readdirSync, readFileSync } from "node:fs";
-import { mkdir, readdir, readFile, rm } from "node:fs/promises";
-import net from "node:net";
+import { readdirSync, readFileSync } from "node:fs";
+import { mkdir, readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import { addUnaryService, type MethodsOf, type UnaryClient, unaryClient } from "../../runtime/grpc/service.ts";
-import { Task } from "../../runtime/protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { controllerHandlers } from "../../runtime/sandboxer/controller.ts";
 import { logger, setLogLevel } from "../../runtime/sandboxer/log.ts";
 import { SandboxManager } from "../../runtime/sandboxer/sandbox/manager.ts";
 import type { ExitInfo, Launcher, SandboxRecord } from "../../runtime/sandboxer/sandbox/record.ts";
-import { TtrpcClient } from "../../runtime/ttrpc/index.ts";
-import { busyboxBundle, processesMatching } from "../vm/harness.ts";
+import { processesMatching } from "../vm/harness.ts";
+
+export { runContainer } from "../vm/harness.ts";
 
 export type ControllerClient = UnaryClient<MethodsOf<typeof Controller>>;
 
@@ -187,41 +186,4 @@ export function mountTmpfs(dir: string, sizeKiB: number): () => void {
   return () => {
     spawnSync("umount", ["-l", dir]);
   };
-}
-
-/** Runs `sh -c script` as a container through a sandbox's task API (as containerd would); its stdout and status. */
-export async function runContainer(
-  dir: string,
-  taskAddress: string,
-  id: string,
-  script: string,
-): Promise<{ out: string; status: number }> {
-  const conn = net.connect(taskAddress.replace(/^ttrpc\+unix:\/\//, ""));
-  await new Promise((r, j) => conn.once("connect", r).once("error", j));
-  const client = new TtrpcClient(conn);
-  try {
-    const task = client.service(Task);
-    const stdout = path.join(dir, `${id}.stdout`);
-    execFileSync("mkfifo", [stdout]);
-    let out = "";
-    const reading = new Promise<void>((resolve) =>
-      createReadStream(stdout)
-        .on("data", (d) => {
-          out += d;
-        })
-        .on("end", resolve),
-    );
-    const bundle = await busyboxBundle(dir, ["sh", "-c", script]);
-    await task.create({ id, bundle, stdout });
-    const waiting = task.wait({ id });
-    await task.start({ id });
-    const { exitStatus } = await waiting;
-    await reading;
-    await task.delete({ id });
-    await rm(stdout, { force: true });
-    await rm(bundle, { recursive: true, force: true });
-    return { out, status: exitStatus };
-  } finally {
-    client.close();
-  }
 }

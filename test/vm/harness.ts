@@ -1,8 +1,11 @@
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { createReadStream, existsSync, readdirSync, readFileSync } from "node:fs";
 import { copyFile, mkdir, rm, symlink, writeFile } from "node:fs/promises";
+import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { Task } from "../../runtime/protos/gen/containerd/runtime/task/v3/shim_pb.ts";
+import { TtrpcClient } from "../../runtime/ttrpc/index.ts";
 
 export const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const bin = path.join(repo, "bin");
@@ -136,4 +139,42 @@ export async function cleanupDaemonDir(daemon: Daemon | undefined, dir: string |
   }
   unmountUnder(dir);
   await rm(dir, { recursive: true, force: true });
+}
+
+/** Runs `sh -c script` as a container through a sandbox's task API (as containerd would); its stdout and status. */
+export async function runContainer(
+  dir: string,
+  taskAddress: string,
+  id: string,
+  script: string,
+): Promise<{ out: string; status: number }> {
+  const conn = net.connect(taskAddress.replace(/^ttrpc\+unix:\/\//, ""));
+  await new Promise((r, j) => conn.once("connect", r).once("error", j));
+  const client = new TtrpcClient(conn);
+  try {
+    const task = client.service(Task);
+    const stdout = path.join(dir, `${id}.stdout`);
+    execFileSync("mkfifo", [stdout]);
+    let out = "";
+    const reading = new Promise<void>((resolve) =>
+      createReadStream(stdout)
+        .on("data", (d) => {
+          out += d;
+        })
+        .on("end", resolve),
+    );
+    // A bundle of its own, removed afterwards: dir may be shared by many containers.
+    const bundle = await busyboxBundle(path.join(dir, `bundle-${id}`), ["sh", "-c", script]);
+    await task.create({ id, bundle, stdout });
+    const waiting = task.wait({ id });
+    await task.start({ id });
+    const { exitStatus } = await waiting;
+    await reading;
+    await task.delete({ id });
+    await rm(stdout, { force: true });
+    await rm(bundle, { recursive: true, force: true });
+    return { out, status: exitStatus };
+  } finally {
+    client.close();
+  }
 }

@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { createReadStream, existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, rmdir } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
@@ -22,6 +21,7 @@ import {
   type Daemon,
   processesMatching,
   requireArtifacts,
+  runContainer,
   startDaemon,
   writeConfig,
 } from "./harness.ts";
@@ -67,34 +67,6 @@ const options = (hostname: string) => ({
   value: toBinary(PodSandboxConfigSchema, create(PodSandboxConfigSchema, { hostname })),
 });
 
-async function runContainer(taskAddress: string, id: string, script: string): Promise<{ out: string; status: number }> {
-  const conn = net.connect(taskAddress.replace(/^ttrpc\+unix:\/\//, ""));
-  await new Promise((r) => conn.once("connect", r));
-  const client = new TtrpcClient(conn);
-  try {
-    const task = client.service(Task);
-    const stdout = path.join(dir, `${id}.stdout`);
-    execFileSync("mkfifo", [stdout]);
-    let out = "";
-    const reading = new Promise<void>((resolve) =>
-      createReadStream(stdout)
-        .on("data", (d) => {
-          out += d;
-        })
-        .on("end", resolve),
-    );
-    await task.create({ id, bundle: await busyboxBundle(dir, ["sh", "-c", script]), stdout });
-    const waiting = task.wait({ id });
-    await task.start({ id });
-    const { exitStatus } = await waiting;
-    await reading;
-    await task.delete({ id });
-    return { out, status: exitStatus };
-  } finally {
-    client.close();
-  }
-}
-
 test("a pod VM boots, serves containers through its task API, and stops cleanly", { timeout: 240_000 }, async () => {
   await controller.create({ sandboxId: "pod-a", options: options("pod-a-host") });
   const started = await controller.start({ sandboxId: "pod-a" });
@@ -105,7 +77,7 @@ test("a pod VM boots, serves containers through its task API, and stops cleanly"
   assert.match(console, /vmm-task serving ttrpc on vsock port 1024/, "readiness on the serial console");
   assert.equal((await controller.status({ sandboxId: "pod-a" })).state, "SANDBOX_READY");
 
-  const r = await runContainer(started.address, "c1", "echo from $(hostname) on $(uname -r); exit 4");
+  const r = await runContainer(dir, started.address, "c1", "echo from $(hostname) on $(uname -r); exit 4");
   assert.equal(r.status, 4);
   assert.match(r.out, /^from \S+ on 6\.1\./);
 
@@ -209,7 +181,7 @@ test("kill -9 of the daemon: a restarted daemon recovers the running pod", { tim
   const st = await controller.status({ sandboxId: "pod-r" });
   assert.equal(st.state, "SANDBOX_READY");
   assert.equal(st.pid, started.pid);
-  const r = await runContainer(st.address, "after-restart", "echo still here");
+  const r = await runContainer(dir, st.address, "after-restart", "echo still here");
   assert.equal(r.out, "still here\n");
 
   // kill -9 of the VMM: Wait returns, the pod turns NOTREADY, its helpers are gone.
