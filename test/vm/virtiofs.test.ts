@@ -1,21 +1,17 @@
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { createReadStream, existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { type MethodsOf, type UnaryClient, unaryClient } from "../../runtime/grpc/service.ts";
-import { Task } from "../../runtime/protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
-import { TtrpcClient } from "../../runtime/ttrpc/index.ts";
 import {
-  busyboxBundle,
   cleanupDaemonDir,
   type Daemon,
   processesMatching,
   requireArtifacts,
+  runContainer,
   startDaemon,
   writeConfig,
 } from "./harness.ts";
@@ -56,32 +52,8 @@ test("a pod VM with its share on virtio-fs runs a container from it", { timeout:
     processesMatching(sandboxDir).some((p) => readFileSync(`/proc/${p}/cmdline`, "utf8").includes("virtiofsd")),
     "virtiofsd serves the share",
   );
-  const conn = net.connect(started.address.replace(/^ttrpc\+unix:\/\//, ""));
-  await new Promise((r) => conn.once("connect", r));
-  const client = new TtrpcClient(conn);
-  try {
-    const task = client.service(Task);
-    const stdout = path.join(dir, "c.stdout");
-    execFileSync("mkfifo", [stdout]);
-    let out = "";
-    const reading = new Promise<void>((resolve) =>
-      createReadStream(stdout)
-        .on("data", (d) => {
-          out += d;
-        })
-        .on("end", resolve),
-    );
-    const script = "echo written > /tmp/x; cat /tmp/x";
-    await task.create({ id: "c", bundle: await busyboxBundle(dir, ["sh", "-c", script]), stdout });
-    const waiting = task.wait({ id: "c" });
-    await task.start({ id: "c" });
-    assert.equal((await waiting).exitStatus, 0);
-    await reading;
-    await task.delete({ id: "c" });
-    assert.equal(out, "written\n");
-  } finally {
-    client.close();
-  }
+  const r = await runContainer(dir, started.address, "c", "echo written > /tmp/x; cat /tmp/x");
+  assert.deepEqual(r, { out: "written\n", status: 0 });
   assert.match(readFileSync(path.join(sandboxDir, "console.log"), "utf8"), /share virtiofs mounted/);
   await controller.shutdown({ sandboxId: "fs" });
   assert.deepEqual(processesMatching(sandboxDir), [], "QEMU, virtiofsd and vhost-device-vsock are gone");
