@@ -13,7 +13,7 @@ import {
   ControllerStatusRequestSchema,
 } from "../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { requireArtifacts, writeConfig } from "../test/vm/harness.ts";
-import { cleanup, scratchDir } from "./lib/cleanup.ts";
+import { cleanup, runBenchmark, scratchDir } from "./lib/cleanup.ts";
 import { mdTable, percentile, publish, type RunInfo, runLine, startRun } from "./lib/report.ts";
 import { procCpuUs, startBundledDaemon } from "./lib/vm.ts";
 
@@ -233,8 +233,4 @@ function markdown(r: Result): string {
   ].join("\n");
 }
 
-await main().catch(async (err: Error) => {
-  console.error(`controller benchmark failed: ${err.stack ?? err.message}`);
-  await cleanup();
-  process.exit(1);
-});
+await runBenchmark("controller", main);

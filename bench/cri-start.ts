@@ -8,8 +8,8 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { NamespaceMode } from "../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
 import { type Env, IMAGE, RUNTIME_HANDLER, startEnv } from "../test/e2e/harness.ts";
-import { cleanup, onCleanup } from "./lib/cleanup.ts";
-import { mdTable, ms, percentile, publish, type RunInfo, runLine, startRun } from "./lib/report.ts";
+import { cleanup, onCleanup, runBenchmark } from "./lib/cleanup.ts";
+import { mdTable, ms, percentile, phasesSection, publish, type RunInfo, runLine, startRun } from "./lib/report.ts";
 import { ConsoleWatch, daemonSteps } from "./lib/vm.ts";
 
 const DEADLINE = { deadlineMs: 300_000 };
@@ -223,17 +223,10 @@ function markdown(r: Result): string {
     "",
     mdTable(TOTAL_HEADERS, totalRows(r)),
     "",
-    "Phases, p50 of each (ms; the phases' p50s need not add up to the total's):",
-    "",
-    mdTable(["phase", "serial", `${r.parallel.concurrency} in parallel`], phaseRows(r)),
-    "",
+    ...phasesSection(["phase", "serial", `${r.parallel.concurrency} in parallel`], phaseRows(r)),
     "Phases from the daemon's log timestamps and the serial console polled from the host every 20 ms, as in " +
       "sandbox-start. In parallel the 4 guests share the 2 cores, so their boots stretch.",
   ].join("\n");
 }
 
-await main().catch(async (err: Error) => {
-  console.error(`cri-start benchmark failed: ${err.stack ?? err.message}`);
-  await cleanup();
-  process.exit(1);
-});
+await runBenchmark("cri-start", main);

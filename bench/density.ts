@@ -16,7 +16,7 @@ import { Controller } from "../runtime/protos/gen/containerd/services/sandbox/v1
 import { loadConfig } from "../runtime/sandboxer/config/load.ts";
 import { TtrpcClient } from "../runtime/ttrpc/index.ts";
 import { busyboxBundle, processesMatching, requireArtifacts, writeConfig } from "../test/vm/harness.ts";
-import { cleanup, scratchDir } from "./lib/cleanup.ts";
+import { cleanup, runBenchmark, scratchDir } from "./lib/cleanup.ts";
 import {
   goal,
   mdTable,
@@ -393,8 +393,4 @@ function markdown(r: Result): string {
   ].join("\n");
 }
 
-await main().catch(async (err: Error) => {
-  console.error(`density benchmark failed: ${err.stack ?? err.message}`);
-  await cleanup();
-  process.exit(1);
-});
+await runBenchmark("density", main);

@@ -16,7 +16,7 @@ import { defaultCacheDir } from "../pipeline/lib/cache.ts";
 import { hashFile } from "../pipeline/lib/hash.ts";
 import { resolveOrder } from "../pipeline/lib/runner.ts";
 import { allStages, defaultTargets } from "../pipeline/stages/index.ts";
-import { cleanup, scratchDir } from "./lib/cleanup.ts";
+import { cleanup, runBenchmark, scratchDir } from "./lib/cleanup.ts";
 import { mdTable, mib, publish, type RunInfo, repo, runLine, startRun } from "./lib/report.ts";
 
 const STAGES = new Map(allStages.map((s) => [s.name, s]));
@@ -281,8 +281,4 @@ function markdown(r: Result): string {
   ].join("\n");
 }
 
-await main().catch(async (err: Error) => {
-  console.error(`pipeline benchmark failed: ${err.stack ?? err.message}`);
-  await cleanup();
-  process.exit(1);
-});
+await runBenchmark("pipeline", main);

@@ -31,8 +31,19 @@ import { logger, setLogLevel } from "../runtime/sandboxer/log.ts";
 import { writeShareFiles } from "../runtime/sandboxer/share-files.ts";
 import { dial } from "../runtime/transport/address.ts";
 import { requireArtifacts, writeConfig } from "../test/vm/harness.ts";
-import { cleanup, scratchDir } from "./lib/cleanup.ts";
-import { goal, mdTable, ms, percentile, publish, type RunInfo, runLine, startRun, verdict } from "./lib/report.ts";
+import { cleanup, runBenchmark, scratchDir } from "./lib/cleanup.ts";
+import {
+  goal,
+  mdTable,
+  ms,
+  percentile,
+  phasesSection,
+  publish,
+  type RunInfo,
+  runLine,
+  startRun,
+  verdict,
+} from "./lib/report.ts";
 import { ConsoleWatch, daemonSteps, procCpuUs, startBundledDaemon } from "./lib/vm.ts";
 
 const GOAL_RATIO = 1.05;
@@ -367,10 +378,7 @@ function markdown(r: Result): string {
       `used ${r.daemon.daemonCpuP50Ms} ms of CPU (p50) over each Create+Start, on a machine where the guest's TCG ` +
       "thread competes for the same 2 cores.",
     "",
-    "Phases, p50 of each (ms; the phases' p50s need not add up to the total's):",
-    "",
-    mdTable(["phase", "bare QEMU", "daemon", "daemon - bare"], phaseRows(r)),
-    "",
+    ...phasesSection(["phase", "bare QEMU", "daemon", "daemon - bare"], phaseRows(r)),
     "How: the floor builds its command lines with the daemon's own QEMU driver (`QemuVm`'s plan from the same " +
       "config file), spawns vhost-device-vsock and QEMU, waits for vmm-task's listening line on the serial console " +
       "(as the daemon does, because vhost-device-vsock can wedge when dialled too early) and dials Check. The daemon's " +
@@ -381,8 +389,4 @@ function markdown(r: Result): string {
   ].join("\n");
 }
 
-await main().catch(async (err: Error) => {
-  console.error(`sandbox-start benchmark failed: ${err.stack ?? err.message}`);
-  await cleanup();
-  process.exit(1);
-});
+await runBenchmark("sandbox-start", main);

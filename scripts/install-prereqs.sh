@@ -12,9 +12,14 @@ BOOKWORM_PKGS=(qemu-system-x86 qemu-utils busybox-static runc e2fsprogs cpio gzi
 # Only these two come from sid, pinned low so nothing else (libc!) is upgraded.
 SID_PKGS=(containerd vhost-device-vsock)
 
+# One dpkg-query for all of them: this runs before every make target, so it must cost little.
+declare -A installed=()
+while read -r name status; do
+  [ "$status" = "install ok installed" ] && installed[$name]=1
+done < <(dpkg-query -W -f='${Package} ${Status}\n' "${BOOKWORM_PKGS[@]}" "${SID_PKGS[@]}" 2>/dev/null || true)
 missing=()
 for p in "${BOOKWORM_PKGS[@]}" "${SID_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  [ -n "${installed[$p]:-}" ] || missing+=("$p")
 done
 
 if ((${#missing[@]})); then

@@ -35,6 +35,15 @@ for (const sig of ["SIGINT", "SIGTERM"] as const) {
   });
 }
 
+/** Runs a benchmark's main; on failure says which benchmark failed, tears down what it started and exits 1. */
+export async function runBenchmark(name: string, main: () => Promise<void>): Promise<void> {
+  await main().catch(async (err: Error) => {
+    console.error(`${name} benchmark failed: ${err.stack ?? err.message}`);
+    await cleanup();
+    process.exit(1);
+  });
+}
+
 /** SIGKILLs every process whose command line mentions dir (daemon, QEMU, helpers). */
 export function killUnder(dir: string): void {
   for (const pid of processesMatching(dir)) {

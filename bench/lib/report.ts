@@ -163,6 +163,11 @@ export function mdTable(headers: string[], rows: Array<Array<string | number>>):
   return [line(headers), line(headers.map(() => "---")), ...rows.map(line)].join("\n");
 }
 
+/** The phase table both start benchmarks end their section with. */
+export function phasesSection(headers: string[], rows: Array<Array<string | number>>): string[] {
+  return ["Phases, p50 of each (ms; the phases' p50s need not add up to the total's):", "", mdTable(headers, rows), ""];
+}
+
 export const ms = (v: number) => Math.round(v);
 export const sec = (v: number) => (v / 1000).toFixed(2);
 export const mib = (bytes: number) => Math.round((bytes / 1048576) * 10) / 10;

@@ -1,5 +1,22 @@
 import { chmod } from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
+import type { KeyContext } from "./stage.ts";
+
+/**
+ * What a bundle is made of: the source trees, the locked dependencies and this bundler's own settings, which
+ * shape the output as much as the sources do.
+ */
+export async function bundleInputs(ctx: KeyContext, sources: string[]) {
+  const trees: Record<string, string> = {};
+  for (const dir of sources) trees[dir] = await ctx.treeDigest(path.join(ctx.repo, dir));
+  return {
+    trees,
+    lock: await ctx.fileDigest(path.join(ctx.repo, "package-lock.json")),
+    bundler: await ctx.fileDigest(fileURLToPath(import.meta.url)),
+  };
+}
 
 /**
  * Bundles a TypeScript entry into one CommonJS file for Node 20. CommonJS because the shipped files

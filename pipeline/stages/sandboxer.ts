@@ -1,6 +1,6 @@
 import { copyFile, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { bundleNode } from "../lib/bundle.ts";
+import { bundleInputs, bundleNode } from "../lib/bundle.ts";
 import type { Stage } from "../lib/stage.ts";
 
 /** Sources the daemon is bundled from: itself, the protocol layer and the gRPC adapter. */
@@ -30,11 +30,8 @@ export const sandboxerStage: Stage = {
   title: "Host daemon vmm-sandboxer (bundle)",
   deps: [],
   async inputs(ctx) {
-    const trees: Record<string, string> = {};
-    for (const dir of SOURCES) trees[dir] = await ctx.treeDigest(path.join(ctx.repo, dir));
     return {
-      trees,
-      lock: await ctx.fileDigest(path.join(ctx.repo, "package-lock.json")),
+      ...(await bundleInputs(ctx, SOURCES)),
       node: { version: process.version, digest: await ctx.fileDigest(process.execPath) },
     };
   },

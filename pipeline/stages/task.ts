@@ -3,7 +3,7 @@ import os from "node:os";
 import path from "node:path";
 import { buildNative } from "../../runtime/native/build.ts";
 import { buildPtyAddon } from "../../runtime/native/pty/build.ts";
-import { bundleNode } from "../lib/bundle.ts";
+import { bundleInputs, bundleNode } from "../lib/bundle.ts";
 import type { Stage } from "../lib/stage.ts";
 
 /** Source trees vmm-task is built from: the agent, the protocol layer it imports, and the native code. */
@@ -23,11 +23,8 @@ export const taskStage: Stage = {
   title: "Guest agent vmm-task (bundle, vsock + pty addons, init)",
   deps: [],
   async inputs(ctx) {
-    const trees: Record<string, string> = {};
-    for (const dir of SOURCES) trees[dir] = await ctx.treeDigest(path.join(ctx.repo, dir));
     return {
-      trees,
-      lock: await ctx.fileDigest(path.join(ctx.repo, "package-lock.json")),
+      ...(await bundleInputs(ctx, SOURCES)),
       node: process.version,
       cc: await ctx.tool("cc", "build-essential"),
     };

@@ -1,5 +1,5 @@
 import { parseArgs } from "node:util";
-import { DEFAULT_CONFIG, DEFAULT_DIR, DEFAULT_LISTEN } from "../sandboxer/flags.ts";
+import { DEFAULT_CONFIG, DEFAULT_DIR, DEFAULT_LISTEN, LOCATION_OPTIONS } from "../sandboxer/flags.ts";
 import { runDoctor } from "./index.ts";
 import { exitCode, formatText } from "./report.ts";
 
@@ -46,9 +46,7 @@ function parse(argv: string[]) {
     allowPositionals: true,
     strict: true,
     options: {
-      config: { type: "string", short: "c" },
-      dir: { type: "string", short: "d", default: DEFAULT_DIR },
-      listen: { type: "string", short: "l", default: DEFAULT_LISTEN },
+      ...LOCATION_OPTIONS,
       "containerd-config": { type: "string", default: DEFAULT_CONTAINERD_CONFIG },
       json: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },

@@ -24,6 +24,13 @@ export const USAGE = `usage: vmm-sandboxer [options]
       --log-level LEVEL error|warn|info|debug|trace (overrides the config's sandbox.log_level)
   -v, --version         print the version and exit`;
 
+/** The options that locate a daemon (config, state dir, socket); `vmm-sandboxer check` takes the same ones. */
+export const LOCATION_OPTIONS = {
+  config: { type: "string", short: "c" },
+  dir: { type: "string", short: "d", default: DEFAULT_DIR },
+  listen: { type: "string", short: "l", default: DEFAULT_LISTEN },
+} as const;
+
 /** Kuasar's flags, so its unit files and habits keep working. */
 export function parseFlags(argv: string[]): Flags {
   const { values, positionals } = parseArgs({
@@ -31,9 +38,7 @@ export function parseFlags(argv: string[]): Flags {
     allowPositionals: true,
     strict: true,
     options: {
-      config: { type: "string", short: "c" },
-      dir: { type: "string", short: "d", default: DEFAULT_DIR },
-      listen: { type: "string", short: "l", default: DEFAULT_LISTEN },
+      ...LOCATION_OPTIONS,
       "log-level": { type: "string" },
       version: { type: "boolean", short: "v", default: false },
       help: { type: "boolean", short: "h", default: false },

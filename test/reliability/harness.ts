@@ -10,23 +10,13 @@ import { controllerHandlers } from "../../runtime/sandboxer/controller.ts";
 import { logger, setLogLevel } from "../../runtime/sandboxer/log.ts";
 import { SandboxManager } from "../../runtime/sandboxer/sandbox/manager.ts";
 import type { ExitInfo, Launcher, SandboxRecord } from "../../runtime/sandboxer/sandbox/record.ts";
+import { rng } from "../lib/rng.ts";
 import { processesMatching } from "../vm/harness.ts";
 
 export { runContainer } from "../vm/harness.ts";
+export { rng };
 
 export type ControllerClient = UnaryClient<MethodsOf<typeof Controller>>;
-
-/** mulberry32: seedable, so a failing run can be replayed with the seed it printed. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * A launcher whose "VMs" live for random short times: start, stop and release take a few ms each so that requests

@@ -5,6 +5,7 @@ import { type HostProbes, realProbes } from "./host.ts";
 import type { ProcRef } from "./process.ts";
 import { QemuVm } from "./qemu/driver.ts";
 import { StratoVirtVm } from "./stratovirt/driver.ts";
+import { newState } from "./vm.ts";
 
 /** One VM NIC, standing in for a veth of the pod netns. */
 export interface NetDevice {
@@ -138,15 +139,11 @@ export function defaultEnv(log: Logger): DriverEnv {
   return { probes: realProbes, log, pollMs: 250 };
 }
 
+const DRIVERS = { qemu: QemuVm, "cloud-hypervisor": ClhVm, stratovirt: StratoVirtVm } as const;
+
 export function createHypervisor(config: Config, sandbox: SandboxSpec, env: DriverEnv): Hypervisor {
-  switch (config.hypervisor.type) {
-    case "qemu":
-      return QemuVm.create(config, sandbox, env);
-    case "cloud-hypervisor":
-      return ClhVm.create(config, sandbox, env);
-    case "stratovirt":
-      return StratoVirtVm.create(config, sandbox, env);
-  }
+  const kind = config.hypervisor.type;
+  return new DRIVERS[kind](newState(kind, sandbox), env, { config, sandbox });
 }
 
 /**
@@ -154,12 +151,5 @@ export function createHypervisor(config: Config, sandbox: SandboxSpec, env: Driv
  * must answer within a few seconds; otherwise this rejects with the reason and the caller cleans up.
  */
 export function recoverHypervisor(state: HypervisorState, env: DriverEnv): Promise<Hypervisor> {
-  switch (state.kind) {
-    case "qemu":
-      return QemuVm.recover(state, env);
-    case "cloud-hypervisor":
-      return ClhVm.recover(state, env);
-    case "stratovirt":
-      return StratoVirtVm.recover(state, env);
-  }
+  return new DRIVERS[state.kind](structuredClone(state), env).reattach();
 }

@@ -50,6 +50,8 @@ const CONTROL_READY_MS = 15_000;
 const QUIT_GRACE_MS = 3_000;
 const HELPER_TERM_MS = 2_000;
 const START_ATTEMPTS = 5;
+/** How long a recorded VMM's control socket may take to answer after a daemon restart. */
+const RECOVER_MS = 3_000;
 export const PID_FILE = "vmm.pid";
 
 export function newState(kind: HypervisorKind, sandbox: SandboxSpec): HypervisorState {
@@ -93,11 +95,19 @@ export abstract class VmmDriver implements Hypervisor {
   protected shutdownSeen = false;
   private detached = false;
 
+  /** input is what a new VM is started from; a recovered one has none and can only be watched and stopped. */
   constructor(
     protected state: HypervisorState,
     protected readonly env: DriverEnv,
+    private readonly input?: { config: Config; sandbox: SandboxSpec },
   ) {
     this.log = env.log.child(`${state.kind}:${state.id}`);
+  }
+
+  /** The configuration and sandbox a plan is made from. */
+  protected startInput(): { config: Config; sandbox: SandboxSpec } {
+    if (!this.input) throw new Error(`sandbox ${this.id}: a recovered VM cannot be started again`);
+    return this.input;
   }
 
   get id(): string {
@@ -264,8 +274,8 @@ export abstract class VmmDriver implements Hypervisor {
     return structuredClone(this.state);
   }
 
-  /** For recover(): the recorded VMM must still run and its control socket answer within timeoutMs. */
-  protected async reattach(timeoutMs: number): Promise<void> {
+  /** After a daemon restart: the recorded VMM must still run and its control socket answer within timeoutMs. */
+  async reattach(timeoutMs = RECOVER_MS): Promise<this> {
     const vmm = this.state.vmm;
     try {
       if (!vmm) throw new Error(`sandbox ${this.id}: no VMM pid recorded`);
@@ -280,6 +290,7 @@ export abstract class VmmDriver implements Hypervisor {
       throw err;
     }
     this.wait();
+    return this;
   }
 }
 

@@ -14,23 +14,12 @@ import { Echo, EchoMessageSchema } from "../../../runtime/protos/gen/ttrpc/testi
 import { encodeRequest, encodeRoute } from "../../../runtime/ttrpc/envelope.ts";
 import { encodeHeader, FrameParser, MAX_DATA_LENGTH } from "../../../runtime/ttrpc/frame.ts";
 import { TtrpcClient, TtrpcServer } from "../../../runtime/ttrpc/index.ts";
+import { rng } from "../../lib/rng.ts";
 
 const TOTAL_FRAMES = 120_000;
 const FUZZ_CONNECTIONS = 4;
 const FRAMES_PER_WRITE = 400;
 const SEED = Number(process.env.TTRPC_FUZZ_SEED ?? 0x5eed1234);
-
-/** mulberry32: small, seedable, good enough to drive a fuzzer reproducibly. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 class FrameFuzzer {
   private nextId = 1;

@@ -1,11 +1,9 @@
-import type { Config } from "../../config/schema.ts";
 import { virtiofsdDialect } from "../host.ts";
-import type { DiskSpec, DriverEnv, HypervisorState, SandboxSpec, VmStatus } from "../index.ts";
-import { checkDiskId, checkFiles, newState, type Plan, VmmDriver } from "../vm.ts";
+import type { DiskSpec, VmStatus } from "../index.ts";
+import { checkDiskId, checkFiles, type Plan, VmmDriver } from "../vm.ts";
 import { ClhApi, ClhApiError } from "./api.ts";
 import { clhPlan } from "./plan.ts";
 
-const RECOVER_MS = 3000;
 const STATES: Record<string, VmStatus["state"]> = {
   Running: "running",
   Paused: "paused",
@@ -18,27 +16,8 @@ export class ClhVm extends VmmDriver {
   readonly kind = "cloud-hypervisor";
   private api?: ClhApi;
 
-  constructor(
-    state: HypervisorState,
-    env: DriverEnv,
-    private readonly input?: { config: Config; sandbox: SandboxSpec },
-  ) {
-    super(state, env);
-  }
-
-  static create(config: Config, sandbox: SandboxSpec, env: DriverEnv): ClhVm {
-    return new ClhVm(newState("cloud-hypervisor", sandbox), env, { config, sandbox });
-  }
-
-  static async recover(state: HypervisorState, env: DriverEnv): Promise<ClhVm> {
-    const vm = new ClhVm(structuredClone(state), env);
-    await vm.reattach(RECOVER_MS);
-    return vm;
-  }
-
   protected async plan(): Promise<Plan> {
-    if (!this.input) throw new Error(`sandbox ${this.id}: a recovered VM cannot be started again`);
-    const { config, sandbox } = this.input;
+    const { config, sandbox } = this.startInput();
     await checkFiles(config, this.env, ["kernel_path", "image_path", "initrd_path", "path"]);
     return clhPlan(config, sandbox, await virtiofsdDialect(config.hypervisor.virtiofsd.path, this.env.probes));
   }

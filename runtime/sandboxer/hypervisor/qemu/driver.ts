@@ -1,34 +1,14 @@
 import type { Config } from "../../config/schema.ts";
 import { randomCid } from "../guest.ts";
 import { chooseAccelerator, chooseVsock, virtiofsdDialect } from "../host.ts";
-import type { DiskSpec, DriverEnv, HypervisorState, SandboxSpec } from "../index.ts";
+import type { DiskSpec } from "../index.ts";
 import { QmpDriver } from "../qmp-driver.ts";
-import { checkDiskId, checkFiles, newState, type Plan } from "../vm.ts";
+import { checkDiskId, checkFiles, type Plan } from "../vm.ts";
 import { parseAccelerators, type QemuFacts, qemuPlan } from "./plan.ts";
-
-const RECOVER_MS = 3000;
 
 export class QemuVm extends QmpDriver {
   readonly kind = "qemu";
   private facts?: QemuFacts;
-
-  constructor(
-    state: HypervisorState,
-    env: DriverEnv,
-    private readonly input?: { config: Config; sandbox: SandboxSpec },
-  ) {
-    super(state, env);
-  }
-
-  static create(config: Config, sandbox: SandboxSpec, env: DriverEnv): QemuVm {
-    return new QemuVm(newState("qemu", sandbox), env, { config, sandbox });
-  }
-
-  static async recover(state: HypervisorState, env: DriverEnv): Promise<QemuVm> {
-    const vm = new QemuVm(structuredClone(state), env);
-    await vm.reattach(RECOVER_MS);
-    return vm;
-  }
 
   /** Probes the host once; later attempts only draw a new CID. */
   private async probe(config: Config): Promise<QemuFacts> {
@@ -51,8 +31,7 @@ export class QemuVm extends QmpDriver {
   }
 
   protected async plan(attempt: number): Promise<Plan> {
-    if (!this.input) throw new Error(`sandbox ${this.id}: a recovered VM cannot be started again`);
-    const { config, sandbox } = this.input;
+    const { config, sandbox } = this.startInput();
     if (attempt === 0 || !this.facts) this.facts = await this.probe(config);
     else this.facts.cid = randomCid();
     return qemuPlan(config, sandbox, this.facts);

@@ -1,37 +1,15 @@
-import type { Config } from "../../config/schema.ts";
 import { randomCid } from "../guest.ts";
-import type { DiskSpec, DriverEnv, HypervisorState, SandboxSpec } from "../index.ts";
+import type { DiskSpec } from "../index.ts";
 import { QmpDriver } from "../qmp-driver.ts";
-import { checkDiskId, checkFiles, newState, type Plan } from "../vm.ts";
+import { checkDiskId, checkFiles, type Plan } from "../vm.ts";
 import { stratovirtPlan } from "./plan.ts";
-
-const RECOVER_MS = 3000;
 
 export class StratoVirtVm extends QmpDriver {
   readonly kind = "stratovirt";
   private cid = 0;
 
-  constructor(
-    state: HypervisorState,
-    env: DriverEnv,
-    private readonly input?: { config: Config; sandbox: SandboxSpec },
-  ) {
-    super(state, env);
-  }
-
-  static create(config: Config, sandbox: SandboxSpec, env: DriverEnv): StratoVirtVm {
-    return new StratoVirtVm(newState("stratovirt", sandbox), env, { config, sandbox });
-  }
-
-  static async recover(state: HypervisorState, env: DriverEnv): Promise<StratoVirtVm> {
-    const vm = new StratoVirtVm(structuredClone(state), env);
-    await vm.reattach(RECOVER_MS);
-    return vm;
-  }
-
   protected async plan(attempt: number): Promise<Plan> {
-    if (!this.input) throw new Error(`sandbox ${this.id}: a recovered VM cannot be started again`);
-    const { config, sandbox } = this.input;
+    const { config, sandbox } = this.startInput();
     if (attempt === 0) {
       await checkFiles(config, this.env, ["kernel_path", "image_path", "initrd_path", "firmware", "path"]);
       if (!(await this.env.probes.exists("/dev/vhost-vsock"))) {
