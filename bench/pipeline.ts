@@ -3,7 +3,7 @@
 // shared working tree neither leak in nor change between builds), into temporary cache and bin dirs (--cache-dir,
 // --bin-dir): bin/ and the shared cache are never written. Cold = a fresh cache dir; warm = the same run again.
 // Two cold builds must give the same sha256 for every file of every stage (image and initrd above all).
-// The kernel's cold build takes 11-26 minutes here, so it runs only with --cold-kernel (its sha256 is then compared
+// The kernel's cold build takes 13 minutes here on idle cores (up to 35 on busy ones), so it runs only with --cold-kernel (its sha256 is then compared
 // with the shared cache's build of the same key); without it the kernel's warm time is taken from the shared cache.
 // Run: node --import tsx bench/pipeline.ts [--cold-kernel]   (writes bench/results/pipeline.json)
 

@@ -13,7 +13,7 @@ export const resultsDir = path.join(benchDir, "results");
 const BENCHMARKS_MD = path.join(repo, "BENCHMARKS.md");
 
 /** Section order in BENCHMARKS.md. */
-const SECTIONS = ["sandbox-start", "cri-start", "density", "controller", "ttrpc", "pipeline"];
+const SECTIONS = ["sandbox-start", "cri-start", "density", "controller", "ttrpc", "pipeline", "kernel-profiles"];
 
 const HEADER = `# Benchmarks
 
@@ -29,7 +29,8 @@ verdict; no test asserts a timing.
 | \`density.ts\` | daemon memory by running sandboxes, vmm-task memory in the guest, kernel start to first Check | \`--sandboxes N\` (10), \`--batch N\` (2), \`--containers N\` (10) |
 | \`controller.ts\` | gRPC Controller Status calls/s | |
 | \`ttrpc.ts\` | ttrpc vs raw unix-socket echo, streaming throughput | |
-| \`pipeline.ts\` | cold and warm build times per stage, artifact sizes, reproducibility | \`--cold-kernel\` (adds 11-26 min) |
+| \`pipeline.ts\` | cold and warm build times per stage, artifact sizes, reproducibility | \`--cold-kernel\` (adds 13 min idle, up to 35 busy) |
+| \`kernel-profiles.ts\` | micro vs mini kernel: build time, sizes, boot to /init; the VM tests on mini | \`--boots N\` (3); builds mini once (20-40 min) |
 
 The machine has 2 cores and no KVM: every guest runs under QEMU's TCG (software emulation), which makes boots
 10-20x slower than under KVM and puts the figures at the mercy of whatever else runs. Other engineers share it,

@@ -2,12 +2,16 @@
 // Entry point. The pipeline is TypeScript; it runs from an esbuild bundle kept under node_modules/.cache and
 // rebuilt when any of its source files changes (checked by size and mtime), because loading it through tsx on
 // every start costs more than a no-op build may take.
+import { createHash } from "node:crypto";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const cacheDir = path.join(repo, "node_modules/.cache/kuasar-build");
+// One bundle per checkout: trees that share node_modules (a symlink, as the pipeline benchmark makes) would
+// otherwise rebuild each other's bundle on every run.
+const checkout = createHash("sha256").update(repo).digest("hex").slice(0, 12);
+const cacheDir = path.join(repo, "node_modules/.cache/kuasar-build", checkout);
 const bundle = path.join(cacheDir, "cli.mjs");
 const inputsFile = path.join(cacheDir, "cli.inputs.json");
 

@@ -6,7 +6,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { type MethodsOf, type UnaryClient, unaryClient } from "../../runtime/grpc/service.ts";
 import { ImageService, RuntimeService } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
-import { bin, type Daemon, processesMatching, requireArtifacts, startDaemon } from "../vm/harness.ts";
+import { artifact, bin, type Daemon, processesMatching, requireArtifacts, startDaemon } from "../vm/harness.ts";
 import { busyboxImageArchive } from "./image.ts";
 
 const run = promisify(execFile);
@@ -150,7 +150,7 @@ function daemonConfig(dir: string): string {
   return (
     `[sandbox]\nlog_level = "debug"\ncontainerd_address = "${dir}/containerd.sock"\n\n` +
     `[hypervisor]\nqemu_path = "/usr/bin/qemu-system-x86_64"\nvcpus = 1\nmemory_in_mb = 512\n` +
-    `kernel_path = "${bin}/vmlinux.bin"\nimage_path = "${bin}/kuasar.img"\n`
+    `kernel_path = "${artifact("vmlinux.bin")}"\nimage_path = "${bin}/kuasar.img"\n`
   );
 }
 

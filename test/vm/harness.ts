@@ -9,14 +9,20 @@ import { TtrpcClient } from "../../runtime/ttrpc/index.ts";
 
 export const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const bin = path.join(repo, "bin");
+/** Where the guest kernel comes from: bin/, or KUASAR_KERNEL_DIR to run the VM tests on another build (profile). */
+export const kernelDir = process.env.KUASAR_KERNEL_DIR ? path.resolve(process.env.KUASAR_KERNEL_DIR) : bin;
+const KERNEL_FILES = new Set(["vmlinux.bin", "bzImage", "vmlinux.manifest.json"]);
+
+/** Where an artifact is read from: the kernel's files from kernelDir, the rest from bin/. */
+export function artifact(name: string): string {
+  return path.join(KERNEL_FILES.has(name) ? kernelDir : bin, name);
+}
 
 /** VM tests need the pipeline's artifacts; missing ones fail the test with what to run (no silent skip). */
 export function requireArtifacts(names = ["vmlinux.bin", "kuasar.img", "vsock.node"]): void {
-  const missing = names.filter((n) => !existsSync(path.join(bin, n)));
+  const missing = names.map(artifact).filter((f) => !existsSync(f));
   if (missing.length) {
-    throw new Error(
-      `missing ${missing.map((m) => `bin/${m}`).join(", ")}: run \`make all\` (or npm test, which builds first)`,
-    );
+    throw new Error(`missing ${missing.join(", ")}: run \`make all\` (or npm test, which builds first)`);
   }
 }
 
@@ -26,7 +32,7 @@ export async function writeConfig(file: string, extra = ""): Promise<void> {
     file,
     `[sandbox]\nlog_level = "debug"\ncontainerd_address = "${path.dirname(file)}/no-containerd.sock"\n\n` +
       `[hypervisor]\nqemu_path = "/usr/bin/qemu-system-x86_64"\nvcpus = 1\nmemory_in_mb = 512\n` +
-      `kernel_path = "${bin}/vmlinux.bin"\nimage_path = "${bin}/kuasar.img"\n${extra}`,
+      `kernel_path = "${artifact("vmlinux.bin")}"\nimage_path = "${bin}/kuasar.img"\n${extra}`,
   );
 }
 

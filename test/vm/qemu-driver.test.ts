@@ -17,13 +17,14 @@ import {
 } from "../../runtime/sandboxer/hypervisor/index.ts";
 import { procStartTime } from "../../runtime/sandboxer/hypervisor/process.ts";
 import { logger, setLogLevel } from "../../runtime/sandboxer/log.ts";
+import { artifact } from "./harness.ts";
 
 // Boots the pipeline's guest (bin/vmlinux.bin or bin/bzImage + bin/kuasar.img) through the QEMU driver with the
 // shipped defaults: accelerator auto (tcg where KVM does not work), hybrid vsock unless /dev/vhost-vsock exists,
 // 9p share. Talking to the agent is tested elsewhere; this checks the VMM's lifecycle.
 const repo = path.resolve(import.meta.dirname, "../..");
 const image = path.join(repo, "bin/kuasar.img");
-const kernel = [path.join(repo, "bin/vmlinux.bin"), path.join(repo, "bin/bzImage")].find(existsSync);
+const kernel = [artifact("vmlinux.bin"), artifact("bzImage")].find(existsSync);
 const BOOT_MS = 180_000;
 
 setLogLevel("warn");
