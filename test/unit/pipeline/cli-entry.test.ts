@@ -1,12 +1,15 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { readFileSync, statSync, utimesSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 
 const repo = path.resolve(import.meta.dirname, "../../..");
 const entry = path.join(repo, "pipeline/bin/kuasar-build.js");
-const bundle = path.join(repo, "node_modules/.cache/kuasar-build/cli.mjs");
+// One bundle per checkout, named by a hash of the checkout's path.
+const checkout = createHash("sha256").update(repo).digest("hex").slice(0, 12);
+const bundle = path.join(repo, "node_modules/.cache/kuasar-build", checkout, "cli.mjs");
 const help = () => execFileSync(process.execPath, [entry, "--help"], { encoding: "utf8" });
 
 test("the CLI runs from a bundle that is rebuilt when one of its sources changes, and only then", () => {
