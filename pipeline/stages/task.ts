@@ -2,7 +2,7 @@ import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { buildNative } from "../../runtime/native/build.ts";
-import { buildPtyAddon } from "../../runtime/native/pty/build.ts";
+import { buildGypAddon } from "../../runtime/native/gyp.ts";
 import { bundleInputs, bundleNode } from "../lib/bundle.ts";
 import type { Stage } from "../lib/stage.ts";
 
@@ -20,7 +20,7 @@ const SOURCES = [
 /** vmm-task: the guest agent bundled into one file, its native addons, and the static C init that runs it as PID 1. */
 export const taskStage: Stage = {
   name: "task",
-  title: "Guest agent vmm-task (bundle, vsock + pty addons, init)",
+  title: "Guest agent vmm-task (bundle, vsock + pty + ns addons, init)",
   deps: [],
   async inputs(ctx) {
     return {
@@ -38,11 +38,19 @@ export const taskStage: Stage = {
       const native = await buildNative({ outDir: scratch });
       await copyFile(native.vsockAddon, path.join(ctx.out, "vsock.node"));
       await copyFile(native.init, path.join(ctx.out, "init"));
-      ctx.log("building the pty addon");
-      await copyFile(await buildPtyAddon(scratch), path.join(ctx.out, "pty.node"));
+      for (const addon of ["pty", "ns"]) {
+        ctx.log(`building the ${addon} addon`);
+        await copyFile(await buildGypAddon(addon, scratch), path.join(ctx.out, `${addon}.node`));
+      }
     } finally {
       await rm(scratch, { recursive: true, force: true });
     }
   },
-  publish: { "vmm-task.js": "vmm-task", "vsock.node": "vsock.node", "pty.node": "pty.node", init: "vmm-task-init" },
+  publish: {
+    "vmm-task.js": "vmm-task",
+    "vsock.node": "vsock.node",
+    "pty.node": "pty.node",
+    "ns.node": "ns.node",
+    init: "vmm-task-init",
+  },
 };

@@ -1,9 +1,15 @@
+import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { execa } from "execa";
 
-/** What both addon builds share: finding node-gyp and Node's headers, and taking turns in a source dir. */
+/** What the addon builds share: finding node-gyp and Node's headers, and taking turns in a source dir. */
+
+const nativeDir = path.dirname(fileURLToPath(import.meta.url));
+const includeDir = path.join(nativeDir, "include");
 
 // node-gyp ships inside npm rather than as a project dependency.
 export function nodeGyp(): string {
@@ -65,4 +71,42 @@ function isAlive(pid: number): boolean {
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === "EPERM";
   }
+}
+
+/**
+ * Builds runtime/native/<name> (binding.gyp, <name>.c and the shared headers in include/) with node-gyp in its
+ * own build/ directory, where the loader also finds it, and copies it to <outDir>/<name>.node, which it returns.
+ * node-gyp runs only when the sources, Node or its headers changed.
+ */
+export async function buildGypAddon(name: string, outDir: string): Promise<string> {
+  const dir = path.join(nativeDir, name);
+  const built = path.join(dir, "build", "Release", `${name}.node`);
+  const stampFile = path.join(dir, "build", ".kuasar-stamp");
+  const nodedir = nodeDir();
+  const sources = [path.join(dir, "binding.gyp"), path.join(dir, `${name}.c`)];
+  for (const f of (await readdir(includeDir)).sort()) sources.push(path.join(includeDir, f));
+  const h = createHash("sha256");
+  for (const f of sources) h.update(`${path.basename(f)}\0`).update(await readFile(f));
+  const key = h.update(`\0${process.version}\0${nodedir ?? "download"}`).digest("hex");
+  if ((await readFile(stampFile, "utf8").catch(() => "")) !== key || !existsSync(built)) {
+    await withLock(path.join(dir, ".build.lock"), async () => {
+      if ((await readFile(stampFile, "utf8").catch(() => "")) === key && existsSync(built)) return;
+      const args = [nodeGyp(), "rebuild", ...(nodedir ? [`--nodedir=${nodedir}`] : [])];
+      const r = await execa(process.execPath, args, { cwd: dir, reject: false, all: true, stdin: "ignore" });
+      if (r.failed) {
+        throw new Error(
+          `building the ${name} addon with node-gyp failed (in ${dir}, exit ${r.exitCode}):\n${r.all ?? ""}`,
+        );
+      }
+      await writeFile(stampFile, key);
+    });
+  }
+  await mkdir(outDir, { recursive: true });
+  const out = path.join(outDir, `${name}.node`);
+  if (path.resolve(out) !== built) {
+    const tmp = `${out}.tmp-${process.pid}`;
+    await copyFile(built, tmp);
+    await rename(tmp, out);
+  }
+  return out;
 }

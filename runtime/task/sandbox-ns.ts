@@ -1,7 +1,7 @@
 import { closeSync, openSync } from "node:fs";
 import { mkdir, rm } from "node:fs/promises";
 import path from "node:path";
-import { execa } from "execa";
+import { nsAddon } from "../native/ns/addon.ts";
 import { TaskError } from "./errors.ts";
 import { SANDBOX_NS_DIR, sandboxNamespaces } from "./spec.ts";
 
@@ -14,20 +14,10 @@ export interface SandboxNsOptions {
   sysctls?: Record<string, string>;
 }
 
-// Runs inside the pod's namespaces: ipc sysctls (kernel.shm*, kernel.msg*, fs.mqueue.*) are per ipc
-// namespace, so they must be written from within it; the rest (net.*) reach the VM's, i.e. the pod's, values.
-const SCRIPT = `
-if [ -n "$1" ]; then hostname "$1" || exit 1; fi
-shift
-while [ $# -gt 0 ]; do
-  if ! printf '%s\\n' "$3" > "$2"; then echo "sysctl $1=$3: cannot write $2" >&2; exit 1; fi
-  shift 3
-done
-`;
-
 /**
  * Creates the pod's persistent ipc and uts namespaces (SetupSandbox) as bind mounts under dir, sets the
- * hostname there and applies sysctls inside them. When they exist already, the settings are applied again.
+ * hostname there and applies sysctls inside them (ipc sysctls such as kernel.shm* are per ipc namespace; net.*
+ * ones reach the VM's, i.e. the pod's). When they exist already, the settings are applied again.
  */
 export async function setupSandboxNamespaces(opts: SandboxNsOptions = {}): Promise<{ ipc: string; uts: string }> {
   const dir = opts.dir ?? SANDBOX_NS_DIR;
@@ -40,24 +30,30 @@ export async function setupSandboxNamespaces(opts: SandboxNsOptions = {}): Promi
   if (hostname.length > 64) {
     throw new TaskError("InvalidArgument", `pod hostname "${hostname}" is longer than 64 characters`);
   }
-  const args = [hostname];
-  for (const [key, value] of Object.entries(opts.sysctls ?? {}))
-    args.push(key, sysctlPath(key), checkValue(key, value));
+  const sysctls: string[] = [];
+  const sysctlByPath = new Map<string, string>();
+  for (const [key, value] of Object.entries(opts.sysctls ?? {})) {
+    const file = sysctlPath(key);
+    sysctls.push(file, checkValue(key, value));
+    sysctlByPath.set(file, `${key}=${value}`);
+  }
 
   await mkdir(dir, { recursive: true });
   const existing = sandboxNamespaces(dir);
-  let cmd: string[];
-  if (existing.ipc && existing.uts) {
-    cmd = ["nsenter", `--ipc=${ipc}`, `--uts=${uts}`, "sh", "-c", SCRIPT, "sh", ...args];
-  } else {
-    // unshare bind-mounts the new namespaces onto these files, which must exist.
-    for (const f of [ipc, uts]) closeSync(openSync(f, "a"));
-    cmd = ["unshare", `--ipc=${ipc}`, `--uts=${uts}`, "sh", "-c", SCRIPT, "sh", ...args];
-  }
-  const r = await execa(cmd[0]!, cmd.slice(1), { reject: false, all: true, stdin: "ignore", timeout: 30_000 });
-  if (r.failed) {
-    const how = (r as { code?: string }).code === "ENOENT" ? `${cmd[0]} not found (busybox applet missing?)` : r.all;
-    throw new TaskError("Internal", `setting up the pod namespaces in ${dir} failed: ${how || `exit ${r.exitCode}`}`);
+  const create = !(existing.ipc && existing.uts);
+  // New namespaces are bind-mounted onto these files, which must exist.
+  if (create) for (const f of [ipc, uts]) closeSync(openSync(f, "a"));
+  try {
+    nsAddon().setup(ipc, uts, create, hostname, sysctls);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const sysctl = [...sysctlByPath].find(([file]) => e.message.includes(file));
+    if (sysctl) {
+      // a key this kernel does not have is the caller's mistake; anything else is ours
+      const code = e.code === "ENOENT" ? "InvalidArgument" : "Internal";
+      throw new TaskError(code, `pod sysctl ${sysctl[1]} cannot be applied: ${e.message}`);
+    }
+    throw new TaskError("Internal", `setting up the pod namespaces in ${dir} failed: ${e.message}`);
   }
   return { ipc, uts };
 }
@@ -66,8 +62,11 @@ export async function setupSandboxNamespaces(opts: SandboxNsOptions = {}): Promi
 export async function teardownSandboxNamespaces(dir = SANDBOX_NS_DIR): Promise<void> {
   for (const type of Object.keys(sandboxNamespaces(dir))) {
     const f = path.join(dir, type);
-    const r = await execa("umount", [f], { reject: false, all: true, stdin: "ignore" });
-    if (r.failed) throw new TaskError("Internal", `unmounting the pod's ${type} namespace ${f} failed: ${r.all}`);
+    try {
+      nsAddon().unmount(f);
+    } catch (err) {
+      throw new TaskError("Internal", `unmounting the pod's ${type} namespace ${f} failed: ${(err as Error).message}`);
+    }
   }
   await rm(dir, { recursive: true, force: true });
 }

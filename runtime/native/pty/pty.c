@@ -18,32 +18,8 @@
 #include <termios.h>
 #include <unistd.h>
 
-static napi_value throw_errno(napi_env env, int err, const char *what) {
-  const char *name = strerrorname_np(err);
-  if (name == NULL) name = "UNKNOWN";
-  char msg[512];
-  snprintf(msg, sizeof msg, "%s: %s (%s)", what, name, strerror(err));
-  napi_value code, message, error, errno_v;
-  if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code) != napi_ok ||
-      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok ||
-      napi_create_error(env, code, message, &error) != napi_ok || napi_create_int32(env, -err, &errno_v) != napi_ok ||
-      napi_set_named_property(env, error, "errno", errno_v) != napi_ok) {
-    napi_throw_error(env, name, msg);
-    return NULL;
-  }
-  napi_throw(env, error);
-  return NULL;
-}
-
-static bool get_args(napi_env env, napi_callback_info info, size_t argc, napi_value *argv) {
-  size_t got = argc;
-  if (napi_get_cb_info(env, info, &got, argv, NULL, NULL) != napi_ok) return false;
-  if (got < argc) {
-    napi_throw_type_error(env, "EINVAL", "pty addon: missing arguments");
-    return false;
-  }
-  return true;
-}
+#define ADDON_NAME "pty"
+#include "napi_errors.h"
 
 static bool get_int(napi_env env, napi_value v, int32_t *out, const char *name) {
   if (napi_get_value_int32(env, v, out) != napi_ok) {

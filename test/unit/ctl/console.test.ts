@@ -19,7 +19,7 @@ import type { AgentAddress } from "../../../runtime/sandboxer/hypervisor/index.t
 import { serveDebugShell } from "../../../runtime/task/console.ts";
 import { HybridVsockListener } from "../../../runtime/transport/hybrid-vsock.ts";
 import { processesMatching } from "../../vm/harness.ts";
-import { ptyReady } from "../task/harness.ts";
+import { addonsReady } from "../task/harness.ts";
 
 const NONCE = "0123456789ab";
 const M = "__kuasar_ctl_";
@@ -113,7 +113,7 @@ describe("exec and shell against a debug shell on a pty", () => {
   }
 
   before(async () => {
-    await ptyReady();
+    await addonsReady();
     dir = await mkdtemp(path.join(os.tmpdir(), "ctl-console-"));
     // busybox's ash, which the guest runs, is busybox called as "sh".
     await symlink("/bin/busybox", path.join(dir, "sh"));

@@ -13,7 +13,7 @@ import { EventPublisher } from "../../../runtime/sandboxer/events.ts";
 import { logger } from "../../../runtime/sandboxer/log.ts";
 import { TaskProxy } from "../../../runtime/sandboxer/task-proxy/proxy.ts";
 import { TtrpcClient, TtrpcServer } from "../../../runtime/ttrpc/index.ts";
-import { busyboxRootfs, ptyReady, repo, requireTools, type Scratch, scratch } from "../task/harness.ts";
+import { addonsReady, busyboxRootfs, repo, requireTools, type Scratch, scratch } from "../task/harness.ts";
 
 // containerd -> host task proxy -> the real vmm-task (on this host, under the C init) -> runc: everything but
 // the VM. The "share" is a host directory that both sides see at the same path.
@@ -44,7 +44,7 @@ async function waitForSocket(sock: string, ms: number): Promise<net.Socket> {
 
 before(async () => {
   await requireTools();
-  await ptyReady();
+  await addonsReady();
   s = await scratch("proxy-agent");
   const { init } = await buildNative({ outDir: path.join(repo, "build", "native") });
   const sock = path.join(s.dir, "agent.sock");

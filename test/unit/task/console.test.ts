@@ -4,7 +4,7 @@ import { spawnDebugShell } from "../../../runtime/task/console.ts";
 import * as h from "./harness.ts";
 
 test("debug shell: a pty with a controlling terminal, resize, ^C, exit status", { timeout: 30_000 }, async () => {
-  await h.ptyReady();
+  await h.addonsReady();
   const sh = spawnDebugShell("/bin/sh");
   try {
     const out = h.collect(sh.stream);

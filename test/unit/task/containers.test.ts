@@ -12,7 +12,7 @@ import * as h from "./harness.ts";
 if (await h.underInit(import.meta.url)) {
   configureLog({ level: "warn" });
   await h.requireTools();
-  await h.ptyReady();
+  await h.addonsReady();
   const s = await h.scratch("containers");
   const rootfs = await h.busyboxRootfs(s.dir);
   const exits = ExitMonitor.fromInit();

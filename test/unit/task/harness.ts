@@ -6,15 +6,16 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { execa } from "execa";
 import { buildNative } from "../../../runtime/native/build.ts";
-import { buildPtyAddon } from "../../../runtime/native/pty/build.ts";
+import { buildGypAddon } from "../../../runtime/native/gyp.ts";
 import { INIT_EXIT_FD_ENV } from "../../../runtime/task/exit-monitor.ts";
 
 export const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 const nativeOut = path.join(repo, "build", "native");
 
-/** Builds (or reuses) the pty addon and points the loader at it. */
-export async function ptyReady(): Promise<void> {
-  process.env.KUASAR_PTY_ADDON = await buildPtyAddon(nativeOut);
+/** Builds (or reuses) the agent's pty and ns addons and points their loaders at them. */
+export async function addonsReady(): Promise<void> {
+  process.env.KUASAR_PTY_ADDON = await buildGypAddon("pty", nativeOut);
+  process.env.KUASAR_NS_ADDON = await buildGypAddon("ns", nativeOut);
 }
 
 /**

@@ -25,7 +25,7 @@ if (await h.underInit(import.meta.url)) {
   });
 
   await h.requireTools();
-  await h.ptyReady();
+  await h.addonsReady();
   const s = await h.scratch("sandboxns");
   const nsDir = path.join(s.dir, "sandbox-ns");
   const exits = ExitMonitor.fromInit();
@@ -53,7 +53,8 @@ if (await h.underInit(import.meta.url)) {
     assert.equal(await inside("hostname; cat /proc/sys/kernel/msgmax /proc/sys/kernel/shmmni"), "pod-b\n4096\n123");
     await assert.rejects(
       setupSandboxNamespaces({ dir: nsDir, sysctls: { "kernel.nosuchkey": "1" } }),
-      /kernel\.nosuchkey/,
+      (e: unknown) =>
+        e instanceof TaskError && e.code === "InvalidArgument" && /kernel\.nosuchkey=1.*ENOENT/.test(e.message),
     );
     await assert.rejects(setupSandboxNamespaces({ dir: nsDir, hostname: "bad_name!" }), /bad_name!/);
 

@@ -1,0 +1,38 @@
+// Error helpers shared by the agent's N-API addons. Define ADDON_NAME (a string literal) before including.
+#ifndef KUASAR_NAPI_ERRORS_H
+#define KUASAR_NAPI_ERRORS_H
+
+#include <node_api.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+// Throws an Error whose code is the errno name (ENOENT, ...) and whose errno is -err, like Node's own.
+static inline napi_value throw_errno(napi_env env, int err, const char *what) {
+  const char *name = strerrorname_np(err);
+  if (name == NULL) name = "UNKNOWN";
+  char msg[640];
+  snprintf(msg, sizeof msg, "%s: %s (%s)", what, name, strerror(err));
+  napi_value code, message, error, errno_v;
+  if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code) != napi_ok ||
+      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok ||
+      napi_create_error(env, code, message, &error) != napi_ok || napi_create_int32(env, -err, &errno_v) != napi_ok ||
+      napi_set_named_property(env, error, "errno", errno_v) != napi_ok) {
+    napi_throw_error(env, name, msg);
+    return NULL;
+  }
+  napi_throw(env, error);
+  return NULL;
+}
+
+static inline bool get_args(napi_env env, napi_callback_info info, size_t argc, napi_value *argv) {
+  size_t got = argc;
+  if (napi_get_cb_info(env, info, &got, argv, NULL, NULL) != napi_ok) return false;
+  if (got < argc) {
+    napi_throw_type_error(env, "EINVAL", ADDON_NAME " addon: missing arguments");
+    return false;
+  }
+  return true;
+}
+
+#endif

@@ -1,0 +1,32 @@
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+// In the vmm-task bundle this module's directory is the bundle's, where the addons are installed beside it.
+const here = path.dirname(fileURLToPath(import.meta.url));
+const loaded = new Map<string, unknown>();
+
+/**
+ * Loads (once) the N-API addon runtime/native/<name>: the file $envVar names (which must then exist: falling back
+ * would hide a misconfiguration), else <name>.node beside the running code, else the node-gyp build.
+ */
+export function loadAddon<T>(name: string, envVar: string): T {
+  const cached = loaded.get(name);
+  if (cached) return cached as T;
+  const explicit = process.env[envVar];
+  if (explicit && !existsSync(explicit)) {
+    throw new Error(`${envVar}=${explicit} does not exist; point it at a built ${name}.node or unset it`);
+  }
+  const candidates = [path.join(here, `${name}.node`), path.join(here, name, "build", "Release", `${name}.node`)];
+  const found = explicit || candidates.find((c) => existsSync(c));
+  if (!found) {
+    throw new Error(
+      `${name} addon not found (looked at: ${candidates.join(", ")}); build it with \`npx tsx runtime/native/build.ts\` ` +
+        `(node-gyp; needs python3, make, gcc) or point ${envVar} at a ${name}.node`,
+    );
+  }
+  const addon = createRequire(import.meta.url)(found) as T;
+  loaded.set(name, addon);
+  return addon;
+}

@@ -1,0 +1,11 @@
+{
+  "targets": [
+    {
+      "target_name": "ns",
+      "sources": ["ns.c"],
+      "include_dirs": ["../include"],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags": ["-Wall", "-Wextra", "-Werror", "-std=gnu11"]
+    }
+  ]
+}
