@@ -5,7 +5,6 @@
 // (KUASAR_KERNEL_DIR): its boot checks and the daemon's full guest (agent over hybrid vsock, containers with runc).
 // Run: node --import tsx bench/kernel-profiles.ts [--boots N]   (writes bench/results/kernel-profiles.json)
 
-import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { stat } from "node:fs/promises";
 import path from "node:path";
@@ -14,6 +13,7 @@ import { artifact, requireArtifacts } from "../test/vm/harness.ts";
 import { bootKernel, checkBootTools, checkInitrd, guestProblems } from "../test/vm/kernel-check.ts";
 import { cleanup, runBenchmark, scratchDir } from "./lib/cleanup.ts";
 import { mdTable, mib, percentile, publish, type RunInfo, repo, runLine, startRun } from "./lib/report.ts";
+import { collect } from "./lib/spawn.ts";
 
 /** VM tests that boot the kernel under test: its own checks, and the daemon's whole guest with containers. */
 const MINI_TESTS = ["test/vm/kernel-boot.test.ts", "test/vm/sandboxer.test.ts"];
@@ -43,35 +43,13 @@ interface Result {
   miniTests: { files: string[]; pass: number; fail: number; seconds: number; failures: string[] };
 }
 
-/** Runs a command in the repo, streaming nothing; resolves with its exit code and combined output. */
-function run(
-  cmd: string,
-  args: string[],
-  env: NodeJS.ProcessEnv = process.env,
-): Promise<{ code: number; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { cwd: repo, env, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    child.stdout.on("data", (d: Buffer) => {
-      out += d;
-    });
-    child.stderr.on("data", (d: Buffer) => {
-      out += d;
-    });
-    child.once("exit", (code) => resolve({ code: code ?? 1, out }));
-  });
-}
-
 async function buildMini(binDir: string): Promise<Profile["how"]> {
   console.log("  mini kernel: kuasar-build kernel --profile mini (20-40 min when not cached)");
-  const r = await run(process.execPath, [
-    "pipeline/bin/kuasar-build.js",
-    "kernel",
-    "--profile",
-    "mini",
-    "--bin-dir",
-    binDir,
-  ]);
+  const r = await collect(
+    process.execPath,
+    ["pipeline/bin/kuasar-build.js", "kernel", "--profile", "mini", "--bin-dir", binDir],
+    { cwd: repo },
+  );
   if (r.code !== 0) throw new Error(`building the mini kernel failed:\n${r.out.slice(-4000)}`);
   return /^ {2}kernel\s+cached/m.test(r.out) ? "from the cache" : "built in this run";
 }
@@ -106,10 +84,10 @@ async function measure(dir: string, how: Profile["how"], initrd: string, boots: 
 async function miniTests(dir: string): Promise<Result["miniTests"]> {
   console.log(`  VM tests on the mini kernel: ${MINI_TESTS.join(" ")}`);
   const t0 = performance.now();
-  const r = await run(
+  const r = await collect(
     process.execPath,
     ["--import", "tsx", "--test", "--test-concurrency=1", "--test-reporter=tap", ...MINI_TESTS],
-    { ...process.env, KUASAR_KERNEL_DIR: dir },
+    { cwd: repo, env: { ...process.env, KUASAR_KERNEL_DIR: dir } },
   );
   const count = (k: string) => Number(new RegExp(`^# ${k} (\\d+)`, "m").exec(r.out)?.[1] ?? 0);
   const failures = [...r.out.matchAll(/^\s*not ok \d+ - (.+)$/gm)].map((m) => m[1]!);

@@ -7,7 +7,7 @@
 // with the shared cache's build of the same key); without it the kernel's warm time is taken from the shared cache.
 // Run: node --import tsx bench/pipeline.ts [--cold-kernel]   (writes bench/results/pipeline.json)
 
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdir, stat, symlink } from "node:fs/promises";
 import path from "node:path";
@@ -18,6 +18,7 @@ import { resolveOrder } from "../pipeline/lib/runner.ts";
 import { allStages, defaultTargets } from "../pipeline/stages/index.ts";
 import { cleanup, runBenchmark, scratchDir } from "./lib/cleanup.ts";
 import { mdTable, mib, publish, type RunInfo, repo, runLine, startRun } from "./lib/report.ts";
+import { collect } from "./lib/spawn.ts";
 
 const STAGES = new Map(allStages.map((s) => [s.name, s]));
 /** `all` without what needs the kernel; intermediates (rootfs) come along as dependencies. */
@@ -72,26 +73,14 @@ async function build(
   abortOn?: RegExp,
 ): Promise<BuildRun | undefined> {
   const t0 = performance.now();
-  const child = spawn(
+  const r = await collect(
     process.execPath,
     [path.join(src, "pipeline/bin/kuasar-build.js"), ...targets, "--cache-dir", cacheDir, "--bin-dir", binDir],
-    { cwd: src, stdio: ["ignore", "pipe", "pipe"] },
+    { cwd: src, ...(abortOn ? { abortOn } : {}) },
   );
-  let out = "";
-  let aborted = false;
-  const collect = (d: Buffer) => {
-    out += d;
-    if (abortOn?.test(out) && !aborted) {
-      aborted = true;
-      child.kill("SIGKILL");
-    }
-  };
-  child.stdout.on("data", collect);
-  child.stderr.on("data", collect);
-  const code = await new Promise<number | null>((r) => child.once("exit", r));
-  if (aborted) return undefined;
-  if (code !== 0) throw new Error(`kuasar-build ${targets.join(" ")} exited with ${code}:\n${out.slice(-4000)}`);
-  const stages = [...out.matchAll(/^ {2}(\S+)\s+(cached|built)\s+([\d.]+) s/gm)].map((m) => ({
+  if (r.aborted) return undefined;
+  if (r.code !== 0) throw new Error(`kuasar-build ${targets.join(" ")} exited with ${r.code}:\n${r.out.slice(-4000)}`);
+  const stages = [...r.out.matchAll(/^ {2}(\S+)\s+(cached|built)\s+([\d.]+) s/gm)].map((m) => ({
     stage: m[1]!,
     cached: m[2] === "cached",
     seconds: Number(m[3]),
