@@ -4,6 +4,7 @@ import { lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "no
 import os from "node:os";
 import path from "node:path";
 import { hashFile } from "./hash.ts";
+import { pidAlive } from "./pid.ts";
 
 /** Cache root: $KUASAR_CACHE_DIR, else $XDG_CACHE_HOME/kuasar-vmm, else ~/.cache/kuasar-vmm. Outside the clone on purpose. */
 export function defaultCacheDir(): string {
@@ -98,17 +99,8 @@ export class Cache {
 async function sweepAbandoned(stageDir: string): Promise<void> {
   for (const name of await readdir(stageDir)) {
     const pid = Number(/^\.tmp-[0-9a-f]+-(\d+)-[0-9a-f]+$/.exec(name)?.[1]);
-    if (!pid || pid === process.pid || isAlive(pid)) continue;
+    if (!pid || pid === process.pid || pidAlive(pid)) continue;
     await rm(path.join(stageDir, name), { recursive: true, force: true });
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
   }
 }
 

@@ -121,6 +121,7 @@ export async function runStages(req: RunRequest): Promise<StageOutcome[]> {
               const bctx: BuildContext = {
                 ...kctx,
                 out,
+                keepDir: path.join(req.cache.root, "keep", st.name),
                 dep: (name) => {
                   const d = dirs.get(name);
                   if (!d || !st.deps.includes(name)) throw new StageError(st.name, `reads undeclared stage '${name}'`);

@@ -38,6 +38,11 @@ export interface KeyContext {
 export interface BuildContext extends KeyContext {
   /** Empty directory the stage writes its outputs into. */
   out: string;
+  /**
+   * The stage's own directory that outlives its builds (outside every cache entry), for work worth keeping such
+   * as an incremental build tree. Outputs must not depend on what is found there, only build time may.
+   */
+  keepDir: string;
   /** Output directory of a declared dependency. */
   dep(stage: string): string;
   /** A progress line (shown live; kept for the failure report). */

@@ -4,6 +4,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { configure, loadRequest } from "../kernel/config.ts";
 import { applyPatches, type KernelSource, materialise, resolveSource, sourceDigest } from "../kernel/source.ts";
+import { leaseTree } from "../kernel/tree.ts";
 import { hashFile, sha256 } from "../lib/hash.ts";
 import type { BuildContext, KeyContext, Stage } from "../lib/stage.ts";
 
@@ -72,8 +73,8 @@ async function fragmentDigests(ctx: KeyContext, files: string[]): Promise<{ file
 
 /**
  * The guest kernel: Debian's 6.1 source (or a given tarball/dir/URL), patched, configured from
- * kernel-configs/ (allnoconfig or x86_64_defconfig base), checked value by value, built in-tree in a scratch
- * directory next to the cache entry and removed afterwards.
+ * kernel-configs/ (allnoconfig or x86_64_defconfig base), checked value by value, built in-tree in the kept
+ * build tree (pipeline/kernel/tree.ts), so a config change recompiles only what it touches.
  */
 export const kernelStage: Stage = {
   name: "kernel",
@@ -106,16 +107,28 @@ export const kernelStage: Stage = {
     const { files, requested } = await loadRequest(ctx.repo, o.hypervisors);
     const patches = await patchList(ctx);
     ctx.log(`merged ${files.length} fragment files: ${requested.size} requested symbols, no conflicts`);
-    // Next to out/ inside the cache's temporary entry: never part of the verified entry, removed below.
-    const scratch = path.join(path.dirname(ctx.out), "kernel-build");
+    const srcDigest = await sourceDigest(source, ctx);
+    const treeKey = sha256(
+      JSON.stringify({ source: srcDigest, patches: patches.map((p) => p.sha256), tools: await toolchain(ctx) }),
+    );
+    const tree = await leaseTree(path.join(ctx.keepDir, "tree"), treeKey);
+    // Without the kept tree (another build holds it): a private one next to out/, removed below.
+    const scratch = tree?.dir ?? path.join(path.dirname(ctx.out), "kernel-build");
     try {
-      const srcDir = await materialise(source, scratch, ctx.exec, ctx.log);
-      await applyPatches(
-        srcDir,
-        patches.map((p) => p.file),
-        ctx.exec,
-        ctx.log,
-      );
+      let srcDir = tree?.srcDir;
+      if (srcDir) {
+        ctx.log(`reusing the kept build tree ${scratch}: make recompiles only what the config change touches`);
+      } else {
+        if (!tree) ctx.log("the kept build tree is in use by another build: building from scratch in a private tree");
+        srcDir = await materialise(source, scratch, ctx.exec, ctx.log);
+        await applyPatches(
+          srcDir,
+          patches.map((p) => p.file),
+          ctx.exec,
+          ctx.log,
+        );
+        await tree?.prepared(srcDir);
+      }
       const env = reproducibleEnv(o.sourceDateEpoch);
       const make = (args: string[]) =>
         ctx.exec("make", ["ARCH=x86_64", ...args], { cwd: srcDir, env, extendEnv: false });
@@ -124,6 +137,7 @@ export const kernelStage: Stage = {
 
       const jobs = os.availableParallelism();
       ctx.log(`make -j${jobs} bzImage (linux ${version}, ${o.profile}; builds vmlinux first)`);
+      await tree?.compiling();
       await make([`-j${jobs}`, "bzImage"]);
 
       // The symbol table and any debug info are useless to a VMM and carry nothing it boots from.
@@ -133,14 +147,16 @@ export const kernelStage: Stage = {
       await writeFile(path.join(ctx.out, "config"), config);
       await writeManifest(ctx, {
         version,
-        source: { kind: source.kind, location: describeSource(source), sha256: await sourceDigest(source, ctx) },
+        source: { kind: source.kind, location: describeSource(source), sha256: srcDigest },
         patches,
         fragments: await fragmentDigests(ctx, files),
         config,
         seconds: (performance.now() - t0) / 1000,
       });
+      await tree?.done();
     } finally {
-      await rm(scratch, { recursive: true, force: true });
+      if (tree) await tree.release();
+      else await rm(scratch, { recursive: true, force: true });
     }
   },
   publish: {

@@ -68,6 +68,7 @@ export async function buildContext(
   return {
     ...keyContext(repo, options, memo),
     out,
+    keepDir: path.join(out, "..", "keep"),
     lines,
     dep: (name) => {
       const d = deps[name];
