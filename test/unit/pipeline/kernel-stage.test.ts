@@ -58,7 +58,13 @@ describe("kernel stage inputs", () => {
     ]);
     assert.deepEqual(Object.keys(inputs.tools as object).sort(), ["bc", "bison", "flex", "gcc", "ld", "make", "zstd"]);
     assert.match((inputs.tools as Record<string, string>).gcc!, /gcc/);
-    assert.deepEqual(Object.keys(inputs.helpers as object), ["config.ts", "fragment.ts", "source.ts", "verify.ts"]);
+    assert.deepEqual(Object.keys(inputs.helpers as object), [
+      "config.ts",
+      "fragment.ts",
+      "source.ts",
+      "tree.ts",
+      "verify.ts",
+    ]);
   });
 
   test("change when anything that shapes the kernel changes, and only then", async () => {
