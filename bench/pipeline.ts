@@ -4,12 +4,13 @@
 // --bin-dir): bin/ and the shared cache are never written. Cold = a fresh cache dir; warm = the same run again.
 // Two cold builds must give the same sha256 for every file of every stage (image and initrd above all).
 // The kernel's cold build takes 13 minutes here on idle cores (up to 35 on busy ones), so it runs only with --cold-kernel (its sha256 is then compared
-// with the shared cache's build of the same key); without it the kernel's warm time is taken from the shared cache.
+// with the shared cache's build of the same key, and it is followed by two config-only rebuilds from the kept build
+// tree, the second of which must reproduce the cold build); without it the kernel's warm time is taken from the shared cache.
 // Run: node --import tsx bench/pipeline.ts [--cold-kernel]   (writes bench/results/pipeline.json)
 
 import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { mkdir, stat, symlink } from "node:fs/promises";
+import { mkdir, rm, stat, symlink } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { defaultCacheDir } from "../pipeline/lib/cache.ts";
@@ -62,6 +63,8 @@ interface Result {
   sizes: Record<string, number>;
   reproducible: Repro[];
   kernelRepro?: { vmlinuxSame: boolean; bzImageSame: boolean; against: string } | { note: string };
+  /** With --cold-kernel: config-only rebuilds from the kept build tree, and whether they match the cold build. */
+  kernelIncremental?: { changeSeconds: number; backSeconds: number; sameAsCold: boolean };
 }
 
 /** Runs the CLI of the exported tree; `abortOn` kills it when its output matches (a build we must not start). */
@@ -108,6 +111,31 @@ function compare(stage: string, a: Entry | undefined, b: Entry | undefined): Rep
   };
 }
 
+/**
+ * The kept build tree at work: the kernel for QEMU alone (a config change), then the default config again with its
+ * cold entry removed, which has to come out bit-identical to the cold build.
+ */
+async function incrementalKernel(
+  src: string,
+  cache: string,
+  binDir: string,
+  cold: Entry,
+): Promise<Result["kernelIncremental"]> {
+  const kernelSeconds = (b: BuildRun) => b.stages.find((x) => x.stage === "kernel")?.seconds ?? Number.NaN;
+  console.log("  kernel for QEMU alone (config change, kept tree)");
+  const changed = (await build(src, ["kernel", "--hypervisor", "qemu"], cache, binDir))!;
+  console.log(`    ${kernelSeconds(changed)} s; the default config again, its cold entry removed`);
+  await rm(path.join(cache, "kernel", cold.key), { recursive: true, force: true });
+  const back = (await build(src, ["kernel"], cache, binDir))!;
+  const again = entryOf(cache, "kernel", cold.key);
+  console.log(`    ${kernelSeconds(back)} s`);
+  return {
+    changeSeconds: kernelSeconds(changed),
+    backSeconds: kernelSeconds(back),
+    sameAsCold: ["vmlinux.bin", "bzImage"].every((f) => again?.files[f]?.sha256 === cold.files[f]?.sha256),
+  };
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { "cold-kernel": { type: "boolean", default: false } } });
   const coldKernel = values["cold-kernel"] ?? false;
@@ -138,8 +166,10 @@ async function main(): Promise<void> {
     let kernelNote: string;
     let kernelRepro: Result["kernelRepro"];
     let kernelBin: string;
+    let kernelIncremental: Result["kernelIncremental"];
     if (coldKernel) {
       const mine = entryOf(c1, "kernel")!;
+      kernelIncremental = await incrementalKernel(src, c1, path.join(dir, "bin-i"), mine);
       const theirs = entryOf(shared, "kernel", mine.key);
       kernelRepro = theirs
         ? {
@@ -188,6 +218,7 @@ async function main(): Promise<void> {
       coldSecond,
       ...(kernelWarm ? { kernelWarm } : {}),
       kernelNote,
+      ...(kernelIncremental ? { kernelIncremental } : {}),
       sizes,
       reproducible,
       kernelRepro,
@@ -238,12 +269,24 @@ function reproRows(r: Result): Array<[string, string]> {
   return rows;
 }
 
+function incrementalLine(r: Result): string | undefined {
+  const k = r.kernelIncremental;
+  if (!k) return undefined;
+  return (
+    `kernel after a config change, from the kept build tree: QEMU-only ${k.changeSeconds} s, back to the default ` +
+    `${k.backSeconds} s (cold ${r.cold.stages.find((s) => s.stage === "kernel")?.seconds} s); the rebuilt default ` +
+    `is ${k.sameAsCold ? "bit-identical to" : "DIFFERENT from"} the cold build`
+  );
+}
+
 function printTables(r: Result): void {
   console.log("\nstage times (s; the CLI's own per-stage figures)");
   console.table(stageRows(r).map((row) => Object.fromEntries(STAGE_HEADERS.map((h, i) => [h, row[i]]))));
   console.table(Object.entries(r.sizes).map(([artifact, bytes]) => ({ artifact, MiB: mib(bytes), bytes })));
   console.log(`${r.run.cpus} CPUs, load average ${r.run.loadavgStart.join(" ")} -> ${r.run.loadavgEnd.join(" ")}`);
   console.log(r.kernelNote);
+  const inc = incrementalLine(r);
+  if (inc) console.log(inc);
   console.log("reproducibility (two cold builds):");
   for (const [stage, v] of reproRows(r)) console.log(`  ${stage}: ${v}`);
 }
@@ -264,6 +307,7 @@ function markdown(r: Result): string {
       Object.entries(r.sizes).map(([a, b]) => [a, mib(b), b]),
     ),
     "",
+    ...(incrementalLine(r) ? [`${incrementalLine(r)}.`, ""] : []),
     "Reproducibility (every file each stage stores, by sha256, between the two cold builds):",
     "",
     mdTable(["stage", "result"], reproRows(r)),
