@@ -4,7 +4,7 @@ import { copyFile, mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { execa } from "execa";
-import { nodeDir, nodeGyp, withLock } from "./gyp.ts";
+import { buildGypAddon, nodeDir, nodeGyp, withLock } from "./gyp.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const vsockDir = path.join(here, "vsock");
@@ -121,11 +121,13 @@ async function writeStamp(file: string, stamp: Stamp): Promise<void> {
   await rename(tmp, file);
 }
 
-// `npx tsx runtime/native/build.ts [outDir]` builds both for development (default outDir: runtime/native/build).
+// `npx tsx runtime/native/build.ts [outDir]` builds everything here for development (default outDir: runtime/native/build).
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const outDir = path.resolve(process.argv[2] ?? path.join(here, "build"));
-  buildNative({ outDir }).then(
-    (a) => console.log(`vsock addon: ${a.vsockAddon}\ninit: ${a.init}`),
+  const addons = Promise.all(["pty", "ns"].map((name) => buildGypAddon(name, outDir)));
+  Promise.all([buildNative({ outDir }), addons]).then(
+    ([a, [pty, ns]]) =>
+      console.log(`vsock addon: ${a.vsockAddon}\ninit: ${a.init}\npty addon: ${pty}\nns addon: ${ns}`),
     (e: Error) => {
       console.error(e.message);
       process.exitCode = 1;

@@ -5,6 +5,9 @@ import { nsAddon } from "../native/ns/addon.ts";
 import { TaskError } from "./errors.ts";
 import { SANDBOX_NS_DIR, sandboxNamespaces } from "./spec.ts";
 
+/** What the ns addon takes in one call (runtime/native/ns/ns.c MAX_SYSCTLS). */
+const MAX_SYSCTLS = 256;
+
 export interface SandboxNsOptions {
   /** Where the namespaces are bind-mounted; default /run/sandbox-ns. */
   dir?: string;
@@ -30,9 +33,13 @@ export async function setupSandboxNamespaces(opts: SandboxNsOptions = {}): Promi
   if (hostname.length > 64) {
     throw new TaskError("InvalidArgument", `pod hostname "${hostname}" is longer than 64 characters`);
   }
+  const entries = Object.entries(opts.sysctls ?? {});
+  if (entries.length > MAX_SYSCTLS) {
+    throw new TaskError("InvalidArgument", `${entries.length} pod sysctls given; at most ${MAX_SYSCTLS} are applied`);
+  }
   const sysctls: string[] = [];
   const sysctlByPath = new Map<string, string>();
-  for (const [key, value] of Object.entries(opts.sysctls ?? {})) {
+  for (const [key, value] of entries) {
     const file = sysctlPath(key);
     sysctls.push(file, checkValue(key, value));
     sysctlByPath.set(file, `${key}=${value}`);

@@ -24,6 +24,14 @@ if (await h.underInit(import.meta.url)) {
     }
   });
 
+  test("more sysctls than one setup call applies are refused before anything is created", async () => {
+    const many = Object.fromEntries(Array.from({ length: 257 }, (_, i) => [`net.ipv4.conf.eth${i}.forwarding`, "1"]));
+    await assert.rejects(
+      setupSandboxNamespaces({ dir: "/nonexistent/sandbox-ns", sysctls: many }),
+      (e: unknown) => e instanceof TaskError && e.code === "InvalidArgument" && /257 pod sysctls/.test(e.message),
+    );
+  });
+
   await h.requireTools();
   await h.addonsReady();
   const s = await h.scratch("sandboxns");
