@@ -2,7 +2,7 @@ import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { buildNative } from "../../runtime/native/build.ts";
-import { buildGypAddon } from "../../runtime/native/gyp.ts";
+import { AGENT_ADDONS, buildGypAddon } from "../../runtime/native/gyp.ts";
 import { bundleInputs, bundleNode } from "../lib/bundle.ts";
 import type { Stage } from "../lib/stage.ts";
 
@@ -38,7 +38,7 @@ export const taskStage: Stage = {
       const native = await buildNative({ outDir: scratch });
       await copyFile(native.vsockAddon, path.join(ctx.out, "vsock.node"));
       await copyFile(native.init, path.join(ctx.out, "init"));
-      for (const addon of ["pty", "ns"]) {
+      for (const addon of AGENT_ADDONS) {
         ctx.log(`building the ${addon} addon`);
         await copyFile(await buildGypAddon(addon, scratch), path.join(ctx.out, `${addon}.node`));
       }

@@ -1,15 +1,13 @@
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { copyFile, mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { execa } from "execa";
-import { buildGypAddon, nodeDir, nodeGyp, withLock } from "./gyp.ts";
+import { AGENT_ADDONS, buildGypAddon } from "./gyp.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const vsockDir = path.join(here, "vsock");
 const initSource = path.join(here, "init", "init.c");
-const vsockSources = [path.join(vsockDir, "binding.gyp"), path.join(vsockDir, "vsock.c")];
 
 export interface BuildNativeOptions {
   /** Where vsock.node and init are placed. */
@@ -35,39 +33,19 @@ export async function buildNative(opts: BuildNativeOptions): Promise<NativeArtif
   const stamp = await readStamp(stampFile);
   const cc = process.env.CC ?? "cc";
   const ccVersion = await toolLine(cc, ["--version"], "gcc");
-  const out: NativeArtifacts = {
-    vsockAddon: path.join(opts.outDir, "vsock.node"),
-    init: path.join(opts.outDir, "init"),
-  };
+  const init = path.join(opts.outDir, "init");
 
   const defines = opts.agentArgv ? [`-DINIT_AGENT_ARGV=${agentArgvDefine(opts.agentArgv)}`] : [];
   const initKey = await digest([initSource], [ccVersion, ...C_FLAGS, ...defines]);
-  if (stamp.init !== initKey || !existsSync(out.init)) {
-    const tmp = `${out.init}.tmp-${process.pid}`;
+  if (stamp.init !== initKey || !existsSync(init)) {
+    const tmp = `${init}.tmp-${process.pid}`;
     await run(cc, ["-static", ...C_FLAGS, ...defines, "-o", tmp, initSource], "compiling init");
-    await rename(tmp, out.init);
+    await rename(tmp, init);
     stamp.init = initKey;
     await writeStamp(stampFile, stamp);
   }
 
-  const nodedir = nodeDir();
-  const vsockKey = await digest(vsockSources, [ccVersion, process.version, nodedir ?? "download"]);
-  if (stamp.vsock !== vsockKey || !existsSync(out.vsockAddon)) {
-    // The in-place build is shared by every outDir (and found by the loader): rebuild it only when stale.
-    const inPlaceStamp = path.join(vsockDir, "build", "kuasar-stamp");
-    await withLock(path.join(vsockDir, ".build.lock"), async () => {
-      if ((await readFile(inPlaceStamp, "utf8").catch(() => "")) === vsockKey) return;
-      const args = [nodeGyp(), "rebuild", ...(nodedir ? [`--nodedir=${nodedir}`] : [])];
-      await run(process.execPath, args, "building the vsock addon with node-gyp", vsockDir);
-      await writeFile(inPlaceStamp, vsockKey);
-    });
-    const tmp = `${out.vsockAddon}.tmp-${process.pid}`;
-    await copyFile(path.join(vsockDir, "build", "Release", "vsock.node"), tmp);
-    await rename(tmp, out.vsockAddon);
-    stamp.vsock = vsockKey;
-    await writeStamp(stampFile, stamp);
-  }
-  return out;
+  return { vsockAddon: await buildGypAddon("vsock", opts.outDir), init };
 }
 
 /** A C initializer list of string literals; JSON string escapes are valid C for printable ASCII. */
@@ -104,7 +82,6 @@ async function digest(files: string[], extra: string[]): Promise<string> {
 
 interface Stamp {
   init?: string;
-  vsock?: string;
 }
 
 async function readStamp(file: string): Promise<Stamp> {
@@ -124,10 +101,9 @@ async function writeStamp(file: string, stamp: Stamp): Promise<void> {
 // `npx tsx runtime/native/build.ts [outDir]` builds everything here for development (default outDir: runtime/native/build).
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const outDir = path.resolve(process.argv[2] ?? path.join(here, "build"));
-  const addons = Promise.all(["pty", "ns"].map((name) => buildGypAddon(name, outDir)));
+  const addons = Promise.all(AGENT_ADDONS.map((name) => buildGypAddon(name, outDir)));
   Promise.all([buildNative({ outDir }), addons]).then(
-    ([a, [pty, ns]]) =>
-      console.log(`vsock addon: ${a.vsockAddon}\ninit: ${a.init}\npty addon: ${pty}\nns addon: ${ns}`),
+    ([a, agent]) => console.log([`vsock addon: ${a.vsockAddon}`, `init: ${a.init}`, ...agent].join("\n")),
     (e: Error) => {
       console.error(e.message);
       process.exitCode = 1;

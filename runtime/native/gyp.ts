@@ -11,8 +11,11 @@ import { execa } from "execa";
 const nativeDir = path.dirname(fileURLToPath(import.meta.url));
 const includeDir = path.join(nativeDir, "include");
 
+/** The agent's addons besides vsock (which the host uses too and buildNative builds): each runtime/native/<name>. */
+export const AGENT_ADDONS = ["pty", "ns"] as const;
+
 // node-gyp ships inside npm rather than as a project dependency.
-export function nodeGyp(): string {
+function nodeGyp(): string {
   const candidates = [
     process.env.npm_config_node_gyp,
     path.resolve(path.dirname(process.execPath), "../lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js"),
@@ -32,14 +35,14 @@ export function nodeGyp(): string {
 }
 
 // Headers of the running Node when installed beside it (Debian's nodejs-dev, official tarballs); otherwise node-gyp downloads them.
-export function nodeDir(): string | undefined {
+function nodeDir(): string | undefined {
   if (process.env.npm_config_nodedir) return process.env.npm_config_nodedir;
   const prefix = path.resolve(path.dirname(process.execPath), "..");
   return existsSync(path.join(prefix, "include", "node", "node_api.h")) ? prefix : undefined;
 }
 
 // node-gyp builds in the source directory, so concurrent builds (parallel test files) take turns.
-export async function withLock(dir: string, fn: () => Promise<void>): Promise<void> {
+async function withLock(dir: string, fn: () => Promise<void>): Promise<void> {
   const deadline = Date.now() + 5 * 60_000;
   for (;;) {
     try {
@@ -76,7 +79,7 @@ function isAlive(pid: number): boolean {
 /**
  * Builds runtime/native/<name> (binding.gyp, <name>.c and the shared headers in include/) with node-gyp in its
  * own build/ directory, where the loader also finds it, and copies it to <outDir>/<name>.node, which it returns.
- * node-gyp runs only when the sources, Node or its headers changed.
+ * node-gyp runs only when the sources, Node, its headers or the C compiler changed.
  */
 export async function buildGypAddon(name: string, outDir: string): Promise<string> {
   const dir = path.join(nativeDir, name);
@@ -87,7 +90,9 @@ export async function buildGypAddon(name: string, outDir: string): Promise<strin
   for (const f of (await readdir(includeDir)).sort()) sources.push(path.join(includeDir, f));
   const h = createHash("sha256");
   for (const f of sources) h.update(`${path.basename(f)}\0`).update(await readFile(f));
-  const key = h.update(`\0${process.version}\0${nodedir ?? "download"}`).digest("hex");
+  const cc = await execa(process.env.CC ?? "cc", ["--version"], { reject: false, all: true, stdin: "ignore" });
+  const ccVersion = (cc.all ?? "").split("\n")[0] ?? "";
+  const key = h.update(`\0${process.version}\0${nodedir ?? "download"}\0${ccVersion}`).digest("hex");
   if ((await readFile(stampFile, "utf8").catch(() => "")) !== key || !existsSync(built)) {
     await withLock(path.join(dir, ".build.lock"), async () => {
       if ((await readFile(stampFile, "utf8").catch(() => "")) === key && existsSync(built)) return;
