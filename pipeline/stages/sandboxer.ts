@@ -11,6 +11,7 @@ const SOURCES = [
   "runtime/ttrpc",
   "runtime/transport",
   "runtime/streaming",
+  "runtime/text",
   "runtime/grpc",
   // kuasar-ctl, and the host check both binaries run (it reads task.* parameters with the agent's own parser).
   "runtime/ctl",

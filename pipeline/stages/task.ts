@@ -14,6 +14,7 @@ const SOURCES = [
   "runtime/ttrpc",
   "runtime/transport",
   "runtime/streaming",
+  "runtime/text",
   "runtime/native",
 ];
 

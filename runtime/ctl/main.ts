@@ -11,7 +11,9 @@ import { agentAddressOf, type Entry, readSandboxes, resolvePrefix } from "./sand
 
 const USAGE = `usage: kuasar-ctl <command> [options]
   list | ps [--json]                    sandboxes under --dir: state, the daemon's view, VMM pid, uptime, address
-  logs [-f] [-n N] [--vmm] <id>         the guest's serial console (<dir>/<id>/console.log; --vmm: the VMM's log)
+  logs [-f] [-n N] [--vmm] [--raw] <id> the guest's serial console (<dir>/<id>/console.log.1 and console.log;
+                                        --vmm: the VMM's log); control characters are shown escaped (\\x1b),
+                                        --raw prints the bytes as they are
   exec [--timeout S] <id> -- CMD...     run CMD in the guest's debug shell; its exit status becomes ours
                                         (124 on timeout, 125 when kuasar-ctl itself failed, 255 when the VM went away)
   shell <id>                            interactive debug shell (Ctrl-] disconnects)
@@ -97,6 +99,7 @@ async function logs(argv: string[]): Promise<number> {
         follow: { type: "boolean", short: "f", default: false },
         lines: { type: "string", short: "n" },
         vmm: { type: "boolean", default: false },
+        raw: { type: "boolean", default: false },
       },
       allowPositionals: true,
       strict: true,
@@ -115,6 +118,7 @@ async function logs(argv: string[]): Promise<number> {
   process.once("SIGINT", () => stop.abort());
   await printLog(file, process.stdout, {
     follow: values.follow!,
+    raw: values.raw!,
     ...(lines !== undefined ? { lines } : {}),
     signal: stop.signal,
   });

@@ -1,6 +1,13 @@
-/** Kuasar's log line: `[<RFC3339 time> <LEVEL> <target>] <message>`, to stderr (journald under systemd). */
+import { escapeText } from "../text/escape.ts";
+
+/**
+ * Kuasar's log line: `[<RFC3339 time> <LEVEL> <target>] <message>`, to stderr (journald under systemd). Messages
+ * carry guest text (agent errors, console lines), so each is escaped and cut: one message is always one line.
+ */
 export type Level = "error" | "warn" | "info" | "debug" | "trace";
 const RANK: Record<Level, number> = { error: 0, warn: 1, info: 2, debug: 3, trace: 4 };
+/** Characters of one message; the longest the daemon writes itself (a VMM command line) are a few KiB. */
+export const MAX_MESSAGE = 16_384;
 
 let threshold: Level = "info";
 
@@ -30,7 +37,8 @@ export interface Logger {
 export function logger(target: string): Logger {
   const emit = (level: Level, msg: string) => {
     if (RANK[level] > RANK[threshold]) return;
-    process.stderr.write(`[${new Date().toISOString()} ${level.toUpperCase()} ${target}] ${msg}\n`);
+    const text = escapeText(msg, { maxLength: MAX_MESSAGE });
+    process.stderr.write(`[${new Date().toISOString()} ${level.toUpperCase()} ${escapeText(target)}] ${text}\n`);
   };
   return {
     error: (m) => emit("error", m),

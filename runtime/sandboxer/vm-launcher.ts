@@ -1,5 +1,5 @@
 import { type FSWatcher, watch } from "node:fs";
-import { mkdir, open, readFile, rm } from "node:fs/promises";
+import { open, rm } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import type { CgroupStats } from "../cgroups/stats.ts";
@@ -10,7 +10,8 @@ import { dial } from "../transport/address.ts";
 import { type TtrpcClient, TtrpcServer } from "../ttrpc/index.ts";
 import { connectAgent, syncGuestClock } from "./agent.ts";
 import type { Config } from "./config/schema.ts";
-import { containerIdOf, type EventPublisher } from "./events.ts";
+import type { EventPublisher } from "./events.ts";
+import { GuestEventForwarder } from "./guest-events.ts";
 import {
   type AgentAddress,
   agentUrl,
@@ -20,17 +21,18 @@ import {
   type HypervisorState,
   recoverHypervisor,
 } from "./hypervisor/index.ts";
+import { killSandboxProcesses } from "./hypervisor/leftovers.ts";
 import type { Logger } from "./log.ts";
 import { attachPodNetwork, detachPodNetwork, type Nic, type PodNetwork } from "./network/pod-network.ts";
 import { PodCgroup, type PodResources } from "./pod-cgroup.ts";
 import type { Launcher, SandboxRecord } from "./sandbox/record.ts";
 import { type PodConfigJson, writeShareFiles } from "./share-files.ts";
-import { makeSharedMount, unmount } from "./storage/mount.ts";
+import { isMountPoint } from "./storage/mount.ts";
+import { createShareDirs, mountShare, type ShareLayout, shareLayout, unmountAllUnder } from "./storage/share.ts";
 import { TaskProxy } from "./task-proxy/proxy.ts";
+import { ContainerRecords } from "./task-proxy/records.ts";
 import { vmSize } from "./vm-size.ts";
 
-/** Where the guest sees the share (Kuasar's guest contract). */
-const GUEST_SHARE = "/run/kuasar/state";
 /** After a daemon restart a live agent answers at once: fail fast and clean up instead. */
 const RECOVER_AGENT_DEADLINE_MS = 3_000;
 const CLOCK_SYNC_MS = 60_000;
@@ -66,9 +68,13 @@ export class VmLauncher implements Launcher {
   ) {}
 
   async prepare(rec: SandboxRecord, dir: string): Promise<void> {
-    const share = path.join(dir, "shared");
-    await mkdir(share, { recursive: true });
-    await writeShareFiles(share, rec.id, rec.podConfig as PodConfigJson | undefined);
+    const share = shareLayout(dir);
+    await createShareDirs(share);
+    await writeShareFiles(share.mounts, rec.id, rec.podConfig as PodConfigJson | undefined);
+  }
+
+  private records(dir: string, share: ShareLayout, log: Logger): ContainerRecords {
+    return new ContainerRecords(path.join(dir, "containers"), share, log);
   }
 
   async start(rec: SandboxRecord, dir: string): Promise<{ pid: number; taskAddress: string; runtime: unknown }> {
@@ -86,16 +92,10 @@ export class VmLauncher implements Launcher {
       (rec.podConfig as PodConfigJson | undefined)?.linux?.resources,
     );
     log.info(`VM size ${size.vcpus} vCPU / ${size.memoryMiB} MiB: ${size.why}`);
-    const share = path.join(dir, "shared");
-    // virtiofsd sees only mounts that propagate into its namespace: container rootfs mounts come after it starts.
-    const sharedMount = this.config.hypervisor.share_fs === "VirtioFS";
-    if (sharedMount) await makeSharedMount(share);
-    const net = rec.netnsPath
-      ? await attachPodNetwork(rec.netnsPath).catch(async (err: Error) => {
-          if (sharedMount) await unmount(share).catch(() => undefined);
-          throw err;
-        })
-      : undefined;
+    // Before the VMM exports shared/: the guest's view is read-only at the top from its first access. Undone by
+    // release(), which the manager runs after a failed start.
+    await mountShare(shareLayout(dir));
+    const net = rec.netnsPath ? await attachPodNetwork(rec.netnsPath) : undefined;
     let vm: Hypervisor | undefined;
     try {
       vm = createHypervisor(
@@ -103,7 +103,7 @@ export class VmLauncher implements Launcher {
         {
           id: rec.id,
           dir,
-          shareDir: path.join(dir, "shared"),
+          shareDir: shareLayout(dir).shared,
           ...(rec.netnsPath ? { netnsPath: rec.netnsPath } : {}),
           netDevices: (net?.nics ?? []).map((n) => ({ tapName: n.tap, mac: n.mac, mtu: n.mtu })),
           vcpus: size.vcpus,
@@ -159,7 +159,6 @@ export class VmLauncher implements Launcher {
         await vm.cleanup().catch(() => undefined);
       }
       if (net) await detachPodNetwork(net).catch(() => undefined);
-      if (sharedMount) await unmount(share).catch(() => undefined);
       await cgroup?.remove().catch((e: Error) => log.warn(e.message));
       throw err;
     }
@@ -175,11 +174,12 @@ export class VmLauncher implements Launcher {
   ): Promise<void> {
     const log = this.log.child(rec.id);
     const sock = path.join(dir, "task.sock");
+    const share = shareLayout(dir);
     const proxy = new TaskProxy({
       sandboxId: rec.id,
       taskAddress: `ttrpc+unix://${sock}`,
-      recordDir: path.join(dir, "containers"),
-      share: { host: path.join(dir, "shared"), guest: GUEST_SHARE },
+      records: this.records(dir, share, log),
+      share,
       agent: () => agent,
       events: this.events,
       nextStorage: () => rec.nextStorage++,
@@ -201,24 +201,20 @@ export class VmLauncher implements Launcher {
     const timers = [setInterval(sync, CLOCK_SYNC_MS)];
     for (const t of timers) t.unref();
     this.running.set(rec.id, { vm, agent, proxy, server, ...(pod ? { net: pod } : {}), timers });
-    void this.forwardGuestEvents(rec.id, agent);
+    void this.forwardGuestEvents(rec.id, agent, proxy);
   }
 
   /** Task start, exit and OOM events are the guest's: they reach containerd through the daemon. */
-  private async forwardGuestEvents(id: string, agent: TtrpcClient): Promise<void> {
+  private async forwardGuestEvents(id: string, agent: TtrpcClient, proxy: TaskProxy): Promise<void> {
     const svc = agent.service(SandboxService);
+    // Admitted only for this sandbox's containers, in the namespace containerd created each in; paced.
+    const guest = new GuestEventForwarder(this.events, id, (c) => proxy.namespaceOf(c), this.log.child(id));
     for (;;) {
       const r = this.running.get(id);
       if (!r || r.agent !== agent) return;
-      try {
-        const ev = await svc.getEvents({});
-        if (ev.event) {
-          const ns = r.proxy.namespaceOf(containerIdOf(ev.event.value) ?? "") ?? (ev.namespace || "k8s.io");
-          this.events.publishRaw(ns, ev.topic, ev.event.typeUrl, ev.event.value);
-        }
-      } catch {
-        return;
-      }
+      const ev = await svc.getEvents({}).catch(() => undefined);
+      if (!ev) return;
+      await guest.forward(ev);
     }
   }
 
@@ -248,13 +244,18 @@ export class VmLauncher implements Launcher {
       await r.server.close();
       await r.proxy.releaseAll();
       await r.vm.cleanup();
+    } else {
+      // Not served by this daemon (a failed start or recovery): the records still say what is mounted.
+      await this.records(dir, shareLayout(dir), this.log.child(rec.id)).releaseAll();
     }
+    // Its events still waiting for containerd (only while containerd is unreachable) go with it.
+    this.events.forget(rec.id);
     const state = rec.runtime as RuntimeState | undefined;
     const net =
       r?.net ?? (rec.netnsPath && state?.nics.length ? { nsPath: rec.netnsPath, nics: state.nics } : undefined);
     if (net) await detachPodNetwork(net);
-    // The share's own bind mount (VirtioFS), once every container mount below it is gone.
-    if (await isMountPoint(path.join(dir, "shared"))) await unmount(path.join(dir, "shared"));
+    // The share's own mounts and anything a record did not name: nothing stays mounted under the sandbox.
+    await unmountAllUnder(dir);
     await podCgroupOf(rec)?.remove();
     await rm(path.join(dir, "task.sock"), { force: true });
   }
@@ -280,6 +281,15 @@ export class VmLauncher implements Launcher {
     } catch (err) {
       return { ok: false, reason: (err as Error).message };
     }
+    if (!(await isMountPoint(shareLayout(dir).mounts))) {
+      // Started by a version whose share the guest could write where the host mounts: not kept running.
+      await vm.stop(0).catch(() => undefined);
+      await vm.cleanup().catch(() => undefined);
+      return {
+        ok: false,
+        reason: "its share has the old, guest-writable layout (started by an earlier vmm-sandboxer)",
+      };
+    }
     let agent: TtrpcClient;
     try {
       agent = await connectAgent(() => dial(agentUrl(state.agent), { timeoutMs: 1000 }), {
@@ -302,6 +312,16 @@ export class VmLauncher implements Launcher {
     return { ok: true };
   }
 
+  /**
+   * A sandbox directory whose sandbox.json cannot be read: its VMM (named by the pid file the driver wrote) and
+   * helpers are killed, and its mounts freed from the container records and then whatever is left under it.
+   */
+  async discard(dir: string): Promise<void> {
+    await killSandboxProcesses(dir, this.log);
+    await this.records(dir, shareLayout(dir), this.log).releaseAll();
+    await unmountAllUnder(dir);
+  }
+
   /** Daemon shutdown: stop serving but leave every VM running (KillMode=process). */
   async detachAll(): Promise<void> {
     for (const r of this.running.values()) {
@@ -312,11 +332,6 @@ export class VmLauncher implements Launcher {
     }
     this.running.clear();
   }
-}
-
-async function isMountPoint(dir: string): Promise<boolean> {
-  const info = await readFile("/proc/self/mountinfo", "utf8");
-  return info.split("\n").some((l) => l.split(" ")[4] === dir);
 }
 
 function podCgroupOf(rec: SandboxRecord): PodCgroup | undefined {

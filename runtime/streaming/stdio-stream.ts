@@ -1,8 +1,8 @@
 import type { Readable, Writable } from "node:stream";
 import { create } from "@bufbuild/protobuf";
-import { type Any, anyIs, anyPack, anyUnpack, EmptySchema } from "@bufbuild/protobuf/wkt";
+import { type Any, anyPack, anyUnpack, EmptySchema } from "@bufbuild/protobuf/wkt";
 import { StreamInitSchema } from "../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
-import { DataSchema, WindowUpdateSchema } from "../protos/gen/containerd/types/transfer/streaming_pb.ts";
+import { dataMessage, ProtocolViolation, parseMessage, windowMessage } from "./messages.ts";
 
 /**
  * Stdio over containerd's Streaming service (one bidirectional stream of Any per stdio stream): the sender
@@ -38,55 +38,109 @@ export async function readInit(ch: AnyChannel): Promise<string> {
   return init.id;
 }
 
-/** Sends a readable's bytes as Data, never more than the peer granted; ends the channel at EOF. */
-export async function sendStream(ch: AnyChannel, source: Readable): Promise<void> {
+/**
+ * The most credit a sender keeps. A receiver that keeps to the protocol never has more outstanding (ours grants one
+ * WINDOW, containerd's ReceiveStream tops up to two), so a peer granting 2^31 gets no more than this in flight.
+ */
+export const MAX_CREDIT = 4 * WINDOW;
+
+/**
+ * Sends a readable's bytes as Data, never more than the peer granted; ends the channel at EOF. A peer that sends
+ * anything but WindowUpdate is cut off: the source is destroyed and the promise rejects naming the stream.
+ */
+export async function sendStream(ch: AnyChannel, source: Readable, name: string): Promise<void> {
   let credit = 0;
-  let peerGone = false;
+  /** The peer ended its side, its connection went, or it broke the protocol: nothing more is sent. */
+  let closed = false;
+  let violation: ProtocolViolation | undefined;
   let wake: (() => void) | undefined;
-  const credits = (async () => {
-    for (;;) {
-      const r = await ch.messages.next().catch(() => ({ done: true as const, value: undefined }));
-      if (r.done) break;
-      const upd = anyIs(r.value, WindowUpdateSchema) ? anyUnpack(r.value, WindowUpdateSchema) : undefined;
-      if (upd && upd.update > 0) credit += upd.update;
+  void (async () => {
+    try {
+      for (;;) {
+        const r = await ch.messages.next();
+        if (r.done) return;
+        const m = parseMessage(r.value, name);
+        if (m.kind !== "window")
+          throw new ProtocolViolation(`stdio stream ${name}: the receiver sent Data where only WindowUpdate belongs`);
+        // an int32 update may be zero or negative: it grants nothing
+        if (m.update > 0) credit = Math.min(credit + m.update, MAX_CREDIT);
+        wake?.();
+      }
+    } catch (err) {
+      // a lost connection ends the stream as the peer ending it would; a violation is reported
+      if (err instanceof ProtocolViolation) {
+        violation = err;
+        void ch.messages.return?.();
+        source.destroy();
+      }
+    } finally {
+      closed = true;
       wake?.();
     }
-    peerGone = true;
-    wake?.();
   })();
-  try {
+  const sendAll = async () => {
     for await (const chunk of source) {
       let buf = chunk as Buffer;
       while (buf.length > 0) {
-        while (credit === 0 && !peerGone) await new Promise<void>((r) => (wake = r));
-        if (peerGone) return;
+        while (credit === 0 && !closed) await new Promise<void>((r) => (wake = r));
+        if (closed) return;
         const n = Math.min(credit, buf.length);
         credit -= n;
-        await ch.send(anyPack(DataSchema, create(DataSchema, { data: buf.subarray(0, n) })));
+        await ch.send(dataMessage(buf.subarray(0, n)));
         buf = buf.subarray(n);
       }
     }
+  };
+  try {
+    await sendAll();
+  } catch (err) {
+    // on a violation the source was destroyed under the loop: report the violation instead
+    if (!violation) throw err;
   } finally {
     ch.end();
-    if (peerGone) source.destroy();
-    void credits;
+    if (closed) source.destroy();
   }
+  if (violation) throw violation;
 }
 
-/** Writes every Data message into sink and grants credit back as the sink accepts it; ends the sink at EOF. */
-export async function receiveStream(ch: AnyChannel, sink: Writable): Promise<void> {
-  const grant = (n: number) =>
-    ch.send(anyPack(WindowUpdateSchema, create(WindowUpdateSchema, { update: n }))).catch(() => undefined);
+/**
+ * Writes the peer's Data into sink and grants credit back only as the sink accepts bytes, so the sink never holds
+ * more than WINDOW; ends the sink at EOF. A peer that sends past its credit, or anything but Data, is cut off: the
+ * sink is destroyed, nothing more is read, and the promise rejects naming the stream.
+ */
+export async function receiveStream(ch: AnyChannel, sink: Writable, name: string): Promise<void> {
+  const grant = (n: number) => ch.send(windowMessage(n)).catch(() => undefined);
+  /** Granted and not yet used by the peer. */
+  let credit = WINDOW;
   await grant(WINDOW);
-  for (;;) {
-    const r = await ch.messages.next();
-    if (r.done) break;
-    const data = anyUnpack(r.value, DataSchema);
-    if (!data || data.data.length === 0) continue;
-    const n = data.data.length;
-    sink.write(data.data, (err) => {
-      if (!err) void grant(n);
-    });
+  try {
+    for (;;) {
+      const r = await ch.messages.next();
+      if (r.done) break;
+      const m = parseMessage(r.value, name);
+      if (m.kind !== "data")
+        throw new ProtocolViolation(`stdio stream ${name}: the sender sent a WindowUpdate where only Data belongs`);
+      const n = m.data.length;
+      if (n > credit)
+        throw new ProtocolViolation(
+          `stdio stream ${name}: the sender sent ${n} bytes with ${credit} bytes of credit left (it must wait for WindowUpdate); closing the stream`,
+        );
+      if (n === 0) continue;
+      credit -= n;
+      // a copy: the decoded bytes are a view that would pin the connection's read buffer while the sink holds them
+      sink.write(Buffer.from(m.data), (err) => {
+        if (err) return;
+        credit += n;
+        void grant(n);
+      });
+    }
+  } catch (err) {
+    if (err instanceof ProtocolViolation) {
+      sink.destroy();
+      ch.end();
+      void ch.messages.return?.();
+    }
+    throw err;
   }
   await new Promise<void>((resolve) => sink.end(resolve));
 }

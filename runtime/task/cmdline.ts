@@ -5,8 +5,14 @@ import { isLevel, type Level } from "./log.ts";
 export interface TaskParams {
   sharefsType: "9p" | "virtiofs";
   logLevel: Level;
-  /** Serve a debug shell on vsock port 1025. */
+  /** Serve a debug shell on vsock port 1025 and answer SandboxService.ExecVMProcess (both run commands as root). */
   debug: boolean;
+  /**
+   * task.hybrid_vsock: the host reaches the agent through hybrid vsock (cloud-hypervisor, vhost-device-vsock), whose
+   * VMM picks the source port, so the agent does not demand a privileged one. Without it (vhost-vsock) only peers
+   * with a source port <= 1023 are served. The host builds the command line, so it is trusted.
+   */
+  hybridVsock: boolean;
   enableTracing: boolean;
   debugShell: string;
   /** Unknown task.* keys and bad values, each naming the parameter; the defaults were used instead. */
@@ -17,6 +23,7 @@ export const DEFAULT_PARAMS: Omit<TaskParams, "warnings"> = {
   sharefsType: "9p",
   logLevel: "info",
   debug: false,
+  hybridVsock: false,
   enableTracing: false,
   // The guest image is busybox, which has no /bin/bash.
   debugShell: "/bin/sh",
@@ -79,6 +86,9 @@ export function parseCmdline(text: string): TaskParams {
       case "task.debug":
         p.debug = parseBool(key, value, w) ?? p.debug;
         break;
+      case "task.hybrid_vsock":
+        p.hybridVsock = parseBool(key, value, w) ?? p.hybridVsock;
+        break;
       case "task.enable_tracing":
         p.enableTracing = parseBool(key, value, w) ?? p.enableTracing;
         break;
@@ -88,7 +98,7 @@ export function parseCmdline(text: string): TaskParams {
         break;
       default:
         w.push(
-          `unknown kernel parameter ${key} ignored (known: task.sharefs_type, task.log_level, task.debug, task.enable_tracing, task.debug_shell)`,
+          `unknown kernel parameter ${key} ignored (known: task.sharefs_type, task.log_level, task.debug, task.hybrid_vsock, task.enable_tracing, task.debug_shell)`,
         );
     }
   }

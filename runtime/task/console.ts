@@ -3,7 +3,11 @@ import { closeSync } from "node:fs";
 import { constants } from "node:os";
 import type { Duplex } from "node:stream";
 import { ptyAddon } from "../native/pty/addon.ts";
+import type { Logger } from "./log.ts";
 import { PtyStream } from "./stdio.ts";
+
+/** vmm-task serves the debug console (task.debug) on this vsock port. */
+export const DEBUG_PORT = 1025;
 
 export interface DebugShell {
   /** The pty master: write keystrokes, read the screen. Ends when the shell and its children are gone. */
@@ -70,4 +74,19 @@ export function serveDebugShell(conn: Duplex, shell: string): DebugShell {
   conn.on("error", end);
   void sh.exited.then(end);
   return sh;
+}
+
+/**
+ * task.debug: a shell on a pty for each connection to vsock port 1025, through `listen` (the agent's host-only
+ * listener). Without task.debug the port is not listened on at all; returns null then.
+ */
+export function serveDebugConsole<L>(
+  params: { debug: boolean; debugShell: string },
+  listen: (port: number, serve: (conn: Duplex) => void) => L,
+  log: Pick<Logger, "warn">,
+): L | null {
+  if (!params.debug) return null;
+  const l = listen(DEBUG_PORT, (conn) => serveDebugShell(conn, params.debugShell));
+  log.warn(`task.debug is set: a debug shell (${params.debugShell}) is served on vsock port ${DEBUG_PORT}`);
+  return l;
 }

@@ -18,6 +18,7 @@ import {
   guestLsm,
   type OciProcess,
   type OciSpec,
+  prepareBundle,
 } from "./spec.ts";
 import { openStdioPipes, PtyStream } from "./stdio.ts";
 
@@ -34,6 +35,8 @@ export interface ContainerManagerOptions {
   oomPollMs?: number;
   /** Default: probed from the running kernel. */
   lsm?: GuestLsm;
+  /** Writes the runc bundle in target from the host's bundle; default: the spec adjusted for the guest (spec.ts). */
+  prepareBundle?: (source: string, target: string) => Promise<OciSpec>;
   log?: Logger;
 }
 
@@ -105,6 +108,7 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
   readonly #noPivot: boolean;
   readonly #consoleTimeoutMs: number;
   readonly #lsm: GuestLsm;
+  readonly #prepareBundle: (source: string, target: string) => Promise<OciSpec>;
   readonly #log: Logger;
   readonly #oom: OomWatcher;
   readonly #containers = new Map<string, Container>();
@@ -122,6 +126,7 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
     this.#noPivot = opts.noPivot ?? false;
     this.#consoleTimeoutMs = opts.consoleTimeoutMs ?? 5_000;
     this.#lsm = opts.lsm ?? guestLsm();
+    this.#prepareBundle = opts.prepareBundle ?? ((source, target) => prepareBundle(source, target, { lsm: this.#lsm }));
     this.#log = opts.log ?? logger("vmm_task::containers");
     this.#oom = new OomWatcher({ pollMs: opts.oomPollMs ?? 1000 });
     this.#oom.on("oom", (ev) => {
@@ -144,16 +149,22 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
       throw new TaskError("AlreadyExists", `container ${id} already exists`);
     }
     this.#reserved.add(id);
+    const dir = path.join(this.#stateDir, id);
     try {
-      const spec = await readSpec(bundle, id);
+      // runc runs from the agent's own bundle: the host's, in the share, is read-only here and never rewritten.
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      const spec = await this.#prepareBundle(bundle, dir).catch(async (e: unknown) => {
+        await rm(dir, { recursive: true, force: true });
+        throw e;
+      });
       if (Boolean(spec.process?.terminal) !== Boolean(io.terminal)) {
+        await rm(dir, { recursive: true, force: true });
         throw new TaskError(
           "InvalidArgument",
           `container ${id}: terminal=${Boolean(io.terminal)} was requested but ${bundle}/config.json has process.terminal=${Boolean(spec.process?.terminal)}; they must match`,
         );
       }
-      const dir = path.join(this.#stateDir, id);
-      await mkdir(dir, { recursive: true });
       const init = new Proc(id, "", io);
       const c: Container = {
         id,
@@ -168,7 +179,7 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
       try {
         await this.#launch(c, init, (run) =>
           this.#runc.create(id, {
-            bundle,
+            bundle: dir,
             pidFile: run.pidFile,
             noPivot: this.#noPivot,
             ...(run.consoleSocket ? { consoleSocket: run.consoleSocket } : {}),
@@ -602,18 +613,6 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
 
 function result(p: Proc): DeleteResult {
   return { pid: p.pid, exitStatus: p.exit?.exitStatus ?? 0, exitedAt: p.exit?.exitedAt };
-}
-
-async function readSpec(bundle: string, id: string): Promise<OciSpec> {
-  const file = path.join(bundle, "config.json");
-  try {
-    return JSON.parse(await readFile(file, "utf8")) as OciSpec;
-  } catch (e) {
-    throw new TaskError(
-      "InvalidArgument",
-      `container ${id}: cannot read the OCI spec ${file}: ${(e as Error).message}`,
-    );
-  }
 }
 
 function asTaskError(e: unknown, what: string): TaskError {

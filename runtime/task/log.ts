@@ -1,7 +1,14 @@
-/** Kuasar's log line, `[<RFC3339 time> <LEVEL> <target>] <message>`, written to stderr (the guest console). */
+import { escapeText } from "../text/escape.ts";
+
+/**
+ * Kuasar's log line, `[<RFC3339 time> <LEVEL> <target>] <message>`, written to stderr (the guest console). Messages
+ * carry container output (runc errors), so each is escaped and cut: no line of the agent's can be forged.
+ */
 export type Level = "error" | "warn" | "info" | "debug" | "trace";
 
 const RANK: Record<Level, number> = { error: 0, warn: 1, info: 2, debug: 3, trace: 4 };
+/** Characters of one message; what is longer is cut with a note. */
+export const MAX_MESSAGE = 16_384;
 
 let threshold: Level = "info";
 let sink: (line: string) => void = (line) => process.stderr.write(line);
@@ -33,7 +40,8 @@ export function logger(target: string): Logger {
   const emit = (level: Level, msg: string) => {
     if (!logEnabled(level)) return;
     // Padded like env_logger so columns line up with the host daemon's lines.
-    sink(`[${new Date().toISOString()} ${level.toUpperCase().padEnd(5)} ${target}] ${msg}\n`);
+    const text = escapeText(msg, { maxLength: MAX_MESSAGE });
+    sink(`[${new Date().toISOString()} ${level.toUpperCase().padEnd(5)} ${escapeText(target)}] ${text}\n`);
   };
   return {
     error: (m) => emit("error", m),

@@ -5,14 +5,14 @@ import { parseArgs } from "node:util";
 import { Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
-import { listenVsock } from "../transport/vsock.ts";
 import { TtrpcServer } from "../ttrpc/index.ts";
 import { readCmdline } from "./cmdline.ts";
-import { serveDebugShell } from "./console.ts";
+import { serveDebugConsole } from "./console.ts";
 import { ContainerManager } from "./containers.ts";
 import { EventQueue } from "./event-queue.ts";
 import { ExitMonitor } from "./exit-monitor.ts";
 import { configureLog, logger } from "./log.ts";
+import { listenForHost, RefusalLog } from "./peer-check.ts";
 import { setupPid1, shutdownGuest } from "./pid1.ts";
 import { Runc } from "./runc.ts";
 import { setupSandboxNamespaces } from "./sandbox-ns.ts";
@@ -22,7 +22,6 @@ import { StreamHub } from "./stream-hub.ts";
 import { queueTaskEvents } from "./task-events.ts";
 
 const AGENT_PORT = 1024;
-const DEBUG_PORT = 1025;
 const log = logger("vmm_task");
 
 /**
@@ -65,14 +64,21 @@ async function main(argv: string[]): Promise<void> {
   const server = new TtrpcServer()
     .register(Task, tasks)
     .registerAs("containerd.task.v2.Task", Task, tasks)
-    .register(SandboxService, sandboxService({ events, setupPod: (c) => setupPod(c) }))
+    .register(SandboxService, sandboxService({ events, debug: params.debug, setupPod: (c) => setupPod(c) }))
     .register(Streaming, { stream: (requests, out) => hub.serve(requests, (m) => out.send(m)) });
 
   if (guest) {
-    const l = listenVsock({ port: AGENT_PORT });
-    l.on("connection", (s: Duplex) => server.handleConnection(s));
-    l.on("error", (e: Error) => log.error(`vsock ${AGENT_PORT}: ${e.message}`));
-    if (params.debug) serveDebugConsole(params.debugShell);
+    // Both ports serve only the host: a privileged source port over vhost-vsock (see peer-check.ts).
+    log.info(
+      params.hybridVsock
+        ? "task.hybrid_vsock: host connections are served from any source port (the VMM's socket guards them)"
+        : "vhost-vsock: host connections are served only from a privileged source port (<= 1023)",
+    );
+    const refusals = new RefusalLog(log);
+    const forHost = (port: number, serve: (s: Duplex) => void) =>
+      listenForHost(port, { hybrid: params.hybridVsock, log, refusals }, serve);
+    forHost(AGENT_PORT, (s) => server.handleConnection(s));
+    serveDebugConsole(params, forHost, log);
   } else {
     const path = values.listen!.replace(/^unix:/, "");
     await rm(path, { force: true });
@@ -102,14 +108,6 @@ async function setupPod(config: { hostname?: string; linux?: { sysctls?: Record<
     ...(config.hostname ? { hostname: config.hostname } : {}),
     ...(config.linux?.sysctls ? { sysctls: config.linux.sysctls } : {}),
   });
-}
-
-/** task.debug: a shell on a pty for each connection to vsock port 1025. */
-function serveDebugConsole(shell: string): void {
-  const l = listenVsock({ port: DEBUG_PORT });
-  l.on("error", (e: Error) => log.error(`debug console: ${e.message}`));
-  l.on("connection", (conn: Duplex) => serveDebugShell(conn, shell));
-  log.warn(`task.debug is set: a debug shell (${shell}) is served on vsock port ${DEBUG_PORT}`);
 }
 
 main(process.argv.slice(2)).catch((err: Error) => {

@@ -1,5 +1,5 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
-import { readFile, rename, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { TaskError } from "./errors.ts";
 
@@ -49,8 +49,8 @@ export const SANDBOX_NS_DIR = "/run/sandbox-ns";
  * Adjusts a spec written for the host to the guest. Namespace paths containerd puts in (the host's
  * /proc/<pid>/ns/*) mean nothing here: the pod's ipc/uts are joined from SetupSandbox's persistent namespaces
  * instead, the network namespace is the VM's own (a fresh one only when the spec asks for one without a path),
- * and every other path is dropped so the container gets a new namespace. A rootfs inside the bundle becomes
- * relative to it; a systemd-style cgroupsPath becomes the cgroupfs path systemd would have used.
+ * and every other path is dropped so the container gets a new namespace. A relative rootfs is resolved against
+ * the bundle; a systemd-style cgroupsPath becomes the cgroupfs path systemd would have used.
  */
 export function adjustSpec(spec: OciSpec, opts: AdjustSpecOptions): OciSpec {
   const out: OciSpec = structuredClone(spec);
@@ -60,10 +60,8 @@ export function adjustSpec(spec: OciSpec, opts: AdjustSpecOptions): OciSpec {
       `bundle ${opts.bundle}: config.json has no root.path; the spec is incomplete`,
     );
   }
-  const rel = path.relative(opts.bundle, out.root.path);
-  if (path.isAbsolute(out.root.path) && rel !== "" && !rel.startsWith("..") && !path.isAbsolute(rel)) {
-    out.root.path = rel;
-  }
+  // runc runs the container from a bundle of the agent's own (the host's is read-only), so the rootfs is absolute.
+  out.root.path = path.resolve(opts.bundle, out.root.path);
   if (out.process) out.process = adjustProcessSpec(out.process, opts.lsm);
   if (out.linux) {
     const lsm = opts.lsm ?? { apparmor: false, selinux: false };
@@ -167,12 +165,16 @@ export function guestLsm(): GuestLsm {
   };
 }
 
-/** Rewrites <bundle>/config.json in place for the guest (see adjustSpec). */
+/**
+ * Writes the agent's own bundle for a container: the spec of the host's bundle (read-only in the guest: the share's
+ * top level is the host's alone) adjusted for the guest (see adjustSpec), as <target>/config.json.
+ */
 export async function prepareBundle(
-  bundle: string,
+  source: string,
+  target: string,
   opts: { sandboxNsDir?: string; lsm?: GuestLsm } = {},
 ): Promise<OciSpec> {
-  const file = path.join(bundle, "config.json");
+  const file = path.join(source, "config.json");
   let spec: OciSpec;
   try {
     spec = JSON.parse(await readFile(file, "utf8")) as OciSpec;
@@ -180,12 +182,10 @@ export async function prepareBundle(
     throw new TaskError("InvalidArgument", `cannot read the OCI spec ${file}: ${(e as Error).message}`);
   }
   const adjusted = adjustSpec(spec, {
-    bundle,
+    bundle: source,
     sandboxNamespaces: sandboxNamespaces(opts.sandboxNsDir),
     lsm: opts.lsm ?? guestLsm(),
   });
-  const tmp = `${file}.tmp-${process.pid}`;
-  await writeFile(tmp, JSON.stringify(adjusted));
-  await rename(tmp, file);
+  await writeFile(path.join(target, "config.json"), JSON.stringify(adjusted), { mode: 0o600 });
   return adjusted;
 }

@@ -33,7 +33,8 @@ export class StreamHub {
     const id = await readInit(ch);
     await send(ackMessage());
     const endpoint = await this.ends.claim(id, timeoutMs, "process stdio");
-    if (endpoint.kind === "source") await sendStream(ch, endpoint.stream);
-    else await receiveStream(ch, endpoint.stream);
+    // the host is held to the same credit as the guest: stdin past its window is cut off, not buffered
+    if (endpoint.kind === "source") await sendStream(ch, endpoint.stream, id);
+    else await receiveStream(ch, endpoint.stream, id);
   }
 }

@@ -109,7 +109,7 @@ export interface DialOptions {
 const VSOCK_RETRYABLE = new Set(["ECONNRESET", "ETIMEDOUT"]);
 const UNIX_RETRYABLE = new Set(["ENOENT", "ECONNREFUSED"]);
 
-/** Connects to an address with the transport it names. */
+/** Connects to an address with the transport it names; vsock:// needs root (it binds a privileged source port). */
 export function dial(address: string | TransportAddress, opts: DialOptions = {}): Promise<Duplex> {
   const addr = typeof address === "string" ? parseAddress(address) : address;
   const timeoutMs = opts.timeoutMs ?? 3000;
@@ -128,7 +128,8 @@ export function dial(address: string | TransportAddress, opts: DialOptions = {})
         opts.retry,
         timeoutMs,
         (e) => VSOCK_RETRYABLE.has(e.code ?? ""),
-        (t) => connectVsock({ cid: addr.cid, port: addr.port, timeoutMs: t }),
+        // vmm-task accepts vhost-vsock peers only from a privileged port, proof that this is the root daemon.
+        (t) => connectVsock({ cid: addr.cid, port: addr.port, timeoutMs: t, privilegedPort: true }),
       );
   }
 }

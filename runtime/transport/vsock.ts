@@ -29,7 +29,7 @@ interface Addon {
   close(h: Handle): void;
   accept(h: Handle): ({ fd: number } & Partial<VsockAddress>) | null;
   vsockListen(cid: number, port: number, backlog: number): number;
-  vsockConnect(cid: number, port: number, timeoutMs: number): number;
+  vsockConnect(cid: number, port: number, timeoutMs: number, privileged: boolean): number;
   vsockLocalAddress(fd: number): VsockAddress;
   localCid(): number;
   unixListen(path: string, backlog: number): number;
@@ -452,9 +452,26 @@ export interface VsockConnectOptions extends VsockSocketOptions {
   port: number;
   /** Milliseconds before the attempt fails with ETIMEDOUT (default 5000). */
   timeoutMs?: number;
+  /**
+   * Bind a free source port <= 1023 first (1023 downwards). Only root (CAP_NET_BIND_SERVICE) can, which is how
+   * vmm-task tells the daemon from other local processes over vhost-vsock.
+   */
+  privilegedPort?: boolean;
 }
 
-/** Connects to an AF_VSOCK listener; rejects with a system error (ECONNRESET, ETIMEDOUT, ENODEV, ...) naming the peer. */
+/** Why a privileged source-port bind failed, in words an operator can act on. */
+function privilegedBindHint(code: string | undefined): string {
+  if (code === "EACCES" || code === "EPERM") {
+    return ": binding a privileged vsock source port (<= 1023) needs root (CAP_NET_BIND_SERVICE); the guest agent accepts vhost-vsock connections only from such ports, so run this as root";
+  }
+  if (code === "EADDRINUSE") return ": every privileged vsock source port (1..1023) is in use on this host";
+  return ": binding a privileged vsock source port failed";
+}
+
+/**
+ * Connects to an AF_VSOCK listener; rejects with a system error (ECONNRESET, ETIMEDOUT, ENODEV, ...) naming the peer,
+ * or, with privilegedPort, a bind error (syscall "bind": EACCES when not root, EADDRINUSE when no port is free).
+ */
 export async function connectVsock(opts: VsockConnectOptions): Promise<VsockSocket> {
   const timeoutMs = opts.timeoutMs ?? 5000;
   checkU32("cid", opts.cid);
@@ -464,9 +481,11 @@ export async function connectVsock(opts: VsockConnectOptions): Promise<VsockSock
   const peer = { cid: opts.cid, port: opts.port };
   let fd: number;
   try {
-    fd = native().vsockConnect(peer.cid, peer.port, timeoutMs);
+    fd = native().vsockConnect(peer.cid, peer.port, timeoutMs, opts.privilegedPort ?? false);
   } catch (e) {
-    throw withAddress(e, describe(peer));
+    const err = withAddress(e, describe(peer));
+    if (err.syscall === "bind") err.message += privilegedBindHint(err.code);
+    throw err;
   }
   return VsockSocket.connecting(fd, peer, timeoutMs, opts);
 }

@@ -68,6 +68,7 @@ export class FakeLauncher implements Launcher {
   async recover() {
     return { ok: true as const };
   }
+  async discard() {}
 }
 
 /** The Controller over a real gRPC unix socket, backed by a SandboxManager on a FakeLauncher. */

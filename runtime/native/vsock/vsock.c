@@ -374,19 +374,50 @@ static napi_value js_vsock_listen(napi_env env, napi_callback_info info) {
   return make_int(env, fd);
 }
 
-// vsockConnect(cid, port, timeoutMs) -> fd with a connect in progress; completion shows as writability + SO_ERROR.
+// Privileged source ports, tried from the top down (like bindresvport). Linux lets only CAP_NET_BIND_SERVICE in the
+// initial user namespace bind an AF_VSOCK port <= 1023, so the guest agent takes such a port as proof that the
+// peer is the root daemon and not any local user or container.
+#define PRIVILEGED_PORT_HIGH 1023
+#define PRIVILEGED_PORT_LOW 1
+
+// Binds fd to the highest free privileged port. EACCES (not privileged) ends the search at once; EADDRINUSE is
+// returned only when every port in the range is taken. Returns 0 or an errno.
+static int bind_privileged_port(int fd) {
+  for (uint32_t port = PRIVILEGED_PORT_HIGH; port >= PRIVILEGED_PORT_LOW; port--) {
+    struct sockaddr_vm a;
+    vsock_sockaddr(&a, VMADDR_CID_ANY, port);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0) return 0;
+    if (errno != EADDRINUSE) return errno;
+  }
+  return EADDRINUSE;
+}
+
+// vsockConnect(cid, port, timeoutMs, privileged) -> fd with a connect in progress; completion shows as
+// writability + SO_ERROR. With privileged, the source port is bound first (a failure there has syscall "bind").
 static napi_value js_vsock_connect(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
+  napi_value argv[4];
   uint32_t cid, port, timeout_ms;
-  if (!get_args(env, info, 3, argv) || !get_u32(env, argv[0], &cid) || !get_u32(env, argv[1], &port) ||
+  bool privileged;
+  if (!get_args(env, info, 4, argv) || !get_u32(env, argv[0], &cid) || !get_u32(env, argv[1], &port) ||
       !get_u32(env, argv[2], &timeout_ms))
     return NULL;
+  if (napi_get_value_bool(env, argv[3], &privileged) != napi_ok) {
+    napi_throw_type_error(env, "EINVAL", "vsock addon: expected a boolean");
+    return NULL;
+  }
   int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, errno, "socket");
   // The kernel's own connect timeout (2 s by default) would otherwise cut a longer caller timeout short.
   struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
   if (setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv, sizeof tv) != 0)
     return fail_fd(env, fd, "setsockopt");
+  if (privileged) {
+    int err = bind_privileged_port(fd);
+    if (err != 0) {
+      close(fd);
+      return throw_errno(env, err, "bind");
+    }
+  }
   struct sockaddr_vm a;
   vsock_sockaddr(&a, cid, port);
   if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 && errno != EINPROGRESS) return fail_fd(env, fd, "connect");

@@ -108,6 +108,15 @@ export const SANDBOX_TABLE = {
     1000,
     3_600_000,
   ),
+  console_log_max_mb: int(
+    "Size in MiB at which a sandbox's <dir>/<id>/console.log (the guest's serial console, which the daemon reads " +
+      "from the VMM's console.sock) is renamed to console.log.1, replacing the one before: a guest's console " +
+      "takes at most twice this in /run (host RAM). A guest that writes faster than the daemon saves is slowed " +
+      "down; output while the daemon is not running is dropped (kuasar-vmm addition).",
+    4,
+    1,
+    1024,
+  ),
 };
 
 export const HYPERVISOR_TABLE = {

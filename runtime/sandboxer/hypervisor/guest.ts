@@ -17,6 +17,11 @@ export interface CmdlineParts {
   /** The block device holding image_path (root=<dev> ro), or undefined when booting initrd_path. */
   rootDevice: string | undefined;
   sharefs: "9p" | "virtiofs";
+  /**
+   * The host reaches the agent through hybrid vsock (a unix socket), where the VMM picks the guest-visible source
+   * port: task.hybrid_vsock tells the guest not to demand a privileged one (which vhost-vsock peers must have).
+   */
+  hybridVsock: boolean;
 }
 
 /**
@@ -34,6 +39,7 @@ export function kernelCmdline(config: Config, sandbox: SandboxSpec, p: CmdlinePa
     "panic=1",
     `task.sharefs_type=${p.sharefs}`,
     `task.log_level=${config.sandbox.log_level || "info"}`,
+    ...(p.hybridVsock ? ["task.hybrid_vsock"] : []),
     ...(h.task.debug ? ["task.debug"] : []),
     ...(h.task.enable_tracing ? ["task.enable_tracing"] : []),
     h.kernel_params.trim(),

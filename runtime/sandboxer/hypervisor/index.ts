@@ -90,6 +90,11 @@ export interface HypervisorState {
   helpers: HelperState[];
   agentAddress?: AgentAddress;
   consoleLog: string;
+  /**
+   * The VMM's serial console socket, read into consoleLog with rotation at maxBytes (kept as the VM was started);
+   * absent for a VM an earlier daemon started with its console written straight to consoleLog.
+   */
+  console?: { socket: string; maxBytes: number };
   /** QMP or cloud-hypervisor API socket. */
   controlSocket: string;
   /** Files to remove once the VM is gone. */
@@ -122,9 +127,12 @@ export interface Hypervisor {
   hotplugDisk(disk: DiskSpec): Promise<{ id: string; serial: string }>;
   removeDevice(id: string): Promise<void>;
   persistState(): HypervisorState;
-  /** Stops helpers and removes sockets and the pid file; safe to call more than once. */
+  /** Stops helpers and the console reader, removes sockets and the pid file; safe to call more than once. */
   cleanup(): Promise<void>;
-  /** Lets go of the VM without stopping it (daemon shutdown): closes the control connection, which recover() reopens. */
+  /**
+   * Lets go of the VM without stopping it (daemon shutdown): closes the control and console connections, which
+   * recover() reopens.
+   */
   detach(): void;
 }
 

@@ -2,6 +2,7 @@ import { rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { Config, HypervisorKind } from "../config/schema.ts";
 import type { Logger } from "../log.ts";
+import { ConsoleCapture } from "./console.ts";
 import type {
   AgentAddress,
   DiskSpec,
@@ -36,6 +37,8 @@ export interface Plan {
   vmm: SpawnSpec;
   agentAddress: AgentAddress;
   consoleLog: string;
+  /** The VMM's serial console socket (the VMM listens), which the daemon reads into consoleLog. */
+  consoleSocket: string;
   controlSocket: string;
   /** Sockets and files the VMM or helpers create, removed before starting and after the VM is gone. */
   files: string[];
@@ -52,6 +55,8 @@ const HELPER_TERM_MS = 2_000;
 const START_ATTEMPTS = 5;
 /** How long a recorded VMM's control socket may take to answer after a daemon restart. */
 const RECOVER_MS = 3_000;
+/** How long the console reader may take, once the VMM is gone, to save the last output (a guest panic). */
+const CONSOLE_DRAIN_MS = 1_000;
 export const PID_FILE = "vmm.pid";
 
 export function newState(kind: HypervisorKind, sandbox: SandboxSpec): HypervisorState {
@@ -94,6 +99,7 @@ export abstract class VmmDriver implements Hypervisor {
   /** Set when the VMM reported an orderly shutdown: the exit status of a VMM we did not start is then 0. */
   protected shutdownSeen = false;
   private detached = false;
+  private console?: ConsoleCapture;
 
   /** input is what a new VM is started from; a recovered one has none and can only be watched and stopped. */
   constructor(
@@ -149,9 +155,11 @@ export abstract class VmmDriver implements Hypervisor {
   }
 
   private async launch(plan: Plan): Promise<Started> {
+    const maxBytes = this.startInput().config.sandbox.console_log_max_mb * 1024 * 1024;
     Object.assign(this.state, {
       agentAddress: plan.agentAddress,
       consoleLog: plan.consoleLog,
+      console: { socket: plan.consoleSocket, maxBytes },
       controlSocket: plan.controlSocket,
       files: [...plan.files, path.join(this.state.dir, PID_FILE)],
       extra: plan.extra,
@@ -173,6 +181,8 @@ export abstract class VmmDriver implements Hypervisor {
       const s = await spawnDetached(this.inCgroup(plan.vmm));
       this.state.vmm = s.ref;
       vmmExited = s.exited;
+      // At once: the VMM drops console output while no one is connected.
+      this.captureConsole();
       let gone = false;
       this.exit = s.exited.then((exitStatus) => {
         gone = true;
@@ -249,7 +259,21 @@ export abstract class VmmDriver implements Hypervisor {
     return exit;
   }
 
+  /** Starts reading the VMM's console socket into the console log (not for VMs whose VMM writes the file itself). */
+  private captureConsole(): void {
+    const c = this.state.console;
+    if (c && !this.console) {
+      this.console = new ConsoleCapture(
+        { socket: c.socket, file: this.state.consoleLog, maxBytes: c.maxBytes },
+        this.log,
+      );
+    }
+  }
+
   async cleanup(): Promise<void> {
+    const capture = this.console;
+    this.console = undefined;
+    await capture?.stop(CONSOLE_DRAIN_MS);
     await Promise.all(this.state.helpers.map((h) => this.stopHelper(h)));
     this.state.helpers = [];
     await Promise.all(this.state.files.map((f) => rm(f, { force: true })));
@@ -268,6 +292,9 @@ export abstract class VmmDriver implements Hypervisor {
   detach(): void {
     this.detached = true;
     this.closeControl();
+    // The VM keeps running and its console socket stays: a recovering daemon connects again.
+    void this.console?.stop();
+    this.console = undefined;
   }
 
   persistState(): HypervisorState {
@@ -289,6 +316,7 @@ export abstract class VmmDriver implements Hypervisor {
       await this.cleanup();
       throw err;
     }
+    this.captureConsole();
     this.wait();
     return this;
   }

@@ -1,4 +1,4 @@
-import { mkdir, rm } from "node:fs/promises";
+import { chmod, mkdir } from "node:fs/promises";
 import path from "node:path";
 import { status } from "@grpc/grpc-js";
 import type { CgroupStats } from "../../cgroups/stats.ts";
@@ -6,6 +6,8 @@ import { GrpcError } from "../../grpc/service.ts";
 import { validateId } from "../ids.ts";
 import type { Logger } from "../log.ts";
 import type { PodResources } from "../pod-cgroup.ts";
+import { removeTree } from "../storage/remove.ts";
+import { unmountAllUnder } from "../storage/share.ts";
 import { readRecords, writeRecord } from "../store.ts";
 import { KeyedLock } from "./keyed-lock.ts";
 import type { ExitInfo, Launcher, SandboxRecord } from "./record.ts";
@@ -82,11 +84,12 @@ export class SandboxManager {
         nextStorage: 0,
       };
       try {
-        await mkdir(dir, { recursive: true, mode: 0o750 });
+        // 0700: the hybrid vsock sockets in it lead to the guest agent; only root may reach them.
+        await mkdir(dir, { recursive: true, mode: 0o700 });
         await this.launcher.prepare(rec, dir);
         await writeRecord(dir, rec);
       } catch (err) {
-        await rm(dir, { recursive: true, force: true });
+        await removeTree(dir).catch((e: Error) => this.log.warn(e.message));
         throw new GrpcError(status.INTERNAL, `create sandbox ${p.id}: ${(err as Error).message}`);
       }
       this.track(rec);
@@ -217,8 +220,14 @@ export class SandboxManager {
       // Only the sandbox this call was about: a concurrent Shutdown may have removed it and a Create reused the id.
       const l = this.live.get(id);
       if (l !== target) return;
+      // Never descends into a mount: a volume still mounted under the directory keeps the sandbox (and its data).
+      try {
+        await unmountAllUnder(this.dirOf(id));
+        await removeTree(this.dirOf(id));
+      } catch (err) {
+        throw new GrpcError(status.INTERNAL, `shutdown sandbox ${id}: ${(err as Error).message}`);
+      }
       this.live.delete(id);
-      await rm(this.dirOf(id), { recursive: true, force: true });
       this.log.info(`sandbox ${id} removed`);
     });
   }
@@ -230,12 +239,18 @@ export class SandboxManager {
     await Promise.all(
       loaded.map(async (entry) => {
         if (!entry.record) {
-          this.log.warn(`cannot recover ${entry.dir}: ${entry.error}; removing it`);
-          await rm(entry.dir, { recursive: true, force: true });
+          this.log.warn(`cannot recover ${entry.dir}: ${entry.error}; stopping what it runs and removing it`);
+          try {
+            await this.launcher.discard(entry.dir);
+            await removeTree(entry.dir);
+          } catch (err) {
+            this.log.error(`${entry.dir} is left in place: ${(err as Error).message}`);
+          }
           result.cleaned.push(entry.id);
           return;
         }
         const rec = entry.record;
+        await chmod(entry.dir, 0o700).catch(() => undefined);
         if (rec.state !== "running") {
           this.track(rec);
           result.recovered.push(rec.id);

@@ -19,7 +19,7 @@ export interface SandboxRecord {
   taskAddress?: string;
   /** Whatever the launcher needs to reconnect to or clean up the VM (hypervisor state, taps, helpers). */
   runtime?: unknown;
-  /** Next storage<N> index in the share. */
+  /** Next storage<N> index in the share (a hint: taken names are skipped). */
   nextStorage: number;
 }
 
@@ -44,6 +44,8 @@ export interface Launcher {
   stats(rec: SandboxRecord): Promise<CgroupStats | undefined>;
   /** Applies pod-level resources to the sandbox on the host. */
   update(rec: SandboxRecord, resources: PodResources): Promise<void>;
+  /** A sandbox directory whose record is unreadable: stop what it still runs and free its mounts. */
+  discard(dir: string): Promise<void>;
   /** After a daemon restart: reattach to a running VM, or say why it cannot be. */
   recover(rec: SandboxRecord, dir: string): Promise<{ ok: true } | { ok: false; reason: string }>;
 }

@@ -1,7 +1,9 @@
-import { mkdir, open, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import type { Mount } from "../../protos/gen/containerd/types/mount_pb.ts";
-import { bindMount, mount, unmount } from "./mount.ts";
+import { bindMount, mount } from "./mount.ts";
+import { removeTree } from "./remove.ts";
+import { publish, type ShareLayout, unpublish } from "./share.ts";
 
 /** The parts of an OCI runtime spec the host rewrites; everything else passes through untouched. */
 export interface OciMount {
@@ -16,20 +18,12 @@ export interface OciSpec {
   [key: string]: unknown;
 }
 
-/** The sandbox's shared directory as the host and the guest see it. */
-export interface Share {
-  host: string;
-  guest: string;
-}
-
 export interface GuestBundle {
   containerId: string;
-  /** Bundle directory inside the guest, holding config.json. */
+  /** Bundle directory inside the guest, holding config.json (read-only there: the agent copies it). */
   guestBundle: string;
-  /** Host mount points under the share, in the order they were mounted. */
-  mounts: string[];
-  /** Host paths to remove after unmounting (storage dirs and the bundle dir). */
-  paths: string[];
+  /** Names of the container's mounts in the share (storage<N>), in the order they were made. */
+  storage: string[];
 }
 
 /** containerd's /dev/shm is a host tmpfs of its pod sandbox; inside a VM the guest gets its own. */
@@ -40,17 +34,21 @@ const GUEST_SHM: OciMount = {
   options: ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
 };
 
+/** How many taken storage<N> names are skipped before giving up (a stale counter after a crash). */
+const MAX_STORAGE_PROBES = 1000;
+
 function isBind(m: OciMount): boolean {
   return m.type === "bind" || (m.options ?? []).some((o) => o === "bind" || o === "rbind");
 }
 
 /**
  * Makes a host bundle runnable in the guest: mounts the container rootfs (containerd hands over snapshot mounts
- * and does not mount them) and every host bind source under <share>/storage<N>, rewrites the spec to the guest
- * paths, and writes it to <share>/<id>/config.json. On failure everything mounted so far is undone.
+ * and does not mount them) and every host bind source into the share as storage<N>, rewrites the spec to the guest
+ * paths, and writes it to mounts/<id>/config.json. Everything is made in the host's working tree, which the guest
+ * cannot write (see ShareLayout). On failure everything mounted so far is undone.
  */
 export async function prepareGuestBundle(opts: {
-  share: Share;
+  share: ShareLayout;
   containerId: string;
   hostBundle: string;
   rootfs: Mount[];
@@ -67,21 +65,26 @@ export async function prepareGuestBundle(opts: {
   const bundle: GuestBundle = {
     containerId,
     guestBundle: path.posix.join(share.guest, containerId),
-    mounts: [],
-    paths: [],
+    storage: [],
   };
+  // A mount point in staging/ and its twin in mounts/, both new: a name that exists (a counter reset by a crash)
+  // is skipped, never reused.
   const storage = async (kind: "dir" | "file") => {
-    const n = opts.nextStorage();
-    const host = path.join(share.host, `storage${n}`);
-    if (kind === "dir") await mkdir(host, { recursive: true });
-    else await (await open(host, "a")).close();
-    bundle.paths.push(host);
-    return { host, guest: path.posix.join(share.guest, `storage${n}`) };
+    for (let i = 0; i < MAX_STORAGE_PROBES; i++) {
+      const name = `storage${opts.nextStorage()}`;
+      if (!(await createNew(path.join(share.mounts, name), kind))) continue;
+      bundle.storage.push(name);
+      if (!(await createNew(path.join(share.staging, name), kind))) {
+        throw new Error(`container ${containerId}: ${path.join(share.staging, name)} exists already`);
+      }
+      return { staged: path.join(share.staging, name), name, guest: path.posix.join(share.guest, name) };
+    }
+    throw new Error(`container ${containerId}: no free storage name in ${share.mounts}`);
   };
   try {
     const root = await storage("dir");
-    await mountRootfs(opts, spec, root.host);
-    bundle.mounts.push(root.host);
+    await mountRootfs(opts, spec, root.staged);
+    await publish(share, root.name);
     spec.root = { ...spec.root, path: root.guest };
 
     const mounts: OciMount[] = [];
@@ -94,20 +97,38 @@ export async function prepareGuestBundle(opts: {
             `container ${containerId}: bind mount source ${m.source} (for ${m.destination}) does not exist`,
           );
         const s = await storage(st.isDirectory() ? "dir" : "file");
-        await bindMount(m.source, s.host, (m.options ?? []).includes("ro"));
-        bundle.mounts.push(s.host);
+        await bindMount(m.source, s.staged, (m.options ?? []).includes("ro"));
+        await publish(share, s.name);
         mounts.push({ ...m, source: s.guest });
       } else mounts.push(m);
     }
     spec.mounts = mounts;
 
-    const dir = path.join(share.host, containerId);
-    await mkdir(dir, { recursive: true });
-    bundle.paths.push(dir);
-    await writeFile(path.join(dir, "config.json"), JSON.stringify(spec));
+    const dir = path.join(share.mounts, containerId);
+    // A directory left by a crash (the id is free again, containerd said so) is replaced, not reused.
+    await removeTree(dir);
+    await mkdir(dir, { mode: 0o755 });
+    const fh = await open(path.join(dir, "config.json"), "wx", 0o644);
+    try {
+      await fh.writeFile(JSON.stringify(spec));
+    } finally {
+      await fh.close();
+    }
     return bundle;
   } catch (err) {
-    await releaseGuestBundle(bundle);
+    await releaseGuestBundle(share, bundle).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Creates path as a new empty directory or file; false when something is there already. */
+async function createNew(p: string, kind: "dir" | "file"): Promise<boolean> {
+  try {
+    if (kind === "dir") await mkdir(p, { mode: 0o755 });
+    else await (await open(p, "wx", 0o644)).close();
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
     throw err;
   }
 }
@@ -133,8 +154,24 @@ async function mountRootfs(
   await bindMount(source, target, m?.options.includes("ro") ?? false);
 }
 
-/** Unmounts in reverse order and removes the container's storage and bundle directories. */
-export async function releaseGuestBundle(b: Pick<GuestBundle, "mounts" | "paths">): Promise<void> {
-  for (const m of [...b.mounts].reverse()) await unmount(m);
-  for (const p of b.paths) await rm(p, { recursive: true, force: true });
+/**
+ * Takes the container's mounts down (both views, newest first) and removes its storage and bundle entries. Removal
+ * never crosses a mount point, so a mount that would not go keeps its volume's data out of reach.
+ */
+export async function releaseGuestBundle(
+  share: ShareLayout,
+  b: Pick<GuestBundle, "containerId" | "storage">,
+): Promise<void> {
+  const failures: string[] = [];
+  const attempt = (p: Promise<unknown>) => p.catch((e: Error) => failures.push(e.message));
+  for (const name of [...b.storage].reverse()) {
+    await attempt(
+      unpublish(share, name).then(async () => {
+        await removeTree(path.join(share.staging, name));
+        await removeTree(path.join(share.mounts, name));
+      }),
+    );
+  }
+  await attempt(removeTree(path.join(share.mounts, b.containerId)));
+  if (failures.length) throw new Error(`container ${b.containerId}: ${failures.join("; ")}`);
 }

@@ -1,35 +1,74 @@
+import { readFile } from "node:fs/promises";
 import { execa } from "execa";
+
+async function run(args: string[], what: string): Promise<void> {
+  const r = await execa("mount", args, { reject: false, stdin: "ignore" });
+  if (r.failed) throw new Error(`${what} failed: ${r.stderr.trim() || r.shortMessage}`);
+}
 
 /** mount(8) with a clear error naming the target; Node has no mount(2). */
 export async function mount(type: string, source: string, target: string, options: string[]): Promise<void> {
   const args = ["-t", type, ...(options.length ? ["-o", options.join(",")] : []), source, target];
-  const r = await execa("mount", args, { reject: false, stdin: "ignore" });
-  if (r.failed) throw new Error(`mount ${type} ${source} on ${target} failed: ${r.stderr.trim() || r.shortMessage}`);
-}
-
-export async function bindMount(source: string, target: string, readonly: boolean): Promise<void> {
-  await mount("none", source, target, ["rbind"]);
-  // A read-only bind needs a remount: the first mount ignores "ro" together with "bind".
-  if (readonly) await mount("none", "none", target, ["remount", "bind", "ro"]);
-}
-
-/** Unmounts target (recursively for rbinds); a busy mount is detached lazily rather than leaked. */
-export async function unmount(target: string): Promise<void> {
-  const r = await execa("umount", ["-R", target], { reject: false, stdin: "ignore" });
-  if (!r.failed || /not mounted|no mount point|not found/.test(r.stderr)) return;
-  const lazy = await execa("umount", ["-l", target], { reject: false, stdin: "ignore" });
-  if (lazy.failed) throw new Error(`umount ${target} failed: ${r.stderr.trim()}`);
+  await run(args, `mount ${type} ${source} on ${target}`);
 }
 
 /**
- * Makes dir a mount point with shared propagation, so mounts made below it later also appear in the mount
- * namespace of a helper started before them (virtiofsd sandboxes itself in one, as a slave of the host's).
+ * A recursive bind that is a slave of its source: mounts the host adds later under the source still show up, but
+ * nothing done to the copy (unmounting its submounts at teardown above all) propagates back to the host's tree.
+ * A read-only bind is read-only at its top only: submounts keep their own flags (CRI's non-recursive semantics).
  */
-export async function makeSharedMount(dir: string): Promise<void> {
-  await mount("none", dir, dir, ["bind"]);
-  const r = await execa("mount", ["--make-shared", dir], { reject: false, stdin: "ignore" });
-  if (r.failed) {
-    await unmount(dir);
-    throw new Error(`mount --make-shared ${dir} failed: ${r.stderr.trim() || r.shortMessage}`);
-  }
+export async function bindMount(source: string, target: string, readonly: boolean): Promise<void> {
+  await run(
+    ["--rbind", ...(readonly ? ["-o", "ro"] : []), "--make-rslave", source, target],
+    `bind mount ${source} on ${target}`,
+  );
+}
+
+/** Moves a mount (with its submounts) to another mount point; the source's parent mount must not be shared. */
+export async function moveMount(source: string, target: string): Promise<void> {
+  await run(["--move", source, target], `moving the mount ${source} to ${target}`);
+}
+
+export type Propagation = "private" | "shared" | "slave";
+
+/** Makes dir a mount point of its own (a bind onto itself) with the given propagation. */
+export async function selfBind(dir: string, propagation: Propagation[]): Promise<void> {
+  await run(["--bind", dir, dir], `bind mount ${dir} onto itself`);
+  for (const p of propagation) await run([`--make-${p}`, dir], `mount --make-${p} ${dir}`);
+}
+
+/**
+ * Detaches target and everything mounted below it in one step (MNT_DETACH): the submounts are never unmounted
+ * one by one by path, so a path inside a guest-writable tree is never resolved. A target that is not mounted is
+ * left alone.
+ */
+export async function unmount(target: string): Promise<void> {
+  const r = await execa("umount", ["-l", target], { reject: false, stdin: "ignore" });
+  if (!r.failed || /not mounted|no mount point|not found|No such file/.test(r.stderr)) return;
+  throw new Error(`umount ${target} failed: ${r.stderr.trim() || r.shortMessage}`);
+}
+
+/** Mount points of this process's namespace, decoded from /proc/self/mountinfo (field 5, octal escapes). */
+export async function mountPoints(): Promise<string[]> {
+  const info = await readFile("/proc/self/mountinfo", "utf8");
+  return info
+    .split("\n")
+    .filter(Boolean)
+    .map((l) =>
+      (l.split(" ")[4] ?? "").replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(Number.parseInt(o, 8))),
+    );
+}
+
+export async function isMountPoint(p: string): Promise<boolean> {
+  return (await mountPoints()).includes(p);
+}
+
+/**
+ * The mount points at or below dir that are not below another such mount point: detaching these takes everything
+ * under dir with it.
+ */
+export async function topMountsUnder(dir: string): Promise<string[]> {
+  const prefix = dir.endsWith("/") ? dir : `${dir}/`;
+  const under = [...new Set((await mountPoints()).filter((m) => m === dir || m.startsWith(prefix)))].sort();
+  return under.filter((m, i) => !under.slice(0, i).some((p) => m.startsWith(`${p}/`)));
 }

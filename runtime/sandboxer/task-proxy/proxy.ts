@@ -1,10 +1,10 @@
-import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import type net from "node:net";
-import path from "node:path";
 import { TaskCreateSchema, TaskDeleteSchema, TaskExecAddedSchema } from "../../protos/gen/containerd/events/task_pb.ts";
 import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import { writeTaskLink } from "../../shim/task-link.ts";
+import { ProtocolViolation } from "../../streaming/messages.ts";
+import { relayStreams } from "../../streaming/relay.ts";
 import { Rendezvous } from "../../streaming/rendezvous.ts";
 import {
   type AnyChannel,
@@ -20,9 +20,10 @@ import { Code, type ServiceHandlers, type TtrpcClient, TtrpcError } from "../../
 import type { EventPublisher } from "../events.ts";
 import { validateId } from "../ids.ts";
 import type { Logger } from "../log.ts";
-import { type GuestBundle, prepareGuestBundle, releaseGuestBundle, type Share } from "../storage/guest-bundle.ts";
-import { writeJsonAtomic } from "../store.ts";
+import { type GuestBundle, prepareGuestBundle, releaseGuestBundle } from "../storage/guest-bundle.ts";
+import type { ShareLayout } from "../storage/share.ts";
 import { openFifo } from "./fifo.ts";
+import type { ContainerRecords } from "./records.ts";
 
 interface HostStdio {
   stdin: string;
@@ -48,13 +49,6 @@ export function streamingId(stdio: string): string | undefined {
   return q < 0 ? undefined : (new URLSearchParams(stdio.slice(q + 1)).get("streaming_id") ?? undefined);
 }
 
-/** What outlives the daemon about a container: enough to stop it and free its host storage. */
-interface ContainerRecord {
-  hostBundle: string;
-  bundle: GuestBundle;
-  namespace: string;
-}
-
 interface ContainerEntry {
   hostBundle: string;
   bundle: GuestBundle;
@@ -66,9 +60,9 @@ export interface ProxyDeps {
   sandboxId: string;
   /** This sandbox's task API address, left in each container's bundle for the shim helper. */
   taskAddress: string;
-  /** Where each container's record is kept while it exists (<dir>/<id>/containers), for recovery. */
-  recordDir: string;
-  share: Share;
+  /** Each container's record while it exists (<dir>/<id>/containers), for recovery. */
+  records: ContainerRecords;
+  share: ShareLayout;
   /** The sandbox's live connection to vmm-task. */
   agent: () => TtrpcClient;
   events: EventPublisher;
@@ -137,15 +131,17 @@ export class TaskProxy {
         const sock = await openFifo(stdio[which], "write");
         entry.sockets[which] = sock;
         sock.on("error", (e) => log.debug(`${id} ${which} fifo: ${e.message}`));
-        const ch = await this.openChannel(stdioStreamId(id, execId, which));
-        receiveStream(ch, sock).catch((e: Error) => log.debug(`${id} ${which} relay: ${e.message}`));
+        const name = stdioStreamId(id, execId, which);
+        const ch = await this.openChannel(name);
+        receiveStream(ch, sock, name).catch((e: Error) => log.debug(`${id} ${which} relay: ${e.message}`));
       }
       if (stdio.stdin) {
         const sock = await openFifo(stdio.stdin, "read");
         entry.sockets.stdin = sock;
         sock.on("error", (e) => log.debug(`${id} stdin fifo: ${e.message}`));
-        const ch = await this.openChannel(stdioStreamId(id, execId, "stdin"));
-        sendStream(ch, sock).catch((e: Error) => log.debug(`${id} stdin relay: ${e.message}`));
+        const name = stdioStreamId(id, execId, "stdin");
+        const ch = await this.openChannel(name);
+        sendStream(ch, sock, name).catch((e: Error) => log.debug(`${id} stdin relay: ${e.message}`));
       }
     } catch (err) {
       closeStdio(entry);
@@ -190,9 +186,9 @@ export class TaskProxy {
           });
           entry.processes.set("", await this.attachStdio(req.id, "", stdio));
           await writeTaskLink(req.bundle, { sandboxId: this.deps.sandboxId, taskAddress: this.deps.taskAddress });
-          await this.saveRecord(req.id, { hostBundle: req.bundle, bundle, namespace });
+          await this.deps.records.save(req.id, { hostBundle: req.bundle, bundle, namespace });
           this.containers.set(req.id, entry);
-          this.deps.events.publish(namespace, "/tasks/create", TaskCreateSchema, {
+          this.deps.events.publish(this.deps.sandboxId, namespace, "/tasks/create", TaskCreateSchema, {
             $typeName: "containerd.events.TaskCreate",
             containerId: req.id,
             bundle: req.bundle,
@@ -206,7 +202,7 @@ export class TaskProxy {
           await this.task()
             .delete({ id: req.id, execId: "" })
             .catch(() => undefined);
-          await releaseGuestBundle(bundle);
+          await releaseGuestBundle(this.deps.share, bundle).catch(() => undefined);
           throw err;
         }
       },
@@ -222,12 +218,13 @@ export class TaskProxy {
         if (!req.execId) {
           for (const rest of c.processes.values()) this.closeProcess(rest);
           this.containers.delete(req.id);
-          await rm(this.recordFile(req.id), { force: true });
-          await releaseGuestBundle(c.bundle).catch((e: Error) =>
-            this.deps.log.warn(`release bundle of ${req.id}: ${e.message}`),
-          );
+          await this.deps.records.release(req.id, {
+            hostBundle: c.hostBundle,
+            bundle: c.bundle,
+            namespace: c.namespace,
+          });
         }
-        this.deps.events.publish(c.namespace, "/tasks/delete", TaskDeleteSchema, {
+        this.deps.events.publish(this.deps.sandboxId, c.namespace, "/tasks/delete", TaskDeleteSchema, {
           $typeName: "containerd.events.TaskDelete",
           containerId: req.id,
           id: req.execId || req.id,
@@ -247,7 +244,7 @@ export class TaskProxy {
         const stdio: HostStdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
         const r = await this.task().exec({ ...req, ...this.guestStdio(req.id, req.execId, stdio) });
         c.processes.set(req.execId, await this.attachStdio(req.id, req.execId, stdio));
-        this.deps.events.publish(c.namespace, "/tasks/exec-added", TaskExecAddedSchema, {
+        this.deps.events.publish(this.deps.sandboxId, c.namespace, "/tasks/exec-added", TaskExecAddedSchema, {
           $typeName: "containerd.events.TaskExecAdded",
           containerId: req.id,
           execId: req.execId,
@@ -311,8 +308,10 @@ export class TaskProxy {
         const guest = await this.openChannel(await this.hostStreams.claim(id, STREAM_RENDEZVOUS_MS, "stdio stream"));
         // Stdin ends when containerd ends its side; stdout and stderr when the guest ends its side. Either way the
         // call is over once the guest's side is done.
-        pump(host, guest).catch((e: Error) => this.deps.log.debug(`stream ${id} to the guest: ${e.message}`));
-        await pump(guest, host);
+        await relayStreams(host, guest, id).catch((e: Error) => {
+          if (e instanceof ProtocolViolation) this.deps.log.warn(`sandbox ${this.deps.sandboxId}: ${e.message}`);
+          throw e;
+        });
       },
     };
   }
@@ -328,79 +327,33 @@ export class TaskProxy {
     for (const sid of p.streams) this.hostStreams.withdraw(sid);
   }
 
-  private recordFile(id: string): string {
-    return path.join(this.deps.recordDir, `${id}.json`);
-  }
-
-  private async saveRecord(id: string, rec: ContainerRecord): Promise<void> {
-    await mkdir(this.deps.recordDir, { recursive: true });
-    await writeJsonAtomic(this.recordFile(id), rec);
-  }
-
   /**
    * After a daemon restart: containerd saw every task connection of this sandbox drop and recorded its containers
    * as exited (255), so the ones a previous daemon created are stopped in the guest and their host storage freed.
    * Returns the ids it stopped.
    */
   async reapOrphans(): Promise<string[]> {
-    const names = await readdir(this.deps.recordDir).catch(() => [] as string[]);
     const reaped: string[] = [];
-    for (const name of names.filter((n) => n.endsWith(".json"))) {
-      const id = name.slice(0, -".json".length);
-      const file = path.join(this.deps.recordDir, name);
-      let rec: ContainerRecord;
-      try {
-        rec = JSON.parse(await readFile(file, "utf8")) as ContainerRecord;
-      } catch (err) {
-        this.deps.log.warn(`container record ${file} is unreadable (${(err as Error).message}); removing it`);
-        await rm(file, { force: true });
-        continue;
-      }
+    for (const { id, rec } of await this.deps.records.list()) {
       const task = this.task();
       await task.kill({ id, execId: "", signal: 9, all: true }, { timeoutMs: 5000 }).catch(() => undefined);
       await task.wait({ id, execId: "" }, { timeoutMs: 5000 }).catch(() => undefined);
       await task.delete({ id, execId: "" }, { timeoutMs: 5000 }).catch(() => undefined);
-      await releaseGuestBundle(rec.bundle).catch((e: Error) => this.deps.log.warn(`release ${id}: ${e.message}`));
-      await rm(file, { force: true });
+      await this.deps.records.release(id, rec);
       reaped.push(id);
     }
     return reaped;
   }
 
-  /** After the VM is gone: close relays and unmount every container's storage. */
+  /** After the VM is gone: close relays and free every container's storage, recorded by this daemon or an earlier one. */
   async releaseAll(): Promise<void> {
-    for (const [id, c] of this.containers) {
-      for (const p of c.processes.values()) this.closeProcess(p);
-      await releaseGuestBundle(c.bundle).catch((e: Error) => this.deps.log.warn(`release ${id}: ${e.message}`));
-    }
+    for (const c of this.containers.values()) for (const p of c.processes.values()) this.closeProcess(p);
     this.containers.clear();
-    // Containers a previous daemon created: their storage is still mounted in the share.
-    for (const name of await readdir(this.deps.recordDir).catch(() => [] as string[])) {
-      const file = path.join(this.deps.recordDir, name);
-      const rec = await readFile(file, "utf8").then(
-        (t) => JSON.parse(t) as ContainerRecord,
-        () => undefined,
-      );
-      if (rec)
-        await releaseGuestBundle(rec.bundle).catch((e: Error) => this.deps.log.warn(`release ${name}: ${e.message}`));
-      await rm(file, { force: true });
-    }
+    await this.deps.records.releaseAll();
   }
 }
 
 function closeStdio(p: ProcessEntry): void {
   for (const s of Object.values(p.sockets)) s?.destroy();
   p.sockets = {};
-}
-
-/** Forwards every message of one side to the other; ends the other side when this one ends. */
-async function pump(from: AnyChannel, to: AnyChannel): Promise<void> {
-  for (;;) {
-    const r = await from.messages.next();
-    if (r.done) {
-      to.end();
-      return;
-    }
-    await to.send(r.value);
-  }
 }

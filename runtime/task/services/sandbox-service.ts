@@ -13,11 +13,13 @@ export interface PodConfig {
 
 export interface SandboxServiceDeps {
   events: EventQueue;
+  /** task.debug: only then is ExecVMProcess (a root shell command) served. */
+  debug: boolean;
   /** Hostname, sysctls and the pod's persistent ipc/uts namespaces. */
   setupPod(config: PodConfig): Promise<void>;
 }
 
-/** Kuasar's grpc.SandboxService: readiness, pod setup, networking, clock, events, and a VM-level exec. */
+/** Kuasar's grpc.SandboxService: readiness, pod setup, networking, clock, events, and (task.debug) a VM-level exec. */
 export function sandboxService(deps: SandboxServiceDeps): ServiceHandlers<typeof SandboxService> {
   const fail = (what: string) => (err: unknown) => {
     throw new TtrpcError(Code.Internal, `${what}: ${(err as Error).message}`);
@@ -49,6 +51,13 @@ export function sandboxService(deps: SandboxServiceDeps): ServiceHandlers<typeof
     },
     syncClock: async (req) => syncClock(req).catch(fail("sync clock")),
     execVMProcess: async (req) => {
+      // The host never calls it; it is a root shell for whoever reaches the port, so it is a debugging aid only.
+      if (!deps.debug) {
+        throw new TtrpcError(
+          Code.PermissionDenied,
+          "ExecVMProcess is disabled: it runs only in a guest booted with task.debug (set debug = true under [hypervisor.task] and recreate the pod)",
+        );
+      }
       const r = await execa("sh", ["-c", req.command], {
         input: Buffer.from(req.stdin),
         all: true,

@@ -8,7 +8,7 @@ import { Code, type ServiceHandlers, TtrpcError } from "../../ttrpc/index.ts";
 import type { ContainerManager } from "../containers.ts";
 import { TaskError } from "../errors.ts";
 import type { TaskProcess, TaskStatus } from "../process.ts";
-import { type OciProcess, prepareBundle } from "../spec.ts";
+import type { OciProcess } from "../spec.ts";
 import type { StreamHub } from "../stream-hub.ts";
 
 const STATUS: Record<TaskStatus, Status> = {
@@ -66,8 +66,8 @@ export function taskService(
     create: (req) =>
       mapped(async () => {
         const io = { terminal: req.terminal, stdin: req.stdin, stdout: req.stdout, stderr: req.stderr };
-        // The host wrote containerd's spec: host namespace paths, cgroup driver and LSM labels are fixed up here.
-        await prepareBundle(req.bundle);
+        // The host wrote containerd's spec: the manager fixes host namespace paths, cgroup driver and LSM labels up
+        // in a bundle of its own.
         const pid = await mgr.create(req.id, req.bundle, io);
         offerStdio(hub, mgr.process(req.id), io);
         return { pid };

@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { appendFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { appendFile, mkdir, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { PassThrough } from "node:stream";
 import { after, before, describe, test } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import { formatDuration, formatTable, listSandboxes, rowOf } from "../../../runtime/ctl/list.ts";
-import { printLog, tailOffset } from "../../../runtime/ctl/logs.ts";
+import { printLog } from "../../../runtime/ctl/logs.ts";
 import { readSandboxes, resolvePrefix } from "../../../runtime/ctl/sandboxes.ts";
 import { addUnaryService, GrpcError } from "../../../runtime/grpc/service.ts";
 import { Controller } from "../../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
@@ -146,13 +146,105 @@ describe("list", () => {
   });
 });
 
+/** Everything printLog writes, and each write on its own. */
+async function printed(
+  file: string,
+  opts: Parameters<typeof printLog>[2],
+): Promise<{ text: string; writes: Buffer[] }> {
+  const out = new PassThrough();
+  const writes: Buffer[] = [];
+  out.on("data", (d: Buffer) => writes.push(d));
+  await printLog(file, out, opts);
+  return { text: Buffer.concat(writes).toString(), writes };
+}
+
 describe("logs", () => {
-  test("the last n lines", () => {
-    const b = Buffer.from("a\nb\nc\n");
-    assert.equal(b.subarray(tailOffset(b, 2)).toString(), "b\nc\n");
-    assert.equal(b.subarray(tailOffset(b, 9)).toString(), "a\nb\nc\n");
-    const noFinalNewline = Buffer.from("a\nb");
-    assert.equal(noFinalNewline.subarray(tailOffset(noFinalNewline, 1)).toString(), "b");
+  test("the last n lines, read backwards in chunks across the rotated file and the current one", async () => {
+    const dir = path.join(tmp, "tail");
+    await mkdir(dir);
+    const file = path.join(dir, "console.log");
+    await writeFile(file, "a\nb\nc\n");
+    const lines = async (n: number, chunkBytes = 3) =>
+      (await printed(file, { follow: false, lines: n, chunkBytes })).text;
+    assert.equal(await lines(2), "b\nc\n");
+    assert.equal(await lines(9), "a\nb\nc\n");
+    assert.equal(await lines(0), "");
+    await writeFile(file, "a\nb");
+    assert.equal(await lines(1), "b");
+    // After a rotation the older lines are in console.log.1; lines longer than a chunk are found whole.
+    await writeFile(`${file}.1`, "boot 1\nboot 2 is a longer line than one chunk\n");
+    await writeFile(file, "boot 3\nboot 4\n");
+    assert.equal(await lines(3, 4), "boot 2 is a longer line than one chunk\nboot 3\nboot 4\n");
+    assert.equal(await lines(9, 4), "boot 1\nboot 2 is a longer line than one chunk\nboot 3\nboot 4\n");
+    assert.equal(
+      (await printed(file, { follow: false })).text,
+      "boot 1\nboot 2 is a longer line than one chunk\nboot 3\nboot 4\n",
+    );
+    // Just rotated: the current file is empty and the lines come from the older one.
+    await rename(file, `${file}.1`);
+    await writeFile(file, "");
+    assert.equal(await lines(1, 4), "boot 4\n");
+  });
+
+  test("a file many times the chunk size is printed in chunks, never read whole", async () => {
+    const dir = path.join(tmp, "big");
+    await mkdir(dir);
+    const file = path.join(dir, "console.log");
+    const body = Array.from({ length: 5000 }, (_, i) => `line ${i}\n`).join("");
+    await writeFile(file, body);
+    const all = await printed(file, { follow: false, raw: true, chunkBytes: 1024 });
+    assert.equal(all.text, body);
+    assert.ok(all.writes.length >= body.length / 1024, `${all.writes.length} writes`);
+    assert.ok(
+      all.writes.every((w) => w.length <= 1024),
+      `a write of ${Math.max(...all.writes.map((w) => w.length))} bytes`,
+    );
+    const tail = await printed(file, { follow: false, lines: 2, raw: true, chunkBytes: 1024 });
+    assert.equal(tail.text, "line 4998\nline 4999\n");
+  });
+
+  test("attack: guest escape sequences reach the terminal escaped; --raw prints the bytes", async () => {
+    const dir = path.join(tmp, "escapes");
+    await mkdir(dir);
+    const file = path.join(dir, "console.log");
+    // Clear the screen, set the window title, and overwrite the line with a fake prompt.
+    const guest = "[    0.1] ok\r\n\x1b[2J\x1b]0;root@host\x07\ttab\rfake$ \u009b31m\n";
+    await writeFile(file, guest);
+    const shown = (await printed(file, { follow: false, chunkBytes: 5 })).text;
+    assert.equal(shown, "[    0.1] ok\r\n\\x1b[2J\\x1b]0;root@host\\x07\ttab\\rfake$ \\u009b31m\n");
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
+    assert.ok(!/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]/.test(shown));
+    assert.equal((await printed(file, { follow: false, raw: true })).text, guest);
+  });
+
+  test("-f follows the log across rotations: the rest of the renamed file, then the new one", async () => {
+    const dir = path.join(tmp, "rotate");
+    await mkdir(dir);
+    const file = path.join(dir, "console.log");
+    await writeFile(file, "one\n");
+    const out = new PassThrough();
+    let text = "";
+    out.on("data", (d) => {
+      text += d;
+    });
+    const following = printLog(file, out, { follow: true, chunkBytes: 4 });
+    const until = async (s: string) => {
+      for (let i = 0; i < 100 && text !== s; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(text, s);
+    };
+    await until("one\n");
+    // What the reader does: the last bytes go to the old file, which is renamed, and a new file starts.
+    await appendFile(file, "two\n");
+    await rename(file, `${file}.1`);
+    await new Promise((r) => setTimeout(r, 400));
+    await writeFile(file, "three\n");
+    await until("one\ntwo\nthree\n");
+    await appendFile(file, "four\n");
+    await rename(file, `${file}.1`);
+    await writeFile(file, "five\n");
+    await until("one\ntwo\nthree\nfour\nfive\n");
+    await rm(dir, { recursive: true });
+    await following;
   });
 
   test("-f prints what is appended, starts over after truncation, ends when the sandbox is removed", async () => {

@@ -19,6 +19,7 @@ const server = new TtrpcServer().register(
   SandboxService,
   sandboxService({
     events,
+    debug: true,
     setupPod: async (c) => {
       pods.push(c);
     },

@@ -49,6 +49,9 @@ class FakeLauncher implements Launcher {
   async update(_rec: SandboxRecord, r: PodResources) {
     this.updates.push(r);
   }
+  async discard(dir: string) {
+    this.calls.push(`discard ${path.basename(dir)}`);
+  }
   async recover(rec: SandboxRecord) {
     this.calls.push(`recover ${rec.id}`);
     return this.recoverable ? { ok: true as const } : { ok: false as const, reason: "vmm pid 4242 is gone" };

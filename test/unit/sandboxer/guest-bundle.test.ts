@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -10,8 +11,15 @@ import {
   prepareGuestBundle,
   releaseGuestBundle,
 } from "../../../runtime/sandboxer/storage/guest-bundle.ts";
+import {
+  mountShare,
+  type ShareLayout,
+  shareLayout,
+  unmountAllUnder,
+} from "../../../runtime/sandboxer/storage/share.ts";
 
 let dir: string;
+let share: ShareLayout;
 let n: number;
 const next = () => n++;
 
@@ -25,7 +33,9 @@ async function mountsUnder(p: string): Promise<string[]> {
 beforeEach(async () => {
   n = 0;
   dir = await mkdtemp(path.join(os.tmpdir(), "guest-bundle-"));
-  for (const d of ["share", "bundle", "lower", "upper", "work", "vol"]) await mkdir(path.join(dir, d));
+  for (const d of ["bundle", "lower", "upper", "work", "vol"]) await mkdir(path.join(dir, d));
+  share = shareLayout(path.join(dir, "sandbox"));
+  await mountShare(share);
   await writeFile(path.join(dir, "lower/hello"), "from the image\n");
   await writeFile(path.join(dir, "hosts"), "127.0.0.1 localhost\n");
   await writeFile(path.join(dir, "vol/data"), "volume\n");
@@ -49,57 +59,109 @@ beforeEach(async () => {
 });
 
 afterEach(async () => {
+  await unmountAllUnder(share.mounts.replace(/\/mounts$/, ""));
   assert.deepEqual(await mountsUnder(dir), [], "every mount was released");
   await rm(dir, { recursive: true, force: true });
 });
 
-test("overlay rootfs and bind sources are mounted into the share and the spec points at guest paths", async () => {
+const overlay = () =>
+  create(MountSchema, {
+    type: "overlay",
+    source: "overlay",
+    options: [`lowerdir=${dir}/lower`, `upperdir=${dir}/upper`, `workdir=${dir}/work`],
+  });
+
+/** What the guest sees: shared/, read-only at its top. */
+const guestView = (name: string) => path.join(share.shared, name);
+
+test("rootfs and bind sources are mounted in the host's tree, seen in the guest's view, spec at guest paths", async () => {
   const b = await prepareGuestBundle({
-    share: { host: path.join(dir, "share"), guest: "/run/kuasar/state" },
+    share,
     containerId: "c1",
     hostBundle: path.join(dir, "bundle"),
-    rootfs: [
-      create(MountSchema, {
-        type: "overlay",
-        source: "overlay",
-        options: [`lowerdir=${dir}/lower`, `upperdir=${dir}/upper`, `workdir=${dir}/work`],
-      }),
-    ],
+    rootfs: [overlay()],
     nextStorage: next,
   });
   try {
     assert.equal(b.guestBundle, "/run/kuasar/state/c1");
-    const spec = JSON.parse(await readFile(path.join(dir, "share/c1/config.json"), "utf8")) as OciSpec;
+    const spec = JSON.parse(await readFile(guestView("c1/config.json"), "utf8")) as OciSpec;
     assert.equal(spec.root?.path, "/run/kuasar/state/storage0");
-    assert.equal(await readFile(path.join(dir, "share/storage0/hello"), "utf8"), "from the image\n");
+    assert.equal(await readFile(guestView("storage0/hello"), "utf8"), "from the image\n");
+    await writeFile(guestView("storage0/written-in-guest"), "rootfs is writable inside");
     const byDest = Object.fromEntries((spec.mounts ?? []).map((m) => [m.destination, m]));
     assert.equal(byDest["/proc"]?.source, "proc");
     assert.equal(byDest["/etc/hosts"]?.source, "/run/kuasar/state/storage1");
-    assert.equal(await readFile(path.join(dir, "share/storage1"), "utf8"), "127.0.0.1 localhost\n");
+    assert.equal(await readFile(guestView("storage1"), "utf8"), "127.0.0.1 localhost\n");
     assert.equal(byDest["/data"]?.source, "/run/kuasar/state/storage2");
-    await assert.rejects(writeFile(path.join(dir, "share/storage2/x"), "no"), /EROFS/);
+    await assert.rejects(
+      writeFile(guestView("storage2/x"), "no"),
+      /EROFS/,
+      "a read-only bind is read-only in the guest's view",
+    );
     assert.equal(byDest["/dev/shm"]?.type, "tmpfs");
-    assert.equal((await mountsUnder(dir)).length, 3);
+    // The top of the guest's view is read-only: no entry the host works on can be made, replaced or removed.
+    await assert.rejects(writeFile(guestView("storage9"), "planted"), /EROFS/);
+    await assert.rejects(rm(guestView("c1/config.json")), /EROFS/);
   } finally {
-    await releaseGuestBundle(b);
+    await releaseGuestBundle(share, b);
   }
-  assert.deepEqual(await readdir(path.join(dir, "share")), []);
+  assert.deepEqual(await readdir(share.mounts), []);
+  assert.deepEqual(await readdir(share.shared), []);
+  assert.deepEqual(await mountsUnder(`${share.mounts}/`), []);
+  assert.deepEqual(await mountsUnder(`${share.shared}/`), []);
 });
 
-test("a rootfs directory in the bundle is bind-mounted when containerd sends no mounts", async () => {
+test("a host volume with a submount: non-recursive read-only, mounts added later show, teardown leaves the host's own", async () => {
+  // On a systemd host every mount is shared: a plain unmount of the copy's submounts would take the host's with it.
+  execFileSync("mount", ["--bind", `${dir}/vol`, `${dir}/vol`]);
+  execFileSync("mount", ["--make-shared", `${dir}/vol`]);
+  await mkdir(path.join(dir, "vol/sub"));
+  execFileSync("mount", ["-t", "tmpfs", "vol-sub", `${dir}/vol/sub`]);
+  await writeFile(path.join(dir, "vol/sub/keep"), "host data\n");
   await mkdir(path.join(dir, "bundle/rootfs"));
-  await writeFile(path.join(dir, "bundle/rootfs/marker"), "bundle rootfs");
   const b = await prepareGuestBundle({
-    share: { host: path.join(dir, "share"), guest: "/run/kuasar/state" },
+    share,
+    containerId: "v1",
+    hostBundle: path.join(dir, "bundle"),
+    rootfs: [],
+    nextStorage: next,
+  });
+  try {
+    const data = guestView("storage2");
+    await assert.rejects(writeFile(path.join(data, "x"), "no"), /EROFS/);
+    await writeFile(path.join(data, "sub/from-guest"), "a writable submount stays writable");
+    await mkdir(path.join(dir, "vol/later"));
+    execFileSync("mount", ["-t", "tmpfs", "vol-later", `${dir}/vol/later`]);
+    await writeFile(path.join(dir, "vol/later/f"), "mounted after the container started\n");
+    assert.equal(await readFile(path.join(data, "later/f"), "utf8"), "mounted after the container started\n");
+  } finally {
+    await releaseGuestBundle(share, b);
+  }
+  assert.equal(
+    await readFile(path.join(dir, "vol/sub/keep"), "utf8"),
+    "host data\n",
+    "the host's submount is still there",
+  );
+  assert.equal(await readFile(path.join(dir, "vol/later/f"), "utf8"), "mounted after the container started\n");
+  for (const view of [share.mounts, share.shared, share.staging]) assert.deepEqual(await mountsUnder(`${view}/`), []);
+  execFileSync("umount", ["-R", `${dir}/vol`]);
+});
+
+test("a storage name already taken (a counter reset by a crash) is skipped, never reused", async () => {
+  await mkdir(path.join(dir, "bundle/rootfs"));
+  await writeFile(path.join(share.mounts, "storage0"), "left over");
+  const b = await prepareGuestBundle({
+    share,
     containerId: "c2",
     hostBundle: path.join(dir, "bundle"),
     rootfs: [],
     nextStorage: next,
   });
   try {
-    assert.equal(await readFile(path.join(dir, "share/storage0/marker"), "utf8"), "bundle rootfs");
+    assert.deepEqual(b.storage.slice(0, 1), ["storage1"]);
+    assert.equal(await readFile(path.join(share.mounts, "storage0"), "utf8"), "left over");
   } finally {
-    await releaseGuestBundle(b);
+    await releaseGuestBundle(share, b);
   }
 });
 
@@ -108,7 +170,7 @@ test("a missing bind source fails with the mount named and leaves nothing mounte
   await mkdir(path.join(dir, "bundle/rootfs"));
   await assert.rejects(
     prepareGuestBundle({
-      share: { host: path.join(dir, "share"), guest: "/run/kuasar/state" },
+      share,
       containerId: "c3",
       hostBundle: path.join(dir, "bundle"),
       rootfs: [],
@@ -116,14 +178,15 @@ test("a missing bind source fails with the mount named and leaves nothing mounte
     }),
     /container c3: bind mount source .*\/vol \(for \/data\) does not exist/,
   );
-  assert.deepEqual(await readdir(path.join(dir, "share")), []);
+  assert.deepEqual(await readdir(share.mounts), []);
+  assert.deepEqual(await readdir(share.staging), []);
 });
 
 test("an unreadable spec names the file", async () => {
   await rm(path.join(dir, "bundle/config.json"));
   await assert.rejects(
     prepareGuestBundle({
-      share: { host: path.join(dir, "share"), guest: "/g" },
+      share,
       containerId: "c4",
       hostBundle: path.join(dir, "bundle"),
       rootfs: [],

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, afterEach, before, beforeEach, describe, test } from "node:test";
@@ -17,6 +18,12 @@ import { DIR, env, sandbox } from "./fixtures/driver-env.ts";
 import { FakeClhApi } from "./fixtures/fake-clh-api.ts";
 import { gone, standIn } from "./fixtures/procs.ts";
 
+/** Polls until check() holds, for what a VM does in the background. */
+async function until(check: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 200 && !(await check()); i++) await new Promise((r) => setTimeout(r, 25));
+  assert.ok(await check());
+}
+
 const clh = (toml = "") => parseConfig(`[hypervisor]\ntype = "cloud-hypervisor"\n${toml}`, "test.toml").config;
 let tmp: string;
 before(async () => {
@@ -25,7 +32,7 @@ before(async () => {
 after(() => rm(tmp, { recursive: true, force: true }));
 
 describe("cloud-hypervisor command lines", () => {
-  test("defaults: image as pmem with discarded writes, virtio-fs, hybrid vsock on task.vsock, serial to console.log", () => {
+  test("defaults: image as pmem with discarded writes, virtio-fs, hybrid vsock on task.vsock, serial on console.sock", () => {
     const plan = clhPlan(clh(), sandbox, "rust");
     assert.equal(plan.vmm.path, "/usr/local/bin/cloud-hypervisor");
     assert.deepEqual(plan.vmm.args, [
@@ -34,12 +41,12 @@ describe("cloud-hypervisor command lines", () => {
       ...["--memory", "size=1024M,shared=on"],
       ...["--kernel", "/var/lib/kuasar/vmlinux.bin"],
       "--cmdline",
-      "console=ttyS0 root=/dev/pmem0 ro rootfstype=ext4 panic=1 task.sharefs_type=virtiofs task.log_level=info",
+      "console=ttyS0 root=/dev/pmem0 ro rootfstype=ext4 panic=1 task.sharefs_type=virtiofs task.log_level=info task.hybrid_vsock",
       ...["--pmem", "file=/var/lib/kuasar/kuasar.img,discard_writes=on"],
       ...["--rng", "src=/dev/urandom"],
       ...["--vsock", `cid=3,socket=${DIR}/task.vsock`],
       ...["--fs", `tag=kuasar,socket=${DIR}/virtiofs.sock`],
-      ...["--serial", `file=${DIR}/console.log`, "--console", "off"],
+      ...["--serial", `socket=${DIR}/console.sock`, "--console", "off"],
     ]);
     assert.deepEqual(
       plan.helpers.map((h) => [h.path, ...h.args]),
@@ -54,6 +61,15 @@ describe("cloud-hypervisor command lines", () => {
     // Hybrid vsock: the daemon dials task.vsock and writes "CONNECT 1024\n".
     assert.deepEqual(plan.agentAddress, { kind: "hvsock", udsPath: `${DIR}/task.vsock`, port: 1024 });
     assert.equal(plan.controlSocket, `${DIR}/api.sock`);
+    // The serial console is a socket cloud-hypervisor listens on; the daemon reads it into console.log.
+    assert.equal(plan.consoleSocket, `${DIR}/console.sock`);
+    assert.equal(plan.consoleLog, `${DIR}/console.log`);
+    assert.deepEqual(plan.files, [
+      `${DIR}/api.sock`,
+      `${DIR}/task.vsock`,
+      `${DIR}/virtiofs.sock`,
+      `${DIR}/console.sock`,
+    ]);
   });
 
   test("initrd, hugepages, prefault, pod resources, taps by fd and by name, verbose log", () => {
@@ -81,11 +97,11 @@ describe("cloud-hypervisor command lines", () => {
       ...["--memory", "size=2048M,shared=on,hugepages=on,prefault=on"],
       ...["--kernel", "/var/lib/kuasar/vmlinux.bin"],
       "--cmdline",
-      "console=ttyS0 rdinit=/sbin/init panic=1 task.sharefs_type=virtiofs task.log_level=info task.debug task.enable_tracing",
+      "console=ttyS0 rdinit=/sbin/init panic=1 task.sharefs_type=virtiofs task.log_level=info task.hybrid_vsock task.debug task.enable_tracing",
       ...["--initramfs", "/var/lib/kuasar/kuasar.initrd"],
       ...["--vsock", `cid=3,socket=${DIR}/task.vsock`],
       ...["--fs", `tag=kuasar,socket=${DIR}/virtiofs.sock`],
-      ...["--serial", `file=${DIR}/console.log`, "--console", "off"],
+      ...["--serial", `socket=${DIR}/console.sock`, "--console", "off"],
       ...["--net", "fd=[3,4],mac=02:42:ac:11:00:02,num_queues=4"],
       ...["--net", "tap=tap_kua_5,mac=02:42:ac:11:00:05"],
       "-vv",
@@ -97,6 +113,18 @@ describe("cloud-hypervisor command lines", () => {
       `--socket-path=${DIR}/virtiofs.sock`,
       ...["-o", `source=${DIR}/shared`, "-o", "cache=auto", "-o", "log_level=info", "-o", "announce_submounts"],
     ]);
+  });
+
+  test("task.hybrid_vsock is always on the kernel command line: cloud-hypervisor's vsock is hybrid", () => {
+    for (const toml of ["", 'image_path = ""\ninitrd_path = "/var/lib/kuasar/kuasar.initrd"\n']) {
+      const plan = clhPlan(clh(toml), sandbox, "rust");
+      const words = plan.vmm.args[plan.vmm.args.indexOf("--cmdline") + 1]!.split(" ");
+      assert.deepEqual(
+        words.filter((w) => w.startsWith("task.hybrid_vsock")),
+        ["task.hybrid_vsock"],
+      );
+      assert.equal(plan.agentAddress.kind, "hvsock");
+    }
   });
 });
 
@@ -221,6 +249,51 @@ describe("cloud-hypervisor driver", () => {
     }
   });
 
+  test("a recovered VM's console is read again from its socket; detach lets go of it for the next daemon", async () => {
+    const sbDir = await mkdtemp(path.join(tmp, "sb-console-"));
+    const api = new FakeClhApi(path.join(sbDir, "api.sock"));
+    await api.listen();
+    const vmm = await standIn();
+    const consoleSocket = path.join(sbDir, "console.sock");
+    const readers: net.Socket[] = [];
+    const guest = net.createServer((c) => {
+      readers.push(c);
+      c.on("error", () => {});
+      c.write(`line for reader ${readers.length}\n`);
+    });
+    await new Promise<void>((r) => guest.listen(consoleSocket, r));
+    const consoleLog = path.join(sbDir, "console.log");
+    await writeFile(consoleLog, "before the restart\n");
+    const state: HypervisorState = {
+      kind: "cloud-hypervisor",
+      id: "sb1",
+      dir: sbDir,
+      vmm: vmm.ref,
+      helpers: [],
+      consoleLog,
+      console: { socket: consoleSocket, maxBytes: 1 << 20 },
+      controlSocket: api.path,
+      files: [],
+      devices: {},
+      extra: {},
+    };
+    try {
+      const first = await recoverHypervisor(state, env);
+      await until(async () => (await readFile(consoleLog, "utf8")).endsWith("line for reader 1\n"));
+      first.detach();
+      await until(async () => readers[0]!.closed);
+      const second = await recoverHypervisor(first.persistState(), env);
+      await until(async () => (await readFile(consoleLog, "utf8")).endsWith("line for reader 2\n"));
+      assert.equal(await readFile(consoleLog, "utf8"), "before the restart\nline for reader 1\nline for reader 2\n");
+      second.detach();
+    } finally {
+      vmm.child.kill("SIGKILL");
+      guest.close();
+      for (const c of readers) c.destroy();
+      await api.close();
+    }
+  });
+
   test("start runs virtiofsd first, then the VMM detached, and reports its real pid; stop cleans up", async () => {
     const fake = path.join(import.meta.dirname, "fixtures/fake-vmm.mjs");
     const sbDir = path.join(tmp, "started");
@@ -239,8 +312,10 @@ describe("cloud-hypervisor driver", () => {
     assert.equal(await readFile(path.join(sbDir, "vmm.pid"), "utf8"), `${started.pid}\n`);
     assert.notEqual(await procStartTime(started.pid), undefined);
     assert.deepEqual(started.agentAddress, { kind: "hvsock", udsPath: path.join(sbDir, "task.vsock"), port: 1024 });
-    assert.equal(await readFile(started.consoleLog, "utf8"), "fake guest booted\n");
+    // The daemon reads the guest's console from the VMM's socket into console.log.
+    await until(async () => (await readFile(started.consoleLog, "utf8").catch(() => "")) === "fake guest booted\n");
     const state = vm.persistState();
+    assert.deepEqual(state.console, { socket: path.join(sbDir, "console.sock"), maxBytes: 4 * 1024 * 1024 });
     assert.deepEqual(
       state.helpers.map((h) => h.name),
       ["virtiofsd"],
@@ -250,7 +325,11 @@ describe("cloud-hypervisor driver", () => {
     assert.equal(exit.exitStatus, 0);
     assert.equal(await procStartTime(started.pid), undefined);
     assert.equal(await procStartTime(state.helpers[0]!.pid), undefined);
-    for (const f of ["api.sock", "virtiofs.sock", "vmm.pid"]) assert.equal(existsSync(path.join(sbDir, f)), false, f);
+    for (const f of ["api.sock", "virtiofs.sock", "vmm.pid", "console.sock"]) {
+      assert.equal(existsSync(path.join(sbDir, f)), false, f);
+    }
+    // What the guest printed last, as its VMM went, was saved before the reader stopped.
+    assert.equal(await readFile(started.consoleLog, "utf8"), "fake guest booted\nfake guest powered off\n");
   });
 
   test("a VMM that fails to boot: the error names the sandbox and quotes its log; helpers are stopped", async () => {

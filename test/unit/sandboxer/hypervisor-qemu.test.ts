@@ -45,14 +45,15 @@ describe("QEMU command lines", () => {
       "-nographic",
       "-no-user-config",
       "-no-reboot",
+      "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
       `-qmp unix:${DIR}/qmp.sock,server=on,wait=off`,
-      `-chardev file,id=console0,path=${DIR}/console.log`,
+      `-chardev socket,id=console0,path=${DIR}/console.sock,server=on,wait=off`,
       "-serial chardev:console0",
       "-device pci-bridge,bus=pci.0,id=pci-bridge-0,chassis_nr=1,shpc=off",
       "-drive id=rootfs,file=/var/lib/kuasar/kuasar.img,if=none,format=raw,readonly=on,aio=threads",
       "-device virtio-blk-pci,drive=rootfs,id=rootfs-disk",
       "-kernel /var/lib/kuasar/vmlinux.bin",
-      "-append console=ttyS0 root=/dev/vda ro rootfstype=ext4 panic=1 task.sharefs_type=9p task.log_level=info",
+      "-append console=ttyS0 root=/dev/vda ro rootfstype=ext4 panic=1 task.sharefs_type=9p task.log_level=info task.hybrid_vsock",
       "-object rng-random,id=rng0,filename=/dev/urandom",
       "-device virtio-rng-pci,rng=rng0",
       `-fsdev local,id=fsdev-kuasar,path=${DIR}/shared,security_model=none`,
@@ -76,7 +77,12 @@ describe("QEMU command lines", () => {
     assert.equal(plan.vmm.logFile, `${DIR}/vmm.log`);
     assert.deepEqual(plan.vmm.fds, []);
     assert.equal(plan.vmm.netnsPath, undefined);
-    assert.deepEqual(plan.files, [`${DIR}/qmp.sock`, `${DIR}/vhost-vsock.sock`, `${DIR}/task.vsock`]);
+    assert.deepEqual(plan.files, [
+      `${DIR}/qmp.sock`,
+      `${DIR}/console.sock`,
+      `${DIR}/vhost-vsock.sock`,
+      `${DIR}/task.vsock`,
+    ]);
   });
 
   test("initrd, virtio-fs (C virtiofsd), vhost-vsock, kvm with extra machine options, taps by fd and by name", () => {
@@ -112,8 +118,9 @@ describe("QEMU command lines", () => {
       "-nographic",
       "-no-user-config",
       "-no-reboot",
+      "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
       `-qmp unix:${DIR}/qmp.sock,server=on,wait=off`,
-      `-chardev file,id=console0,path=${DIR}/console.log`,
+      `-chardev socket,id=console0,path=${DIR}/console.sock,server=on,wait=off`,
       "-serial chardev:console0",
       "-device pci-bridge,bus=pci.0,id=pci-bridge-0,chassis_nr=1,shpc=off",
       "-kernel /var/lib/kuasar/vmlinux.bin",
@@ -165,8 +172,9 @@ describe("QEMU command lines", () => {
       "-nographic",
       "-no-user-config",
       "-no-reboot",
+      "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
       `-qmp unix:${DIR}/qmp.sock,server=on,wait=off`,
-      `-chardev file,id=console0,path=${DIR}/console.log`,
+      `-chardev socket,id=console0,path=${DIR}/console.sock,server=on,wait=off`,
       "-serial chardev:console0",
       "-d guest_errors,unimp",
       "-device pcie-root-port,id=rp0,bus=pcie.0,chassis=1,port=1",
@@ -252,6 +260,36 @@ describe("QEMU command lines", () => {
       accel: "kvm",
       machineOptions: ["kernel_irqchip=on"],
     });
+  });
+
+  test("task.hybrid_vsock is on the kernel command line exactly when the agent is reached over hybrid vsock", () => {
+    for (const vsock of ["hybrid", "vhost"] as const) {
+      const plan = qemuPlan(qemu(), sandbox, { ...TCG_HYBRID, vsock });
+      const words = plan.vmm.args[plan.vmm.args.indexOf("-append") + 1]!.split(" ");
+      const flags = words.filter((w) => w.startsWith("task.hybrid_vsock"));
+      assert.deepEqual(flags, vsock === "hybrid" ? ["task.hybrid_vsock"] : [], `vsock ${vsock}: ${words.join(" ")}`);
+      assert.equal(plan.agentAddress.kind, vsock === "hybrid" ? "hvsock" : "vsock");
+    }
+  });
+
+  test("every machine runs under QEMU's seccomp sandbox with its serial console on a socket the daemon reads", () => {
+    for (const machine of ['"pc"', '"q35"', '"microvm"\nblock_device_driver = "VirtioMmio"']) {
+      const plan = qemuPlan(qemu(`machine_type = ${machine}\nmem_slots = 0\n`), sandbox, TCG_HYBRID);
+      const l = lines(plan.vmm.args);
+      // No exec, no privilege change, no scheduler or affinity changes, no obsolete system calls.
+      assert.ok(
+        l.includes("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"),
+        machine,
+      );
+      // Listening without waiting: QEMU boots at once and the daemon connects after spawning it.
+      assert.ok(l.includes(`-chardev socket,id=console0,path=${DIR}/console.sock,server=on,wait=off`), machine);
+      assert.ok(l.includes("-serial chardev:console0"), machine);
+      // Nothing of the guest's is written to a file by QEMU itself.
+      assert.ok(!l.some((a) => /(^-chardev file|logfile=|console\.log)/.test(a)), l.join("\n"));
+      assert.equal(plan.consoleSocket, `${DIR}/console.sock`);
+      assert.equal(plan.consoleLog, `${DIR}/console.log`);
+      assert.ok(plan.files.includes(`${DIR}/console.sock`));
+    }
   });
 });
 

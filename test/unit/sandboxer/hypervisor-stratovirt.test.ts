@@ -31,7 +31,7 @@ describe("StratoVirt command lines", () => {
         "task.log_level=debug task.sharefs_type=virtiofs",
       ...["-initrd", "/var/lib/kuasar/kuasar.initrd"],
       ...["-qmp", `unix:${DIR}/qmp.sock,server,nowait`],
-      ...["-chardev", `file,id=console0,path=${DIR}/console.log`, "-serial", "chardev:console0"],
+      ...["-chardev", `socket,id=console0,path=${DIR}/console.sock,server,nowait`, "-serial", "chardev:console0"],
       "-disable-seccomp",
       ...["-global", "pcie-root-port.fast-unplug=1"],
       ...["-object", "rng-random,id=rng0,filename=/dev/urandom"],
@@ -52,6 +52,10 @@ describe("StratoVirt command lines", () => {
       ],
     );
     assert.deepEqual(plan.agentAddress, { kind: "vsock", cid: 1234, port: 1024 });
+    // The serial console is a socket StratoVirt listens on; the daemon reads it into console.log.
+    assert.equal(plan.consoleSocket, `${DIR}/console.sock`);
+    assert.equal(plan.consoleLog, `${DIR}/console.log`);
+    assert.deepEqual(plan.files, [`${DIR}/qmp.sock`, `${DIR}/virtiofs.sock`, `${DIR}/console.sock`]);
   });
 
   test("image on virtio-blk, taps, no firmware, debug logging through the environment", () => {
@@ -115,6 +119,18 @@ describe("StratoVirt command lines", () => {
       stratovirtMachine("type=q35,mem-share=on,dump-guest-core=off"),
       "type=q35,mem-share=on,dump-guest-core=off",
     );
+  });
+
+  test("task.hybrid_vsock is never on the kernel command line: StratoVirt's vsock is vhost-vsock", () => {
+    for (const toml of ["", 'machine_type = "microvm"\nblock_device_driver = "virtio-mmio"\nfirmware = ""\n']) {
+      const plan = stratovirtPlan(sv(toml), sandbox, 5);
+      const words = plan.vmm.args[plan.vmm.args.indexOf("-append") + 1]!.split(" ");
+      assert.deepEqual(
+        words.filter((w) => w.startsWith("task.hybrid_vsock")),
+        [],
+      );
+      assert.equal(plan.agentAddress.kind, "vsock");
+    }
   });
 });
 

@@ -11,7 +11,14 @@ import { DeleteResponseSchema, Task } from "../../../runtime/protos/gen/containe
 import { Status } from "../../../runtime/protos/gen/containerd/types/task/task_pb.ts";
 import { EventPublisher } from "../../../runtime/sandboxer/events.ts";
 import { logger } from "../../../runtime/sandboxer/log.ts";
+import {
+  mountShare,
+  type ShareLayout,
+  shareLayout,
+  unmountAllUnder,
+} from "../../../runtime/sandboxer/storage/share.ts";
 import { TaskProxy } from "../../../runtime/sandboxer/task-proxy/proxy.ts";
+import { ContainerRecords } from "../../../runtime/sandboxer/task-proxy/records.ts";
 import { TtrpcClient, TtrpcServer } from "../../../runtime/ttrpc/index.ts";
 import { addonsReady, busyboxRootfs, repo, requireTools, type Scratch, scratch } from "../task/harness.ts";
 
@@ -24,6 +31,7 @@ let events: EventPublisher;
 let proxyServer: TtrpcServer;
 let containerd: TtrpcClient;
 let share: string;
+let layout: ShareLayout;
 
 async function waitForSocket(sock: string, ms: number): Promise<net.Socket> {
   const until = Date.now() + ms;
@@ -68,15 +76,17 @@ before(async () => {
     { stdio: ["ignore", "inherit", "inherit"], env: { ...process.env } },
   );
   agent = new TtrpcClient(await waitForSocket(sock, 20_000));
-  share = path.join(s.dir, "shared");
-  await mkdir(share);
+  // The agent runs on this host, so its "guest" view of the share is the read-only shared/ itself.
+  layout = { ...shareLayout(s.dir), guest: shareLayout(s.dir).shared };
+  share = layout.shared;
+  await mountShare(layout);
   events = new EventPublisher(path.join(s.dir, "no-containerd.sock"), logger("test"));
   let n = 0;
   const proxy = new TaskProxy({
     sandboxId: "sb1",
     taskAddress: `ttrpc+unix://${path.join(s.dir, "task.sock")}`,
-    recordDir: path.join(s.dir, "containers"),
-    share: { host: share, guest: share },
+    records: new ContainerRecords(path.join(s.dir, "containers"), layout, logger("records")),
+    share: layout,
     agent: () => agent,
     events,
     nextStorage: () => n++,
@@ -97,6 +107,7 @@ after(async () => {
   await proxyServer?.close();
   agentProc?.kill("SIGTERM");
   await new Promise((r) => agentProc?.once("exit", r));
+  if (s) await unmountAllUnder(s.dir);
   await s?.cleanup();
 });
 
@@ -284,8 +295,8 @@ test("a restarted daemon's proxy stops the containers its predecessor created an
   const successor = new TaskProxy({
     sandboxId: "sb1",
     taskAddress: "ttrpc+unix:///unused",
-    recordDir: path.join(s.dir, "containers"),
-    share: { host: share, guest: share },
+    records: new ContainerRecords(path.join(s.dir, "containers"), layout, logger("records")),
+    share: layout,
     agent: () => agent,
     events,
     nextStorage: () => 99,

@@ -12,7 +12,9 @@ import { type CreateTaskRequestSchema, Task } from "../../../runtime/protos/gen/
 import { Streaming } from "../../../runtime/protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import { EventPublisher } from "../../../runtime/sandboxer/events.ts";
 import { logger } from "../../../runtime/sandboxer/log.ts";
+import { mountShare, shareLayout, unmountAllUnder } from "../../../runtime/sandboxer/storage/share.ts";
 import { TaskProxy } from "../../../runtime/sandboxer/task-proxy/proxy.ts";
+import { ContainerRecords } from "../../../runtime/sandboxer/task-proxy/records.ts";
 import {
   type AnyChannel,
   ackMessage,
@@ -56,8 +58,8 @@ before(async () => {
         const ch: AnyChannel = { send: (m) => out.send(m), messages: requests[Symbol.asyncIterator](), end: () => {} };
         const id = await readInit(ch);
         await out.send(ackMessage());
-        if (id === "c1/init/stdout") await sendStream(ch, guestStdout);
-        else if (id === "c1/init/stdin") await receiveStream(ch, guestStdin);
+        if (id === "c1/init/stdout") await sendStream(ch, guestStdout, id);
+        else if (id === "c1/init/stdin") await receiveStream(ch, guestStdin, id);
       },
     });
   const [a, b] = await socketPair(path.join(dir, "agent.sock"), guest);
@@ -66,11 +68,13 @@ before(async () => {
   let n = 0;
   // No containerd here: events queue and retry, and must never block a task call.
   events = new EventPublisher(path.join(dir, "no-containerd.sock"), logger("test"));
+  const share = shareLayout(dir);
+  await mountShare(share);
   proxy = new TaskProxy({
     sandboxId: "sb",
     taskAddress: `ttrpc+unix://${path.join(dir, "task.sock")}`,
-    recordDir: path.join(dir, "containers"),
-    share: { host: path.join(dir, "shared"), guest: "/run/kuasar/state" },
+    records: new ContainerRecords(path.join(dir, "containers"), share, logger("test")),
+    share,
     agent: () => agent,
     events,
     nextStorage: () => n++,
@@ -79,7 +83,6 @@ before(async () => {
   proxyServer = new TtrpcServer().register(Task, proxy.handlers());
   const [c] = await socketPair(path.join(dir, "task.sock"), proxyServer);
   containerd = new TtrpcClient(c);
-  await mkdir(path.join(dir, "shared"));
   await mkdir(path.join(dir, "bundle/rootfs"), { recursive: true });
   await writeFile(path.join(dir, "bundle/config.json"), JSON.stringify({ root: { path: "rootfs" }, mounts: [] }));
   for (const f of ["stdin", "stdout"]) execFileSync("mkfifo", [path.join(dir, f)]);
@@ -91,6 +94,7 @@ after(async () => {
   agent.close();
   await proxyServer.close();
   await guest.close();
+  await unmountAllUnder(dir);
   await rm(dir, { recursive: true, force: true });
 });
 

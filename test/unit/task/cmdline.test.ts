@@ -12,12 +12,13 @@ test("defaults without task.* parameters", () => {
 
 test("every known parameter", () => {
   const p = parseCmdline(
-    "console=hvc0 task.sharefs_type=virtiofs task.log_level=DEBUG task.debug task.enable_tracing=1 task.debug_shell=/bin/ash",
+    "console=hvc0 task.sharefs_type=virtiofs task.log_level=DEBUG task.debug task.hybrid_vsock task.enable_tracing=1 task.debug_shell=/bin/ash",
   );
   assert.deepEqual(p, {
     sharefsType: "virtiofs",
     logLevel: "debug",
     debug: true,
+    hybridVsock: true,
     enableTracing: true,
     debugShell: "/bin/ash",
     warnings: [],
@@ -28,16 +29,35 @@ test("every known parameter", () => {
 
 test("bad values and unknown task.* keys warn and keep the defaults", () => {
   const p = parseCmdline(
-    "task.sharefs_type=nfs task.log_level=loud task.debug=maybe task.debug_shell=sh task.frobnicate=1",
+    "task.sharefs_type=nfs task.log_level=loud task.debug=maybe task.hybrid_vsock=perhaps task.debug_shell=sh task.frobnicate=1",
   );
   assert.deepEqual({ ...p, warnings: [] }, { ...DEFAULT_PARAMS, warnings: [] });
-  assert.equal(p.warnings.length, 5);
-  for (const key of ["task.sharefs_type", "task.log_level", "task.debug", "task.debug_shell", "task.frobnicate"]) {
+  assert.equal(p.warnings.length, 6);
+  for (const key of [
+    "task.sharefs_type",
+    "task.log_level",
+    "task.debug",
+    "task.hybrid_vsock",
+    "task.debug_shell",
+    "task.frobnicate",
+  ]) {
     assert.ok(
       p.warnings.some((w) => w.includes(key)),
       `a warning names ${key}: ${p.warnings.join(" | ")}`,
     );
   }
+});
+
+test("task.hybrid_vsock: off unless the host says so; the last value wins like any kernel parameter", () => {
+  // Off by default: a guest that is not told demands privileged source ports (the safe side).
+  assert.equal(DEFAULT_PARAMS.hybridVsock, false);
+  assert.equal(parseCmdline("console=ttyS0 task.debug").hybridVsock, false);
+  assert.equal(parseCmdline("task.hybrid_vsock").hybridVsock, true);
+  assert.equal(parseCmdline("task.hybrid_vsock=1").hybridVsock, true);
+  assert.equal(parseCmdline("task.hybrid_vsock task.hybrid_vsock=0").hybridVsock, false);
+  assert.equal(parseCmdline("task.hybrid_vsock=0 task.hybrid_vsock").hybridVsock, true);
+  // A look-alike is not the flag.
+  assert.equal(parseCmdline("xtask.hybrid_vsock task.hybrid_vsockx").hybridVsock, false);
 });
 
 test("double quotes group like the kernel's parser", () => {

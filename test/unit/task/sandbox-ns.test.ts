@@ -72,12 +72,13 @@ if (await h.underInit(import.meta.url)) {
       cgroupParent: s.cgroupParent,
       hostname: null,
     });
-    await prepareBundle(bundle, { sandboxNsDir: nsDir, lsm: { apparmor: false, selinux: false } });
+    const lsm = { apparmor: false, selinux: false };
     const m = new ContainerManager({
       runc: new Runc({ root: s.runcRoot, logDir: `${s.dir}/logs` }),
       exits,
       stateDir: `${s.dir}/state`,
-      lsm: { apparmor: false, selinux: false },
+      lsm,
+      prepareBundle: (source, target) => prepareBundle(source, target, { sandboxNsDir: nsDir, lsm }),
     });
     await m.create("joiner", bundle, { stdout: "o" });
     const out = h.collect(m.process("joiner").stdio.stdout);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
@@ -37,9 +37,9 @@ describe("adjustSpec", () => {
       expect: (s) => assert.deepEqual(s.linux?.namespaces, [{ type: "network" }]),
     },
     {
-      name: "an absolute rootfs inside the bundle becomes relative; one elsewhere is kept",
-      spec: { root: { path: `${bundle}/rootfs`, readonly: true } },
-      expect: (s) => assert.deepEqual(s.root, { path: "rootfs", readonly: true }),
+      name: "a relative rootfs is resolved against the bundle (runc runs from the agent's own copy)",
+      spec: { root: { path: "rootfs", readonly: true } },
+      expect: (s) => assert.deepEqual(s.root, { path: `${bundle}/rootfs`, readonly: true }),
     },
     {
       name: "a guest storage rootfs outside the bundle is kept",
@@ -72,7 +72,7 @@ describe("adjustSpec", () => {
       expect: (s) =>
         assert.deepEqual(s, {
           ociVersion: "1.1.0",
-          root: { path: "rootfs" },
+          root: { path: `${bundle}/rootfs` },
           process: { args: ["sh"], env: ["A=1"] },
           linux: { resources: { memory: { limit: 1 } } },
           annotations: { a: "b" },
@@ -121,16 +121,22 @@ describe("cgroupfsPath", () => {
   }
 });
 
-test("prepareBundle rewrites config.json in place", async () => {
+test("prepareBundle writes the adjusted spec into the agent's own bundle and leaves the host's alone", async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), "kuasar-spec-"));
   try {
-    const spec: OciSpec = { root: { path: path.join(dir, "rootfs") }, linux: { namespaces: [hostNs("network")] } };
-    await writeFile(path.join(dir, "config.json"), JSON.stringify(spec));
-    await prepareBundle(dir, { sandboxNsDir: path.join(dir, "no-ns"), lsm: { apparmor: false, selinux: false } });
-    assert.deepEqual(JSON.parse(await readFile(path.join(dir, "config.json"), "utf8")), {
-      root: { path: "rootfs" },
+    const spec: OciSpec = { root: { path: "rootfs" }, linux: { namespaces: [hostNs("network")] } };
+    await mkdir(path.join(dir, "host"));
+    await mkdir(path.join(dir, "agent"));
+    await writeFile(path.join(dir, "host/config.json"), JSON.stringify(spec));
+    await prepareBundle(path.join(dir, "host"), path.join(dir, "agent"), {
+      sandboxNsDir: path.join(dir, "no-ns"),
+      lsm: { apparmor: false, selinux: false },
+    });
+    assert.deepEqual(JSON.parse(await readFile(path.join(dir, "agent/config.json"), "utf8")), {
+      root: { path: path.join(dir, "host/rootfs") },
       linux: { namespaces: [] },
     });
+    assert.deepEqual(JSON.parse(await readFile(path.join(dir, "host/config.json"), "utf8")), spec);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

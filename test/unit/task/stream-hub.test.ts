@@ -5,9 +5,11 @@ import path from "node:path";
 import { PassThrough } from "node:stream";
 import { test } from "node:test";
 import type { Any } from "@bufbuild/protobuf/wkt";
-import { initMessage } from "../../../runtime/streaming/stdio-stream.ts";
+import { dataMessage } from "../../../runtime/streaming/messages.ts";
+import { initMessage, WINDOW } from "../../../runtime/streaming/stdio-stream.ts";
 import { linksByMac } from "../../../runtime/task/network.ts";
 import { StreamHub } from "../../../runtime/task/stream-hub.ts";
+import { stuckSink } from "../streaming/fake-channel.ts";
 
 /** Host side of one stream: the init message, then whatever the test pushes. */
 function hostStream(id: string) {
@@ -27,6 +29,10 @@ function hostStream(id: string) {
   return {
     requests,
     sent,
+    push: (m: Any) => {
+      queue.push(m);
+      wake?.();
+    },
     send: async (m: Any) => {
       sent.push(m);
     },
@@ -56,6 +62,34 @@ test("a stream for stdio that never appears fails with its name", async () => {
   const hub = new StreamHub();
   const h = hostStream("ghost/init/stdout");
   await assert.rejects(hub.serve(h.requests, h.send, 50), /no process stdio named ghost\/init\/stdout/);
+});
+
+test("stdin from the host reaches the process and its end closes the process's stdin", async () => {
+  const hub = new StreamHub();
+  const stdin = new PassThrough();
+  hub.offer("c/init/stdin", { kind: "sink", stream: stdin });
+  const h = hostStream("c/init/stdin");
+  const serving = hub.serve(h.requests, h.send, 2000);
+  h.push(dataMessage(Buffer.from("hello\n")));
+  h.end();
+  await serving;
+  assert.equal(stdin.read()?.toString(), "hello\n");
+  assert.ok(stdin.writableEnded);
+});
+
+test("stdin from a host past its credit is cut off and the process's stdin holds at most WINDOW", async () => {
+  const hub = new StreamHub();
+  const { sink, stats, overflow } = stuckSink(WINDOW);
+  hub.offer("c/init/stdin", { kind: "sink", stream: sink });
+  const h = hostStream("c/init/stdin");
+  const serving = hub.serve(h.requests, h.send, 2000);
+  for (let i = 0; i < 64; i++) h.push(dataMessage(Buffer.alloc(4096)));
+  await assert.rejects(
+    Promise.race([serving, overflow]),
+    /stdio stream c\/init\/stdin: the sender sent 4096 bytes with 0 bytes of credit left/,
+  );
+  assert.ok(stats.maxHeld <= WINDOW, `the sink held ${stats.maxHeld} bytes`);
+  assert.ok(sink.destroyed, "the process's stdin was closed");
 });
 
 test("guest NICs are found by MAC, ignoring those without one", async () => {

@@ -9,6 +9,9 @@ import { dial, formatAddress, type ParsedAddress, parseAddress } from "../../../
 import { HybridVsockListener } from "../../../runtime/transport/hybrid-vsock.ts";
 import { listenUnix } from "../../../runtime/transport/unix.ts";
 import { nativeArtifacts } from "../native/artifacts.ts";
+import { repoModule, runAsNobody } from "./nobody.ts";
+
+type ErrLike = { code: string; syscall: string; message: string };
 
 const valid: Array<[string, ParsedAddress]> = [
   ["unix:///run/kuasar/task.sock", { transport: "unix", path: "/run/kuasar/task.sock", ttrpc: false }],
@@ -117,5 +120,22 @@ describe("dial", () => {
 
   test("vsock:// uses AF_VSOCK and reports an unreachable peer by cid and port", async () => {
     await assert.rejects(dial("vsock://1:50000", { timeoutMs: 200 }), /vsock cid 1 port 50000/);
+  });
+
+  test("vsock:// dials from a privileged source port: root gets to the connect, nobody is stopped at the bind", async () => {
+    await assert.rejects(dial("vsock://1:50000", { timeoutMs: 200 }), (e: NodeJS.ErrnoException) => {
+      assert.equal(e.syscall, "connect", e.message);
+      return true;
+    });
+    const r = runAsNobody(`
+      const { dial } = await import(${repoModule("runtime/transport/address.ts")});
+      const err = await dial("vsock://1:50000", { timeoutMs: 200 }).then(() => null, (e) => ({ code: e.code, syscall: e.syscall, message: e.message }));
+      console.log(JSON.stringify({ err }));
+    `);
+    assert.deepEqual(
+      { code: (r.err as ErrLike).code, syscall: (r.err as ErrLike).syscall },
+      { code: "EACCES", syscall: "bind" },
+    );
+    assert.match((r.err as ErrLike).message, /vsock cid 1 port 50000: binding a privileged vsock source port/);
   });
 });

@@ -13,11 +13,13 @@ import {
   listenVsock,
   localCid,
   VMADDR_PORT_ANY,
+  type VsockServer,
   type VsockSocket,
   vsockAddonCandidates,
   vsockTestHooks,
 } from "../../../runtime/transport/vsock.ts";
 import { nativeArtifacts } from "../native/artifacts.ts";
+import { repoModule, runAsNobody } from "./nobody.ts";
 
 let dir: string;
 
@@ -266,5 +268,79 @@ describe("AF_VSOCK on this host", () => {
     } else {
       assert.throws(() => localCid(), /\/dev\/vsock/);
     }
+  });
+});
+
+// The guest agent serves vhost-vsock peers only from ports <= 1023, which only root can bind. This host has AF_VSOCK
+// but no loopback to the guest side: cid 1 never answers, so a connect that got past the bind stays in flight.
+describe("privileged source port (the daemon's proof to the guest agent)", () => {
+  const unreachable = { cid: 1, port: 50000, timeoutMs: 300 };
+  const isConnectError = (e: NodeJS.ErrnoException) => {
+    assert.equal(e.syscall, "connect", e.message);
+    assert.match(e.message, /vsock cid 1 port 50000/);
+    return true;
+  };
+
+  test("as root: 1023 is bound before the connect, held while it is in flight, and freed after", async () => {
+    // Whether a listener could take port 1023 now (it is closed again at once).
+    const probe = () => {
+      try {
+        listenVsock({ port: 1023 }).close();
+        return "free";
+      } catch (e) {
+        return (e as NodeJS.ErrnoException).code;
+      }
+    };
+    assert.equal(probe(), "free");
+    const attempt = connectVsock({ ...unreachable, privilegedPort: true });
+    const during = probe();
+    await assert.rejects(attempt, isConnectError);
+    assert.equal(during, "EADDRINUSE");
+    assert.equal(probe(), "free");
+  });
+
+  test("ports in use are skipped downwards; with all of 1..1023 taken the bind error says so", async () => {
+    const held: VsockServer[] = [];
+    try {
+      for (let port = 1; port <= 1023; port++) {
+        try {
+          held.push(listenVsock({ port }));
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== "EADDRINUSE") throw e;
+        }
+      }
+      await assert.rejects(
+        connectVsock({ ...unreachable, privilegedPort: true }),
+        (e: NodeJS.ErrnoException) =>
+          e.code === "EADDRINUSE" &&
+          e.syscall === "bind" &&
+          /every privileged vsock source port \(1\.\.1023\) is in use/.test(e.message),
+      );
+      // Only the lowest port free: the search must walk past every taken one to reach it.
+      const lowest = held.shift()!;
+      lowest.close();
+      await assert.rejects(connectVsock({ ...unreachable, privilegedPort: true }), isConnectError);
+    } finally {
+      for (const s of held) s.close();
+    }
+  });
+
+  test("as nobody: the privileged bind is refused with EACCES saying root is needed; a plain connect still runs", () => {
+    const r = runAsNobody(`
+      const { connectVsock } = await import(${repoModule("runtime/transport/vsock.ts")});
+      const fail = (e) => ({ code: e.code, syscall: e.syscall, message: e.message });
+      const privileged = await connectVsock({ cid: 1, port: 50000, timeoutMs: 300, privilegedPort: true }).then(() => "connected", fail);
+      const plain = await connectVsock({ cid: 1, port: 50000, timeoutMs: 300 }).then(() => "connected", fail);
+      console.log(JSON.stringify({ uid: process.getuid(), privileged, plain }));
+    `);
+    assert.equal(r.uid, 65534);
+    const privileged = r.privileged as { code: string; syscall: string; message: string };
+    assert.equal(privileged.code, "EACCES");
+    assert.equal(privileged.syscall, "bind");
+    assert.match(
+      privileged.message,
+      /vsock cid 1 port 50000: binding a privileged vsock source port \(<= 1023\) needs root/,
+    );
+    assert.equal((r.plain as { syscall: string }).syscall, "connect");
   });
 });

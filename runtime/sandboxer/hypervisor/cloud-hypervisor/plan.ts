@@ -19,6 +19,7 @@ export function clhPlan(config: Config, sandbox: SandboxSpec, dialect: Virtiofsd
   const api = path.join(dir, "api.sock");
   const vsock = path.join(dir, "task.vsock");
   const consoleLog = path.join(dir, "console.log");
+  const consoleSocket = path.join(dir, "console.sock");
   const vcpus = sandbox.vcpus ?? h.vcpus;
   const mem = sandbox.memoryMiB ?? h.memory_in_mb;
   const fs = virtiofsd(config, sandbox, dialect);
@@ -39,6 +40,7 @@ export function clhPlan(config: Config, sandbox: SandboxSpec, dialect: Virtiofsd
         // The image is not partitioned, so the whole pmem device is the filesystem.
         rootDevice: image ? "/dev/pmem0" : undefined,
         sharefs: "virtiofs",
+        hybridVsock: true,
       }),
     ],
   ];
@@ -49,7 +51,8 @@ export function clhPlan(config: Config, sandbox: SandboxSpec, dialect: Virtiofsd
   args.push(
     ...["--vsock", `cid=${GUEST_CID},socket=${vsock}`],
     ...["--fs", `tag=${MOUNT_TAG},socket=${fs.readyPath}`],
-    ...["--serial", `file=${consoleLog}`, "--console", "off"],
+    // The daemon reads the serial console from this socket into console.log, capped (hypervisor/console.ts).
+    ...["--serial", `socket=${consoleSocket}`, "--console", "off"],
   );
   const net = layoutNics(sandbox);
   for (const n of net.nics) {
@@ -73,8 +76,9 @@ export function clhPlan(config: Config, sandbox: SandboxSpec, dialect: Virtiofsd
     },
     agentAddress: { kind: "hvsock", udsPath: vsock, port: AGENT_PORT },
     consoleLog,
+    consoleSocket,
     controlSocket: api,
-    files: [api, vsock, fs.readyPath],
+    files: [api, vsock, fs.readyPath, consoleSocket],
     extra: {},
   };
 }

@@ -48,7 +48,8 @@ export function qemuPlan(config: Config, sandbox: SandboxSpec, facts: QemuFacts)
   const virtiofs = h.share_fs === "VirtioFS";
   const hybrid = facts.vsock === "hybrid";
   const helpers: HelperSpec[] = [];
-  const files = [path.join(dir, "qmp.sock")];
+  const consoleSocket = path.join(dir, "console.sock");
+  const files = [path.join(dir, "qmp.sock"), consoleSocket];
   const consoleLog = path.join(dir, "console.log");
 
   const machine = [h.machine_type, `accel=${facts.accel}`, ...parseAccelerators(h.machine_accelerators).machineOptions];
@@ -87,8 +88,12 @@ export function qemuPlan(config: Config, sandbox: SandboxSpec, facts: QemuFacts)
     ...["-nodefaults", "-nographic", "-no-user-config"],
     // Guest reboots (panic=1) end the VM instead of looping.
     "-no-reboot",
+    // seccomp: the process that emulates the guest's devices may not exec, gain privileges, change its scheduling
+    // or use obsolete system calls.
+    ...["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"],
     ...["-qmp", `unix:${path.join(dir, "qmp.sock")},server=on,wait=off`],
-    ...["-chardev", `file,id=console0,path=${consoleLog}`, "-serial", "chardev:console0"],
+    // The daemon reads the console from this socket into console.log, capped (hypervisor/console.ts).
+    ...["-chardev", `socket,id=console0,path=${consoleSocket},server=on,wait=off`, "-serial", "chardev:console0"],
   );
   if (h.debug) args.push("-d", "guest_errors,unimp");
 
@@ -143,6 +148,7 @@ export function qemuPlan(config: Config, sandbox: SandboxSpec, facts: QemuFacts)
     console: "console=ttyS0",
     rootDevice,
     sharefs: virtiofs ? "virtiofs" : "9p",
+    hybridVsock: hybrid,
   });
   args.push("-kernel", h.kernel_path, "-append", cmdline);
   if (!image) args.push("-initrd", h.initrd_path);
@@ -217,6 +223,7 @@ export function qemuPlan(config: Config, sandbox: SandboxSpec, facts: QemuFacts)
     },
     agentAddress,
     consoleLog,
+    consoleSocket,
     controlSocket: path.join(dir, "qmp.sock"),
     files,
     extra: {

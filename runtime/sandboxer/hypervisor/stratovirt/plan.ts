@@ -25,6 +25,7 @@ export function stratovirtPlan(config: Config, sandbox: SandboxSpec, cid: number
   const qmp = path.join(dir, "qmp.sock");
   const fsSock = path.join(dir, "virtiofs.sock");
   const consoleLog = path.join(dir, "console.log");
+  const consoleSocket = path.join(dir, "console.sock");
   const image = h.image_path;
 
   // Standard machines put every device on pcie.0 at an explicit slot (StratoVirt assigns none itself).
@@ -47,12 +48,14 @@ export function stratovirtPlan(config: Config, sandbox: SandboxSpec, cid: number
     platform: micro ? [] : ["pcie_ports=native"],
     rootDevice: image ? "/dev/vda" : undefined,
     sharefs: "virtiofs",
+    hybridVsock: false,
   });
   args.push("-kernel", h.kernel_path, "-append", cmdline);
   if (!image) args.push("-initrd", h.initrd_path);
   args.push(
     ...["-qmp", `unix:${qmp},server,nowait`],
-    ...["-chardev", `file,id=console0,path=${consoleLog}`, "-serial", "chardev:console0"],
+    // The daemon reads the console from this socket into console.log, capped (hypervisor/console.ts).
+    ...["-chardev", `socket,id=console0,path=${consoleSocket},server,nowait`, "-serial", "chardev:console0"],
     // As Kuasar runs it: its seccomp filter does not cover what the vhost backends need.
     "-disable-seccomp",
   );
@@ -111,8 +114,9 @@ export function stratovirtPlan(config: Config, sandbox: SandboxSpec, cid: number
     },
     agentAddress: { kind: "vsock", cid, port: AGENT_PORT },
     consoleLog,
+    consoleSocket,
     controlSocket: qmp,
-    files: [qmp, fsSock],
+    files: [qmp, fsSock, consoleSocket],
     extra: { micro, rootPorts: rootPorts.join(",") },
   };
 }
