@@ -13,7 +13,7 @@ import { EventQueue } from "./event-queue.ts";
 import { ExitMonitor } from "./exit-monitor.ts";
 import { configureLog, logger } from "./log.ts";
 import { listenForHost, RefusalLog } from "./peer-check.ts";
-import { setupPid1, shutdownGuest } from "./pid1.ts";
+import { rootIsInitramfs, setupPid1, shutdownGuest } from "./pid1.ts";
 import { Runc } from "./runc.ts";
 import { setupSandboxNamespaces } from "./sandbox-ns.ts";
 import { sandboxService } from "./services/sandbox-service.ts";
@@ -53,6 +53,8 @@ async function main(argv: string[]): Promise<void> {
 
   const manager = new ContainerManager({
     runc: new Runc({ root: values["runc-root"], logDir: stateDir }),
+    // Booted from kuasar.initrd the root cannot be pivoted away from.
+    noPivot: guest && rootIsInitramfs(),
     exits: ExitMonitor.fromInit(),
     stateDir,
     log: log.child("containers"),

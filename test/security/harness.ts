@@ -96,10 +96,17 @@ export class EventsSink {
     await new Promise<void>((r) => this.listener.listen(this.socket, r));
   }
 
+  /** Exit statuses reported for a container; an exit event containerd could not decode counts as -1. */
   exits(containerId: string): number[] {
     return this.received
       .filter((e) => e.topic === "/tasks/exit" && e.event)
-      .map((e) => fromBinary(TaskExitSchema, e.event!.value))
+      .map((e) => {
+        try {
+          return fromBinary(TaskExitSchema, e.event!.value);
+        } catch {
+          return { containerId, exitStatus: -1 };
+        }
+      })
       .filter((x) => x.containerId === containerId)
       .map((x) => x.exitStatus);
   }
