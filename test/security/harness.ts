@@ -1,18 +1,23 @@
+import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createReadStream, readFileSync } from "node:fs";
-import { lstat, mkdir, readdir, readFile, readlink, rm, writeFile } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
+import os from "node:os";
 import path from "node:path";
-import { fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { type MethodsOf, type UnaryClient, unaryClient } from "../../runtime/grpc/service.ts";
 import { TaskExitSchema } from "../../runtime/protos/gen/containerd/events/task_pb.ts";
 import { Task } from "../../runtime/protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Events } from "../../runtime/protos/gen/containerd/services/events/ttrpc/v1/events_pb.ts";
+import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import type { Envelope } from "../../runtime/protos/gen/containerd/types/event_pb.ts";
+import { PodSandboxConfigSchema } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
 import { SandboxService } from "../../runtime/protos/gen/kuasar/sandbox_pb.ts";
 import { dial } from "../../runtime/transport/address.ts";
 import { TtrpcClient, TtrpcServer } from "../../runtime/ttrpc/index.ts";
-import { busyboxBundle } from "../vm/harness.ts";
+import { busyboxBundle, cleanupDaemonDir, type Daemon, startDaemon, writeConfig } from "../vm/harness.ts";
 
 /**
  * A tree of files, links and modes outside every sandbox: a host directory an attacker would aim the daemon at.
@@ -217,5 +222,126 @@ export async function runTask(
     return { status: exitStatus, stdout: out };
   } finally {
     client.close();
+  }
+}
+
+/**
+ * One daemon (from source) with what every attack test checks against: a canary tree outside every sandbox, the
+ * host's mount events, containerd's Events endpoint, and a bystander sandbox with the real agent.
+ */
+export class Scene {
+  readonly state: string;
+  readonly canary: string;
+  readonly events: EventsSink;
+  readonly watch: MountWatch;
+  daemon!: Daemon;
+  controller!: UnaryClient<MethodsOf<typeof Controller>>;
+  private closeController = () => {};
+  /** Mounts the test itself made (its volumes), allowed beside the sandbox directories. */
+  private readonly testMounts: string[] = [];
+  private canaryDigest = "";
+  private rss0 = 0;
+  private runs = 0;
+
+  private constructor(
+    readonly dir: string,
+    readonly config: string,
+  ) {
+    this.state = path.join(dir, "state");
+    this.canary = path.join(dir, "canary");
+    this.events = new EventsSink(path.join(dir, "no-containerd.sock.ttrpc"));
+    this.watch = new MountWatch();
+  }
+
+  /** edit turns the harness's QEMU config into the test's. */
+  static async start(prefix: string, edit: (config: string) => string = (c) => c): Promise<Scene> {
+    const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
+    const config = path.join(dir, "config.toml");
+    await writeConfig(config);
+    await writeFile(config, edit(await readFile(config, "utf8")));
+    const s = new Scene(dir, config);
+    await makeCanary(s.canary);
+    s.canaryDigest = await treeDigest(s.canary);
+    await s.events.listen();
+    await s.watch.ready;
+    await s.startDaemon();
+    await s.pod("bystander");
+    return s;
+  }
+
+  /** (Re)starts the daemon on the same state, e.g. after a kill -9; the memory baseline starts again. */
+  async startDaemon(): Promise<void> {
+    this.daemon = await startDaemon(this.dir, this.config);
+    ({ client: this.controller, close: this.closeController } = unaryClient(Controller, `unix://${this.daemon.sock}`));
+    this.rss0 = rssKiB(this.daemon.proc.pid!);
+  }
+
+  async killDaemon(): Promise<void> {
+    this.closeController();
+    this.daemon.proc.kill("SIGKILL");
+    await new Promise((r) => this.daemon.proc.once("exit", r));
+  }
+
+  /** Creates and starts a sandbox whose pod hostname is its id; its task API address. */
+  async pod(id: string): Promise<string> {
+    await this.controller.create({
+      sandboxId: id,
+      options: {
+        typeUrl: "runtime.v1.PodSandboxConfig",
+        value: toBinary(PodSandboxConfigSchema, create(PodSandboxConfigSchema, { hostname: id })),
+      },
+    });
+    return (await this.controller.start({ sandboxId: id })).address;
+  }
+
+  /** A host volume (see makeVolume) in the test's directory; its own mounts are not an attack's. */
+  async volume(name: string): Promise<Awaited<ReturnType<typeof makeVolume>>> {
+    const dir = path.join(this.dir, name);
+    this.testMounts.push(dir);
+    return makeVolume(dir);
+  }
+
+  sandboxDir(id: string): string {
+    return path.join(this.state, id);
+  }
+
+  /**
+   * What no attack may change: nothing outside the sandbox directories (and the given volumes) was written or
+   * mounted on, the daemon's memory is bounded, and the bystander sandbox still answers and still runs a container
+   * whose exit event reaches containerd. Everything is checked and reported together.
+   */
+  async assertUnharmed(allowedMounts: string[] = []): Promise<void> {
+    const problems: string[] = [];
+    const outside = this.watch.outside([this.state, ...this.testMounts, ...allowedMounts]);
+    if (outside.length) problems.push(`mounts outside the sandbox directories: ${outside.join(", ")}`);
+    if ((await treeDigest(this.canary)) !== this.canaryDigest) problems.push("the host tree (canary) changed");
+    const grown = rssKiB(this.daemon.proc.pid!) - this.rss0;
+    if (grown > 64 * 1024) problems.push(`the daemon grew by ${grown} KiB`);
+    if (this.daemon.proc.exitCode !== null) problems.push(`the daemon exited with ${this.daemon.proc.exitCode}`);
+    const status = await this.controller.status({ sandboxId: "bystander" }).catch((e: Error) => e);
+    if (status instanceof Error || status.state !== "SANDBOX_READY") {
+      problems.push(`the bystander sandbox is ${status instanceof Error ? status.message : status.state}`);
+    } else {
+      const id = `bystander-run${++this.runs}`;
+      const bundle = await busyboxBundle(path.join(this.dir, id), ["sh", "-c", "exit 7"]);
+      const r = await runTask(`ttrpc+unix://${path.join(this.sandboxDir("bystander"), "task.sock")}`, id, bundle).catch(
+        (e: Error) => e,
+      );
+      if (r instanceof Error || r.status !== 7) {
+        problems.push(`the bystander's container: ${r instanceof Error ? r.message : `exit ${r.status}`}`);
+      }
+      // The exit event is the guest's, forwarded by the daemon: it may trail the task's Wait.
+      for (let i = 0; i < 40 && !this.events.exits(id).includes(7); i++)
+        await new Promise((res) => setTimeout(res, 250));
+      if (!this.events.exits(id).includes(7)) problems.push(`no exit event for the bystander's ${id}`);
+    }
+    assert.deepEqual(problems, []);
+  }
+
+  async close(): Promise<void> {
+    this.watch.stop();
+    this.closeController();
+    await this.events.close();
+    await cleanupDaemonDir(this.daemon, this.dir);
   }
 }

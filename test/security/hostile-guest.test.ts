@@ -1,48 +1,32 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
-import { appendFile, copyFile, mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { appendFile, copyFile, mkdir, mkdtemp, readFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { fromBinary } from "@bufbuild/protobuf";
 import { bundleNode } from "../../pipeline/lib/bundle.ts";
 import { writeNewc } from "../../pipeline/rootfs/cpio.ts";
 import { listTree } from "../../pipeline/rootfs/tree.ts";
-import { type MethodsOf, type UnaryClient, unaryClient } from "../../runtime/grpc/service.ts";
 import { TaskOOMSchema } from "../../runtime/protos/gen/containerd/events/task_pb.ts";
 import { Task } from "../../runtime/protos/gen/containerd/runtime/task/v3/shim_pb.ts";
-import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
-import { PodSandboxConfigSchema } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
 import { TtrpcClient } from "../../runtime/ttrpc/index.ts";
-import {
-  bin,
-  busyboxBundle,
-  cleanupDaemonDir,
-  type Daemon,
-  repo,
-  requireArtifacts,
-  startDaemon,
-  writeConfig,
-} from "../vm/harness.ts";
-import { EventsSink, rssKiB, runTask } from "./harness.ts";
+import { bin, busyboxBundle, repo, requireArtifacts } from "../vm/harness.ts";
+import { rssKiB, runTask, Scene } from "./harness.ts";
 
 // A guest whose agent is the attacker's (test/security/fixtures/hostile-agent.ts, put into the initrd in place of
 // vmm-task): forged events for other sandboxes, namespaces and topics; stdout sent without credit; a console
 // flood; a ttrpc frame that claims 4 GiB. Beside it a sandbox with the real agent runs a container. The daemon's
 // memory stays bounded, it keeps answering, the other sandbox's exit event arrives, and containerd is told nothing
 // the hostile guest made up about anything but its own container.
-let dir: string;
-let daemon: Daemon;
-let controller: UnaryClient<MethodsOf<typeof Controller>>;
-let closeController: () => void;
-let events: EventsSink;
+let scene: Scene;
 const CONSOLE_CAP_MB = 1;
 const TASK_TOPICS = new Set(["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete", "/tasks/oom"]);
 
 /** kuasar.initrd with the hostile agent as vmm-task and the real one kept beside it (initramfs archives concatenate). */
-async function hostileInitrd(out: string): Promise<void> {
+async function hostileInitrd(dir: string, out: string): Promise<void> {
   const root = path.join(dir, "overlay");
   const agentDir = path.join(root, "usr/lib/vmm-task");
   await mkdir(agentDir, { recursive: true });
@@ -56,46 +40,28 @@ async function hostileInitrd(out: string): Promise<void> {
   await appendFile(out, await readFile(cpio));
 }
 
-async function startPod(id: string): Promise<string> {
-  await controller.create({
-    sandboxId: id,
-    options: {
-      typeUrl: "runtime.v1.PodSandboxConfig",
-      value: toBinary(PodSandboxConfigSchema, create(PodSandboxConfigSchema, { hostname: id })),
-    },
-  });
-  return (await controller.start({ sandboxId: id })).address;
-}
-
 before(async () => {
   requireArtifacts(["vmlinux.bin", "kuasar.initrd", "vmm-task"]);
-  dir = await mkdtemp(path.join(os.tmpdir(), "sec-hostile-"));
-  const initrd = path.join(dir, "hostile.initrd");
-  await hostileInitrd(initrd);
-  const config = path.join(dir, "config.toml");
-  await writeConfig(config);
-  const text = (await readFile(config, "utf8"))
-    .replace("[sandbox]\n", `[sandbox]\nconsole_log_max_mb = ${CONSOLE_CAP_MB}\n`)
-    .replace(/image_path = .*\n/, `image_path = ""\ninitrd_path = "${initrd}"\n`);
-  await writeFile(config, text);
-  events = new EventsSink(path.join(dir, "no-containerd.sock.ttrpc"));
-  await events.listen();
-  daemon = await startDaemon(dir, config);
-  ({ client: controller, close: closeController } = unaryClient(Controller, `unix://${daemon.sock}`));
+  const work = await mkdtemp(path.join(os.tmpdir(), "sec-hostile-initrd-"));
+  const initrd = path.join(work, "hostile.initrd");
+  await hostileInitrd(work, initrd);
+  scene = await Scene.start("sec-hostile-", (c) =>
+    c
+      .replace("[sandbox]\n", `[sandbox]\nconsole_log_max_mb = ${CONSOLE_CAP_MB}\n`)
+      .replace(/image_path = .*\n/, `image_path = ""\ninitrd_path = "${initrd}"\n`),
+  );
 });
 
 after(async () => {
-  closeController?.();
-  await events?.close();
-  await cleanupDaemonDir(daemon, dir);
+  await scene?.close();
 });
 
 test("a hostile agent costs the daemon bounded memory and no other sandbox anything", {
   timeout: 400_000,
 }, async () => {
-  const bystander = await startPod("bystander");
-  const hostile = await startPod("hostile");
-  const pid = daemon.proc.pid!;
+  const bystander = `ttrpc+unix://${path.join(scene.sandboxDir("bystander"), "task.sock")}`;
+  const hostile = await scene.pod("hostile");
+  const pid = scene.daemon.proc.pid!;
   const rss0 = rssKiB(pid);
   let rssMax = rss0;
   const sampler = setInterval(() => {
@@ -107,25 +73,25 @@ test("a hostile agent costs the daemon bounded memory and no other sandbox anyth
     const other = runTask(
       bystander,
       "bystander-c1",
-      await busyboxBundle(path.join(dir, "by"), ["sh", "-c", "sleep 8; exit 3"]),
+      await busyboxBundle(path.join(scene.dir, "by"), ["sh", "-c", "sleep 8; exit 3"]),
     );
 
     // The hostile container: its stdout goes to a FIFO nobody reads, and its guest sends without credit.
     const conn = net.connect(hostile.replace(/^ttrpc\+unix:\/\//, ""));
     await new Promise((r, j) => conn.once("connect", r).once("error", j));
     const task = new TtrpcClient(conn).service(Task);
-    const stdout = path.join(dir, "h1.stdout");
+    const stdout = path.join(scene.dir, "h1.stdout");
     execFileSync("mkfifo", [stdout]);
-    await task.create({ id: "h1", bundle: await busyboxBundle(path.join(dir, "h"), ["true"]), stdout });
+    await task.create({ id: "h1", bundle: await busyboxBundle(path.join(scene.dir, "h"), ["true"]), stdout });
     await task.start({ id: "h1" });
 
     assert.equal((await other).status, 3, "the other sandbox's container ran to its end");
-    assert.equal((await controller.status({ sandboxId: "bystander" })).state, "SANDBOX_READY");
+    assert.equal((await scene.controller.status({ sandboxId: "bystander" })).state, "SANDBOX_READY");
 
     // A reply frame that claims 4 GiB: the call fails instead of the daemon waiting for (or allocating) it.
     await assert.rejects(task.stats({ id: "h1" }, { timeoutMs: 30_000 }), (e: Error) => !/deadline/i.test(e.message));
-    assert.equal(daemon.proc.exitCode, null, "the daemon is still running");
-    assert.equal((await controller.status({ sandboxId: "bystander" })).state, "SANDBOX_READY");
+    assert.equal(scene.daemon.proc.exitCode, null, "the daemon is still running");
+    assert.equal((await scene.controller.status({ sandboxId: "bystander" })).state, "SANDBOX_READY");
   } finally {
     clearInterval(sampler);
   }
@@ -137,21 +103,21 @@ test("a hostile agent costs the daemon bounded memory and no other sandbox anyth
     if (!ok) problems.push(what);
   };
   check(rssMax - rss0 < 64 * 1024, `the daemon grew by ${rssMax - rss0} KiB under attack`);
-  check(/h1\/init\/stdout: .*credit/.test(daemon.log()), "the uncredited stdout was not cut off");
+  check(/h1\/init\/stdout: .*credit/.test(scene.daemon.log()), "the uncredited stdout was not cut off");
 
   const consoleBytes = ["console.log", "console.log.1"]
-    .map((f) => path.join(dir, "state/hostile", f))
+    .map((f) => path.join(scene.sandboxDir("hostile"), f))
     .filter((f) => existsSync(f))
     .reduce((n, f) => n + statSync(f).size, 0);
   check(consoleBytes <= 2 * CONSOLE_CAP_MB * 1048576, `the console flood kept ${consoleBytes} bytes on disk`);
 
-  for (const e of events.received) {
+  for (const e of scene.events.received) {
     check(TASK_TOPICS.has(e.topic), `containerd was sent topic ${e.topic}`);
     check(e.namespace === "k8s.io", `containerd was sent an event in namespace ${e.namespace}`);
   }
-  const exits = events.exits("bystander-c1");
+  const exits = scene.events.exits("bystander-c1");
   check(exits.length === 1 && exits[0] === 3, `exits reported for the other sandbox's container: ${exits.join(", ")}`);
-  const ooms = events.received.filter((e) => e.topic === "/tasks/oom" && e.event);
+  const ooms = scene.events.received.filter((e) => e.topic === "/tasks/oom" && e.event);
   const oomOf = (e: (typeof ooms)[number]) => {
     try {
       return fromBinary(TaskOOMSchema, e.event!.value).containerId;
@@ -166,4 +132,5 @@ test("a hostile agent costs the daemon bounded memory and no other sandbox anyth
   // The forwarder lets a burst of 1000 through, then 200 a second.
   check(ooms.length <= 1000 + 200 * (seconds + 5), `${ooms.length} OOM events reached containerd in ${seconds} s`);
   assert.deepEqual([...new Set(problems)], []);
+  await scene.assertUnharmed();
 });

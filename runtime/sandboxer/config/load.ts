@@ -1,6 +1,7 @@
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { parse, TomlDate, TomlError } from "smol-toml";
+import { checkHelperRange, rangeProblems } from "../hypervisor/helper-uid.ts";
 import {
   type Config,
   defaultConfig,
@@ -35,8 +36,11 @@ export interface Loaded {
   warnings: string[];
 }
 
-/** Reads and validates the daemon's TOML configuration. A file that is missing or unreadable is an error. */
-export async function loadConfig(file: string): Promise<Loaded> {
+/**
+ * Reads and validates the daemon's TOML configuration. A file that is missing or unreadable is an error, and so is a
+ * helper uid range that takes ids of users, groups or subordinate ranges in etcDir's passwd, group, subuid, subgid.
+ */
+export async function loadConfig(file: string, etcDir = "/etc"): Promise<Loaded> {
   let text: string;
   try {
     text = await readFile(file, "utf8");
@@ -48,7 +52,13 @@ export async function loadConfig(file: string): Promise<Loaded> {
         : `cannot read it: ${e.message}`;
     throw new ConfigError(file, [why]);
   }
-  return parseConfig(text, file);
+  const loaded = parseConfig(text, file);
+  const { sandbox, hypervisor } = loaded.config;
+  if (hypervisor.type === "qemu") {
+    const taken = await checkHelperRange({ base: sandbox.helper_uid_base, count: sandbox.helper_uid_count }, etcDir);
+    if (taken.length > 0) throw new ConfigError(file, taken, loaded.warnings);
+  }
+  return loaded;
 }
 
 type Raw = Record<string, unknown>;
@@ -313,6 +323,7 @@ function crossCheck(config: Config, kind: HypervisorKind, explicit: Set<string>,
   }
 
   if (kind === "qemu") {
+    problems.push(...rangeProblems({ base: config.sandbox.helper_uid_base, count: config.sandbox.helper_uid_count }));
     if (set("path")) {
       if (!set("qemu_path")) h.qemu_path = h.path;
       else if (h.path !== h.qemu_path) {

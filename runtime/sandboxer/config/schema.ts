@@ -117,6 +117,25 @@ export const SANDBOX_TABLE = {
     1,
     1024,
   ),
+  helper_uid_base: int(
+    "First uid (and gid) of the range the vsock helper (vhost-device-vsock, which parses the guest's virtqueues) " +
+      "runs under: each running sandbox gets one of its own, with no capabilities, no supplementary groups and " +
+      "no_new_privs. 0 runs the helper as root. Otherwise at least 65536 (above the host's own users); no user, " +
+      "group or subordinate range in /etc/passwd, /etc/group, /etc/subuid or /etc/subgid may fall in the range " +
+      "(the daemon refuses to start). See docs/privileges.md (kuasar-vmm addition).",
+    2_000_000_000,
+    0,
+    2_147_483_647,
+    { only: QEMU },
+  ),
+  helper_uid_count: int(
+    "How many uids from helper_uid_base on are used: at least the most sandboxes this host runs at once " +
+      "(kuasar-vmm addition).",
+    65536,
+    1,
+    65536,
+    { only: QEMU },
+  ),
 };
 
 export const HYPERVISOR_TABLE = {

@@ -100,19 +100,27 @@ export function virtiofsd(config: Config, sandbox: SandboxSpec, dialect: Virtiof
 }
 
 /**
- * Hybrid vsock for QEMU: vhost-device-vsock is the device backend (vhost-user on vhost-vsock.sock) and exposes the
- * guest's vsock ports on task.vsock with the same CONNECT protocol as cloud-hypervisor.
+ * Hybrid vsock for QEMU: vhost-device-vsock is the device backend (vhost-user) and exposes the guest's vsock ports
+ * with the same CONNECT protocol as cloud-hypervisor. It parses guest-controlled virtqueues, so it works in vsock/, a
+ * directory of its own (owned by the sandbox's helper uid, which it runs under when sandbox.helper_uid_base is set),
+ * naming its sockets relative to it: it never needs to pass through the sandbox directory, which stays root's (its
+ * argv[0] still names the directory, for ps and the leftover sweep). The daemon links the sockets into the sandbox
+ * directory: `socket` for QEMU's chardev, `uds` for the agent.
  */
-export function vhostDeviceVsock(config: Config, sandbox: SandboxSpec): HelperSpec & { uds: string } {
-  const socket = path.join(sandbox.dir, "vhost-vsock.sock");
-  const uds = path.join(sandbox.dir, "task.vsock");
+export function vhostDeviceVsock(config: Config, sandbox: SandboxSpec): HelperSpec & { socket: string; uds: string } {
+  const own = path.join(sandbox.dir, "vsock");
+  const [socket, uds] = ["vhost-vsock.sock", "task.vsock"];
   return {
     name: "vhost-device-vsock",
     path: config.hypervisor.vhost_user_vsock_path,
     args: ["--guest-cid", "3", "--socket", socket, "--uds-path", uds],
+    argv0: path.join(own, "vhost-device-vsock"),
     logFile: path.join(sandbox.dir, "vhost-device-vsock.log"),
-    readyPath: socket,
-    uds,
+    ownDir: own,
+    readyPath: path.join(own, socket),
+    publish: [socket, uds].map((f) => ({ from: path.join(own, f), to: path.join(sandbox.dir, f) })),
+    socket: path.join(sandbox.dir, socket),
+    uds: path.join(sandbox.dir, uds),
   };
 }
 

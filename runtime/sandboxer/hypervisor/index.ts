@@ -104,6 +104,10 @@ export interface HypervisorState {
   /** Driver-specific facts recovery needs (e.g. the disk transport). */
   extra: Record<string, string | number | boolean>;
   cgroupProcs?: string[];
+  /** The uid (and gid) the sandbox's vsock helper runs under (sandbox.helper_uid_base); absent when it runs as root. */
+  helperUid?: number;
+  /** Directories made for helpers to work in, removed with what they hold once the VM is gone. */
+  helperDirs?: string[];
 }
 
 /** The VM of one sandbox, as the daemon drives it. */

@@ -80,10 +80,43 @@ export interface SpawnSpec {
   env?: Record<string, string>;
   /** cgroup.procs files the process joins before it execs, so every page it touches is charged there. */
   cgroupProcs?: string[];
+  /** Working directory (a helper names its files relative to it, so it needs no way through the directories above). */
+  cwd?: string;
+  /** Run under this uid and gid, with no supplementary groups, no capabilities and no_new_privs. */
+  user?: { uid: number; gid: number };
+  /**
+   * The name the program sees as argv[0], so /proc/<pid>/cmdline still names its sandbox directory when its
+   * arguments are relative to cwd (the daemon's leftover sweep and ps find it by that).
+   */
+  argv0?: string;
 }
 
 /** sh script: write our pid to each file before "--", then exec the rest. */
 const JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"';
+/** util-linux's setpriv (on every Debian host): drops to spec.user right before the program is executed. */
+export const SETPRIV = "/usr/bin/setpriv";
+/** bash's `exec -a` sets argv[0] (Debian's bash is essential; dash's exec has no -a). */
+export const BASH = "/bin/bash";
+
+/**
+ * The program and arguments that start spec, outermost first: the cgroup join (needs root), the network namespace
+ * (needs root), the privilege drop, the argv[0] label, the program.
+ */
+export function commandOf(spec: SpawnSpec): [string, string[]] {
+  let argv = [spec.path, ...spec.args];
+  if (spec.argv0) argv = [BASH, "-c", 'exec -a "$0" "$@"', spec.argv0, ...argv];
+  if (spec.user) {
+    const { uid, gid } = spec.user;
+    argv = [
+      ...[SETPRIV, `--reuid=${uid}`, `--regid=${gid}`, "--clear-groups"],
+      ...["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"],
+      ...argv,
+    ];
+  }
+  if (spec.netnsPath) argv = ["nsenter", `--net=${spec.netnsPath}`, "--", ...argv];
+  if (spec.cgroupProcs?.length) argv = ["/bin/sh", "-c", JOIN_CGROUPS, "sh", ...spec.cgroupProcs, "--", ...argv];
+  return [argv[0]!, argv.slice(1)];
+}
 
 export interface Spawned {
   ref: ProcRef;
@@ -96,15 +129,19 @@ export interface Spawned {
  * (KillMode=process) and never blocks on a full pipe nobody reads.
  */
 export async function spawnDetached(spec: SpawnSpec): Promise<Spawned> {
-  let [file, args] = spec.netnsPath
-    ? ["nsenter", [`--net=${spec.netnsPath}`, "--", spec.path, ...spec.args]]
-    : [spec.path, spec.args];
-  if (spec.cgroupProcs?.length) {
-    // Behind sh a missing program is exit 127; say what is missing as the direct spawn does.
+  const [file, args] = commandOf(spec);
+  if (file !== spec.path) {
+    // Behind a wrapper a missing program is an exit status; say what is missing as the direct spawn does.
     if (path.isAbsolute(spec.path) && !existsSync(spec.path)) {
       throw new Error(`${spec.name}: ${spec.path} not found (install it or fix its path in the configuration)`);
     }
-    [file, args] = ["/bin/sh", ["-c", JOIN_CGROUPS, "sh", ...spec.cgroupProcs, "--", file, ...args]];
+    if (spec.argv0 && !existsSync(BASH)) throw new Error(`${spec.name}: ${BASH} not found (apt-get install bash)`);
+    if (spec.user && !existsSync(SETPRIV)) {
+      throw new Error(
+        `${spec.name}: ${SETPRIV} not found: it runs the helper under its own uid (install util-linux, or set ` +
+          "sandbox.helper_uid_base = 0 to run helpers as root)",
+      );
+    }
   }
   const log = openSync(spec.logFile, "a", 0o640);
   let child: ChildProcess;
@@ -113,6 +150,7 @@ export async function spawnDetached(spec: SpawnSpec): Promise<Spawned> {
     child = spawn(file, args, {
       detached: true,
       stdio: ["ignore", log, log, ...(spec.fds ?? [])],
+      ...(spec.cwd ? { cwd: spec.cwd } : {}),
       ...(spec.env ? { env: { ...process.env, ...spec.env } } : {}),
     });
     exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve(exitStatusOf(code, signal))));

@@ -1,8 +1,9 @@
-import { rm, writeFile } from "node:fs/promises";
+import { chown, link, lstat, mkdir, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { Config, HypervisorKind } from "../config/schema.ts";
 import type { Logger } from "../log.ts";
 import { ConsoleCapture } from "./console.ts";
+import { helperUids, killAllOf } from "./helper-uid.ts";
 import type {
   AgentAddress,
   DiskSpec,
@@ -29,6 +30,13 @@ import {
 /** A helper process the VMM needs running first, ready once readyPath (its socket) exists. */
 export interface HelperSpec extends SpawnSpec {
   readyPath: string;
+  /**
+   * A directory made afresh for the helper, its working directory and the only place it can write: owned by the
+   * sandbox's helper uid when it has one (the helper then runs under that uid).
+   */
+  ownDir?: string;
+  /** Sockets the helper makes in ownDir, linked into the root-only sandbox directory once it is ready (publishSocket). */
+  publish?: { from: string; to: string }[];
 }
 
 /** Everything one start of a VM needs: built by each driver from the config, the sandbox and probed host facts. */
@@ -100,6 +108,8 @@ export abstract class VmmDriver implements Hypervisor {
   protected shutdownSeen = false;
   private detached = false;
   private console?: ConsoleCapture;
+  /** This driver holds state.helperUid in the daemon's pool: only then may cleanup kill its processes and free it. */
+  private ownsHelperUid = false;
 
   /** input is what a new VM is started from; a recovered one has none and can only be watched and stopped. */
   constructor(
@@ -163,6 +173,7 @@ export abstract class VmmDriver implements Hypervisor {
       controlSocket: plan.controlSocket,
       files: [...plan.files, path.join(this.state.dir, PID_FILE)],
       extra: plan.extra,
+      helperDirs: plan.helpers.flatMap((h) => (h.ownDir ? [h.ownDir] : [])),
     });
     await Promise.all(this.state.files.map((f) => rm(f, { force: true })));
     // Logs are appended across attempts: only this attempt's lines explain its failure.
@@ -170,12 +181,18 @@ export abstract class VmmDriver implements Hypervisor {
     let vmmExited: Promise<number> | undefined;
     try {
       for (const h of plan.helpers) {
-        this.log.debug(`starting ${h.name}: ${h.path} ${h.args.join(" ")}`);
-        const s = await spawnDetached(this.inCgroup(h));
+        const spec = h.ownDir ? await this.confine(h, h.ownDir) : h;
+        this.log.debug(
+          `starting ${h.name}${spec.user ? ` as uid ${spec.user.uid}` : ""}: ${h.path} ${h.args.join(" ")}`,
+        );
+        const s = await spawnDetached(this.inCgroup(spec));
         this.state.helpers.push({ name: h.name, ...s.ref });
-        await waitForPath(h.readyPath, HELPER_READY_MS, s.exited, h.name).catch(async (err: Error) => {
-          throw new Error(`${err.message}; its log ${h.logFile}:\n${await tail(h.logFile)}`);
-        });
+        for (const ready of [h.readyPath, ...(h.publish ?? []).map((p) => p.from)]) {
+          await waitForPath(ready, HELPER_READY_MS, s.exited, h.name).catch(async (err: Error) => {
+            throw new Error(`${err.message}; its log ${h.logFile}:\n${await tail(h.logFile)}`);
+          });
+        }
+        for (const p of h.publish ?? []) await publishSocket(p.from, p.to, spec.user?.uid ?? 0);
       }
       this.log.info(`starting ${plan.vmm.name}: ${plan.vmm.path} ${plan.vmm.args.join(" ")}`);
       const s = await spawnDetached(this.inCgroup(plan.vmm));
@@ -204,6 +221,25 @@ export abstract class VmmDriver implements Hypervisor {
     }
     this.exit = this.exit!.then((e) => this.finish(e));
     return { pid: this.state.vmm.pid, agentAddress: plan.agentAddress, consoleLog: plan.consoleLog };
+  }
+
+  /**
+   * Gives a helper its own fresh directory to work in and, with sandbox.helper_uid_base set, the sandbox's own uid:
+   * the sandbox directory stays root's alone, as the helper never has to pass through it.
+   */
+  private async confine(h: HelperSpec, dir: string): Promise<HelperSpec> {
+    const { config } = this.startInput();
+    const range = { base: config.sandbox.helper_uid_base, count: config.sandbox.helper_uid_count };
+    if (range.base !== 0 && this.state.helperUid === undefined) {
+      this.state.helperUid = await helperUids.allocate(this.id, range);
+      this.ownsHelperUid = true;
+    }
+    const uid = this.state.helperUid;
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { mode: 0o700 });
+    if (uid === undefined) return { ...h, cwd: dir };
+    await chown(dir, uid, uid);
+    return { ...h, cwd: dir, user: { uid, gid: uid } };
   }
 
   private async abortStart(vmmExited: Promise<number> | undefined): Promise<void> {
@@ -276,7 +312,19 @@ export abstract class VmmDriver implements Hypervisor {
     await capture?.stop(CONSOLE_DRAIN_MS);
     await Promise.all(this.state.helpers.map((h) => this.stopHelper(h)));
     this.state.helpers = [];
+    const uid = this.state.helperUid;
+    if (uid !== undefined && this.ownsHelperUid) {
+      // What a taken-over helper forked would otherwise live on under a uid the next sandbox gets.
+      const left = await killAllOf(uid);
+      if (left.length) this.log.warn(`processes ${left.join(", ")} of helper uid ${uid} survived SIGKILL`);
+    }
+    await Promise.all((this.state.helperDirs ?? []).map((d) => rm(d, { recursive: true, force: true })));
     await Promise.all(this.state.files.map((f) => rm(f, { force: true })));
+    if (uid !== undefined && this.ownsHelperUid) {
+      helperUids.release(uid, this.id);
+      this.ownsHelperUid = false;
+      this.state.helperUid = undefined;
+    }
   }
 
   private async stopHelper(h: ProcRef & { name: string }): Promise<void> {
@@ -305,6 +353,10 @@ export abstract class VmmDriver implements Hypervisor {
   async reattach(timeoutMs = RECOVER_MS): Promise<this> {
     const vmm = this.state.vmm;
     try {
+      if (this.state.helperUid !== undefined) {
+        helperUids.hold(this.state.helperUid, this.id);
+        this.ownsHelperUid = true;
+      }
       if (!vmm) throw new Error(`sandbox ${this.id}: no VMM pid recorded`);
       if (!(await isAlive(vmm))) throw new Error(`sandbox ${this.id}: VMM pid ${vmm.pid} is no longer running`);
       await this.connectControl(timeoutMs, () => true).catch((err: Error) => {
@@ -319,6 +371,25 @@ export abstract class VmmDriver implements Hypervisor {
     this.captureConsole();
     this.wait();
     return this;
+  }
+}
+
+/**
+ * Gives a socket a helper made in its own directory a second name in the sandbox directory (root's alone), which the
+ * VMM and the daemon connect through: whatever the helper later puts at its own name (a symbolic link to another
+ * socket) is never followed by root.
+ */
+export async function publishSocket(from: string, to: string, owner: number): Promise<void> {
+  await rm(to, { force: true });
+  // link(2) does not follow a symbolic link at `from`: one swapped in is linked as itself and refused below.
+  await link(from, to);
+  const s = await lstat(to);
+  if (!s.isSocket() || s.uid !== owner) {
+    await rm(to, { force: true });
+    throw new Error(
+      `${from} is not a socket of uid ${owner} (it is ${s.isSymbolicLink() ? "a symbolic link" : s.isSocket() ? "a socket" : "another kind of file"} ` +
+        `of uid ${s.uid}): refusing to use it; the helper's directory was tampered with`,
+    );
   }
 }
 

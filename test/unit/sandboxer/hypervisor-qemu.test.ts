@@ -61,14 +61,22 @@ describe("QEMU command lines", () => {
       `-chardev socket,id=char-vsock,path=${DIR}/vhost-vsock.sock`,
       "-device vhost-user-vsock-pci,chardev=char-vsock",
     ]);
+    // The helper works in vsock/ and names its sockets relative to it; QEMU and the daemon use root-owned links.
     assert.deepEqual(
-      plan.helpers.map((h) => [h.name, h.path, h.args.join(" "), h.readyPath]),
+      plan.helpers.map((h) => [h.name, h.path, h.args.join(" "), h.argv0, h.ownDir, h.readyPath, h.publish]),
       [
         [
           "vhost-device-vsock",
           "/usr/bin/vhost-device-vsock",
-          `--guest-cid 3 --socket ${DIR}/vhost-vsock.sock --uds-path ${DIR}/task.vsock`,
-          `${DIR}/vhost-vsock.sock`,
+          "--guest-cid 3 --socket vhost-vsock.sock --uds-path task.vsock",
+          // ps and the leftover sweep still find it by the sandbox directory.
+          `${DIR}/vsock/vhost-device-vsock`,
+          `${DIR}/vsock`,
+          `${DIR}/vsock/vhost-vsock.sock`,
+          [
+            { from: `${DIR}/vsock/vhost-vsock.sock`, to: `${DIR}/vhost-vsock.sock` },
+            { from: `${DIR}/vsock/task.vsock`, to: `${DIR}/task.vsock` },
+          ],
         ],
       ],
     );

@@ -181,10 +181,10 @@ export function qemuPlan(config: Config, sandbox: SandboxSpec, facts: QemuFacts)
   if (hybrid) {
     const v = vhostDeviceVsock(config, sandbox);
     helpers.push(v);
-    files.push(v.readyPath, v.uds);
+    files.push(v.socket, v.uds);
     args.push(
       "-chardev",
-      `socket,id=char-vsock,path=${v.readyPath}`,
+      `socket,id=char-vsock,path=${v.socket}`,
       "-device",
       `${dev("vhost-user-vsock")},chardev=char-vsock`,
     );
