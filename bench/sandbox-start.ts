@@ -16,6 +16,7 @@ import { PodSandboxConfigSchema } from "../runtime/protos/gen/k8s/cri/runtime/v1
 import { connectAgent } from "../runtime/sandboxer/agent.ts";
 import { loadConfig } from "../runtime/sandboxer/config/load.ts";
 import type { Config } from "../runtime/sandboxer/config/schema.ts";
+import { ConsoleCapture } from "../runtime/sandboxer/hypervisor/console.ts";
 import { agentUrl, defaultEnv, type SandboxSpec } from "../runtime/sandboxer/hypervisor/index.ts";
 import {
   type ProcRef,
@@ -126,10 +127,15 @@ async function floorRun(config: Config, root: string, watch: ConsoleWatch, id: s
   const dir = path.join(root, id);
   const share = path.join(dir, "shared");
   await mkdir(share, { recursive: true });
-  await writeShareFiles(share, id, undefined);
+  await writeShareFiles(share, undefined);
   const sandbox: SandboxSpec = { id, dir, shareDir: share, netDevices: [] };
   const plan = await planFor(config, sandbox);
   watch.follow(id, plan.consoleLog);
+  // The VMM serves its console on a socket; read it into console.log as the daemon does.
+  const consoleCapture = new ConsoleCapture(
+    { socket: plan.consoleSocket, file: plan.consoleLog, maxBytes: config.sandbox.console_log_max_mb * 1048576 },
+    logger("bench"),
+  );
   const procs: ProcRef[] = [];
   try {
     const t0 = Date.now();
@@ -180,6 +186,7 @@ async function floorRun(config: Config, root: string, watch: ConsoleWatch, id: s
       await signalProc(p, "SIGKILL");
       await waitGone(p, 50);
     }
+    await consoleCapture.stop();
     await rm(dir, { recursive: true, force: true });
   }
 }

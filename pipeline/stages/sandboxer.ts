@@ -6,6 +6,7 @@ import type { Stage } from "../lib/stage.ts";
 /** Sources the daemon is bundled from: itself, the protocol layer and the gRPC adapter. */
 const SOURCES = [
   "runtime/sandboxer",
+  "runtime/contract",
   "runtime/protos",
   "runtime/cgroups",
   "runtime/ttrpc",

@@ -9,6 +9,7 @@ import type { Stage } from "../lib/stage.ts";
 /** Source trees vmm-task is built from: the agent, the protocol layer it imports, and the native code. */
 const SOURCES = [
   "runtime/task",
+  "runtime/contract",
   "runtime/protos",
   "runtime/cgroups",
   "runtime/ttrpc",

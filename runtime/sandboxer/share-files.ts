@@ -1,4 +1,5 @@
 import { readFile, writeFile } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 
 /** The parts of CRI's PodSandboxConfig (protobuf JSON) the host acts on. */
@@ -15,27 +16,22 @@ export interface PodConfigJson {
 }
 
 /**
- * Writes hostname, hosts and resolv.conf into the share; the guest binds them over its /etc. DNS comes from the
- * pod's dns_config, else the host's resolv.conf (what a runc pod with default DNS policy would see).
+ * Writes the pod's hostname, hosts and resolv.conf into the share as containerd writes them for a runc pod: the
+ * pod's hostname (the host's when the pod sets none), a copy of the host's /etc/hosts, and resolv.conf from the
+ * pod's dns_config (search, nameserver and options lines) or else a copy of the host's. The guest's /etc and every
+ * container of the pod get them (runtime/contract/share.ts).
  */
-export async function writeShareFiles(shareDir: string, id: string, pod: PodConfigJson | undefined): Promise<void> {
-  const hostname = pod?.hostname || id.slice(0, 63);
-  await writeFile(path.join(shareDir, "hostname"), `${hostname}\n`);
-  await writeFile(
-    path.join(shareDir, "hosts"),
-    `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t${hostname}\n`,
-  );
+export async function writeShareFiles(shareDir: string, pod: PodConfigJson | undefined): Promise<void> {
+  await writeFile(path.join(shareDir, "hostname"), `${pod?.hostname || os.hostname()}\n`);
+  await writeFile(path.join(shareDir, "hosts"), await readFile("/etc/hosts").catch(() => ""));
   const dns = pod?.dnsConfig;
-  let resolv: string;
-  if (dns?.servers?.length || dns?.searches?.length || dns?.options?.length) {
-    resolv = [
-      ...(dns.searches?.length ? [`search ${dns.searches.join(" ")}`] : []),
-      ...(dns.servers ?? []).map((s) => `nameserver ${s}`),
-      ...(dns.options?.length ? [`options ${dns.options.join(" ")}`] : []),
-    ].join("\n");
-    resolv += "\n";
-  } else {
-    resolv = await readFile("/etc/resolv.conf", "utf8").catch(() => "");
-  }
+  const resolv =
+    dns?.servers?.length || dns?.searches?.length || dns?.options?.length
+      ? [
+          ...(dns.searches?.length ? [`search ${dns.searches.join(" ")}\n`] : []),
+          ...(dns.servers ?? []).map((s) => `nameserver ${s}\n`),
+          ...(dns.options?.length ? [`options ${dns.options.join(" ")}\n`] : []),
+        ].join("")
+      : await readFile("/etc/resolv.conf", "utf8").catch(() => "");
   await writeFile(path.join(shareDir, "resolv.conf"), resolv);
 }

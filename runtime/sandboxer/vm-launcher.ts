@@ -70,7 +70,7 @@ export class VmLauncher implements Launcher {
   async prepare(rec: SandboxRecord, dir: string): Promise<void> {
     const share = shareLayout(dir);
     await createShareDirs(share);
-    await writeShareFiles(share.mounts, rec.id, rec.podConfig as PodConfigJson | undefined);
+    await writeShareFiles(share.mounts, rec.podConfig as PodConfigJson | undefined);
   }
 
   private records(dir: string, share: ShareLayout, log: Logger): ContainerRecords {

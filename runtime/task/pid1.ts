@@ -1,14 +1,10 @@
 import { existsSync, lstatSync, readFileSync } from "node:fs";
-import { mkdir, readFile, symlink, unlink, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, readFile, symlink, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { execa } from "execa";
+import { GUEST_POD_FILES_DIR, GUEST_SHARE, POD_FILES, SHARE_TAG } from "../contract/share.ts";
 import type { ContainerManager } from "./containers.ts";
 import type { Logger } from "./log.ts";
-
-/** The share's mount point in the guest (Kuasar's path); container bundles live under it. */
-export const SHARE_DIR = "/run/kuasar/state";
-/** The virtio mount tag the host exports the share with. */
-export const SHARE_TAG = "kuasar";
 
 export class Pid1Error extends Error {
   constructor(message: string) {
@@ -150,7 +146,7 @@ export async function mountRun(opts: Pid1Options = {}): Promise<boolean> {
     options: ["nosuid", "nodev", "mode=0755"],
     hint: "the guest kernel needs CONFIG_TMPFS",
   });
-  await mkdir(at(opts, SHARE_DIR), { recursive: true });
+  await mkdir(at(opts, GUEST_SHARE), { recursive: true });
   return mounted;
 }
 
@@ -197,7 +193,7 @@ export async function mountCgroup2(opts: Pid1Options = {}): Promise<string[]> {
  * transport's 512 KiB limit; cache=mmap keeps host changes visible at once yet still lets containers mmap files.
  */
 export function mountShare(type: "9p" | "virtiofs", opts: Pid1Options = {}): Promise<boolean> {
-  const target = at(opts, SHARE_DIR);
+  const target = at(opts, GUEST_SHARE);
   if (type === "virtiofs") {
     return ensureMount({
       source: SHARE_TAG,
@@ -216,16 +212,22 @@ export function mountShare(type: "9p" | "virtiofs", opts: Pid1Options = {}): Pro
   });
 }
 
-const ETC_FILES = ["hostname", "hosts", "resolv.conf"];
-
-/** Binds the share's hostname, hosts and resolv.conf over /etc's when the host prepared them. */
+/**
+ * Copies the pod's files the host prepared (read-only in the share) to the guest's own writable place, where every
+ * container of the pod binds them as a runc pod's containers bind the pod's files, and binds them over the VM's /etc.
+ * Returns the /etc paths it bound; a second call (the agent restarted) binds nothing again.
+ */
 export async function bindEtcFiles(opts: Pid1Options = {}): Promise<string[]> {
   const bound: string[] = [];
   const mounted = mountPoints();
-  for (const name of ETC_FILES) {
-    const source = path.join(at(opts, SHARE_DIR), name);
+  const podDir = at(opts, GUEST_POD_FILES_DIR);
+  await mkdir(podDir, { recursive: true });
+  for (const name of POD_FILES) {
+    const shared = path.join(at(opts, GUEST_SHARE), name);
+    const source = path.join(podDir, name);
     const target = path.join(at(opts, "/etc"), name);
-    if (!existsSync(source) || mounted.has(target)) continue;
+    if (!existsSync(shared) || mounted.has(target)) continue;
+    if (!existsSync(source)) await copyFile(shared, source);
     if (!existsSync(target)) {
       try {
         await mkdir(path.dirname(target), { recursive: true });
@@ -245,7 +247,7 @@ export async function bindEtcFiles(opts: Pid1Options = {}): Promise<string[]> {
 
 /** Sets the VM's hostname from the share's hostname file, when there is one. */
 export async function setHostnameFromShare(opts: Pid1Options = {}): Promise<string | undefined> {
-  const name = (await readFile(path.join(at(opts, SHARE_DIR), "hostname"), "utf8").catch(() => "")).trim();
+  const name = (await readFile(path.join(at(opts, GUEST_SHARE), "hostname"), "utf8").catch(() => "")).trim();
   if (!name) return undefined;
   try {
     await writeFile(at(opts, "/proc/sys/kernel/hostname"), name);
@@ -292,7 +294,7 @@ export async function shutdownGuest(
   await Promise.race([manager.shutdown(), late]);
   clearTimeout(timer);
   await execa("sync", { reject: false, stdin: "ignore" });
-  const share = at(opts, SHARE_DIR);
+  const share = at(opts, GUEST_SHARE);
   if (mountPoints().has(share)) {
     const r = await execa("umount", ["-l", share], { reject: false, all: true, stdin: "ignore" });
     if (r.failed) opts.log?.warn(`unmounting ${share} failed: ${r.all}`);

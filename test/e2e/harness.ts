@@ -181,6 +181,11 @@ export function mountsUnder(dir: string): string[] {
   return points.sort((a, b) => b.length - a.length);
 }
 
+/** Container storage mounted in a sandbox's share (storage<N> in the host's tree or the guest's view). */
+export function storageMountsUnder(sandboxDir: string): string[] {
+  return mountsUnder(sandboxDir).filter((m) => /\/storage\d+(\/|$)/.test(m));
+}
+
 /** QEMU, vhost-device-vsock and virtiofsd processes whose command line mentions needle. */
 export function vmProcesses(needle: string): number[] {
   return processesMatching(needle).filter((pid) => {

@@ -1,23 +1,27 @@
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import type { MessageInitShape } from "@bufbuild/protobuf";
+import { ContainerState, PodSandboxState } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
+import * as cri from "./cri.ts";
+import { containerConfig, QUICK, SLOW, until } from "./cri.ts";
 import {
-  type ContainerConfigSchema,
-  ContainerState,
-  NamespaceMode,
-  type PodSandboxConfigSchema,
-  PodSandboxState,
-} from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
-import { type Env, IMAGE, mountsUnder, RUNTIME_HANDLER, STREAMING_HANDLER, startEnv, vmProcesses } from "./harness.ts";
+  type Env,
+  mountsUnder,
+  RUNTIME_HANDLER,
+  STREAMING_HANDLER,
+  startEnv,
+  storageMountsUnder,
+  vmProcesses,
+} from "./harness.ts";
 
 // A real containerd 2.1 drives vmm-sandboxer through CRI, as kubelet would: each pod is a QEMU (TCG) VM.
 // TCG boots take ~15-20 s, so CRI calls that boot or stop a VM get generous deadlines.
 let env: Env;
-const SLOW = { deadlineMs: 120_000 };
-const QUICK = { deadlineMs: 30_000 };
+const withLogs = (body: () => Promise<void>) => cri.withLogs(env, body);
+const runPod = (name: string) => cri.runPod(env, name);
+const podConfig = (name: string) => cri.podConfig(env, name);
+const removePod = (id: string) => cri.removePod(env, id);
 
 before(async () => {
   env = await startEnv();
@@ -27,55 +31,7 @@ after(async () => {
   await env?.teardown();
 });
 
-/** Runs body; on failure the error carries containerd's and the daemon's log tails. */
-async function withLogs(body: () => Promise<void>): Promise<void> {
-  try {
-    await body();
-  } catch (err) {
-    // The reporter prints the stack, which was captured with the original message.
-    const e = err as Error;
-    e.stack = `${e.stack}\n${env.logs()}`;
-    throw e;
-  }
-}
-
-async function podConfig(name: string): Promise<MessageInitShape<typeof PodSandboxConfigSchema>> {
-  const logDirectory = path.join(env.dir, "pods", name);
-  await mkdir(logDirectory, { recursive: true });
-  return {
-    metadata: { name, namespace: "e2e", uid: `${name}-uid`, attempt: 0 },
-    hostname: name,
-    logDirectory,
-    linux: { securityContext: { namespaceOptions: { network: NamespaceMode.NODE } } },
-  };
-}
-
-function containerConfig(name: string, script: string): MessageInitShape<typeof ContainerConfigSchema> {
-  return {
-    metadata: { name, attempt: 0 },
-    image: { image: IMAGE },
-    command: ["sh", "-c", script],
-    logPath: `${name}.log`,
-  };
-}
-
-async function runPod(name: string) {
-  const config = await podConfig(name);
-  const { podSandboxId } = await env.runtime.runPodSandbox({ config, runtimeHandler: RUNTIME_HANDLER }, SLOW);
-  return { id: podSandboxId, config };
-}
-
 const cmdline = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, "utf8");
-
-async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms / 1000} s waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 /**
  * Removes a container whose task connection dropped, as kubelet does: CRI finishes its exit handling (through
@@ -89,18 +45,6 @@ async function removeExited(containerId: string): Promise<void> {
       () => undefined,
     );
   });
-}
-
-/** Removes the pod the way kubelet does and checks its VM and mounts are gone. */
-async function removePod(id: string): Promise<void> {
-  await env.runtime.stopPodSandbox({ podSandboxId: id }, SLOW);
-  await env.runtime.removePodSandbox({ podSandboxId: id }, SLOW);
-  const { items } = await env.runtime.listPodSandbox({ filter: { id } }, QUICK);
-  assert.deepEqual(items, [], "the pod is no longer listed");
-  const dir = env.sandboxDir(id);
-  await until("the VM's processes to exit", 10_000, async () => (vmProcesses(dir).length ? undefined : true));
-  assert.equal(existsSync(dir), false, "the daemon removed the sandbox directory");
-  assert.deepEqual(mountsUnder(dir), [], "no mounts left under the sandbox directory");
 }
 
 test("a pod VM runs a container through CRI: logs, exec, stop, remove", { timeout: 300_000 }, () =>
@@ -344,7 +288,10 @@ test(
       );
       await env.runtime.startContainer({ containerId }, SLOW);
       const vm = vmProcesses(env.sandboxDir(pod.id));
-      assert.ok(mountsUnder(env.sandboxDir(pod.id)).length > 0, "the container's rootfs is mounted in the share");
+      assert.ok(
+        storageMountsUnder(env.sandboxDir(pod.id)).length > 0,
+        "the container's rootfs is mounted in the share",
+      );
 
       await env.restartDaemon();
       assert.match(env.daemon.log(), new RegExp(`sandbox ${pod.id} recovered`));
@@ -359,7 +306,7 @@ test(
       const first = await env.runtime.containerStatus({ containerId }, QUICK);
       assert.equal(first.status?.state, ContainerState.CONTAINER_EXITED);
       assert.match(env.daemon.log(), new RegExp(`stopped 1 container\\(s\\) .*${containerId}`));
-      assert.deepEqual(mountsUnder(env.sandboxDir(pod.id)), [], "its storage was unmounted");
+      assert.deepEqual(storageMountsUnder(env.sandboxDir(pod.id)), [], "its storage was unmounted");
       await removeExited(containerId);
       const next = await env.runtime.createContainer(
         { podSandboxId: pod.id, config: containerConfig("second", "exec sleep 3600"), sandboxConfig: pod.config },
@@ -382,7 +329,10 @@ test(
       await until("the VM's helpers to be gone", 10_000, async () =>
         vmProcesses(env.sandboxDir(pod.id)).length ? undefined : true,
       );
-      assert.deepEqual(mountsUnder(env.sandboxDir(pod.id)), [], "container storage unmounted");
+      // Released right after the helpers are stopped.
+      await until("nothing of the stopped sandbox to stay mounted", 10_000, async () =>
+        mountsUnder(env.sandboxDir(pod.id)).length ? undefined : true,
+      );
       await removeExited(next.containerId);
       await removePod(pod.id);
     }),

@@ -6,8 +6,6 @@ import type { HelperSpec } from "./vm.ts";
 
 /** vmm-task serves ttrpc on this vsock port (any CID). */
 export const AGENT_PORT = 1024;
-/** The mount tag the guest mounts at /run/kuasar/state. */
-export const MOUNT_TAG = "kuasar";
 
 export interface CmdlineParts {
   /** console=... for where the kernel's messages go. */

@@ -1,5 +1,6 @@
 import { mkdir, open, readFile, stat } from "node:fs/promises";
 import path from "node:path";
+import { POD_FILES } from "../../contract/share.ts";
 import type { Mount } from "../../protos/gen/containerd/types/mount_pb.ts";
 import { bindMount, mount } from "./mount.ts";
 import { removeTree } from "./remove.ts";
@@ -102,7 +103,7 @@ export async function prepareGuestBundle(opts: {
         mounts.push({ ...m, source: s.guest });
       } else mounts.push(m);
     }
-    spec.mounts = mounts;
+    spec.mounts = [...mounts, ...podFileMounts(share.podFiles, mounts, spec.root?.readonly ?? false)];
 
     const dir = path.join(share.mounts, containerId);
     // A directory left by a crash (the id is free again, containerd said so) is replaced, not reused.
@@ -119,6 +120,21 @@ export async function prepareGuestBundle(opts: {
     await releaseGuestBundle(share, bundle).catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * The pod's /etc/hostname, /etc/hosts and /etc/resolv.conf for a container whose spec does not bring its own (kubelet
+ * mounts its own /etc/hosts), as containerd's CRI adds them for a runc pod: binds of the pod-wide files, read-only
+ * when the container's rootfs is. Here they are the guest's own copies of the share's files.
+ */
+function podFileMounts(podFiles: string, mounts: OciMount[], readonly: boolean): OciMount[] {
+  const taken = new Set(mounts.map((m) => path.posix.normalize(m.destination)));
+  return POD_FILES.filter((name) => !taken.has(`/etc/${name}`)).map((name) => ({
+    destination: `/etc/${name}`,
+    type: "bind",
+    source: path.posix.join(podFiles, name),
+    options: ["rbind", "rprivate", readonly ? "ro" : "rw"],
+  }));
 }
 
 /** Creates path as a new empty directory or file; false when something is there already. */

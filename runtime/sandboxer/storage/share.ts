@@ -1,9 +1,7 @@
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
+import { GUEST_POD_FILES_DIR, GUEST_SHARE } from "../../contract/share.ts";
 import { bindMount, isMountPoint, moveMount, selfBind, topMountsUnder, unmount } from "./mount.ts";
-
-/** Where the guest mounts the share (Kuasar's guest contract). */
-export const GUEST_SHARE = "/run/kuasar/state";
 
 /**
  * A sandbox's share, split so the guest can never redirect the host (the bug class of Kata's CVE-2020-2026):
@@ -22,6 +20,8 @@ export interface ShareLayout {
   staging: string;
   /** The share as the guest sees it. */
   guest: string;
+  /** Where the guest keeps its writable copies of the pod's files, which containers bind. */
+  podFiles: string;
 }
 
 export function shareLayout(sandboxDir: string): ShareLayout {
@@ -30,6 +30,7 @@ export function shareLayout(sandboxDir: string): ShareLayout {
     shared: path.join(sandboxDir, "shared"),
     staging: path.join(sandboxDir, "staging"),
     guest: GUEST_SHARE,
+    podFiles: GUEST_POD_FILES_DIR,
   };
 }
 

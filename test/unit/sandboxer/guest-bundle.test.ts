@@ -99,6 +99,15 @@ test("rootfs and bind sources are mounted in the host's tree, seen in the guest'
       "a read-only bind is read-only in the guest's view",
     );
     assert.equal(byDest["/dev/shm"]?.type, "tmpfs");
+    // The pod's files the spec lacks come from the guest's copies; its own /etc/hosts (kubelet's) is kept.
+    assert.deepEqual(byDest["/etc/resolv.conf"], {
+      destination: "/etc/resolv.conf",
+      type: "bind",
+      source: "/run/kuasar/pod/resolv.conf",
+      options: ["rbind", "rprivate", "rw"],
+    });
+    assert.equal(byDest["/etc/hostname"]?.source, "/run/kuasar/pod/hostname");
+    assert.equal(spec.mounts?.filter((m) => m.destination === "/etc/hosts").length, 1);
     // The top of the guest's view is read-only: no entry the host works on can be made, replaced or removed.
     await assert.rejects(writeFile(guestView("storage9"), "planted"), /EROFS/);
     await assert.rejects(rm(guestView("c1/config.json")), /EROFS/);

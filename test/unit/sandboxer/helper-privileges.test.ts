@@ -98,7 +98,7 @@ before(async () => {
   await mkdir(dir, { mode: 0o700 });
   const share = shareLayout(dir);
   await createShareDirs(share);
-  await writeShareFiles(share.mounts, "pod1", undefined);
+  await writeShareFiles(share.mounts, undefined);
   await mkdir(path.join(dir, "containers"), { mode: 0o700 });
   await writeRecord(dir, { id: "pod1", state: "created" });
   const kernel = path.join(tmp, "vmlinux.bin");

@@ -77,9 +77,13 @@ before(async () => {
   );
   agent = new TtrpcClient(await waitForSocket(sock, 20_000));
   // The agent runs on this host, so its "guest" view of the share is the read-only shared/ itself.
-  layout = { ...shareLayout(s.dir), guest: shareLayout(s.dir).shared };
+  layout = { ...shareLayout(s.dir), guest: shareLayout(s.dir).shared, podFiles: path.join(s.dir, "pod-files") };
   share = layout.shared;
   await mountShare(layout);
+  // What the guest's PID 1 does at boot: its own copies of the pod's files.
+  await mkdir(layout.podFiles);
+  for (const f of ["hostname", "hosts", "resolv.conf"])
+    await writeFile(path.join(layout.podFiles, f), `${f} of the pod\n`);
   events = new EventPublisher(path.join(s.dir, "no-containerd.sock"), logger("test"));
   let n = 0;
   const proxy = new TaskProxy({
@@ -163,7 +167,11 @@ test("a container created through the proxy runs in the agent with runc; its out
   const task = containerd.service(Task);
   const stdout = fifo("c1-stdout");
   const output = readAll(stdout);
-  const bundle = await hostBundle("c1", ["sh", "-c", "echo hello from a container; echo to stderr >&2; exit 3"]);
+  const bundle = await hostBundle("c1", [
+    "sh",
+    "-c",
+    "echo hello from a container; cat /etc/resolv.conf /etc/hosts; echo to stderr >&2; exit 3",
+  ]);
   const created = await task.create(
     { id: "c1", bundle, stdout },
     { metadata: { "containerd-namespace-ttrpc": "k8s.io" } },
@@ -173,7 +181,11 @@ test("a container created through the proxy runs in the agent with runc; its out
   const waiting = task.wait({ id: "c1" });
   await task.start({ id: "c1" });
   assert.equal((await waiting).exitStatus, 3);
-  assert.equal(await output, "hello from a container\n");
+  assert.equal(
+    await output,
+    "hello from a container\nresolv.conf of the pod\nhosts of the pod\n",
+    "the pod's files are bound into a container whose spec has none",
+  );
   const st = await task.state({ id: "c1" });
   assert.equal(st.status, Status.STOPPED);
   assert.equal(st.bundle, bundle);

@@ -6,7 +6,7 @@ import { test } from "node:test";
 import { execa } from "execa";
 import { repo } from "./harness.ts";
 
-test("PID 1 mounts are made once, /run keeps the share's mount point, /etc files come from the share", {
+test("PID 1 mounts are made once, /run keeps the share's mount point, /etc files are the pod's copies of the share's", {
   timeout: 60_000,
 }, async () => {
   const root = await mkdtemp(path.join(os.tmpdir(), "kuasar-pid1-"));
@@ -46,7 +46,9 @@ test("PID 1 mounts are made once, /run keeps the share's mount point, /etc files
     assert.equal(out.ptmxMode, "666");
     assert.deepEqual(out.bound, ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"]);
     assert.deepEqual(out.boundAgain, []);
-    assert.equal(out.etcHosts, "127.0.0.1 pod\n");
+    assert.equal(out.etcHosts, "127.0.0.1 pod\n10.0.0.9 added\n");
+    assert.equal(out.podHosts, out.etcHosts, "/etc/hosts is the pod's writable copy");
+    assert.equal(out.shareHosts, "127.0.0.1 pod\n", "the share's file is left as the host wrote it");
     assert.equal(out.etcResolv, "nameserver 10.0.0.1\n");
     assert.equal(out.hostname, "pod-host");
     assert.equal(out.kernelHostname, "pod-host");

@@ -1,6 +1,7 @@
 import path from "node:path";
+import { SHARE_TAG } from "../../../contract/share.ts";
 import type { Config } from "../../config/schema.ts";
-import { AGENT_PORT, kernelCmdline, MOUNT_TAG, virtiofsd } from "../guest.ts";
+import { AGENT_PORT, kernelCmdline, virtiofsd } from "../guest.ts";
 import type { VirtiofsdDialect } from "../host.ts";
 import type { SandboxSpec } from "../index.ts";
 import { layoutNics } from "../net.ts";
@@ -50,7 +51,7 @@ export function clhPlan(config: Config, sandbox: SandboxSpec, dialect: Virtiofsd
   if (h.entropy_source) args.push("--rng", `src=${h.entropy_source}`);
   args.push(
     ...["--vsock", `cid=${GUEST_CID},socket=${vsock}`],
-    ...["--fs", `tag=${MOUNT_TAG},socket=${fs.readyPath}`],
+    ...["--fs", `tag=${SHARE_TAG},socket=${fs.readyPath}`],
     // The daemon reads the serial console from this socket into console.log, capped (hypervisor/console.ts).
     ...["--serial", `socket=${consoleSocket}`, "--console", "off"],
   );

@@ -1,6 +1,7 @@
 import path from "node:path";
+import { SHARE_TAG } from "../../../contract/share.ts";
 import type { Config } from "../../config/schema.ts";
-import { AGENT_PORT, kernelCmdline, MOUNT_TAG, vhostDeviceVsock, virtiofsd } from "../guest.ts";
+import { AGENT_PORT, kernelCmdline, vhostDeviceVsock, virtiofsd } from "../guest.ts";
 import type { Accel, VirtiofsdDialect, VsockMode } from "../host.ts";
 import type { AgentAddress, SandboxSpec } from "../index.ts";
 import { layoutNics } from "../net.ts";
@@ -163,17 +164,17 @@ export function qemuPlan(config: Config, sandbox: SandboxSpec, facts: QemuFacts)
     files.push(v.readyPath);
     args.push(
       ...["-chardev", `socket,id=char-virtiofs,path=${v.readyPath}`],
-      ...["-device", `${dev("vhost-user-fs")},chardev=char-virtiofs,tag=${MOUNT_TAG},queue-size=1024`],
+      ...["-device", `${dev("vhost-user-fs")},chardev=char-virtiofs,tag=${SHARE_TAG},queue-size=1024`],
     );
   } else {
-    const fsdev = [`local,id=fsdev-${MOUNT_TAG},path=${sandbox.shareDir},security_model=none`];
+    const fsdev = [`local,id=fsdev-${SHARE_TAG},path=${sandbox.shareDir},security_model=none`];
     if (h.virtio_9p_multidevs) fsdev.push(`multidevs=${h.virtio_9p_multidevs}`);
     if (h.virtio_9p_direct_io) fsdev.push("writeout=immediate");
     args.push(
       "-fsdev",
       fsdev.join(","),
       "-device",
-      `${dev("virtio-9p")},fsdev=fsdev-${MOUNT_TAG},mount_tag=${MOUNT_TAG}`,
+      `${dev("virtio-9p")},fsdev=fsdev-${SHARE_TAG},mount_tag=${SHARE_TAG}`,
     );
   }
 

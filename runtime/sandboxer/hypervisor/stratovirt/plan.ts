@@ -1,6 +1,7 @@
 import path from "node:path";
+import { SHARE_TAG } from "../../../contract/share.ts";
 import type { Config } from "../../config/schema.ts";
-import { AGENT_PORT, kernelCmdline, MOUNT_TAG } from "../guest.ts";
+import { AGENT_PORT, kernelCmdline } from "../guest.ts";
 import type { SandboxSpec } from "../index.ts";
 import { layoutNics } from "../net.ts";
 import type { HelperSpec, Plan } from "../vm.ts";
@@ -72,7 +73,7 @@ export function stratovirtPlan(config: Config, sandbox: SandboxSpec, cid: number
   args.push("-device", `${place("vhost-vsock")},id=vsock-${cid},guest-cid=${cid}${at()}`);
   // vhost_user_fs listens; StratoVirt connects as a client.
   args.push("-chardev", `socket,id=virtio-fs0,path=${fsSock}`);
-  args.push("-device", `${place("vhost-user-fs")},id=vhost-user-fs0,chardev=virtio-fs0,tag=${MOUNT_TAG}${at()}`);
+  args.push("-device", `${place("vhost-user-fs")},id=vhost-user-fs0,chardev=virtio-fs0,tag=${SHARE_TAG}${at()}`);
 
   const net = layoutNics(sandbox);
   for (const n of net.nics) {
