@@ -6,7 +6,6 @@
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { NamespaceMode } from "../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
 import { type Env, IMAGE, RUNTIME_HANDLER, startEnv } from "../test/e2e/harness.ts";
 import { cleanup, onCleanup, runBenchmark } from "./lib/cleanup.ts";
 import { mdTable, ms, percentile, phasesSection, publish, type RunInfo, runLine, startRun } from "./lib/report.ts";
@@ -52,7 +51,6 @@ async function podStart(env: Env, watch: ConsoleWatch, name: string): Promise<{ 
     metadata: { name, namespace: "bench", uid: `${name}-uid`, attempt: 0 },
     hostname: name,
     logDirectory,
-    linux: { securityContext: { namespaceOptions: { network: NamespaceMode.NODE } } },
   };
   const t0 = Date.now();
   const { podSandboxId: id } = await env.runtime.runPodSandbox({ config, runtimeHandler: RUNTIME_HANDLER }, DEADLINE);
@@ -218,7 +216,7 @@ function markdown(r: Result): string {
     "",
     runLine(r.run),
     "A private containerd 2.1 (CRI, the `vmm` proxy sandboxer, overlayfs) drives vmm-sandboxer from source at log " +
-      "level debug (`test/e2e/harness.ts`); each pod is a 1 vCPU, 512 MiB QEMU TCG guest, node network namespace, " +
+      "level debug (`test/e2e/harness.ts`); each pod is a 1 vCPU, 512 MiB QEMU TCG guest, on the run's CNI bridge, " +
       "and one busybox `sleep 3600` container. Timed from RunPodSandbox to StartContainer's return.",
     "",
     mdTable(TOTAL_HEADERS, totalRows(r)),

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import { ContainerState, NamespaceMode } from "../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
+import { ContainerState } from "../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
 import { IMAGE, RUNTIME_HANDLER, startEnv } from "../test/e2e/harness.ts";
 
 // The main job: an unmodified containerd 2.1 (private root, state and sockets; the system one is never touched)
@@ -28,7 +28,6 @@ async function main(): Promise<void> {
       metadata: { name: "demo", namespace: "default", uid: "demo-uid", attempt: 0 },
       hostname: "demo-pod",
       logDirectory,
-      linux: { securityContext: { namespaceOptions: { network: NamespaceMode.NODE } } },
     };
     const { podSandboxId } = await env.runtime.runPodSandbox({ config, runtimeHandler: RUNTIME_HANDLER }, SLOW);
     const qemu = env.daemon.log().match(/vmm pid (\d+) started/)?.[1];

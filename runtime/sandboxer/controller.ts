@@ -9,6 +9,7 @@ import type { Controller } from "../protos/gen/containerd/services/sandbox/v1/sa
 import { PodSandboxConfigSchema } from "../protos/gen/k8s/cri/runtime/v1/api_pb.ts";
 import { validateId } from "./ids.ts";
 import { type PodResources, parentPath } from "./pod-cgroup.ts";
+import { hostNamespaceRefusal } from "./pod-checks.ts";
 import type { SandboxManager } from "./sandbox/manager.ts";
 import type { PodConfigJson } from "./share-files.ts";
 
@@ -56,6 +57,8 @@ export function controllerHandlers(mgr: SandboxManager, version: string): UnaryH
           );
         }
       }
+      const refused = hostNamespaceRefusal(podConfig);
+      if (refused) throw new GrpcError(grpc.status.INVALID_ARGUMENT, `sandbox ${req.sandboxId}: ${refused}`);
       const cgroupParent = (podConfig as PodConfigJson | undefined)?.linux?.cgroupParent;
       if (cgroupParent) {
         try {

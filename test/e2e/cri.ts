@@ -3,10 +3,9 @@ import { existsSync, readFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import {
-  type ContainerConfigSchema,
-  NamespaceMode,
-  type PodSandboxConfigSchema,
+import type {
+  ContainerConfigSchema,
+  PodSandboxConfigSchema,
 } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
 import { type Env, IMAGE, mountsUnder, RUNTIME_HANDLER, vmProcesses } from "./harness.ts";
 
@@ -31,7 +30,10 @@ export async function withLogs(env: Env, body: () => Promise<void>): Promise<voi
   }
 }
 
-/** A host-network pod named name; extra is merged in (dns_config, port mappings, namespace options). */
+/**
+ * A pod named name on the run's CNI bridge (a VM pod cannot share the host's network namespace); extra is merged in
+ * (dns_config, port mappings, namespace options).
+ */
 export async function podConfig(env: Env, name: string, extra: PodExtra = {}): Promise<PodConfig> {
   const logDirectory = path.join(env.dir, "pods", name);
   await mkdir(logDirectory, { recursive: true });
@@ -39,18 +41,23 @@ export async function podConfig(env: Env, name: string, extra: PodExtra = {}): P
     metadata: { name, namespace: "e2e", uid: `${name}-uid`, attempt: 0 },
     hostname: name,
     logDirectory,
-    linux: { securityContext: { namespaceOptions: { network: NamespaceMode.NODE } } },
     ...extra,
   } as PodConfig;
 }
 
-export function containerConfig(name: string, script: string): MessageInitShape<typeof ContainerConfigSchema> {
+/** A busybox container running `sh -c script`; extra fields (mounts, linux) are merged in. */
+export function containerConfig(
+  name: string,
+  script: string,
+  extra: Record<string, unknown> = {},
+): MessageInitShape<typeof ContainerConfigSchema> {
   return {
     metadata: { name, attempt: 0 },
     image: { image: IMAGE },
     command: ["sh", "-c", script],
     logPath: `${name}.log`,
-  };
+    ...extra,
+  } as MessageInitShape<typeof ContainerConfigSchema>;
 }
 
 export async function runPod(env: Env, name: string, extra: PodExtra = {}) {

@@ -98,7 +98,6 @@ test(
   () =>
     withLogs(async () => {
       const config = await podConfig("e2e-net");
-      config.linux = {};
       const { podSandboxId } = await env.runtime.runPodSandbox({ config, runtimeHandler: RUNTIME_HANDLER }, SLOW);
       const { status } = await env.runtime.podSandboxStatus({ podSandboxId }, QUICK);
       const ip = status?.network?.ip ?? "";

@@ -2,7 +2,7 @@ import { mkdir, open, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { POD_FILES } from "../../contract/share.ts";
 import type { Mount } from "../../protos/gen/containerd/types/mount_pb.ts";
-import { bindMount, mount } from "./mount.ts";
+import { bindMount, mount, readonlySubmounts } from "./mount.ts";
 import { removeTree } from "./remove.ts";
 import { publish, type ShareLayout, unpublish } from "./share.ts";
 
@@ -18,6 +18,9 @@ export interface OciSpec {
   mounts?: OciMount[];
   [key: string]: unknown;
 }
+
+/** A spec the VM cannot honour: containerd gets InvalidArgument, and nothing was mounted or written. */
+export class UnsupportedSpec extends Error {}
 
 export interface GuestBundle {
   containerId: string;
@@ -63,6 +66,8 @@ export async function prepareGuestBundle(opts: {
   } catch (err) {
     throw new Error(`container ${containerId}: cannot read OCI spec ${specPath}: ${(err as Error).message}`);
   }
+  const refused = propagationRefusal(spec.mounts);
+  if (refused) throw new UnsupportedSpec(`container ${containerId}: ${refused}`);
   const bundle: GuestBundle = {
     containerId,
     guestBundle: path.posix.join(share.guest, containerId),
@@ -98,9 +103,12 @@ export async function prepareGuestBundle(opts: {
             `container ${containerId}: bind mount source ${m.source} (for ${m.destination}) does not exist`,
           );
         const s = await storage(st.isDirectory() ? "dir" : "file");
-        await bindMount(m.source, s.staged, (m.options ?? []).includes("ro"));
+        const options = m.options ?? [];
+        // The host enforces read-only: the guest's own flags are only a guest's word.
+        await bindMount(m.source, s.staged, options.includes("ro") || options.includes("rro"));
+        if (options.includes("rro")) await readonlySubmounts(s.staged);
         await publish(share, s.name);
-        mounts.push({ ...m, source: s.guest });
+        mounts.push({ ...m, source: s.guest, options: guestBindOptions(options) });
       } else mounts.push(m);
     }
     spec.mounts = [...mounts, ...podFileMounts(share.podFiles, mounts, spec.root?.readonly ?? false)];
@@ -135,6 +143,30 @@ function podFileMounts(podFiles: string, mounts: OciMount[], readonly: boolean):
     source: path.posix.join(podFiles, name),
     options: ["rbind", "rprivate", readonly ? "ro" : "rw"],
   }));
+}
+
+/**
+ * Why a mount cannot be honoured in a VM, or undefined: bidirectional propagation (rshared) would need mounts made in
+ * the guest to reach the host, and they never do. Host-to-container propagation (rslave) works: the share's binds
+ * are slaves of their sources, and the guest reads through the share to what the host mounts there later.
+ */
+function propagationRefusal(mounts: OciMount[] | undefined): string | undefined {
+  const m = mounts?.find((x) => (x.options ?? []).some((o) => o === "rshared" || o === "shared"));
+  if (!m) return undefined;
+  return (
+    `mount ${m.destination}: Bidirectional propagation cannot be honoured in a VM sandbox (mounts made in the guest ` +
+    "never reach the host); use HostToContainer or None"
+  );
+}
+
+/**
+ * A read-only bind is read-only on the host at its top only, so its submounts keep their own flags (CRI's
+ * non-recursive semantics); in the guest the whole share is one file system, where "ro" would cover the submounts
+ * too, so there the bind is made rw and the host's mount enforces. Recursive read-only ("rro") stays as it is.
+ */
+function guestBindOptions(options: string[]): string[] {
+  if (!options.includes("ro") || options.includes("rro")) return options;
+  return options.map((o) => (o === "ro" ? "rw" : o));
 }
 
 /** Creates path as a new empty directory or file; false when something is there already. */

@@ -1,4 +1,5 @@
-import { readFile } from "node:fs/promises";
+import { lstat, readFile } from "node:fs/promises";
+import path from "node:path";
 import { execa } from "execa";
 
 async function run(args: string[], what: string): Promise<void> {
@@ -22,6 +23,22 @@ export async function bindMount(source: string, target: string, readonly: boolea
     ["--rbind", ...(readonly ? ["-o", "ro"] : []), "--make-rslave", source, target],
     `bind mount ${source} on ${target}`,
   );
+}
+
+/**
+ * Makes every submount of a recursive bind read-only too (OCI "rro"). mount(8) of bookworm cannot do it in one step
+ * (mount_setattr with AT_RECURSIVE), so each submount listed in mountinfo is remounted; a path that leads through a
+ * symbolic link is refused instead of followed. Done in the private staging tree, before anything is published.
+ */
+export async function readonlySubmounts(target: string): Promise<void> {
+  for (const m of (await mountPoints()).filter((p) => p.startsWith(`${target}/`))) {
+    let p = target;
+    for (const part of path.relative(target, m).split("/")) {
+      p = path.join(p, part);
+      if ((await lstat(p)).isSymbolicLink()) throw new Error(`recursive read-only: ${m} leads through a link at ${p}`);
+    }
+    await run(["-o", "remount,bind,ro", m], `remounting ${m} read-only`);
+  }
 }
 
 /** Moves a mount (with its submounts) to another mount point; the source's parent mount must not be shared. */

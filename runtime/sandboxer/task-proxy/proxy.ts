@@ -20,7 +20,7 @@ import { Code, type ServiceHandlers, type TtrpcClient, TtrpcError } from "../../
 import type { EventPublisher } from "../events.ts";
 import { validateId } from "../ids.ts";
 import type { Logger } from "../log.ts";
-import { type GuestBundle, prepareGuestBundle, releaseGuestBundle } from "../storage/guest-bundle.ts";
+import { type GuestBundle, prepareGuestBundle, releaseGuestBundle, UnsupportedSpec } from "../storage/guest-bundle.ts";
 import type { ShareLayout } from "../storage/share.ts";
 import { openFifo } from "./fifo.ts";
 import type { ContainerRecords } from "./records.ts";
@@ -173,7 +173,8 @@ export class TaskProxy {
             nextStorage: this.deps.nextStorage,
           });
         } catch (err) {
-          throw new TtrpcError(Code.FailedPrecondition, (err as Error).message);
+          const code = err instanceof UnsupportedSpec ? Code.InvalidArgument : Code.FailedPrecondition;
+          throw new TtrpcError(code, (err as Error).message);
         }
         const stdio: HostStdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
         const entry: ContainerEntry = { hostBundle: req.bundle, bundle, namespace, processes: new Map() };

@@ -9,7 +9,7 @@ import type { CgroupStats } from "../../../runtime/cgroups/stats.ts";
 import { addUnaryService, type MethodsOf, type UnaryClient, unaryClient } from "../../../runtime/grpc/service.ts";
 import { MetricsSchema } from "../../../runtime/protos/gen/containerd/cgroups/v2/metrics_pb.ts";
 import { Controller } from "../../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
-import { PodSandboxConfigSchema } from "../../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
+import { NamespaceMode, PodSandboxConfigSchema } from "../../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
 import { controllerHandlers } from "../../../runtime/sandboxer/controller.ts";
 import { logger } from "../../../runtime/sandboxer/log.ts";
 import type { PodResources } from "../../../runtime/sandboxer/pod-cgroup.ts";
@@ -147,6 +147,26 @@ test("bad requests get clear errors and change nothing", async () => {
     client.create({ sandboxId: "bad", options: { typeUrl: "foo.Bar", value: new Uint8Array([1]) } }),
     code(grpc.status.INVALID_ARGUMENT, /'foo.Bar' is not runtime.v1.PodSandboxConfig/),
   );
+  // What a VM cannot share with the host is refused by name, never silently replaced by the VM's own.
+  for (const [field, k8s] of [
+    ["network", "hostNetwork"],
+    ["pid", "hostPID"],
+    ["ipc", "hostIPC"],
+  ] as const) {
+    const config = create(PodSandboxConfigSchema, {
+      linux: { securityContext: { namespaceOptions: { [field]: NamespaceMode.NODE } } },
+    });
+    await assert.rejects(
+      client.create({
+        sandboxId: `host-${field}`,
+        options: { typeUrl: "runtime.v1.PodSandboxConfig", value: toBinary(PodSandboxConfigSchema, config) },
+      }),
+      code(
+        grpc.status.INVALID_ARGUMENT,
+        new RegExp(`namespace_options\\.${field} = NODE \\(${k8s}\\) cannot be honoured`),
+      ),
+    );
+  }
   assert.deepEqual((await readdir(path.join(dir, "state"))).sort(), ["dup"]);
   await client.start({ sandboxId: "dup" });
   await assert.rejects(client.start({ sandboxId: "dup" }), code(grpc.status.FAILED_PRECONDITION, /is running/));

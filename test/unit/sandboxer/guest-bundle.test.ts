@@ -10,6 +10,7 @@ import {
   type OciSpec,
   prepareGuestBundle,
   releaseGuestBundle,
+  UnsupportedSpec,
 } from "../../../runtime/sandboxer/storage/guest-bundle.ts";
 import {
   mountShare,
@@ -189,6 +190,58 @@ test("a missing bind source fails with the mount named and leaves nothing mounte
   );
   assert.deepEqual(await readdir(share.mounts), []);
   assert.deepEqual(await readdir(share.staging), []);
+});
+
+test("bidirectional propagation is refused before anything is mounted; ro binds are rw in the guest's spec, rro not", async () => {
+  await mkdir(path.join(dir, "bundle/rootfs"));
+  const specFile = path.join(dir, "bundle/config.json");
+  const spec = JSON.parse(await readFile(specFile, "utf8")) as OciSpec;
+  const withMount = async (m: OciSpec["mounts"]) =>
+    writeFile(specFile, JSON.stringify({ ...spec, mounts: [...(spec.mounts ?? []), ...(m ?? [])] }));
+  await withMount([{ destination: "/shared", type: "bind", source: `${dir}/vol`, options: ["rbind", "rshared"] }]);
+  await assert.rejects(
+    prepareGuestBundle({
+      share,
+      containerId: "p1",
+      hostBundle: path.join(dir, "bundle"),
+      rootfs: [],
+      nextStorage: next,
+    }),
+    (e: Error) =>
+      e instanceof UnsupportedSpec && /mount \/shared: Bidirectional propagation cannot be honoured/.test(e.message),
+  );
+  assert.deepEqual(await readdir(share.mounts), [], "nothing was mounted or written");
+
+  await mkdir(path.join(dir, "vol/sub"));
+  execFileSync("mount", ["-t", "tmpfs", "vol-sub", `${dir}/vol/sub`]);
+  await withMount([{ destination: "/rro", type: "bind", source: `${dir}/vol`, options: ["rbind", "ro", "rro"] }]);
+  const b = await prepareGuestBundle({
+    share,
+    containerId: "p2",
+    hostBundle: path.join(dir, "bundle"),
+    rootfs: [],
+    nextStorage: next,
+  });
+  try {
+    const guest = JSON.parse(await readFile(guestView("p2/config.json"), "utf8")) as OciSpec;
+    const byDest = Object.fromEntries((guest.mounts ?? []).map((m) => [m.destination, m]));
+    assert.deepEqual(byDest["/data"]?.options, ["rbind", "rw"], "the host's mount is what keeps it read-only");
+    assert.deepEqual(byDest["/rro"]?.options, ["rbind", "ro", "rro"]);
+    // The host enforces both: the guest's own flags are only its word.
+    const onHost = (m: string) => guestView(path.basename(byDest[m]?.source ?? ""));
+    const writable = (p: string) =>
+      writeFile(p, "x").then(
+        () => true,
+        (e: NodeJS.ErrnoException) => (e.code === "EROFS" ? false : Promise.reject(e)),
+      );
+    assert.equal(await writable(path.join(onHost("/data"), "top")), false);
+    assert.equal(await writable(path.join(onHost("/data"), "sub/file")), true, "ro: the submount keeps its rw");
+    assert.equal(await writable(path.join(onHost("/rro"), "top")), false);
+    assert.equal(await writable(path.join(onHost("/rro"), "sub/file2")), false, "rro: the submount is read-only too");
+  } finally {
+    await releaseGuestBundle(share, b);
+    execFileSync("umount", [`${dir}/vol/sub`]);
+  }
 });
 
 test("an unreadable spec names the file", async () => {
