@@ -76,8 +76,8 @@ export function controllerHandlers(mgr: SandboxManager, version: string): UnaryH
       });
       return { sandboxId: req.sandboxId };
     },
-    async start(req) {
-      const rec = await mgr.start(req.sandboxId);
+    async start(req, ctx) {
+      const rec = await mgr.start(req.sandboxId, ctx.signal);
       return {
         sandboxId: rec.id,
         pid: rec.pid ?? 0,

@@ -77,8 +77,17 @@ export class VmLauncher implements Launcher {
     return new ContainerRecords(path.join(dir, "containers"), share, log);
   }
 
-  async start(rec: SandboxRecord, dir: string): Promise<{ pid: number; taskAddress: string; runtime: unknown }> {
+  async start(
+    rec: SandboxRecord,
+    dir: string,
+    signal?: AbortSignal,
+  ): Promise<{ pid: number; taskAddress: string; runtime: unknown }> {
     const log = this.log.child(rec.id);
+    // Checked between the steps of a boot and in its waits: a caller that gave up gets its VM stopped at once.
+    const cancelled = () => signal?.aborted === true;
+    const proceed = (step: string) => {
+      if (cancelled()) throw new Error(`start cancelled by the caller (${step})`);
+    };
     const cgroup = podCgroupOf(rec);
     if (cgroup) {
       await cgroup.create().catch((err: Error) => {
@@ -95,9 +104,11 @@ export class VmLauncher implements Launcher {
     // Before the VMM exports shared/: the guest's view is read-only at the top from its first access. Undone by
     // release(), which the manager runs after a failed start.
     await mountShare(shareLayout(dir));
+    proceed("share");
     const net = rec.netnsPath ? await attachPodNetwork(rec.netnsPath) : undefined;
     let vm: Hypervisor | undefined;
     try {
+      proceed("network");
       vm = createHypervisor(
         this.config,
         {
@@ -115,6 +126,7 @@ export class VmLauncher implements Launcher {
       const t0 = Date.now();
       const agentTimeout = this.config.sandbox.agent_timeout_ms;
       const started = await vm.start();
+      proceed("VMM started");
       log.info(`vmm pid ${started.pid} started; waiting for the agent at ${agentUrl(started.agentAddress)}`);
       let exited = false;
       void vm.wait().then(() => {
@@ -127,13 +139,15 @@ export class VmLauncher implements Launcher {
           started.consoleLog,
           AGENT_LISTENING,
           Math.min(AGENT_CONSOLE_WAIT_MS, agentTimeout),
-          () => !exited,
+          () => !exited && !cancelled(),
         );
+        proceed("waiting for the agent");
       }
       const agent = await connectAgent(() => dial(agentUrl(started.agentAddress), { timeoutMs: 2000 }), {
         deadlineMs: Math.max(1000, t0 + agentTimeout - Date.now()),
-        alive: () => !exited,
+        alive: () => !exited && !cancelled(),
       }).catch(async (err: Error) => {
+        proceed("waiting for the agent");
         throw new Error(
           `${err.message} (sandbox.agent_timeout_ms = ${agentTimeout} from the VMM's start)\n` +
             `last console lines (${started.consoleLog}):\n${await tail(started.consoleLog, 15)}`,
@@ -143,13 +157,22 @@ export class VmLauncher implements Launcher {
       // Without a KVM clock the guest boots at the epoch: its clock is set before any container runs, alongside
       // SetupSandbox rather than after it.
       await Promise.all([
-        agent.service(SandboxService).setupSandbox({
-          config: { typeUrl: "PodSandboxConfig", value: Buffer.from(JSON.stringify(rec.podConfig ?? {})) },
-          interfaces: net?.interfaces ?? [],
-          routes: net?.routes ?? [],
-        }),
+        agent.service(SandboxService).setupSandbox(
+          {
+            config: { typeUrl: "PodSandboxConfig", value: Buffer.from(JSON.stringify(rec.podConfig ?? {})) },
+            interfaces: net?.interfaces ?? [],
+            routes: net?.routes ?? [],
+          },
+          signal ? { signal } : {},
+        ),
         syncGuestClock(agent).catch((e: Error) => log.warn(`clock sync: ${e.message}`)),
-      ]);
+      ]).catch((err: Error) => {
+        agent.close();
+        proceed("SetupSandbox");
+        throw err;
+      });
+      if (cancelled()) agent.close();
+      proceed("SetupSandbox");
       await this.serve(rec, dir, vm, agent, net);
       const runtime: RuntimeState = { vm: vm.persistState(), agent: started.agentAddress, nics: net?.nics ?? [] };
       return { pid: started.pid, taskAddress: `ttrpc+unix://${path.join(dir, "task.sock")}`, runtime };

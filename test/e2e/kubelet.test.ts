@@ -10,8 +10,8 @@ import {
   type MountSchema,
   NamespaceMode,
 } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
-import { containerConfig, logLines, podConfig, QUICK, removePod, runPod, SLOW, withLogs } from "./cri.ts";
-import { type Env, RUNTIME_HANDLER, startEnv } from "./harness.ts";
+import { containerConfig, logLines, podConfig, QUICK, removePod, runPod, SLOW, until, withLogs } from "./cri.ts";
+import { type Env, mountsUnder, RUNTIME_HANDLER, startEnv, vmProcesses } from "./harness.ts";
 
 // Pods as kubelet runs them, through containerd 2.1's CRI: what a runc pod gets, a VM pod gets too. One pod VM is
 // shared by the tests where they do not disturb each other.
@@ -187,5 +187,40 @@ test(
       } finally {
         execFileSync("umount", ["-R", vol]);
       }
+    }),
+);
+
+test(
+  "a RunPodSandbox given up at 1, 3 and 6 s leaves no VM, helper, mount, network namespace or directory",
+  { timeout: 300_000 },
+  () =>
+    withLogs(env, async () => {
+      const state = path.join(env.dir, "state");
+      const footprint = () => ({
+        dirs: readdirSync(state).sort(),
+        processes: vmProcesses(state).length,
+        mounts: mountsUnder(state).length,
+        netns: readdirSync("/var/run/netns")
+          .filter((n) => n.startsWith("cni-"))
+          .sort(),
+      });
+      const before = footprint();
+      for (const seconds of [1, 3, 6]) {
+        const config = await podConfig(env, `cancel-${seconds}`);
+        await assert.rejects(
+          env.runtime.runPodSandbox({ config, runtimeHandler: RUNTIME_HANDLER }, { deadlineMs: seconds * 1000 }),
+          /DEADLINE_EXCEEDED|deadline|CANCELLED/i,
+        );
+      }
+      const after = await until("everything of the given-up pods to be gone", 30_000, async () => {
+        const now = footprint();
+        return JSON.stringify(now) === JSON.stringify(before) ? now : undefined;
+      }).catch(() => footprint());
+      assert.deepEqual(after, before);
+      const { items } = await env.runtime.listPodSandbox({}, QUICK);
+      assert.deepEqual(
+        items.map((p) => p.id),
+        [pod.id],
+      );
     }),
 );

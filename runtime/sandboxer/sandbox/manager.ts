@@ -97,8 +97,13 @@ export class SandboxManager {
     });
   }
 
-  async start(id: string): Promise<SandboxRecord> {
-    return this.lock.run(id, async () => {
+  /**
+   * Boots a created sandbox. When `signal` aborts (containerd's RunPodSandbox was cancelled or timed out), containerd
+   * forgets the pod, so the VM is stopped and the sandbox removed as Shutdown would: nothing is left to leak, and a
+   * new Create of the same id starts afresh.
+   */
+  async start(id: string, signal?: AbortSignal): Promise<SandboxRecord> {
+    const started = await this.lock.run(id, async () => {
       const l = this.get(id);
       if (l.rec.state !== "created") {
         throw new GrpcError(status.FAILED_PRECONDITION, `sandbox ${id} is ${l.rec.state}, not created`);
@@ -108,11 +113,18 @@ export class SandboxManager {
         this.launcher.release(l.rec, dir).catch((e: Error) => this.log.warn(`release ${id}: ${e.message}`));
       let running: SandboxRecord;
       try {
-        const started = await this.launcher.start(l.rec, dir);
+        const started = await this.launcher.start(l.rec, dir, signal);
         running = { ...l.rec, ...started, state: "running", startedAt: new Date().toISOString() };
       } catch (err) {
         await release();
+        if (signal?.aborted) return undefined;
         throw new GrpcError(status.INTERNAL, `start sandbox ${id}: ${(err as Error).message}`);
+      }
+      if (signal?.aborted) {
+        // Booted, but nobody will hear of it.
+        await this.launcher.stop(running, dir, 0).catch((e: Error) => this.log.warn(`stop ${id}: ${e.message}`));
+        await release();
+        return undefined;
       }
       try {
         await writeRecord(dir, running);
@@ -126,6 +138,23 @@ export class SandboxManager {
       this.watch(l);
       this.log.info(`sandbox ${id} running (vmm pid ${l.rec.pid})`);
       return l.rec;
+    });
+    if (started) return started;
+    await this.forget(id, "its Start was cancelled by the caller");
+    throw new GrpcError(status.CANCELLED, `start sandbox ${id}: cancelled by the caller; the sandbox was removed`);
+  }
+
+  /** Removes a sandbox whose VM is gone, as Shutdown does; why is logged. */
+  private async forget(id: string, why: string): Promise<void> {
+    await this.lock.run(id, async () => {
+      const l = this.live.get(id);
+      if (!l) return;
+      l.rec.state = "stopped";
+      l.resolveExit(exitOf(l.rec));
+      await unmountAllUnder(this.dirOf(id)).catch((e: Error) => this.log.warn(e.message));
+      await removeTree(this.dirOf(id)).catch((e: Error) => this.log.error(`${this.dirOf(id)} is left: ${e.message}`));
+      this.live.delete(id);
+      this.log.info(`sandbox ${id} removed: ${why}`);
     });
   }
 

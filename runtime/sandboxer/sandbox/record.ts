@@ -32,8 +32,15 @@ export interface ExitInfo {
 export interface Launcher {
   /** Prepares the share (hostname, hosts, resolv.conf) for a new sandbox. */
   prepare(rec: SandboxRecord, dir: string): Promise<void>;
-  /** Boots the VM, connects to the agent, sets the sandbox up and serves the task API. */
-  start(rec: SandboxRecord, dir: string): Promise<{ pid: number; taskAddress: string; runtime: unknown }>;
+  /**
+   * Boots the VM, connects to the agent, sets the sandbox up and serves the task API. Rejects soon after `signal`
+   * aborts (the caller gave up), having stopped what it started.
+   */
+  start(
+    rec: SandboxRecord,
+    dir: string,
+    signal?: AbortSignal,
+  ): Promise<{ pid: number; taskAddress: string; runtime: unknown }>;
   /** Resolves when the VM of a running sandbox exits, however that happens. */
   waitExit(rec: SandboxRecord, dir: string): Promise<ExitInfo>;
   /** Asks the VM to stop, forcing it after timeoutMs. */

@@ -26,9 +26,15 @@ class FakeLauncher implements Launcher {
     this.calls.push(`prepare ${rec.id}`);
     await mkdir(path.join(dir, "shared"));
   }
-  async start(rec: SandboxRecord, dir: string) {
+  /** Start waits (a slow boot) until its caller gives up. */
+  hangStart = false;
+  async start(rec: SandboxRecord, dir: string, signal?: AbortSignal) {
     this.calls.push(`start ${rec.id}`);
     if (this.failStart) throw new Error("agent did not answer within 30 s");
+    if (this.hangStart) {
+      await new Promise((resolve) => signal?.addEventListener("abort", resolve, { once: true }));
+      throw new Error("start cancelled by the caller (waiting for the agent)");
+    }
     return { pid: 4242, taskAddress: `ttrpc+unix://${dir}/task.sock`, runtime: { fake: true } };
   }
   waitExit(rec: SandboxRecord) {
@@ -178,6 +184,27 @@ test("a failed start releases what it took and reports why", async () => {
   await assert.rejects(client.start({ sandboxId: "pod3" }), /start sandbox pod3: agent did not answer within 30 s/);
   assert.deepEqual(launcher.calls, ["prepare pod3", "start pod3", "release pod3"]);
   assert.equal((await client.status({ sandboxId: "pod3" })).state, "SANDBOX_NOTREADY");
+});
+
+test("a Start its caller gives up on stops what it started and removes the sandbox; the id can be created again", async () => {
+  launcher.hangStart = true;
+  await client.create({ sandboxId: "slow" });
+  await assert.rejects(client.start({ sandboxId: "slow" }, { deadlineMs: 300 }), (e: grpc.ServiceError) =>
+    [grpc.status.DEADLINE_EXCEEDED, grpc.status.CANCELLED].includes(e.code),
+  );
+  // The daemon hears of the cancellation, releases and forgets the sandbox on its own.
+  for (let i = 0; i < 50 && (await readdir(path.join(dir, "state"))).includes("slow"); i++) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.deepEqual(launcher.calls, ["prepare slow", "start slow", "release slow"]);
+  assert.equal((await readdir(path.join(dir, "state"))).includes("slow"), false, "its directory is gone");
+  await assert.rejects(
+    client.status({ sandboxId: "slow" }),
+    (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND,
+  );
+  launcher.hangStart = false;
+  await client.create({ sandboxId: "slow" });
+  await client.start({ sandboxId: "slow" });
 });
 
 test("recovery reattaches running sandboxes, cleans unrecoverable ones and drops unreadable records", async () => {
