@@ -192,3 +192,17 @@ export async function checkCgroup(probes: DoctorProbes, cgroupRoot = "/sys/fs/cg
   }
   return { id: "cgroup", status: "ok", verdict: `${have}; ${unit} has Delegate=${delegate}` };
 }
+
+/** containerd's PortForward into a pod VM goes through an iptables NAT rule in the pod's network namespace. */
+export async function checkPortForward(probes: DoctorProbes): Promise<CheckResult> {
+  const found = await probes.which("iptables");
+  if (!found) {
+    return {
+      id: "port-forward",
+      status: "warn",
+      verdict: "iptables is not installed: pods run, but kubectl port-forward into them fails",
+      fix: "apt-get install iptables (any backend: nf_tables or legacy)",
+    };
+  }
+  return { id: "port-forward", status: "ok", verdict: `${found} redirects PortForward in each pod's netns to the VM` };
+}

@@ -1,5 +1,5 @@
 import { checkContainerdConfig, checkContainerdVersion, checkShim } from "./containerd.ts";
-import { checkCgroup, checkHostKernel, checkKvm, checkVsock } from "./host.ts";
+import { checkCgroup, checkHostKernel, checkKvm, checkPortForward, checkVsock } from "./host.ts";
 import { checkDaemon, checkPaths } from "./paths.ts";
 import { type DoctorProbes, realDoctorProbes } from "./probes.ts";
 import { type CheckResult, type Report, summarize } from "./report.ts";
@@ -44,7 +44,11 @@ export async function runDoctor(opts: DoctorOptions, probes: DoctorProbes = real
   checks.push(await checkContainerdVersion(probes));
   const cc = await checkContainerdConfig(opts.containerdConfig, opts.listen);
   checks.push(cc.result, await checkShim(cc.runtimeType, probes));
-  checks.push(await checkCgroup(probes), await checkPaths(opts.listen, opts.dir, probes));
+  checks.push(
+    await checkCgroup(probes),
+    await checkPortForward(probes),
+    await checkPaths(opts.listen, opts.dir, probes),
+  );
   checks.push(await checkDaemon(opts.listen, probes));
   return summarize(checks);
 }

@@ -6,6 +6,7 @@ import type { CgroupStats } from "../cgroups/stats.ts";
 import { Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
+import { openStream } from "../streaming/open.ts";
 import { dial } from "../transport/address.ts";
 import { type TtrpcClient, TtrpcServer } from "../ttrpc/index.ts";
 import { connectAgent, syncGuestClock } from "./agent.ts";
@@ -24,6 +25,7 @@ import {
 import { killSandboxProcesses } from "./hypervisor/leftovers.ts";
 import type { Logger } from "./log.ts";
 import { attachPodNetwork, detachPodNetwork, type Nic, type PodNetwork } from "./network/pod-network.ts";
+import { PortForwarder } from "./network/port-forward.ts";
 import { PodCgroup, type PodResources } from "./pod-cgroup.ts";
 import type { Launcher, SandboxRecord } from "./sandbox/record.ts";
 import { type PodConfigJson, writeShareFiles } from "./share-files.ts";
@@ -54,6 +56,7 @@ interface Running {
   proxy: TaskProxy;
   server: TtrpcServer;
   net?: Pick<PodNetwork, "nsPath" | "nics">;
+  portForwarder?: PortForwarder;
   timers: NodeJS.Timeout[];
 }
 
@@ -223,7 +226,24 @@ export class VmLauncher implements Launcher {
     const sync = () => syncGuestClock(agent).catch((e: Error) => log.debug(`clock sync: ${e.message}`));
     const timers = [setInterval(sync, CLOCK_SYNC_MS)];
     for (const t of timers) t.unref();
-    this.running.set(rec.id, { vm, agent, proxy, server, ...(pod ? { net: pod } : {}), timers });
+    // containerd's PortForward dials localhost in the pod's netns: carried into the guest from there.
+    const portForwarder = pod
+      ? await PortForwarder.start({ nsPath: pod.nsPath, openStream: (id) => openStream(agent, id), log }).catch(
+          (e: Error) => {
+            log.warn(`${e.message}; port-forward into this pod is unavailable`);
+            return undefined;
+          },
+        )
+      : undefined;
+    this.running.set(rec.id, {
+      vm,
+      agent,
+      proxy,
+      server,
+      ...(pod ? { net: pod } : {}),
+      ...(portForwarder ? { portForwarder } : {}),
+      timers,
+    });
     void this.forwardGuestEvents(rec.id, agent, proxy);
   }
 
@@ -264,6 +284,7 @@ export class VmLauncher implements Launcher {
     if (r) {
       for (const t of r.timers) clearInterval(t);
       r.agent.close();
+      await r.portForwarder?.close();
       await r.server.close();
       await r.proxy.releaseAll();
       await r.vm.cleanup();
@@ -350,6 +371,7 @@ export class VmLauncher implements Launcher {
     for (const r of this.running.values()) {
       for (const t of r.timers) clearInterval(t);
       r.agent.close();
+      await r.portForwarder?.close();
       await r.server.close();
       r.vm.detach();
     }

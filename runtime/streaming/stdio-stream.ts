@@ -79,7 +79,8 @@ export async function sendStream(ch: AnyChannel, source: Readable, name: string)
     }
   })();
   const sendAll = async () => {
-    for await (const chunk of source) {
+    // Not destroyed at EOF: a duplex source (a port-forwarded socket) still has its other direction to finish.
+    for await (const chunk of source.iterator({ destroyOnReturn: false })) {
       let buf = chunk as Buffer;
       while (buf.length > 0) {
         while (credit === 0 && !closed) await new Promise<void>((r) => (wake = r));

@@ -2,6 +2,7 @@ import { mkdir, rm } from "node:fs/promises";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import { parseArgs } from "node:util";
+import { PORT_FORWARD_PREFIX } from "../contract/port-forward.ts";
 import { Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
@@ -14,6 +15,7 @@ import { ExitMonitor } from "./exit-monitor.ts";
 import { configureLog, logger } from "./log.ts";
 import { listenForHost, RefusalLog } from "./peer-check.ts";
 import { rootIsInitramfs, setupPid1, shutdownGuest } from "./pid1.ts";
+import { PortForwards } from "./port-forward.ts";
 import { Runc } from "./runc.ts";
 import { setupSandboxNamespaces } from "./sandbox-ns.ts";
 import { sandboxService } from "./services/sandbox-service.ts";
@@ -61,7 +63,8 @@ async function main(argv: string[]): Promise<void> {
   });
   const events = new EventQueue();
   queueTaskEvents(manager, events);
-  const hub = new StreamHub();
+  const portForwards = new PortForwards();
+  const hub = new StreamHub().route(PORT_FORWARD_PREFIX, (ch, id) => portForwards.serve(ch, id));
   const tasks = taskService(manager, hub, () => void stop("Shutdown request"));
   const server = new TtrpcServer()
     .register(Task, tasks)

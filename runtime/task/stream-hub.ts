@@ -15,6 +15,13 @@ const RENDEZVOUS_MS = 30_000;
  */
 export class StreamHub {
   private ends = new Rendezvous<Endpoint>();
+  private routes: Array<[prefix: string, serve: (ch: AnyChannel, id: string) => Promise<void>]> = [];
+
+  /** Streams whose id starts with prefix are served by `serve` instead of a process's stdio (port-forwarding). */
+  route(prefix: string, serve: (ch: AnyChannel, id: string) => Promise<void>): this {
+    this.routes.push([prefix, serve]);
+    return this;
+  }
 
   offer(id: string, endpoint: Endpoint): void {
     this.ends.offer(id, endpoint);
@@ -32,6 +39,8 @@ export class StreamHub {
     const ch: AnyChannel = { send, messages: requests[Symbol.asyncIterator](), end: () => {} };
     const id = await readInit(ch);
     await send(ackMessage());
+    const routed = this.routes.find(([prefix]) => id.startsWith(prefix));
+    if (routed) return routed[1](ch, id);
     const endpoint = await this.ends.claim(id, timeoutMs, "process stdio");
     // the host is held to the same credit as the guest: stdin past its window is cut off, not buffered
     if (endpoint.kind === "source") await sendStream(ch, endpoint.stream, id);

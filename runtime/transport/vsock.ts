@@ -56,7 +56,8 @@ export function vsockAddonCandidates(): string[] {
   ];
 }
 
-function native(): Addon {
+/** The addon, loaded once; netns-tcp.ts uses its TCP calls too. */
+export function native(): Addon {
   if (addon) return addon;
   // An explicit KUASAR_VSOCK_ADDON is used as given: falling back would hide a misconfiguration.
   const explicit = process.env.KUASAR_VSOCK_ADDON;

@@ -1,11 +1,18 @@
 // AF_VSOCK for Node: socket syscalls plus a uv_poll readiness watcher on the fd. Node cannot wrap a vsock
 // fd in net.Socket (libuv only knows TCP/UDP/pipe families), so the stream logic lives in TypeScript
 // (runtime/transport/vsock.ts) and this file stays a thin, non-blocking syscall layer on the event loop.
+// It also has the two TCP syscalls Node lacks for port-forwarding into a pod's netns (runtime/transport/netns-tcp.ts).
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/netfilter_ipv4.h>
 #include <linux/vm_sockets.h>
+#include <netinet/in.h>
 #include <node_api.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -445,6 +452,124 @@ static napi_value js_local_cid(napi_env env, napi_callback_info info) {
   return make_int(env, cid);
 }
 
+// A listener made inside another network namespace: what the thread did and where it failed.
+typedef struct {
+  char path[PATH_MAX];
+  uint32_t port;
+  int32_t backlog;
+  int fd;
+  int err;
+  const char *syscall;
+} netns_listen_t;
+
+static void *netns_listen_thread(void *arg) {
+  netns_listen_t *j = arg;
+  // O_NONBLOCK: a FIFO named by mistake must fail at setns, not block the daemon's event loop in open.
+  int ns = open(j->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (ns < 0) {
+    j->err = errno;
+    j->syscall = "open";
+    return NULL;
+  }
+  // Only this thread moves; it exits right after, and the socket stays in the namespace it was created in.
+  int r = setns(ns, CLONE_NEWNET);
+  j->err = errno;
+  close(ns);
+  if (r != 0) {
+    j->syscall = "setns";
+    return NULL;
+  }
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) {
+    j->err = errno;
+    j->syscall = "socket";
+    return NULL;
+  }
+  int one = 1;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)j->port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
+    j->syscall = "setsockopt";
+  else if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0)
+    j->syscall = "bind";
+  else if (listen(fd, j->backlog) != 0)
+    j->syscall = "listen";
+  else {
+    j->fd = fd;
+    return NULL;
+  }
+  j->err = errno;
+  close(fd);
+  return NULL;
+}
+
+// tcpListenInNetns(nsPath, port, backlog) -> non-blocking TCP fd listening on 127.0.0.1:port (0: the kernel picks)
+// inside the network namespace nsPath. Network namespaces are per thread, so a short-lived thread joins it and the
+// daemon's own threads never leave the host's. Errors name the failing syscall (open, setns, socket, bind, ...).
+static napi_value js_tcp_listen_in_netns(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  netns_listen_t *j = calloc(1, sizeof *j);
+  if (j == NULL) return throw_errno(env, ENOMEM, "tcpListenInNetns");
+  j->fd = -1;
+  napi_value result = NULL;
+  size_t len;
+  if (napi_get_value_string_utf8(env, argv[0], j->path, sizeof j->path, &len) != napi_ok) {
+    napi_throw_type_error(env, "EINVAL", "vsock addon: expected a path");
+    goto out;
+  }
+  if (len >= sizeof j->path - 1) {
+    throw_errno(env, ENAMETOOLONG, "open");
+    goto out;
+  }
+  // open() would stop at an embedded NUL and use a different path than the caller named.
+  if (strlen(j->path) != len) {
+    throw_errno(env, EINVAL, "open");
+    goto out;
+  }
+  if (!get_u32(env, argv[1], &j->port) || !get_i32(env, argv[2], &j->backlog)) goto out;
+  if (j->port > 65535) {
+    throw_errno(env, EINVAL, "bind");
+    goto out;
+  }
+  pthread_t t;
+  int rc = pthread_create(&t, NULL, netns_listen_thread, j);
+  if (rc != 0) {
+    throw_errno(env, rc, "pthread_create");
+    goto out;
+  }
+  pthread_join(t, NULL);
+  if (j->fd < 0) {
+    throw_errno(env, j->err, j->syscall);
+    goto out;
+  }
+  result = make_int(env, j->fd);
+  if (result == NULL) close(j->fd);
+out:
+  free(j);
+  return result;
+}
+
+// tcpOriginalDst(fd) -> { address, port }: where an accepted IPv4 connection was headed before netfilter NAT
+// (iptables REDIRECT) sent it to us; for a connection that was not NATed, our own address.
+static napi_value js_tcp_original_dst(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int32_t fd;
+  if (!get_args(env, info, 1, argv) || !get_i32(env, argv[0], &fd)) return NULL;
+  struct sockaddr_in a;
+  socklen_t len = sizeof a;
+  if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &a, &len) != 0) return throw_errno(env, errno, "getsockopt");
+  if (len < sizeof a || a.sin_family != AF_INET) return throw_errno(env, EAFNOSUPPORT, "getsockopt");
+  char text[INET_ADDRSTRLEN];
+  if (inet_ntop(AF_INET, &a.sin_addr, text, sizeof text) == NULL) return throw_errno(env, errno, "inet_ntop");
+  napi_value obj, address;
+  CHECK(env, napi_create_object(env, &obj));
+  CHECK(env, napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &address));
+  CHECK(env, napi_set_named_property(env, obj, "address", address));
+  if (!set_u32(env, obj, "port", ntohs(a.sin_port))) return NULL;
+  return obj;
+}
+
 // Test hooks: the same handle code over AF_UNIX, so stream semantics are testable where vsock has no peer.
 static bool unix_sockaddr(napi_env env, napi_value v, struct sockaddr_un *a) {
   memset(a, 0, sizeof *a);
@@ -515,6 +640,8 @@ NAPI_MODULE_INIT() {
       {"vsockConnect", NULL, js_vsock_connect, NULL, NULL, NULL, napi_enumerable, NULL},
       {"vsockLocalAddress", NULL, js_vsock_local_address, NULL, NULL, NULL, napi_enumerable, NULL},
       {"localCid", NULL, js_local_cid, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"tcpListenInNetns", NULL, js_tcp_listen_in_netns, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"tcpOriginalDst", NULL, js_tcp_original_dst, NULL, NULL, NULL, napi_enumerable, NULL},
       {"unixListen", NULL, js_unix_listen, NULL, NULL, NULL, napi_enumerable, NULL},
       {"unixConnect", NULL, js_unix_connect, NULL, NULL, NULL, napi_enumerable, NULL},
       {"socketpair", NULL, js_socketpair, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -1,15 +1,15 @@
 import type net from "node:net";
 import { TaskCreateSchema, TaskDeleteSchema, TaskExecAddedSchema } from "../../protos/gen/containerd/events/task_pb.ts";
 import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
-import { Streaming } from "../../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
+import type { Streaming } from "../../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import { writeTaskLink } from "../../shim/task-link.ts";
 import { ProtocolViolation } from "../../streaming/messages.ts";
+import { openStream } from "../../streaming/open.ts";
 import { relayStreams } from "../../streaming/relay.ts";
 import { Rendezvous } from "../../streaming/rendezvous.ts";
 import {
   type AnyChannel,
   ackMessage,
-  initMessage,
   readInit,
   receiveStream,
   STREAM_PREFIX,
@@ -105,13 +105,8 @@ export class TaskProxy {
     };
   }
 
-  private async openChannel(streamId: string): Promise<AnyChannel> {
-    const call = this.deps.agent().service(Streaming).stream();
-    const it = call[Symbol.asyncIterator]();
-    await call.send(initMessage(streamId));
-    const ack = await it.next();
-    if (ack.done) throw new Error(`guest refused stdio stream ${streamId}`);
-    return { send: (m) => call.send(m), messages: it, end: () => call.closeSend() };
+  private openChannel(streamId: string): Promise<AnyChannel> {
+    return openStream(this.deps.agent(), streamId);
   }
 
   /** Connects the host FIFOs to the guest process's stdio streams. */

@@ -12,7 +12,7 @@ import {
   checkShim,
   shimBinary,
 } from "../../../runtime/doctor/containerd.ts";
-import { checkCgroup, checkHostKernel, checkKvm, checkVsock } from "../../../runtime/doctor/host.ts";
+import { checkCgroup, checkHostKernel, checkKvm, checkPortForward, checkVsock } from "../../../runtime/doctor/host.ts";
 import { checkDaemon, checkPaths } from "../../../runtime/doctor/paths.ts";
 import type { DoctorProbes, RunResult } from "../../../runtime/doctor/probes.ts";
 import { exitCode, formatText, summarize } from "../../../runtime/doctor/report.ts";
@@ -465,4 +465,13 @@ test("report: one line per check, a fix under failures and warnings, exit status
   const failed = summarize([{ id: "a", status: "fail", verdict: "broken", fix: "mend" }]);
   assert.equal(exitCode(failed), 1);
   assert.match(formatText(failed), /^FAIL {2}a {2}broken\n {7}fix: mend\n1 check failed, 0 warnings/);
+});
+
+test("port-forward: iptables present is ok, missing is a warning naming what stops working", async () => {
+  const ok = await checkPortForward(host({ programs: { "/usr/sbin/iptables": "" } }));
+  assert.equal(ok.status, "ok");
+  const missing = await checkPortForward(host({}));
+  assert.equal(missing.status, "warn");
+  assert.match(missing.verdict, /kubectl port-forward into them fails/);
+  assert.match(missing.fix ?? "", /apt-get install iptables/);
 });

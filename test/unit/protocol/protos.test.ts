@@ -95,7 +95,8 @@ describe("service wire names", () => {
     );
     assert.equal(SandboxService.method.getEvents.output.typeName, "containerd.services.events.ttrpc.v1.Envelope");
     assert.equal(RuntimeService.typeName, "runtime.v1.RuntimeService");
-    assert.equal(RuntimeService.methods.length, 13);
+    assert.equal(RuntimeService.methods.length, 14);
+    assert.equal(RuntimeService.method.portForward.name, "PortForward");
     assert.deepEqual(
       ImageService.methods.map((m) => m.name),
       ["ListImages", "ImageStatus", "PullImage"],
