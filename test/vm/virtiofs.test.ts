@@ -54,6 +54,10 @@ test("a pod VM with its share on virtio-fs runs a container from it", { timeout:
   );
   const r = await runContainer(dir, started.address, "c", "echo written > /tmp/x; cat /tmp/x");
   assert.deepEqual(r, { out: "written\n", status: 0 });
+  // The pod's files reach containers over virtio-fs as over 9p.
+  const etc = await runContainer(dir, started.address, "etc", "cat /etc/resolv.conf /etc/hostname");
+  const share = (f: string) => readFileSync(path.join(sandboxDir, "mounts", f), "utf8");
+  assert.deepEqual(etc, { out: share("resolv.conf") + share("hostname"), status: 0 });
   assert.match(readFileSync(path.join(sandboxDir, "console.log"), "utf8"), /share virtiofs mounted/);
   await controller.shutdown({ sandboxId: "fs" });
   assert.deepEqual(processesMatching(sandboxDir), [], "QEMU, virtiofsd and vhost-device-vsock are gone");
