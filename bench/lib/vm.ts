@@ -5,6 +5,8 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { open, readdir } from "node:fs/promises";
 import path from "node:path";
+import { AGENT_PORT } from "../../runtime/contract/ports.ts";
+import { showsAgentReady } from "../../runtime/contract/readiness.ts";
 import { SandboxService } from "../../runtime/protos/gen/kuasar/sandbox_pb.ts";
 import { dial } from "../../runtime/transport/address.ts";
 import { TtrpcClient } from "../../runtime/ttrpc/index.ts";
@@ -114,16 +116,18 @@ export function daemonSteps(log: string, id: string): DaemonSteps {
   return steps;
 }
 
-/** Lines on the guest's serial console that mark boot stages. */
+const shows = (needle: string) => (text: string) => text.includes(needle);
+
+/** What on the guest's serial console marks each boot stage. */
 export const CONSOLE_MARKS = {
   /** SeaBIOS's banner: QEMU is running guest code. */
-  firmware: "SeaBIOS",
+  firmware: shows("SeaBIOS"),
   /** The kernel's first line. */
-  kernel: "Linux version",
+  kernel: shows("Linux version"),
   /** The kernel hands over to the init. */
-  init: "Run /sbin/init",
+  init: shows("Run /sbin/init"),
   /** vmm-task listens on vsock (the line the daemon waits for before dialling). */
-  agent: "vmm-task serving ttrpc on vsock port",
+  agent: showsAgentReady,
 } as const;
 export type ConsoleMark = keyof typeof CONSOLE_MARKS;
 export type ConsoleTimes = Partial<Record<ConsoleMark, number>>;
@@ -151,8 +155,8 @@ class ConsoleFollower {
       this.offset = size;
       const now = Date.now();
       const text = this.carry + buf.toString("latin1");
-      for (const [mark, needle] of Object.entries(CONSOLE_MARKS) as Array<[ConsoleMark, string]>) {
-        if (this.seen[mark] === undefined && text.includes(needle)) this.seen[mark] = now;
+      for (const [mark, seen] of Object.entries(CONSOLE_MARKS) as Array<[ConsoleMark, (text: string) => boolean]>) {
+        if (this.seen[mark] === undefined && seen(text)) this.seen[mark] = now;
       }
       // keep enough of the tail for a mark split across two reads
       this.carry = text.slice(-64);
@@ -210,7 +214,7 @@ export class ConsoleWatch {
 
 /** Runs a shell command in the guest through the agent's ExecVMProcess, over a connection of its own. */
 export async function guestExec(agentUds: string, command: string): Promise<string> {
-  const client = new TtrpcClient(await dial(`hvsock://${agentUds}:1024`, { timeoutMs: 5000 }));
+  const client = new TtrpcClient(await dial(`hvsock://${agentUds}:${AGENT_PORT}`, { timeoutMs: 5000 }));
   try {
     return (await client.service(SandboxService).execVMProcess({ command }, { timeoutMs: 60_000 })).out;
   } finally {

@@ -7,6 +7,7 @@ import type { Stage } from "../lib/stage.ts";
 const SOURCES = [
   "runtime/sandboxer",
   "runtime/contract",
+  "runtime/log",
   "runtime/protos",
   "runtime/cgroups",
   "runtime/ttrpc",
@@ -14,10 +15,9 @@ const SOURCES = [
   "runtime/streaming",
   "runtime/text",
   "runtime/grpc",
-  // kuasar-ctl, and the host check both binaries run (it reads task.* parameters with the agent's own parser).
+  // kuasar-ctl, and the host check both binaries run (it reads task.* parameters with the contract's parser).
   "runtime/ctl",
   "runtime/doctor",
-  "runtime/task",
   "runtime/shim",
 ];
 

@@ -10,6 +10,7 @@ import type { Stage } from "../lib/stage.ts";
 const SOURCES = [
   "runtime/task",
   "runtime/contract",
+  "runtime/log",
   "runtime/protos",
   "runtime/cgroups",
   "runtime/ttrpc",

@@ -1,15 +1,13 @@
 import { randomBytes } from "node:crypto";
 import type { Duplex, Writable } from "node:stream";
+import { DEBUG_CONSOLE_PORT } from "../contract/ports.ts";
 import type { AgentAddress } from "../sandboxer/hypervisor/index.ts";
 import { dial, formatAddress, type TransportAddress } from "../transport/address.ts";
 
-/** vmm-task serves a shell on a pty here when the guest booted with task.debug. */
-export const DEBUG_PORT = 1025;
-
 export function consoleAddress(agent: AgentAddress): TransportAddress {
   return agent.kind === "hvsock"
-    ? { transport: "hvsock", path: agent.udsPath, port: DEBUG_PORT }
-    : { transport: "vsock", cid: agent.cid, port: DEBUG_PORT };
+    ? { transport: "hvsock", path: agent.udsPath, port: DEBUG_CONSOLE_PORT }
+    : { transport: "vsock", cid: agent.cid, port: DEBUG_CONSOLE_PORT };
 }
 
 /** Connects to a sandbox's debug console; errors say whether the VM or the console is missing. */

@@ -2,11 +2,11 @@ import { createHash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
+import { parseCmdline } from "../contract/kernel-params.ts";
 import { ConfigError, loadConfig } from "../sandboxer/config/load.ts";
 import { type Config, defaultConfig } from "../sandboxer/config/schema.ts";
 import { virtiofsd } from "../sandboxer/hypervisor/guest.ts";
 import { chooseVsock, virtiofsdDialect } from "../sandboxer/hypervisor/host.ts";
-import { parseCmdline } from "../task/cmdline.ts";
 import type { DoctorProbes } from "./probes.ts";
 import type { CheckResult } from "./report.ts";
 

@@ -1,10 +1,7 @@
 import type { Duplex } from "node:stream";
+import { AGENT_PORT } from "../contract/ports.ts";
 import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
 import { TtrpcClient } from "../ttrpc/index.ts";
-
-/** Port vmm-task serves ttrpc on (Kuasar's guest contract). */
-export const AGENT_PORT = 1024;
-export const DEBUG_CONSOLE_PORT = 1025;
 
 /**
  * Connects to the guest agent, retrying until it answers Check or the deadline passes. A VM that exits, or

@@ -1,5 +1,6 @@
 import { type DescField, type DescMessage, fromBinary, type Message, ScalarType } from "@bufbuild/protobuf";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
+import { validateId } from "../contract/ids.ts";
 import {
   type TaskExecStarted,
   TaskExecStartedSchema,
@@ -11,7 +12,6 @@ import {
   TaskStartSchema,
 } from "../protos/gen/containerd/events/task_pb.ts";
 import { type EventPublisher, ThrottledWarning } from "./events.ts";
-import { validateId } from "./ids.ts";
 import type { Logger } from "./log.ts";
 
 /** Real guest events are a few hundred bytes; anything much larger is refused before it is decoded. */

@@ -1,6 +1,7 @@
 import { existsSync } from "node:fs";
 import { chmod, mkdir, rm } from "node:fs/promises";
 import * as grpc from "@grpc/grpc-js";
+import pkg from "../../package.json" with { type: "json" };
 import { doctorMain } from "../doctor/cli.ts";
 import { addUnaryService } from "../grpc/service.ts";
 import { Controller } from "../protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
@@ -14,7 +15,8 @@ import { sdNotify, startWatchdog } from "./notify.ts";
 import { SandboxManager } from "./sandbox/manager.ts";
 import { VmLauncher } from "./vm-launcher.ts";
 
-const VERSION = "0.1.0";
+// The bundler inlines package.json, so a shipped binary reports the version it was built from.
+const VERSION = pkg.version;
 const log = logger("vmm_sandboxer");
 
 async function readConfig(file: string, explicit: boolean): Promise<Config> {

@@ -3,6 +3,7 @@ import { open, rm } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import type { CgroupStats } from "../cgroups/stats.ts";
+import { showsAgentReady } from "../contract/readiness.ts";
 import { Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
@@ -38,8 +39,6 @@ import { vmSize } from "./vm-size.ts";
 /** After a daemon restart a live agent answers at once: fail fast and clean up instead. */
 const RECOVER_AGENT_DEADLINE_MS = 3_000;
 const CLOCK_SYNC_MS = 60_000;
-/** vmm-task's readiness line on the serial console. */
-const AGENT_LISTENING = "vmm-task serving ttrpc on vsock port";
 /** Past this a guest that does not log the line (quieter log level) is dialled anyway. */
 const AGENT_CONSOLE_WAIT_MS = 60_000;
 
@@ -140,7 +139,7 @@ export class VmLauncher implements Launcher {
       if (started.agentAddress.kind === "hvsock") {
         await waitForConsole(
           started.consoleLog,
-          AGENT_LISTENING,
+          showsAgentReady,
           Math.min(AGENT_CONSOLE_WAIT_MS, agentTimeout),
           () => !exited && !cancelled(),
         );
@@ -384,8 +383,13 @@ function podCgroupOf(rec: SandboxRecord): PodCgroup | undefined {
   return parent ? PodCgroup.resolve(parent, rec.id) : undefined;
 }
 
-/** Polls the console log until it contains `needle`; gives up quietly after ms or when alive() turns false. */
-async function waitForConsole(file: string, needle: string, ms: number, alive: () => boolean): Promise<void> {
+/** Polls the console log until its tail shows `seen`; gives up quietly after ms or when alive() turns false. */
+async function waitForConsole(
+  file: string,
+  seen: (tail: string) => boolean,
+  ms: number,
+  alive: () => boolean,
+): Promise<void> {
   const until = Date.now() + ms;
   // inotify wakes us as soon as the VMM appends; the timeout covers file systems without it.
   let wake = () => {};
@@ -398,7 +402,7 @@ async function waitForConsole(file: string, needle: string, ms: number, alive: (
   }
   try {
     while (Date.now() < until && alive()) {
-      if ((await tail(file, 200)).includes(needle)) return;
+      if (seen(await tail(file, 200))) return;
       await new Promise<void>((r) => {
         const t = setTimeout(r, 250);
         wake = () => {

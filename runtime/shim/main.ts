@@ -1,12 +1,14 @@
 import { parseArgs } from "node:util";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
+import pkg from "../../package.json" with { type: "json" };
 import { type DeleteResponse, DeleteResponseSchema, Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { dial } from "../transport/address.ts";
 import { Code, TtrpcClient, TtrpcError } from "../ttrpc/index.ts";
 import { readTaskLink } from "./task-link.ts";
 
-const VERSION = "0.1.0";
+// The bundler inlines package.json, so a shipped binary reports the version it was built from.
+const VERSION = pkg.version;
 const DELETE_TIMEOUT_MS = 10_000;
 /** What runc's shim reports for a task whose process is gone without a status: killed (128 + SIGKILL). */
 const KILLED = 137;

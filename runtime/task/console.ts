@@ -2,12 +2,10 @@ import { spawn } from "node:child_process";
 import { closeSync } from "node:fs";
 import { constants } from "node:os";
 import type { Duplex } from "node:stream";
+import { DEBUG_CONSOLE_PORT } from "../contract/ports.ts";
+import type { Logger } from "../log/log.ts";
 import { ptyAddon } from "../native/pty/addon.ts";
-import type { Logger } from "./log.ts";
 import { PtyStream } from "./stdio.ts";
-
-/** vmm-task serves the debug console (task.debug) on this vsock port. */
-export const DEBUG_PORT = 1025;
 
 export interface DebugShell {
   /** The pty master: write keystrokes, read the screen. Ends when the shell and its children are gone. */
@@ -21,7 +19,7 @@ export interface DebugShell {
 }
 
 /**
- * Starts a shell on a new pty for the debug console (vsock port 1025). `setsid -c` (busybox and util-linux)
+ * Starts a shell on a new pty for the debug console (DEBUG_CONSOLE_PORT). `setsid -c` (busybox and util-linux)
  * makes the pty the shell's controlling terminal, so job control and ^C work; the shell stays a direct child,
  * so libuv reaps it.
  */
@@ -77,7 +75,7 @@ export function serveDebugShell(conn: Duplex, shell: string): DebugShell {
 }
 
 /**
- * task.debug: a shell on a pty for each connection to vsock port 1025, through `listen` (the agent's host-only
+ * task.debug: a shell on a pty for each connection to DEBUG_CONSOLE_PORT, through `listen` (the agent's host-only
  * listener). Without task.debug the port is not listened on at all; returns null then.
  */
 export function serveDebugConsole<L>(
@@ -86,7 +84,7 @@ export function serveDebugConsole<L>(
   log: Pick<Logger, "warn">,
 ): L | null {
   if (!params.debug) return null;
-  const l = listen(DEBUG_PORT, (conn) => serveDebugShell(conn, params.debugShell));
-  log.warn(`task.debug is set: a debug shell (${params.debugShell}) is served on vsock port ${DEBUG_PORT}`);
+  const l = listen(DEBUG_CONSOLE_PORT, (conn) => serveDebugShell(conn, params.debugShell));
+  log.warn(`task.debug is set: a debug shell (${params.debugShell}) is served on vsock port ${DEBUG_CONSOLE_PORT}`);
   return l;
 }

@@ -3,23 +3,16 @@ import { closeSync } from "node:fs";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { type CgroupPaths, type CgroupStats, cgroupOf, readCgroupStats } from "../cgroups/stats.ts";
+import { validateId } from "../contract/ids.ts";
+import type { OciProcess, OciSpec } from "../contract/oci.ts";
+import { type Logger, logger } from "../log/log.ts";
 import { ptyAddon } from "../native/pty/addon.ts";
 import { TaskError } from "./errors.ts";
-import { type Logger, logger } from "./log.ts";
 import { type OomEvent, OomWatcher } from "./oom.ts";
 import type { Exit, ExitSource, IoOptions, TaskProcess, TaskStatus } from "./process.ts";
 import { Proc } from "./process.ts";
 import { type InheritedStdio, type Runc, RuncError } from "./runc.ts";
-import {
-  adjustProcessSpec,
-  adjustResources,
-  type GuestLsm,
-  guestHasSwap,
-  guestLsm,
-  type OciProcess,
-  type OciSpec,
-  prepareBundle,
-} from "./spec.ts";
+import { adjustProcessSpec, adjustResources, type GuestLsm, guestHasSwap, guestLsm, prepareBundle } from "./spec.ts";
 import { openStdioPipes, PtyStream } from "./stdio.ts";
 
 export interface ContainerManagerOptions {
@@ -85,9 +78,6 @@ interface Container {
   deleted: boolean;
 }
 
-// containerd's identifier rule (pkg/identifiers); it also keeps ids safe as file names.
-const ID_RE = /^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$/;
-
 /** How long delete() waits for the exit of an init that runc delete --force killed. */
 const KILLED_EXIT_WAIT_MS = 10_000;
 
@@ -142,9 +132,9 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
 
   /** runc create: the init process exists (stdio ready) but waits for start(). Returns its pid. */
   async create(id: string, bundle: string, io: IoOptions = {}): Promise<number> {
-    if (!ID_RE.test(id) || id.length > 76) {
-      throw new TaskError("InvalidArgument", `container id "${id}" is invalid: use letters, digits and . _ - (max 76)`);
-    }
+    // containerd's rule, as the host applies it: the id is a file name here.
+    const invalid = validateId("container", id);
+    if (invalid) throw new TaskError("InvalidArgument", invalid);
     if (this.#containers.has(id) || this.#reserved.has(id)) {
       throw new TaskError("AlreadyExists", `container ${id} already exists`);
     }

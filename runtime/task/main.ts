@@ -3,6 +3,9 @@ import net from "node:net";
 import type { Duplex } from "node:stream";
 import { parseArgs } from "node:util";
 import { PORT_FORWARD_PREFIX } from "../contract/port-forward.ts";
+import { AGENT_PORT } from "../contract/ports.ts";
+import { agentReadyLine } from "../contract/readiness.ts";
+import { configureLog, logger } from "../log/log.ts";
 import { Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
@@ -12,7 +15,6 @@ import { serveDebugConsole } from "./console.ts";
 import { ContainerManager } from "./containers.ts";
 import { EventQueue } from "./event-queue.ts";
 import { ExitMonitor } from "./exit-monitor.ts";
-import { configureLog, logger } from "./log.ts";
 import { listenForHost, RefusalLog } from "./peer-check.ts";
 import { rootIsInitramfs, setupPid1, shutdownGuest } from "./pid1.ts";
 import { PortForwards } from "./port-forward.ts";
@@ -23,11 +25,12 @@ import { taskService } from "./services/task-service.ts";
 import { StreamHub } from "./stream-hub.ts";
 import { queueTaskEvents } from "./task-events.ts";
 
-const AGENT_PORT = 1024;
+// The agent's lines pad the level like Kuasar's (env_logger).
+configureLog({ padLevel: true });
 const log = logger("vmm_task");
 
 /**
- * vmm-task: in the guest it is started by the C init (PID 1), sets the VM up and serves ttrpc on vsock 1024.
+ * vmm-task: in the guest it is started by the C init (PID 1), sets the VM up and serves ttrpc on vsock AGENT_PORT.
  * `--listen unix:<path>` serves on a unix socket instead and skips the PID 1 duties, so the same agent runs on
  * a host (under the init in subreaper mode) for tests.
  */
@@ -92,9 +95,7 @@ async function main(argv: string[]): Promise<void> {
     await new Promise<void>((resolve) => l.listen(path, resolve));
   }
   // Printed whatever the log level: over hybrid vsock the host waits for this console line before it dials.
-  process.stderr.write(
-    `[${new Date().toISOString()} INFO  vmm_task] vmm-task serving ttrpc on ${guest ? `vsock port ${AGENT_PORT}` : values.listen}\n`,
-  );
+  process.stderr.write(agentReadyLine(guest ? undefined : values.listen));
 
   async function stop(signal: string): Promise<void> {
     log.info(`${signal}: stopping containers`);

@@ -1,6 +1,6 @@
 import type { Duplex } from "node:stream";
+import type { Logger } from "../log/log.ts";
 import { listenVsock, type VsockServer } from "../transport/vsock.ts";
-import type { Logger } from "./log.ts";
 
 /** The host's CID: every transport (vhost-vsock, cloud-hypervisor, vhost-device-vsock) sends host connections from it. */
 export const HOST_CID = 2;

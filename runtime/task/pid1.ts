@@ -3,8 +3,8 @@ import { copyFile, mkdir, readFile, symlink, unlink, writeFile } from "node:fs/p
 import path from "node:path";
 import { execa } from "execa";
 import { GUEST_POD_FILES_DIR, GUEST_SHARE, POD_FILES, SHARE_TAG } from "../contract/share.ts";
+import type { Logger } from "../log/log.ts";
 import type { ContainerManager } from "./containers.ts";
-import type { Logger } from "./log.ts";
 
 export class Pid1Error extends Error {
   constructor(message: string) {

@@ -1,6 +1,6 @@
 import type { Readable, Writable } from "node:stream";
+import type { OciProcess } from "../contract/oci.ts";
 import { TaskError } from "./errors.ts";
-import type { OciProcess } from "./spec.ts";
 import { closeWritable, type PtyStream } from "./stdio.ts";
 
 /** containerd's task status names (containerd.v1.types.Status). */

@@ -1,31 +1,8 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
+import type { OciNamespace, OciProcess, OciSpec } from "../contract/oci.ts";
 import { TaskError } from "./errors.ts";
-
-/** The parts of an OCI runtime spec the guest adjusts; everything else passes through untouched. */
-export interface OciNamespace {
-  type: string;
-  path?: string;
-}
-export interface OciProcess {
-  terminal?: boolean;
-  args?: string[];
-  apparmorProfile?: string;
-  selinuxLabel?: string;
-  [key: string]: unknown;
-}
-export interface OciSpec {
-  root?: { path: string; readonly?: boolean };
-  process?: OciProcess;
-  linux?: {
-    namespaces?: OciNamespace[];
-    cgroupsPath?: string;
-    mountLabel?: string;
-    [key: string]: unknown;
-  };
-  [key: string]: unknown;
-}
 
 /** Security modules the guest kernel enforces; labels for others would make runc fail. */
 export interface GuestLsm {

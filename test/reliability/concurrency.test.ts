@@ -6,13 +6,14 @@ import { test } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import { unaryClient } from "../../runtime/grpc/service.ts";
 import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
-import { type ControllerClient, FakeLauncher, fakeDaemon, rng, statusVersusDisk } from "./harness.ts";
+import { fuzzSeed, rng, subSeed, withSeed } from "../lib/rng.ts";
+import { type ControllerClient, FakeLauncher, fakeDaemon, statusVersusDisk } from "./harness.ts";
 
 // 8 clients issue interleaved Create/Start/Status/Stop/Shutdown (and Wait) on ids they share and on ids of their
 // own, over the real gRPC socket, against the daemon's SandboxManager on a launcher whose VMs take a few ms to start
 // and stop. Checked: every answer is one the sandbox's state allows, nothing deadlocks, Status agrees with
 // sandbox.json, a VM runs exactly for each running sandbox, and nothing is left after.
-const SEED = Number(process.env.CONCURRENCY_SEED ?? 0xc0c0);
+const SEED = fuzzSeed("concurrency");
 const CLIENTS = 8;
 const OPS_PER_CLIENT = 2500;
 const SHARED = ["s0", "s1", "s2"];
@@ -56,11 +57,15 @@ async function client(c: ControllerClient, n: number, random: () => number, pend
   }
 }
 
-test(`${CLIENTS} clients interleave Create/Start/Status/Stop/Shutdown on shared and own ids`, {
-  timeout: BOUND_MS + 60_000,
-}, async () => {
+test(
+  `${CLIENTS} clients interleave Create/Start/Status/Stop/Shutdown on shared and own ids`,
+  { timeout: BOUND_MS + 60_000 },
+  () => withSeed(SEED, interleave),
+);
+
+async function interleave(): Promise<void> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "rel-conc-"));
-  const launcher = new FakeLauncher(rng(SEED ^ 7), 4);
+  const launcher = new FakeLauncher(rng(subSeed(SEED, CLIENTS)), 4);
   const d = await fakeDaemon(dir, launcher);
   const state = path.join(dir, "state");
   try {
@@ -77,12 +82,12 @@ test(`${CLIENTS} clients interleave Create/Start/Status/Stop/Shutdown on shared 
       );
     });
     await Promise.race([
-      Promise.all(conns.map((c, n) => client(c.client, n, rng(SEED + n), pending, bad))),
+      Promise.all(conns.map((c, n) => client(c.client, n, rng(subSeed(SEED, n)), pending, bad))),
       deadlock,
     ]).finally(() => clearTimeout(timer));
     for (const c of conns) c.close();
     console.log(`concurrency: ${CLIENTS * OPS_PER_CLIENT} operations in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-    assert.deepEqual(bad.slice(0, 20), [], `${bad.length} answers the state did not allow (seed ${SEED})`);
+    assert.deepEqual(bad.slice(0, 20), [], `${bad.length} answers the state did not allow`);
 
     const ids = [...SHARED, ...Array.from({ length: CLIENTS }, (_, n) => [`c${n}-a`, `c${n}-b`]).flat()];
     assert.deepEqual(await statusVersusDisk(d.client, state, ids), []);
@@ -100,4 +105,4 @@ test(`${CLIENTS} clients interleave Create/Start/Status/Stop/Shutdown on shared 
     d.close();
     await rm(dir, { recursive: true, force: true });
   }
-});
+}

@@ -6,12 +6,12 @@ import path from "node:path";
 import { test } from "node:test";
 import { ConfigError, loadConfig, parseConfig } from "../../runtime/sandboxer/config/load.ts";
 import { type Config, type Field, TABLES } from "../../runtime/sandboxer/config/schema.ts";
+import { fuzzSeed, rng, withSeed } from "../lib/rng.ts";
 import { repo } from "../vm/harness.ts";
-import { rng } from "./harness.ts";
 
 // Mutated TOML (bytes, lines, values, tables, prototype keys) through the config loader: it returns a config whose
 // every key has its schema's type and range, or throws its ConfigError naming the file; nothing else.
-const SEED = Number(process.env.CONFIG_FUZZ_SEED ?? 0x70e1);
+const SEED = fuzzSeed("config fuzz");
 const CASES = 30_000;
 const FILE = "/etc/kuasar/fuzzed config.toml";
 
@@ -134,7 +134,10 @@ function checkAccepted(config: Config): string[] {
   return out;
 }
 
-test(`${CASES} mutated config files: a valid config or a ConfigError naming the file, nothing else`, () => {
+test(`${CASES} mutated config files: a valid config or a ConfigError naming the file, nothing else`, () =>
+  withSeed(SEED, mutatedConfigs));
+
+function mutatedConfigs(): void {
   const random = rng(SEED);
   let accepted = 0;
   let refused = 0;
@@ -144,7 +147,7 @@ test(`${CASES} mutated config files: a valid config or a ConfigError naming the 
     try {
       const { config, warnings } = parseConfig(text, FILE);
       const bad = checkAccepted(config);
-      assert.deepEqual(bad, [], `case ${i} (seed ${SEED}) was accepted with bad values:\n${text}`);
+      assert.deepEqual(bad, [], `case ${i} was accepted with bad values:\n${text}`);
       assert.ok(
         warnings.every((w) => w.startsWith(`${FILE}: `)),
         `case ${i}: a warning without the file: ${warnings.join("; ")}`,
@@ -152,7 +155,7 @@ test(`${CASES} mutated config files: a valid config or a ConfigError naming the 
       accepted++;
     } catch (err) {
       if (!(err instanceof ConfigError)) {
-        assert.fail(`case ${i} (seed ${SEED}) threw ${(err as Error)?.name}: ${(err as Error)?.message}\n${text}`);
+        assert.fail(`case ${i} threw ${(err as Error)?.name}: ${(err as Error)?.message}\n${text}`);
       }
       assert.ok(err.message.includes(FILE) && err.problems.length > 0, `case ${i}: ${err.message}`);
       refused++;
@@ -163,7 +166,7 @@ test(`${CASES} mutated config files: a valid config or a ConfigError naming the 
     accepted > CASES / 50 && refused > CASES / 2,
     `accepted ${accepted}, refused ${refused}: mutations drifted`,
   );
-});
+}
 
 test("loadConfig on unreadable, binary and huge files gives its ConfigError naming the file", async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), "rel-config-"));

@@ -4,27 +4,24 @@ import { mkdtemp, readdir, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, type DescMethod, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
+import { validateId } from "../../runtime/contract/ids.ts";
 import { unaryClient } from "../../runtime/grpc/service.ts";
 import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { PodSandboxConfigSchema } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
-import { validateId } from "../../runtime/sandboxer/ids.ts";
+import { fuzzSeed, rng, subSeed, withSeed } from "../lib/rng.ts";
 import { cleanupDaemonDir, type Daemon, requireArtifacts, startDaemon, writeConfig } from "../vm/harness.ts";
-import {
-  type ControllerClient,
-  FakeLauncher,
-  fakeDaemon,
-  footprint,
-  rng,
-  settledFds,
-  statusVersusDisk,
-} from "./harness.ts";
+import { type ControllerClient, FakeLauncher, fakeDaemon, footprint, settledFds, statusVersusDisk } from "./harness.ts";
 
 // Random and mutated Controller requests over the real gRPC socket: the bulk against a SandboxManager on a fake
 // launcher (>= 100k), a smaller set against the real daemon. No crash, every error is a clear one of the codes a
 // bad request deserves, Status agrees with sandbox.json after, nothing is left behind.
-const SEED = Number(process.env.CONTROLLER_FUZZ_SEED ?? 0xc0ffee);
+const SEED = fuzzSeed("controller fuzz");
+/** Wait on a valid id blocks until that sandbox exits, so its caller's deadline ending it is a correct answer. */
+const WAIT_DEADLINE_MS = 50;
+/** Every other request waits on nothing but the daemon: no answer within this long is a hang. */
+const ANSWER_DEADLINE_MS = 60_000;
 const VALID_IDS = ["f0", "f1", "f2", "f3", "f4", "f5"];
 const BAD_IDS = [
   "",
@@ -119,23 +116,35 @@ function generator(random: () => number) {
         return { sandboxId };
     }
   };
-  /** Raw bytes for a random method path: a valid request mutated, or noise. */
-  const raw = (): { path: string; body: Buffer } => {
+  /** Raw bytes for a random method path: a valid request mutated, or noise; with the id the daemon decodes from it. */
+  const raw = (): { path: string; method: string; body: Buffer; sandboxId: string | undefined } => {
     const i = int(METHODS.length);
     const m = Controller.methods[i]!;
     const valid = toBinary(m.input, create(m.input, request(m.localName) as never));
-    return { path: PATHS[i]!, body: random() < 0.8 ? mutate(valid) : bytes(int(200)) };
+    const body = random() < 0.8 ? mutate(valid) : bytes(int(200));
+    return { path: PATHS[i]!, method: m.localName, body, sandboxId: decodedId(m, body) };
   };
   return { int, pick, request, raw };
 }
 
-/** Codes a bad or conflicting request may get; anything else (UNKNOWN, UNAVAILABLE, a crash) fails the test. */
+/** The sandbox id the daemon reads from a raw body; undefined when the body does not decode. */
+function decodedId(m: DescMethod, body: Uint8Array): string | undefined {
+  try {
+    return (fromBinary(m.input, body) as unknown as { sandboxId: string }).sandboxId;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Codes a bad or conflicting request may get; anything else (UNKNOWN, UNAVAILABLE, a crash) fails the test. Not
+ * DEADLINE_EXCEEDED or CANCELLED: nothing here cancels, and only a Wait on a valid id may outlive its deadline.
+ */
 const EXPECTED = new Set([
   grpc.status.INVALID_ARGUMENT,
   grpc.status.NOT_FOUND,
   grpc.status.ALREADY_EXISTS,
   grpc.status.FAILED_PRECONDITION,
-  grpc.status.DEADLINE_EXCEEDED,
 ]);
 
 interface FuzzResult {
@@ -155,16 +164,22 @@ async function fuzz(
   seed: number,
   allowInternal: RegExp,
 ): Promise<FuzzResult> {
-  const random = rng(seed);
-  const g = generator(random);
   const raw = new grpc.Client(target, grpc.credentials.createInsecure());
   const result: FuzzResult = { ok: 0, codes: new Map() };
   const failures: string[] = [];
   const one = async (n: number): Promise<void> => {
+    // Request n draws from its own stream: the seed replays it whatever order the answers came in.
+    const random = rng(subSeed(seed, n));
+    const g = generator(random);
     const isRaw = random() < 0.2;
     const m = g.pick(METHODS);
     const req = isRaw ? g.raw() : g.request(m);
-    const deadline = m === "wait" || isRaw ? { deadlineMs: 50 } : {};
+    const sandboxId = req.sandboxId as string | undefined;
+    const validId = sandboxId !== undefined && validateId("sandbox", sandboxId) === undefined;
+    const badId = sandboxId !== undefined && !validId;
+    const what = "path" in req ? `raw ${req.path}` : m;
+    const blocks = ("path" in req ? req.method : m) === "wait" && validId;
+    const deadlineMs = blocks ? WAIT_DEADLINE_MS : ANSWER_DEADLINE_MS;
     const err = await new Promise<grpc.ServiceError | undefined>((resolve) => {
       if ("path" in req) {
         raw.makeUnaryRequest(
@@ -173,37 +188,36 @@ async function fuzz(
           (b: Buffer) => b,
           req.body as Buffer,
           new grpc.Metadata(),
-          { deadline: Date.now() + 2000 },
+          { deadline: Date.now() + deadlineMs },
           (e) => resolve(e ?? undefined),
         );
       } else {
-        (client[m as keyof ControllerClient] as (r: unknown, o: unknown) => Promise<unknown>)(req, deadline).then(
+        (client[m as keyof ControllerClient] as (r: unknown, o: unknown) => Promise<unknown>)(req, { deadlineMs }).then(
           () => resolve(undefined),
           resolve,
         );
       }
     });
-    const badId = !("path" in req) && !VALID_IDS.includes(req.sandboxId as string);
     if (!err) {
       result.ok++;
-      if (badId) failures.push(`#${n} ${m} with sandbox id ${JSON.stringify(req.sandboxId).slice(0, 80)} succeeded`);
+      if (badId) failures.push(`#${n} ${what} with sandbox id ${JSON.stringify(sandboxId).slice(0, 80)} succeeded`);
       return;
     }
     const name = grpc.status[err.code] ?? String(err.code);
     result.codes.set(name, (result.codes.get(name) ?? 0) + 1);
-    const described = `#${n} ${"path" in req ? `raw ${req.path}` : m}: ${name}: ${err.details.slice(0, 300)}`;
+    const described = `#${n} ${what}: ${name}: ${err.details.slice(0, 300)}`;
     // A raw body that does not decode is refused by grpc-js itself (INTERNAL, "deserializing").
-    const rawDecode = "path" in req && err.code === grpc.status.INTERNAL && /deserializ/i.test(err.details);
+    const rawDecode =
+      "path" in req && sandboxId === undefined && err.code === grpc.status.INTERNAL && /deserializ/i.test(err.details);
     const internalOk = err.code === grpc.status.INTERNAL && allowInternal.test(err.details);
-    if (!EXPECTED.has(err.code) && !rawDecode && !internalOk && err.code !== grpc.status.CANCELLED) {
+    if (blocks && err.code === grpc.status.DEADLINE_EXCEEDED) return;
+    if (err.code === grpc.status.DEADLINE_EXCEEDED) {
+      failures.push(`${described} (it waits on nothing, yet had no answer within ${ANSWER_DEADLINE_MS / 1000} s)`);
+    } else if (!EXPECTED.has(err.code) && !rawDecode && !internalOk) {
       failures.push(described);
     } else if (err.details.trim() === "") {
       failures.push(`${described} (empty message)`);
-    } else if (
-      badId &&
-      err.code !== grpc.status.DEADLINE_EXCEEDED && // the client's own short Wait deadline, under load
-      (err.code !== grpc.status.INVALID_ARGUMENT || !/sandbox id/.test(err.details))
-    ) {
+    } else if (badId && (err.code !== grpc.status.INVALID_ARGUMENT || !/sandbox id/.test(err.details))) {
       failures.push(`${described} (a bad id must be refused as such)`);
     } else if (err.details.length > 2000) {
       failures.push(`${described.slice(0, 200)}… (a ${err.details.length}-character message)`);
@@ -215,19 +229,23 @@ async function fuzz(
   };
   await Promise.all(Array.from({ length: inflight }, worker));
   raw.close();
-  assert.deepEqual(failures.slice(0, 20), [], `${failures.length} unexpected answers (seed ${seed})`);
+  assert.deepEqual(failures.slice(0, 20), [], `${failures.length} unexpected answers`);
   return result;
 }
 
-test("100k fuzzed Controller requests over gRPC (fake VMs): clear errors, consistent state, no leaks", {
-  timeout: 600_000,
-}, async () => {
+test(
+  "100k fuzzed Controller requests over gRPC (fake VMs): clear errors, consistent state, no leaks",
+  { timeout: 600_000 },
+  () => withSeed(SEED, fakeVms),
+);
+
+async function fakeVms(): Promise<void> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "rel-fuzz-"));
-  const launcher = new FakeLauncher(rng(SEED ^ 1), 1);
+  const launcher = new FakeLauncher(rng(subSeed(SEED, 0)), 1);
   const d = await fakeDaemon(dir, launcher);
   try {
     const t0 = Date.now();
-    const r = await fuzz(`unix://${d.sock}`, d.client, 100_000, 64, SEED, /^$/);
+    const r = await fuzz(`unix://${d.sock}`, d.client, 100_000, 64, subSeed(SEED, 1), /^$/);
     const secs = (Date.now() - t0) / 1000;
     console.log(
       `controller fuzz: 100000 requests in ${secs.toFixed(1)} s, ${r.ok} ok, ${JSON.stringify(Object.fromEntries(r.codes))}`,
@@ -252,11 +270,15 @@ test("100k fuzzed Controller requests over gRPC (fake VMs): clear errors, consis
     d.close();
     await rm(dir, { recursive: true, force: true });
   }
-});
+}
 
-test("fuzzed Controller requests against the real daemon: it stays up, clear errors, nothing leaks", {
-  timeout: 300_000,
-}, async () => {
+test(
+  "fuzzed Controller requests against the real daemon: it stays up, clear errors, nothing leaks",
+  { timeout: 300_000 },
+  () => withSeed(SEED, realDaemon),
+);
+
+async function realDaemon(): Promise<void> {
   requireArtifacts();
   const dir = await mkdtemp(path.join(os.tmpdir(), "rel-fuzz-daemon-"));
   let daemon: Daemon | undefined;
@@ -280,7 +302,7 @@ test("fuzzed Controller requests against the real daemon: it stays up, clear err
         client,
         5000,
         16,
-        SEED ^ 2,
+        subSeed(SEED, 2),
         /vmlinux\.bin|in netns |cannot create its pod/,
       );
       console.log(
@@ -299,4 +321,4 @@ test("fuzzed Controller requests against the real daemon: it stays up, clear err
   } finally {
     await cleanupDaemonDir(daemon, dir);
   }
-});
+}

@@ -207,14 +207,15 @@ test("a guest whose agent never starts: Start fails within agent_timeout_ms with
     assert.equal(e.code, grpc.status.INTERNAL, e.details);
     assert.match(e.details, /start sandbox mute: the agent did not answer/);
     assert.match(e.details, /agent_timeout_ms = 20000/);
+    // The dial's deadline is what is left of agent_timeout_ms after the VMM's start, not the 120 s default.
+    const dialed = Number(/within ([\d.]+) s/.exec(e.details)?.[1]);
+    assert.ok(dialed > 0 && dialed <= timeoutMs / 1000, `the agent was dialled for ${dialed} s: ${e.details}`);
     assert.match(e.details, /last console lines .*console\.log/);
     assert.match(e.details, /Run \/bin\/sleep as init process/, "the console tail shows what the guest did");
     return true;
   });
   const secs = (Date.now() - t0) / 1000;
   console.log(`Start with a mute agent failed after ${secs.toFixed(1)} s (agent_timeout_ms ${timeoutMs})`);
-  // The deadline counts from the VMM's start; QEMU's own start and the cleanup come on top.
-  assert.ok(secs < timeoutMs / 1000 + 30, `Start took ${secs} s`);
   assert.equal((await h.client!.status({ sandboxId: "mute" })).state, "SANDBOX_NOTREADY");
   assert.deepEqual(processesMatching(path.join(state, "mute")), [], "QEMU and its helper are gone");
   await h.client!.shutdown({ sandboxId: "mute" });

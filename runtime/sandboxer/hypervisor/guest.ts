@@ -1,11 +1,9 @@
 import path from "node:path";
+import { taskParams } from "../../contract/kernel-params.ts";
 import type { Config } from "../config/schema.ts";
 import type { VirtiofsdDialect } from "./host.ts";
 import type { SandboxSpec } from "./index.ts";
 import type { HelperSpec } from "./vm.ts";
-
-/** vmm-task serves ttrpc on this vsock port (any CID). */
-export const AGENT_PORT = 1024;
 
 export interface CmdlineParts {
   /** console=... for where the kernel's messages go. */
@@ -35,11 +33,13 @@ export function kernelCmdline(config: Config, sandbox: SandboxSpec, p: CmdlinePa
     ...root,
     // A guest panic reboots after 1 s; the VMMs run with reboot turned into exit, so a dead guest ends the VM.
     "panic=1",
-    `task.sharefs_type=${p.sharefs}`,
-    `task.log_level=${config.sandbox.log_level || "info"}`,
-    ...(p.hybridVsock ? ["task.hybrid_vsock"] : []),
-    ...(h.task.debug ? ["task.debug"] : []),
-    ...(h.task.enable_tracing ? ["task.enable_tracing"] : []),
+    ...taskParams({
+      sharefsType: p.sharefs,
+      logLevel: config.sandbox.log_level || "info",
+      hybridVsock: p.hybridVsock,
+      debug: h.task.debug,
+      enableTracing: h.task.enable_tracing,
+    }),
     h.kernel_params.trim(),
     (sandbox.kernelParams ?? "").trim(),
   ]

@@ -1,23 +1,11 @@
 import { mkdir, open, readFile, stat } from "node:fs/promises";
 import path from "node:path";
+import type { OciMount, OciSpec } from "../../contract/oci.ts";
 import { POD_FILES } from "../../contract/share.ts";
 import type { Mount } from "../../protos/gen/containerd/types/mount_pb.ts";
 import { bindMount, mount, readonlySubmounts } from "./mount.ts";
 import { removeTree } from "./remove.ts";
 import { publish, type ShareLayout, unpublish } from "./share.ts";
-
-/** The parts of an OCI runtime spec the host rewrites; everything else passes through untouched. */
-export interface OciMount {
-  destination: string;
-  type?: string;
-  source?: string;
-  options?: string[];
-}
-export interface OciSpec {
-  root?: { path: string; readonly?: boolean };
-  mounts?: OciMount[];
-  [key: string]: unknown;
-}
 
 /** A spec the VM cannot honour: containerd gets InvalidArgument, and nothing was mounted or written. */
 export class UnsupportedSpec extends Error {}

@@ -1,4 +1,5 @@
 import type net from "node:net";
+import { validateId } from "../../contract/ids.ts";
 import { TaskCreateSchema, TaskDeleteSchema, TaskExecAddedSchema } from "../../protos/gen/containerd/events/task_pb.ts";
 import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import type { Streaming } from "../../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
@@ -18,7 +19,6 @@ import {
 } from "../../streaming/stdio-stream.ts";
 import { Code, type ServiceHandlers, type TtrpcClient, TtrpcError } from "../../ttrpc/index.ts";
 import type { EventPublisher } from "../events.ts";
-import { validateId } from "../ids.ts";
 import type { Logger } from "../log.ts";
 import { type GuestBundle, prepareGuestBundle, releaseGuestBundle, UnsupportedSpec } from "../storage/guest-bundle.ts";
 import type { ShareLayout } from "../storage/share.ts";

@@ -1,6 +1,7 @@
 import { createWriteStream } from "node:fs";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { metricsAny } from "../../cgroups/metrics.ts";
+import type { OciProcess } from "../../contract/oci.ts";
 import type { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Status } from "../../protos/gen/containerd/types/task/task_pb.ts";
 import { STREAM_PREFIX } from "../../streaming/stdio-stream.ts";
@@ -8,7 +9,6 @@ import { Code, type ServiceHandlers, TtrpcError } from "../../ttrpc/index.ts";
 import type { ContainerManager } from "../containers.ts";
 import { TaskError } from "../errors.ts";
 import type { TaskProcess, TaskStatus } from "../process.ts";
-import type { OciProcess } from "../spec.ts";
 import type { StreamHub } from "../stream-hub.ts";
 
 const STATUS: Record<TaskStatus, Status> = {

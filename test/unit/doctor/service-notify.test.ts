@@ -160,8 +160,6 @@ test("under a notify supervisor: READY=1 only once the socket answers and recove
   await until("two WATCHDOG=1 pings", () => got.filter(has("WATCHDOG=1")).length >= 2, 5_000);
   const pings = got.filter(has("WATCHDOG=1"));
   assert.ok(pings[0]!.t > readyMsg.t, "no watchdog ping before READY=1");
-  const gap = pings[1]!.t - pings[0]!.t;
-  assert.ok(gap > 0.3 && gap < 1.5, `pings ${gap.toFixed(2)} s apart; WATCHDOG_USEC/2 is 0.5 s`);
 
   daemon.kill("SIGTERM");
   const code = await new Promise((r) => daemon.once("exit", r));

@@ -14,12 +14,12 @@ import { Echo, EchoMessageSchema } from "../../../runtime/protos/gen/ttrpc/testi
 import { encodeRequest, encodeRoute } from "../../../runtime/ttrpc/envelope.ts";
 import { encodeHeader, FrameParser, MAX_DATA_LENGTH } from "../../../runtime/ttrpc/frame.ts";
 import { TtrpcClient, TtrpcServer } from "../../../runtime/ttrpc/index.ts";
-import { rng } from "../../lib/rng.ts";
+import { fuzzSeed, rng, subSeed, withSeed } from "../../lib/rng.ts";
 
 const TOTAL_FRAMES = 120_000;
 const FUZZ_CONNECTIONS = 4;
 const FRAMES_PER_WRITE = 400;
-const SEED = Number(process.env.TTRPC_FUZZ_SEED ?? 0x5eed1234);
+const SEED = fuzzSeed("ttrpc fuzz");
 
 class FrameFuzzer {
   private nextId = 1;
@@ -125,7 +125,9 @@ function resources(): Map<string, number> {
   return counts;
 }
 
-it(`survives ${TOTAL_FRAMES} fuzzed frames on ${FUZZ_CONNECTIONS} connections (seed ${SEED})`, async () => {
+it(`survives ${TOTAL_FRAMES} fuzzed frames on ${FUZZ_CONNECTIONS} connections`, () => withSeed(SEED, fuzzFrames));
+
+async function fuzzFrames(): Promise<void> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "ttrpc-fuzz-"));
   const socketPath = path.join(dir, "fuzz.sock");
   await sleep(50); // let timers and handles of earlier work settle
@@ -176,9 +178,8 @@ it(`survives ${TOTAL_FRAMES} fuzzed frames on ${FUZZ_CONNECTIONS} connections (s
   let sent = 0;
   let responses = 0;
   let connections = 0;
-  const random = rng(SEED);
-  const fuzzOne = async () => {
-    while (sent < TOTAL_FRAMES) {
+  const fuzzOne = async (worker: number) => {
+    for (let n = 0; sent < TOTAL_FRAMES; n++) {
       connections++;
       const sock = net.connect(socketPath);
       const answers = new FrameParser({ onFrame: () => responses++, onOversize: () => assert.fail("oversize answer") });
@@ -186,7 +187,8 @@ it(`survives ${TOTAL_FRAMES} fuzzed frames on ${FUZZ_CONNECTIONS} connections (s
       sock.on("error", () => {});
       const closed = new Promise<void>((resolve) => sock.once("close", () => resolve()));
       await new Promise<void>((resolve) => sock.once("connect", resolve));
-      const fuzzer = new FrameFuzzer(random);
+      // Each connection draws its own frames: a replay sends the same ones whatever the interleaving.
+      const fuzzer = new FrameFuzzer(rng(subSeed(subSeed(SEED, worker), n)));
       let open = true;
       void closed.then(() => (open = false));
       while (open && sent < TOTAL_FRAMES) {
@@ -204,7 +206,7 @@ it(`survives ${TOTAL_FRAMES} fuzzed frames on ${FUZZ_CONNECTIONS} connections (s
       await closed;
     }
   };
-  await Promise.all(Array.from({ length: FUZZ_CONNECTIONS }, fuzzOne));
+  await Promise.all(Array.from({ length: FUZZ_CONNECTIONS }, (_, worker) => fuzzOne(worker)));
   fuzzing = false;
   await goodLoop;
 
@@ -227,4 +229,4 @@ it(`survives ${TOTAL_FRAMES} fuzzed frames on ${FUZZ_CONNECTIONS} connections (s
   console.log(
     `# fuzz: ${sent} frames over ${connections} connections, ${responses} frames answered; ${goodCalls} good round trips meanwhile`,
   );
-});
+}

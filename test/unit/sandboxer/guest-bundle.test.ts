@@ -5,9 +5,9 @@ import os from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
+import type { OciSpec } from "../../../runtime/contract/oci.ts";
 import { MountSchema } from "../../../runtime/protos/gen/containerd/types/mount_pb.ts";
 import {
-  type OciSpec,
   prepareGuestBundle,
   releaseGuestBundle,
   UnsupportedSpec,

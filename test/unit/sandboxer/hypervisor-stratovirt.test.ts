@@ -141,7 +141,9 @@ describe("StratoVirt driver over its QMP", () => {
   });
   after(() => rm(tmp, { recursive: true, force: true }));
 
-  test("hot-plug onto free root ports, removal, and stop by quit (StratoVirt has no ACPI power-off command)", async () => {
+  test("hot-plug onto free root ports, removal, and stop by quit (StratoVirt has no ACPI power-off command)", {
+    timeout: 60_000,
+  }, async () => {
     const sock = path.join(tmp, "qmp.sock");
     const qmp = new FakeQmp(sock, STRATOVIRT_COMMANDS, { StratoVirt: { major: 2, minor: 4, micro: 0 }, package: "" });
     await qmp.listen();
@@ -213,10 +215,9 @@ describe("StratoVirt driver over its QMP", () => {
           ["device_add", "d3", "pcie.1"],
         ],
       );
-      const t = Date.now();
-      const exit = await vm.stop(10_000);
-      // system_powerdown is refused, so there is nothing to wait for before quit.
-      assert.ok(Date.now() - t < 2000);
+      // system_powerdown is refused, so there is nothing to wait for before quit: a driver that waited out the
+      // guest's day-long timeout would hang here until the test's timeout.
+      const exit = await vm.stop(24 * 3600_000);
       assert.equal(exit.exitStatus, 0);
       assert.deepEqual(
         qmp.received.slice(-2).map((r) => r.execute),

@@ -5,7 +5,8 @@ import os from "node:os";
 import path from "node:path";
 import type { Duplex } from "node:stream";
 import { test } from "node:test";
-import { DEBUG_PORT, serveDebugConsole, spawnDebugShell } from "../../../runtime/task/console.ts";
+import { DEBUG_CONSOLE_PORT } from "../../../runtime/contract/ports.ts";
+import { serveDebugConsole, spawnDebugShell } from "../../../runtime/task/console.ts";
 import * as h from "./harness.ts";
 
 test("debug shell: a pty with a controlling terminal, resize, ^C, exit status", { timeout: 30_000 }, async () => {
@@ -63,8 +64,8 @@ test("with task.debug each connection to port 1025 gets a shell, and the console
     { warn: (m) => warnings.push(m) },
   );
   assert.equal(l, "listener");
-  assert.deepEqual(ports, [DEBUG_PORT]);
-  assert.equal(DEBUG_PORT, 1025);
+  assert.deepEqual(ports, [DEBUG_CONSOLE_PORT]);
+  assert.equal(DEBUG_CONSOLE_PORT, 1025);
   assert.match(warnings.join("\n"), /task\.debug is set: a debug shell \(\/bin\/sh\) is served on vsock port 1025/);
   // The serve callback the listener gets: a connection's bytes reach a shell on a pty and back.
   const sock = path.join(dir, "console.sock");

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { readdirSync } from "node:fs";
 import { after, describe, test } from "node:test";
+import { configureLog } from "../../../runtime/log/log.ts";
 import { ContainerManager } from "../../../runtime/task/containers.ts";
 import { TaskError } from "../../../runtime/task/errors.ts";
 import { ExitMonitor } from "../../../runtime/task/exit-monitor.ts";
-import { configureLog } from "../../../runtime/task/log.ts";
 import { Runc } from "../../../runtime/task/runc.ts";
 import * as h from "./harness.ts";
 

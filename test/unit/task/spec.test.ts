@@ -3,8 +3,9 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
+import type { OciSpec } from "../../../runtime/contract/oci.ts";
 import { TaskError } from "../../../runtime/task/errors.ts";
-import { adjustResources, adjustSpec, cgroupfsPath, type OciSpec, prepareBundle } from "../../../runtime/task/spec.ts";
+import { adjustResources, adjustSpec, cgroupfsPath, prepareBundle } from "../../../runtime/task/spec.ts";
 
 const bundle = "/run/kuasar/state/c1";
 const hostNs = (type: string) => ({ type, path: `/proc/4242/ns/${type === "network" ? "net" : type}` });

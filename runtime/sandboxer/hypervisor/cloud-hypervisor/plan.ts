@@ -1,7 +1,8 @@
 import path from "node:path";
+import { AGENT_PORT } from "../../../contract/ports.ts";
 import { SHARE_TAG } from "../../../contract/share.ts";
 import type { Config } from "../../config/schema.ts";
-import { AGENT_PORT, kernelCmdline, virtiofsd } from "../guest.ts";
+import { kernelCmdline, virtiofsd } from "../guest.ts";
 import type { VirtiofsdDialect } from "../host.ts";
 import type { SandboxSpec } from "../index.ts";
 import { layoutNics } from "../net.ts";

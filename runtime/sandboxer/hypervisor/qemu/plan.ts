@@ -1,7 +1,8 @@
 import path from "node:path";
+import { AGENT_PORT } from "../../../contract/ports.ts";
 import { SHARE_TAG } from "../../../contract/share.ts";
 import type { Config } from "../../config/schema.ts";
-import { AGENT_PORT, kernelCmdline, vhostDeviceVsock, virtiofsd } from "../guest.ts";
+import { kernelCmdline, vhostDeviceVsock, virtiofsd } from "../guest.ts";
 import type { Accel, VirtiofsdDialect, VsockMode } from "../host.ts";
 import type { AgentAddress, SandboxSpec } from "../index.ts";
 import { layoutNics } from "../net.ts";

@@ -1,7 +1,8 @@
 import path from "node:path";
+import { AGENT_PORT } from "../../../contract/ports.ts";
 import { SHARE_TAG } from "../../../contract/share.ts";
 import type { Config } from "../../config/schema.ts";
-import { AGENT_PORT, kernelCmdline } from "../guest.ts";
+import { kernelCmdline } from "../guest.ts";
 import type { SandboxSpec } from "../index.ts";
 import { layoutNics } from "../net.ts";
 import type { HelperSpec, Plan } from "../vm.ts";

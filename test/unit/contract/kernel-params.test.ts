@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { DEFAULT_PARAMS, parseCmdline, splitCmdline } from "../../../runtime/task/cmdline.ts";
-import { configureLog, logger } from "../../../runtime/task/log.ts";
+import {
+  DEFAULT_PARAMS,
+  parseCmdline,
+  splitCmdline,
+  TASK_PARAMS,
+  type TaskParamValues,
+  taskParams,
+} from "../../../runtime/contract/kernel-params.ts";
 
 test("defaults without task.* parameters", () => {
   assert.deepEqual(parseCmdline("console=ttyS0 root=/dev/vda rw quiet\n"), { ...DEFAULT_PARAMS, warnings: [] });
@@ -65,15 +71,57 @@ test("double quotes group like the kernel's parser", () => {
   assert.equal(parseCmdline('task.debug_shell="/bin/sh"').debugShell, "/bin/sh");
 });
 
-test("log lines use Kuasar's format and the level filter", () => {
-  const lines: string[] = [];
-  configureLog({ level: "info", write: (l) => lines.push(l) });
-  const log = logger("vmm_task");
-  log.debug("hidden");
-  log.info("shown");
-  log.child("containers").error("boom");
-  configureLog({ level: "info", write: (l) => process.stderr.write(l) });
-  assert.equal(lines.length, 2);
-  assert.match(lines[0]!, /^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO {2}vmm_task\] shown\n$/);
-  assert.match(lines[1]!, /^\[\S+ ERROR vmm_task::containers\] boom\n$/);
+// The host's side: what kernelCmdline puts on the guest's command line.
+
+test("the host writes what the guest reads back: every parameter, in table order, a flag only when on", () => {
+  // A value other than the default for every parameter: a new one in TASK_PARAMS needs one here to compile.
+  const set: TaskParamValues = {
+    sharefsType: "virtiofs",
+    logLevel: "trace",
+    hybridVsock: true,
+    debug: true,
+    enableTracing: true,
+    debugShell: "/bin/ash",
+  };
+  const written = taskParams(set);
+  assert.deepEqual(written, [
+    "task.sharefs_type=virtiofs",
+    "task.log_level=trace",
+    "task.hybrid_vsock",
+    "task.debug",
+    "task.enable_tracing",
+    "task.debug_shell=/bin/ash",
+  ]);
+  assert.deepEqual(parseCmdline(written.join(" ")), { ...set, warnings: [] });
+  for (const [key, value] of Object.entries(set)) assert.notDeepEqual(DEFAULT_PARAMS[key as keyof typeof set], value);
+  // Off flags and absent values are left out: the guest's defaults stand.
+  assert.deepEqual(taskParams({ sharefsType: "9p", logLevel: "info", hybridVsock: false, debug: false }), [
+    "task.sharefs_type=9p",
+    "task.log_level=info",
+  ]);
+});
+
+test("the host refuses to write a value the guest would not read back as it is", () => {
+  for (const [values, why] of [
+    [
+      { debugShell: "/bin/my shell" },
+      /task\.debug_shell: "\/bin\/my shell" cannot be passed to the guest: the guest would read "\/bin\/my"/,
+    ],
+    [{ debugShell: '/bin/"sh"' }, /task\.debug_shell: .* the guest would read "\/bin\/sh"/],
+    [{ debugShell: "sh" }, /task\.debug_shell: "sh" cannot be passed to the guest: .* must be an absolute path/],
+    [
+      { logLevel: "loud" as never },
+      /task\.log_level: "loud" cannot be passed .* must be error, warn, info, debug or trace/,
+    ],
+    [{ sharefsType: "9p task.debug" as never }, /task\.sharefs_type: "9p task\.debug" cannot be passed/],
+  ] as const) {
+    assert.throws(() => taskParams(values), why);
+  }
+});
+
+test("every parameter is documented and named task.*", () => {
+  for (const p of Object.values(TASK_PARAMS)) {
+    assert.match(p.name, /^task\.[a-z_]+$/);
+    assert.ok(p.doc.length > 10, p.name);
+  }
 });
