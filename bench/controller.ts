@@ -12,7 +12,7 @@ import {
   Controller,
   ControllerStatusRequestSchema,
 } from "../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
-import { requireArtifacts, writeConfig } from "../test/vm/harness.ts";
+import { requireArtifacts, writeConfig } from "../testkit/daemon.ts";
 import { cleanup, runBenchmark, scratchDir } from "./lib/cleanup.ts";
 import { mdTable, percentile, publish, type RunInfo, runLine, startRun } from "./lib/report.ts";
 import { procCpuUs, startBundledDaemon } from "./lib/vm.ts";

@@ -1,12 +1,12 @@
 // Pod + container start through containerd's CRI, as kubelet drives it: RunPodSandbox, CreateContainer,
-// StartContainer against a private containerd 2.1 with vmm-sandboxer (test/e2e/harness.ts), serially and 4 pods
+// StartContainer against a private containerd 2.1 with vmm-sandboxer (testkit/containerd.ts), serially and 4 pods
 // in parallel. Phases come from the daemon's log timestamps and the guest's serial console watched from the host.
 // Run: node --import tsx bench/cri-start.ts [--runs N] [--parallel 4]   (writes bench/results/cri-start.json)
 
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { type Env, IMAGE, RUNTIME_HANDLER, startEnv } from "../test/e2e/harness.ts";
+import { type Env, IMAGE, RUNTIME_HANDLER, startEnv } from "../testkit/containerd.ts";
 import { cleanup, onCleanup, runBenchmark } from "./lib/cleanup.ts";
 import { mdTable, ms, percentile, phasesSection, publish, type RunInfo, runLine, startRun } from "./lib/report.ts";
 import { ConsoleWatch, daemonSteps } from "./lib/vm.ts";
@@ -216,7 +216,7 @@ function markdown(r: Result): string {
     "",
     runLine(r.run),
     "A private containerd 2.1 (CRI, the `vmm` proxy sandboxer, overlayfs) drives vmm-sandboxer from source at log " +
-      "level debug (`test/e2e/harness.ts`); each pod is a 1 vCPU, 512 MiB QEMU TCG guest, on the run's CNI bridge, " +
+      "level debug (`testkit/containerd.ts`); each pod is a 1 vCPU, 512 MiB QEMU TCG guest, on the run's CNI bridge, " +
       "and one busybox `sleep 3600` container. Timed from RunPodSandbox to StartContainer's return.",
     "",
     mdTable(TOTAL_HEADERS, totalRows(r)),

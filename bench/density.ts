@@ -15,7 +15,7 @@ import { Task } from "../runtime/protos/gen/containerd/runtime/task/v3/shim_pb.t
 import { Controller } from "../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { loadConfig } from "../runtime/sandboxer/config/load.ts";
 import { TtrpcClient } from "../runtime/ttrpc/index.ts";
-import { busyboxBundle, processesMatching, requireArtifacts, writeConfig } from "../test/vm/harness.ts";
+import { busyboxBundle, processesMatching, requireArtifacts, writeConfig } from "../testkit/daemon.ts";
 import { cleanup, runBenchmark, scratchDir } from "./lib/cleanup.ts";
 import {
   goal,

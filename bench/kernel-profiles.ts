@@ -1,7 +1,7 @@
 // Kernel profiles side by side: micro (allnoconfig + fragments, what bin/ holds) and mini (x86_64_defconfig +
 // fragments). Builds mini through the CLI into the shared cache (about 20-40 minutes here the first time; later
 // runs take it from the cache), then for each profile: build time, sizes, enabled symbols, and boot time to /init
-// under QEMU TCG with the check initramfs of test/vm/kernel-check.ts. Finally the VM tests run on the mini kernel
+// under QEMU TCG with the check initramfs of testkit/kernel-check.ts. Finally the VM tests run on the mini kernel
 // (KUASAR_KERNEL_DIR): its boot checks and the daemon's full guest (agent over hybrid vsock, containers with runc).
 // Run: node --import tsx bench/kernel-profiles.ts [--boots N]   (writes bench/results/kernel-profiles.json)
 
@@ -9,8 +9,8 @@ import { readFileSync } from "node:fs";
 import { stat } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { artifact, requireArtifacts } from "../test/vm/harness.ts";
-import { bootKernel, checkBootTools, checkInitrd, guestProblems } from "../test/vm/kernel-check.ts";
+import { artifact, requireArtifacts } from "../testkit/daemon.ts";
+import { bootKernel, checkBootTools, checkInitrd, guestProblems } from "../testkit/kernel-check.ts";
 import { cleanup, runBenchmark, scratchDir } from "./lib/cleanup.ts";
 import { mdTable, mib, percentile, publish, type RunInfo, repo, runLine, startRun } from "./lib/report.ts";
 import { collect } from "./lib/spawn.ts";
@@ -161,7 +161,7 @@ function markdown(r: Result): string {
     "micro is `bin/` (allnoconfig + kernel-configs/); mini is x86_64_defconfig + the same fragments, built by " +
       "`kuasar-build kernel --profile mini`. Build times are the kernel stage's own, from each build's manifest " +
       "(a cached build keeps the time it took when it was made). Boots: bzImage on QEMU machine pc, TCG, 2 vCPUs, " +
-      `512 MiB, with the check initramfs of \`test/vm/kernel-check.ts\`; ${r.micro.bootToInitMs.length} boots each.`,
+      `512 MiB, with the check initramfs of \`testkit/kernel-check.ts\`; ${r.micro.bootToInitMs.length} boots each.`,
     "",
     mdTable(["", "micro", "mini", "mini / micro"], rows(r)),
     "",

@@ -11,13 +11,13 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { unaryClient } from "../runtime/grpc/service.ts";
+import { logger, setLogLevel } from "../runtime/log/log.ts";
 import { Controller } from "../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { PodSandboxConfigSchema } from "../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
 import { connectAgent } from "../runtime/sandboxer/agent.ts";
 import { loadConfig } from "../runtime/sandboxer/config/load.ts";
 import type { Config } from "../runtime/sandboxer/config/schema.ts";
 import { ConsoleCapture } from "../runtime/sandboxer/hypervisor/console.ts";
-import { agentUrl, defaultEnv, type SandboxSpec } from "../runtime/sandboxer/hypervisor/index.ts";
 import {
   type ProcRef,
   signalProc,
@@ -27,11 +27,12 @@ import {
   waitGone,
 } from "../runtime/sandboxer/hypervisor/process.ts";
 import { QemuVm } from "../runtime/sandboxer/hypervisor/qemu/driver.ts";
+import { defaultEnv } from "../runtime/sandboxer/hypervisor/registry.ts";
 import { newState, type Plan } from "../runtime/sandboxer/hypervisor/vm.ts";
-import { logger, setLogLevel } from "../runtime/sandboxer/log.ts";
+import { agentUrl, type SandboxSpec } from "../runtime/sandboxer/hypervisor/vm-api.ts";
 import { writeShareFiles } from "../runtime/sandboxer/share-files.ts";
 import { dial } from "../runtime/transport/address.ts";
-import { requireArtifacts, writeConfig } from "../test/vm/harness.ts";
+import { requireArtifacts, writeConfig } from "../testkit/daemon.ts";
 import { cleanup, runBenchmark, scratchDir } from "./lib/cleanup.ts";
 import {
   goal,

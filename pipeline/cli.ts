@@ -2,15 +2,16 @@ import { stat } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { HYPERVISORS, type HypervisorKind } from "../runtime/sandboxer/hypervisor/names.ts";
 import { Cache, defaultCacheDir } from "./lib/cache.ts";
 import { runStages, type StageOutcome } from "./lib/runner.ts";
-import type { BuildOptions, HypervisorName, KernelProfile } from "./lib/stage.ts";
+import type { BuildOptions, KernelProfile } from "./lib/stage.ts";
 import { allStages, defaultTargets } from "./stages/index.ts";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
 const USAGE = `usage: kuasar-build [stage...|all] [options]
-       kuasar-build install [--dest-dir DIR] [--hypervisor qemu|cloud-hypervisor|stratovirt]
+       kuasar-build install [--dest-dir DIR] [--hypervisor NAME]
        kuasar-build uninstall [--dest-dir DIR]
 
 stages: ${allStages.map((s) => s.name).join(", ")}
@@ -24,8 +25,6 @@ options:
   --cache-dir DIR         build cache (default: $KUASAR_CACHE_DIR or $XDG_CACHE_HOME/kuasar-vmm)
   --bin-dir DIR           where artifacts are published (default: bin/)
   --dest-dir DIR          install root (default: /)`;
-
-const HYPERVISORS: HypervisorName[] = ["qemu", "cloud-hypervisor", "stratovirt"];
 
 export function parseCli(argv: string[]) {
   const { values, positionals } = parseArgs({
@@ -48,7 +47,7 @@ export function parseCli(argv: string[]) {
     throw new Error(`--profile must be 'micro' or 'mini', got '${values.profile}'`);
   }
   for (const h of values.hypervisor ?? []) {
-    if (!HYPERVISORS.includes(h as HypervisorName)) {
+    if (!(HYPERVISORS as readonly string[]).includes(h)) {
       throw new Error(`--hypervisor must be one of ${HYPERVISORS.join(", ")}, got '${h}'`);
     }
   }
@@ -56,7 +55,7 @@ export function parseCli(argv: string[]) {
   if (!Number.isInteger(epoch) || epoch < 0) throw new Error(`SOURCE_DATE_EPOCH must be a whole number of seconds`);
   const options: BuildOptions = {
     profile: values.profile as KernelProfile,
-    hypervisors: (values.hypervisor as HypervisorName[] | undefined) ?? HYPERVISORS,
+    hypervisors: (values.hypervisor as HypervisorKind[] | undefined) ?? [...HYPERVISORS],
     kernelSource: values["kernel-source"],
     kernelSha256: values["kernel-sha256"],
     kernelPatches: (values["kernel-patch"] ?? []).map((p) => path.resolve(p)),
@@ -71,7 +70,7 @@ export function parseCli(argv: string[]) {
     cacheDir: path.resolve(values["cache-dir"] ?? defaultCacheDir()),
     binDir: path.resolve(values["bin-dir"] ?? path.join(repo, "bin")),
     destDir: path.resolve(values["dest-dir"] ?? "/"),
-    hypervisor: ((values.hypervisor ?? [])[0] ?? "qemu") as HypervisorName,
+    hypervisor: ((values.hypervisor ?? [])[0] ?? "qemu") as HypervisorKind,
   };
 }
 
@@ -117,7 +116,7 @@ export async function main(argv: string[]): Promise<number> {
       console.log(await summary(outcomes, cli.binDir, (performance.now() - t0) / 1000));
       return 0;
     }
-    const { installVmm, uninstallVmm, INSTALL_TARGETS } = await import("./install.ts");
+    const { installVmm, uninstallVmm, INSTALL_TARGETS } = await import("../installers/install-vmm.ts");
     if (cli.command === "install") {
       await runStages({
         repo,

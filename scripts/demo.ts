@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { ContainerState } from "../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
-import { IMAGE, RUNTIME_HANDLER, startEnv } from "../test/e2e/harness.ts";
+import { IMAGE, RUNTIME_HANDLER, startEnv } from "../testkit/containerd.ts";
 
 // The main job: an unmodified containerd 2.1 (private root, state and sockets; the system one is never touched)
 // drives vmm-sandboxer through CRI the way kubelet does, and one pod with one container runs in a QEMU VM.

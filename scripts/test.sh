@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-prereqs.sh
-echo "== lint (biome)"; npx biome check --error-on-warnings .
+echo "== lint (biome, layers)"; npm run --silent lint
 echo "== type check (tsc)"; npx tsc --noEmit
 echo "== build artifacts"; node pipeline/bin/kuasar-build.js all
 echo "== tests"

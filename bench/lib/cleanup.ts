@@ -4,7 +4,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { processesMatching, unmountUnder } from "../../test/vm/harness.ts";
+import { processesMatching, unmountUnder } from "../../testkit/daemon.ts";
 
 type Task = () => Promise<void> | void;
 const tasks: Task[] = [];

@@ -10,7 +10,7 @@ import { showsAgentReady } from "../../runtime/contract/readiness.ts";
 import { SandboxService } from "../../runtime/protos/gen/kuasar/sandbox_pb.ts";
 import { dial } from "../../runtime/transport/address.ts";
 import { TtrpcClient } from "../../runtime/ttrpc/index.ts";
-import { bin } from "../../test/vm/harness.ts";
+import { bin } from "../../testkit/daemon.ts";
 import { onCleanup } from "./cleanup.ts";
 
 export interface BundledDaemon {

@@ -6,8 +6,8 @@ import type { IClusterRole } from "kubernetes-models/rbac.authorization.k8s.io/v
 import type { IClusterRoleBinding } from "kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding";
 import type { IServiceAccount } from "kubernetes-models/v1/ServiceAccount";
 import { stringify } from "yaml";
-import { imageName, packageVersion } from "../../pipeline/node-installer/image.ts";
-import { ENV, INSTALLER_PATH, NODE_LABEL, NODE_PATH } from "../../runtime/node-installer/paths.ts";
+import { imageName, packageVersion } from "../node-installer/image-name.ts";
+import { ENV, INSTALLER_PATH, NODE_LABEL, NODE_PATH } from "../node-installer/paths.ts";
 
 // The Kubernetes objects that deploy kuasar-vmm, as typed objects; kuasar-vmm.yaml is generated from them
 // (node --import tsx installers/kubernetes/generate.ts) and a test keeps it fresh and checks it against the API schema.

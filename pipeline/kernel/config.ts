@@ -1,6 +1,7 @@
 import { readdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
-import type { HypervisorName, KernelProfile } from "../lib/stage.ts";
+import { type HypervisorKind, HYPERVISORS as VMMS } from "../../runtime/sandboxer/hypervisor/names.ts";
+import type { KernelProfile } from "../lib/stage.ts";
 import { type Assignment, FragmentError, mergeFragments, readFragment, renderAssignment } from "./fragment.ts";
 import {
   formatMismatches,
@@ -26,23 +27,21 @@ export interface ConfigRequest {
 }
 
 /** Which fragment files apply: all of fragments/, then one profile per hypervisor (sorted, deduplicated). */
-export async function fragmentFiles(repo: string, hypervisors: HypervisorName[]): Promise<string[]> {
+export async function fragmentFiles(repo: string, hypervisors: HypervisorKind[]): Promise<string[]> {
   const names = await readdir(path.join(repo, FRAGMENTS)).catch(() => {
     throw new FragmentError(`kernel config fragments directory ${path.join(repo, FRAGMENTS)} is missing`);
   });
   const fragments = names.filter((n) => n.endsWith(".config")).sort();
   if (fragments.length === 0) throw new FragmentError(`no *.config fragments in ${path.join(repo, FRAGMENTS)}`);
   if (hypervisors.length === 0) {
-    throw new FragmentError(
-      "no hypervisor selected: the kernel needs at least one of qemu, cloud-hypervisor, stratovirt",
-    );
+    throw new FragmentError(`no hypervisor selected: the kernel needs at least one of ${VMMS.join(", ")}`);
   }
   const profiles = [...new Set(hypervisors)].sort().map((h) => `${HYPERVISORS}/${h}.config`);
   return [...fragments.map((n) => `${FRAGMENTS}/${n}`), ...profiles];
 }
 
 /** Reads, parses and merges the fragments; rejects conflicts and a set that lacks the mandatory symbols. */
-export async function loadRequest(repo: string, hypervisors: HypervisorName[]): Promise<ConfigRequest> {
+export async function loadRequest(repo: string, hypervisors: HypervisorKind[]): Promise<ConfigRequest> {
   const files = await fragmentFiles(repo, hypervisors);
   const parsed = await Promise.all(files.map((f) => readFragment(path.join(repo, f), f)));
   const requested = mergeFragments(parsed);

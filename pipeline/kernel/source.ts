@@ -4,6 +4,7 @@ import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import type { ToolShell } from "../lib/shell.ts";
 import type { KeyContext } from "../lib/stage.ts";
 
 /** Debian bookworm's `linux-source-6.1` package: the default, and buildable offline. */
@@ -107,8 +108,6 @@ export async function findKernelRoot(dir: string, source: string): Promise<strin
   throw new SourceError(`kernel source ${source} does not look like a Linux tree (no top-level Makefile and Kconfig)`);
 }
 
-type Exec = (file: string, args: string[]) => Promise<string>;
-
 /**
  * Puts a private, writable copy of the source below scratch and returns its root: a tarball or a downloaded
  * URL is extracted, a directory copied (the build runs in-tree and patches edit it, so the original stays untouched).
@@ -116,14 +115,15 @@ type Exec = (file: string, args: string[]) => Promise<string>;
 export async function materialise(
   src: KernelSource,
   scratch: string,
-  exec: Exec,
+  $: ToolShell,
   log: (l: string) => void,
 ): Promise<string> {
   const tree = path.join(scratch, "src");
   await mkdir(tree, { recursive: true });
   if (src.kind === "dir") {
     log(`copying ${src.path}`);
-    await exec("cp", ["-a", `${src.path}/.`, tree]);
+    const contents = `${src.path}/.`;
+    await $`cp -a ${contents} ${tree}`;
     return findKernelRoot(tree, src.path);
   }
   const archive =
@@ -135,7 +135,7 @@ export async function materialise(
     await download(src.url, src.sha256, archive);
   }
   log(`extracting ${archive}`);
-  await exec("tar", ["-xf", archive, "-C", tree]);
+  await $`tar -xf ${archive} -C ${tree}`;
   return findKernelRoot(tree, src.kind === "url" ? src.url : src.path);
 }
 
@@ -143,13 +143,13 @@ export async function materialise(
 export async function applyPatches(
   srcDir: string,
   patches: string[],
-  exec: Exec,
+  $: ToolShell,
   log: (l: string) => void,
 ): Promise<void> {
   for (const [i, file] of patches.entries()) {
     log(`patch ${i + 1}/${patches.length}: ${file}`);
     try {
-      await exec("patch", ["-p1", "--forward", "--batch", "-d", srcDir, "-i", file]);
+      await $`patch -p1 --forward --batch -d ${srcDir} -i ${file}`;
     } catch (err) {
       throw new SourceError(
         `kernel patch ${file} (${i + 1} of ${patches.length}) does not apply:\n${(err as Error).message}`,

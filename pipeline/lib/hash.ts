@@ -1,17 +1,13 @@
 import { createHash, type Hash } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { lstat, readdir, readlink } from "node:fs/promises";
 import path from "node:path";
+import { hashFile } from "../../installers/file-digest.ts";
 
 export function sha256(data: string | Buffer): string {
   return createHash("sha256").update(data).digest("hex");
 }
 
-export async function hashFile(file: string): Promise<string> {
-  const h = createHash("sha256");
-  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
-  return h.digest("hex");
-}
+export { hashFile };
 
 /** Digest of a directory tree: relative paths, modes, link targets and contents, in sorted order. */
 export async function hashTree(

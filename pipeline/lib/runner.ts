@@ -3,17 +3,17 @@ import { copyFile, mkdir, rename, stat, utimes } from "node:fs/promises";
 import path from "node:path";
 import { Listr } from "listr2";
 import type { Cache } from "./cache.ts";
+import { toolShell } from "./shell.ts";
 import {
   type BuildContext,
   type BuildOptions,
   DigestMemo,
   type KeyContext,
   keyContext,
-  runExec,
   type Stage,
-  StageError,
   stageKey,
 } from "./stage.ts";
+import { StageError } from "./stage-error.ts";
 
 export interface RunRequest {
   repo: string;
@@ -128,7 +128,7 @@ export async function runStages(req: RunRequest): Promise<StageOutcome[]> {
                   return d;
                 },
                 log,
-                exec: (file, args, opts) => runExec(st.name, file, args, opts ?? {}, toolLog),
+                $: toolShell(st.name, toolLog),
               };
               await st.build(bctx);
             });

@@ -1,18 +1,18 @@
 import { readFile, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { type Options as ExecaOptions, execa } from "execa";
+import type { HypervisorKind } from "../../runtime/sandboxer/hypervisor/names.ts";
 import { Cache } from "./cache.ts";
 import { hashFile, hashTree, sha256 } from "./hash.ts";
+import type { ToolShell } from "./shell.ts";
 import { toolVersion } from "./tools.ts";
 
 export type KernelProfile = "micro" | "mini";
-export type HypervisorName = "qemu" | "cloud-hypervisor" | "stratovirt";
 
 export interface BuildOptions {
   /** micro: allnoconfig + fragments; mini: x86_64_defconfig + fragments. */
   profile: KernelProfile;
   /** Which per-hypervisor required-symbol profiles the kernel must satisfy. */
-  hypervisors: HypervisorName[];
+  hypervisors: HypervisorKind[];
   /** Kernel source: Debian's linux-source tarball by default, or a local tarball/dir, or a URL (sha256 required). */
   kernelSource?: string;
   kernelSha256?: string;
@@ -47,8 +47,11 @@ export interface BuildContext extends KeyContext {
   dep(stage: string): string;
   /** A progress line (shown live; kept for the failure report). */
   log(line: string): void;
-  /** Runs a child process; its output is streamed when verbose and included in the error when it fails. */
-  exec(file: string, args: string[], opts?: ExecaOptions): Promise<string>;
+  /**
+   * zx's `$` for the stage's tools (see shell.ts): ctx.$({ cwd })`make ${args}`. Output lines are streamed to the
+   * task (when the terminal or --verbose shows them); a failure throws a StageError carrying the last lines.
+   */
+  $: ToolShell;
 }
 
 export interface Stage {
@@ -59,16 +62,6 @@ export interface Stage {
   build(ctx: BuildContext): Promise<void>;
   /** out-relative file -> name under bin/ */
   publish: Record<string, string>;
-}
-
-export class StageError extends Error {
-  constructor(
-    readonly stage: string,
-    message: string,
-  ) {
-    super(`[${stage}] ${message}`);
-    this.name = "StageError";
-  }
 }
 
 /** Keeps input digests across runs so a no-op build only stats large inputs. */
@@ -116,29 +109,6 @@ export function keyContext(repo: string, options: BuildOptions, memo: DigestMemo
 /** The cache key of a stage: its name, its declared inputs and its dependencies' keys. */
 export function stageKey(stage: Stage, inputs: Record<string, unknown>, depKeys: Record<string, string>): string {
   return sha256(JSON.stringify({ stage: stage.name, inputs, deps: depKeys }));
-}
-
-export async function runExec(
-  stageName: string,
-  file: string,
-  args: string[],
-  opts: ExecaOptions,
-  log: (l: string) => void,
-): Promise<string> {
-  const sub = execa(file, args, { all: true, reject: false, stdin: "ignore", ...opts });
-  sub.all?.on("data", (chunk: Buffer) => {
-    for (const line of chunk.toString().split("\n")) if (line.trim()) log(line);
-  });
-  const r = await sub;
-  if (r.failed) {
-    const tail = String(r.all ?? "")
-      .split("\n")
-      .slice(-25)
-      .join("\n");
-    const why = (r as { code?: string }).code === "ENOENT" ? `'${file}' is not installed` : `exited with ${r.exitCode}`;
-    throw new StageError(stageName, `${file} ${args.join(" ")} ${why}\n${tail}`);
-  }
-  return String(r.stdout ?? "");
 }
 
 export { Cache };

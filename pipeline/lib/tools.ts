@@ -1,4 +1,4 @@
-import { $ } from "zx";
+import { $quiet } from "./shell.ts";
 
 export class MissingToolError extends Error {
   constructor(tool: string, pkg: string) {
@@ -20,7 +20,7 @@ export async function toolVersion(tool: string, pkg: string, args: string[] = ["
   const hit = versionCache.get(k);
   if (hit !== undefined) return hit;
   // Some tools (mke2fs -V) print their version to stderr and exit non-zero: read both, judge only ENOENT.
-  const r = await $({ quiet: true, nothrow: true, stdio: ["ignore", "pipe", "pipe"] })`${tool} ${args}`;
+  const r = await $quiet({ nothrow: true })`${tool} ${args}`;
   if (r.exitCode === 127 || (/not found|ENOENT/.test(r.stderr) && r.stdout === ""))
     throw new MissingToolError(tool, pkg);
   const line = `${r.stdout}\n${r.stderr}`.split("\n").find((l) => l.trim() !== "") ?? "";

@@ -1,6 +1,6 @@
 import { lstat, open, readlink } from "node:fs/promises";
 import path from "node:path";
-import { execa } from "execa";
+import { $quiet } from "../lib/shell.ts";
 
 /** What the dynamic loader reads from an ELF (what `readelf -d -l` shows). */
 export interface ElfInfo {
@@ -115,13 +115,16 @@ export async function lddClosure(files: string[]): Promise<ClosureLib[]> {
     files.map(async (file) => {
       const elf = await readElf(file);
       if (!elf.interpreter && elf.needed.length === 0) return { file, lines: [] };
-      // Trace mode goes to the loader only: set for ldd, it would trace the shell running ldd.
-      const [cmd, env] = elf.interpreter ? [elf.interpreter, { LD_TRACE_LOADED_OBJECTS: "1" }] : ["ldd", {}];
-      const r = await execa(cmd, [file], { reject: false, stdin: "ignore", all: true, env });
-      if ((r as { code?: string }).code === "ENOENT") {
+      // Trace mode is for the loader alone, so it goes on the loader's command line: in the environment it would
+      // trace the shell zx runs commands through (and, for ldd, the shell running ldd) instead.
+      const cmd = elf.interpreter ?? "ldd";
+      const r = await (elf.interpreter
+        ? $quiet({ nothrow: true })`LD_TRACE_LOADED_OBJECTS=1 ${cmd} ${file}`
+        : $quiet({ nothrow: true })`ldd ${file}`);
+      if (r.exitCode === 127) {
         throw new Error(`${cmd} is not installed; install it with: apt-get install -y libc-bin`);
       }
-      const out = String(r.all ?? "");
+      const out = r.stdall;
       if (/statically linked/.test(out)) return { file, lines: [] };
       if (r.exitCode !== 0) throw new Error(`${cmd} ${file} failed (exit ${r.exitCode}):\n${out}`);
       return { file, lines: out.split("\n") };

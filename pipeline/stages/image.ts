@@ -4,9 +4,10 @@ import os from "node:os";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
-import { execa } from "execa";
 import { hashFile } from "../lib/hash.ts";
-import { type Stage, StageError } from "../lib/stage.ts";
+import { $quiet } from "../lib/shell.ts";
+import type { Stage } from "../lib/stage.ts";
+import { StageError } from "../lib/stage-error.ts";
 import { extractNewc } from "../rootfs/cpio.ts";
 import { imageSize, normaliseScript } from "../rootfs/ext4.ts";
 import { type ArtifactManifest, type RootfsManifest, writeManifest } from "../rootfs/manifest.ts";
@@ -63,44 +64,28 @@ export const imageStage: Stage = {
       const image = path.join(ctx.out, IMAGE);
       // LC_ALL=C: mke2fs -d adds directory entries in scandir(alphasort) order, which follows the locale.
       const fixed = { E2FSPROGS_FAKE_TIME: String(epoch), LC_ALL: "C" };
-      await ctx.exec(
-        "mke2fs",
-        [
-          "-q",
-          "-F",
-          "-t",
-          "ext4",
-          "-T",
-          "kuasar",
-          "-N",
-          String(size.inodes),
-          "-L",
-          LABEL,
-          "-U",
-          IMAGE_UUID,
-          "-E",
-          `hash_seed=${IMAGE_UUID},root_owner=0:0,nodiscard`,
-          "-d",
-          root,
-          image,
-          `${size.bytes / 1024}k`,
-        ],
-        { env: { ...fixed, MKE2FS_CONFIG: path.join(ctx.repo, MKE2FS_CONFIG) } },
-      );
+      const env = { ...process.env, ...fixed };
+      const extended = `hash_seed=${IMAGE_UUID},root_owner=0:0,nodiscard`;
+      const mke2fs = ctx.$({ env: { ...env, MKE2FS_CONFIG: path.join(ctx.repo, MKE2FS_CONFIG) } });
+      await mke2fs`mke2fs -q -F -t ext4 -T kuasar -N ${size.inodes} -L ${LABEL} -U ${IMAGE_UUID} \
+        -E ${extended} -d ${root} ${image} ${size.bytes / 1024}k`;
 
       ctx.log(`debugfs: owners 0:0, timestamps ${epoch}`);
       const script = path.join(scratch, "normalise.debugfs");
       const paths = entries.map((e) => e.name);
       await writeFile(script, normaliseScript(paths, epoch));
       // debugfs reports a failed command on stderr and still exits 0, so its stderr is the verdict.
-      const r = await execa("debugfs", ["-w", "-f", script, image], { env: fixed, reject: false, stdin: "ignore" });
+      const r = await $quiet({ env, nothrow: true })`debugfs -w -f ${script} ${image}`;
       const errors = r.stderr.split("\n").filter((l) => l.trim() && !/^debugfs \d/.test(l));
       if (r.exitCode !== 0 || errors.length > 0) {
-        throw new StageError("image", `debugfs -w -f ${script} ${image} failed:\n${errors.slice(0, 20).join("\n")}`);
+        throw new StageError(
+          "image",
+          `debugfs -w -f ${script} ${image} failed (exit ${r.exitCode}):\n${errors.slice(0, 20).join("\n")}`,
+        );
       }
 
       ctx.log("e2fsck -fn");
-      await ctx.exec("e2fsck", ["-f", "-n", image], { env: fixed });
+      await ctx.$({ env })`e2fsck -f -n ${image}`;
 
       const base = JSON.parse(await readFile(path.join(rootfs, ROOTFS_MANIFEST), "utf8")) as RootfsManifest;
       const bytes = (await stat(image)).size;

@@ -5,13 +5,13 @@ import { kernelStage } from "./kernel.ts";
 import { nodeInstallerStage } from "./node-installer.ts";
 import { rootfsStage } from "./rootfs.ts";
 import { sandboxerStage } from "./sandboxer.ts";
-import { taskStage } from "./task.ts";
 import { unitsStage } from "./units.ts";
+import { vmmTaskStage } from "./vmm-task.ts";
 
 /** Every stage the CLI knows, in no particular order (the runner orders them by dependencies). */
 export const allStages: Stage[] = [
   kernelStage,
-  taskStage,
+  vmmTaskStage,
   sandboxerStage,
   rootfsStage,
   imageStage,

@@ -120,18 +120,17 @@ export const kernelStage: Stage = {
         ctx.log(`reusing the kept build tree ${scratch}: make recompiles only what the config change touches`);
       } else {
         if (!tree) ctx.log("the kept build tree is in use by another build: building from scratch in a private tree");
-        srcDir = await materialise(source, scratch, ctx.exec, ctx.log);
+        srcDir = await materialise(source, scratch, ctx.$, ctx.log);
         await applyPatches(
           srcDir,
           patches.map((p) => p.file),
-          ctx.exec,
+          ctx.$,
           ctx.log,
         );
         await tree?.prepared(srcDir);
       }
       const env = reproducibleEnv(o.sourceDateEpoch);
-      const make = (args: string[]) =>
-        ctx.exec("make", ["ARCH=x86_64", ...args], { cwd: srcDir, env, extendEnv: false });
+      const make = async (args: string[]) => (await ctx.$({ cwd: srcDir, env })`make ARCH=x86_64 ${args}`).stdout;
       const version = (await make(["-s", "kernelversion"])).trim();
       const config = await configure({ srcDir, profile: o.profile, requested, make, log: ctx.log });
 
@@ -142,7 +141,7 @@ export const kernelStage: Stage = {
 
       // The symbol table and any debug info are useless to a VMM and carry nothing it boots from.
       ctx.log("strip vmlinux -> vmlinux.bin");
-      await ctx.exec("strip", ["--strip-all", "-o", path.join(ctx.out, "vmlinux.bin"), path.join(srcDir, "vmlinux")]);
+      await ctx.$`strip --strip-all -o ${path.join(ctx.out, "vmlinux.bin")} ${path.join(srcDir, "vmlinux")}`;
       await copyFile(path.join(srcDir, "arch/x86/boot/bzImage"), path.join(ctx.out, "bzImage"));
       await writeFile(path.join(ctx.out, "config"), config);
       await writeManifest(ctx, {

@@ -2,26 +2,20 @@ import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { type Stage, StageError } from "../lib/stage.ts";
-import {
-  artifactNames,
-  buildNodeInstallerImage,
-  bundleInstaller,
-  IMAGE_ARCHIVE,
-  imageName,
-  packageVersion,
-  RUNTIME_ELFS,
-} from "../node-installer/image.ts";
+import { IMAGE_ARCHIVE, imageName, packageVersion } from "../../installers/node-installer/image-name.ts";
+import { artifactNames, buildNodeInstallerImage, bundleInstaller, RUNTIME_ELFS } from "../installer-image/image.ts";
+import type { Stage } from "../lib/stage.ts";
+import { StageError } from "../lib/stage-error.ts";
 import { lddClosure } from "../rootfs/elf.ts";
 import { imageStage } from "./image.ts";
 import { initrdStage } from "./initrd.ts";
 import { kernelStage } from "./kernel.ts";
 import { sandboxerStage } from "./sandboxer.ts";
-import { taskStage } from "./task.ts";
 import { unitsStage } from "./units.ts";
+import { vmmTaskStage } from "./vmm-task.ts";
 
 /** The stages whose published files install-vmm lays out. */
-const PUBLISHERS = [sandboxerStage, taskStage, kernelStage, imageStage, initrdStage, unitsStage];
+const PUBLISHERS = [sandboxerStage, vmmTaskStage, kernelStage, imageStage, initrdStage, unitsStage];
 
 /** bin/ name -> the stage publishing it and its file in that stage's output. */
 function sources(): Map<string, { stage: string; rel: string }> {

@@ -2,9 +2,9 @@ import { existsSync } from "node:fs";
 import { chmod, copyFile, lstat, mkdir, mkdtemp, readdir, readlink, rename, rm, stat, symlink } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { execa } from "execa";
 import { hashFile } from "../lib/hash.ts";
-import { type BuildContext, type KeyContext, type Stage, StageError } from "../lib/stage.ts";
+import type { BuildContext, KeyContext, Stage } from "../lib/stage.ts";
+import { StageError } from "../lib/stage-error.ts";
 import { writeNewc } from "../rootfs/cpio.ts";
 import { isElf, lddClosure, readElf, systemLibDirs } from "../rootfs/elf.ts";
 import { buildManifest, writeManifest } from "../rootfs/manifest.ts";
@@ -125,7 +125,7 @@ export const rootfsStage: Stage = {
       const cpio = path.join(scratch, "rootfs.cpio");
       await writeNewc(root, tree, cpio, ctx.options.sourceDateEpoch);
       ctx.log(`compressing (gzip -n ${GZIP_LEVEL})`);
-      await ctx.exec("gzip", ["-n", GZIP_LEVEL, cpio]);
+      await ctx.$`gzip -n ${GZIP_LEVEL} ${cpio}`;
       await rename(`${cpio}.gz`, path.join(ctx.out, ROOTFS_ARCHIVE));
       const size = (await stat(path.join(ctx.out, ROOTFS_ARCHIVE))).size;
       ctx.log(
@@ -194,7 +194,7 @@ async function stageTree(ctx: BuildContext, root: string): Promise<void> {
   ctx.log(`libraries: ${keyed.map((l) => path.basename(l.path)).join(", ")}`);
 
   // busybox applets last, so they never shadow a real program (sbin/init is the agent's).
-  const applets = (await execa("/bin/busybox", ["--list-full"])).stdout.split("\n").filter(Boolean);
+  const applets = (await ctx.$`/bin/busybox --list-full`).stdout.split("\n").filter(Boolean);
   const kept: string[] = [];
   let links = 0;
   for (const a of applets) {
@@ -220,7 +220,7 @@ async function stageTree(ctx: BuildContext, root: string): Promise<void> {
 async function installStripped(ctx: BuildContext, root: string, host: string, guest: string): Promise<void> {
   const dest = path.join(root, guest);
   await mkdir(path.dirname(dest), { recursive: true });
-  await ctx.exec("strip", ["--strip-debug", "-o", dest, host]);
+  await ctx.$`strip --strip-debug -o ${dest} ${host}`;
   const [before, after] = [(await stat(host)).size, (await stat(dest)).size];
   if (after >= before) await copyFile(host, dest);
   await chmod(dest, 0o755);
@@ -265,14 +265,15 @@ async function smokeTest(ctx: BuildContext, root: string, tree: TreeEntry[]): Pr
     ["usr/sbin/runc", ["--version"]],
     ["usr/bin/node", [...nodeArgs, ...addons.map((a) => `/${a.path}`)]],
   ];
-  // The guest's environment, not the builder's (NODE_EXTRA_CA_CERTS and the like would leak in).
-  const env = { extendEnv: false, env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root" } };
+  // The guest's environment, not the builder's (NODE_EXTRA_CA_CERTS and the like would leak in); the shell zx
+  // runs the command through adds only PWD, SHLVL and _.
+  const guest$ = ctx.$({ env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", HOME: "/root" } });
   let chrooted = process.getuid?.() === 0;
   for (const [prog, args] of checks) {
     if (chrooted) {
       try {
-        const out = await ctx.exec("chroot", [root, `/${prog}`, ...args], env);
-        ctx.log(`chroot ${prog}: ${out.split("\n")[0]}`);
+        const out = await guest$`chroot ${root} /${prog} ${args}`;
+        ctx.log(`chroot ${prog}: ${out.stdout.split("\n")[0]}`);
         continue;
       } catch (err) {
         if (!/cannot change root directory/.test((err as Error).message)) throw err;
@@ -288,7 +289,7 @@ async function smokeTest(ctx: BuildContext, root: string, tree: TreeEntry[]): Pr
       .join(":");
     const hostArgs = args.map((a) => (a.startsWith(`/${AGENT_DIR}/`) ? path.join(root, a) : a));
     const loaderArgs = ["--inhibit-cache", "--library-path", libPath, path.join(root, prog), ...hostArgs];
-    const out = await ctx.exec(path.join(root, interp), loaderArgs, env);
-    ctx.log(`${prog} via the staged loader (chroot not permitted): ${out.split("\n")[0]}`);
+    const out = await guest$`${path.join(root, interp)} ${loaderArgs}`;
+    ctx.log(`${prog} via the staged loader (chroot not permitted): ${out.stdout.split("\n")[0]}`);
   }
 }

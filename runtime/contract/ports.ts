@@ -1,4 +1,4 @@
-// The guest's vsock ports (Kuasar's guest contract). Both serve only the host: see runtime/task/peer-check.ts.
+// The guest's vsock ports (Kuasar's guest contract). Both serve only the host: see runtime/agent/peer-check.ts.
 
 /** vmm-task serves ttrpc here: containerd's Task v2/v3, Kuasar's SandboxService and Streaming. */
 export const AGENT_PORT = 1024;

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import type { Duplex, Writable } from "node:stream";
 import { DEBUG_CONSOLE_PORT } from "../contract/ports.ts";
-import type { AgentAddress } from "../sandboxer/hypervisor/index.ts";
+import type { AgentAddress } from "../sandboxer/hypervisor/vm-api.ts";
 import { dial, formatAddress, type TransportAddress } from "../transport/address.ts";
 
 export function consoleAddress(agent: AgentAddress): TransportAddress {

@@ -1,6 +1,6 @@
 import { existsSync } from "node:fs";
 import { probeDaemon } from "../doctor/daemon.ts";
-import { agentUrl } from "../sandboxer/hypervisor/index.ts";
+import { agentUrl } from "../sandboxer/hypervisor/vm-api.ts";
 import { agentAddressOf, daemonViews, type Entry, readSandboxes } from "./sandboxes.ts";
 
 export interface Row {

@@ -1,7 +1,7 @@
 import type { ServiceError } from "@grpc/grpc-js";
 import { status as grpcStatus } from "@grpc/grpc-js";
 import { controllerClient, reasonOf } from "../doctor/daemon.ts";
-import type { AgentAddress } from "../sandboxer/hypervisor/index.ts";
+import type { AgentAddress } from "../sandboxer/hypervisor/vm-api.ts";
 import type { SandboxRecord } from "../sandboxer/sandbox/record.ts";
 import { type Loaded, readRecords } from "../sandboxer/store.ts";
 

@@ -1,6 +1,5 @@
 import type { Config } from "../sandboxer/config/schema.ts";
-import { chooseAccelerator, chooseVsock } from "../sandboxer/hypervisor/host.ts";
-import { parseAccelerators } from "../sandboxer/hypervisor/qemu/plan.ts";
+import { vmmOf } from "../sandboxer/hypervisor/registry.ts";
 import type { DoctorProbes } from "./probes.ts";
 import type { CheckResult } from "./report.ts";
 
@@ -31,81 +30,14 @@ export function checkHostKernel(probes: DoctorProbes): CheckResult {
   return { id: "host-kernel", status: "ok", verdict: `host kernel ${release} (>= ${min})` };
 }
 
-const KVM_FIX =
-  "on bare metal enable VT-x/AMD-V in the firmware and `modprobe kvm_intel` (or kvm_amd); in a VM turn on nested " +
-  "virtualisation";
-
-/** KVM or only TCG, decided exactly as the QEMU driver decides it. */
+/** KVM or only TCG, decided as the configured VMM's driver decides it. */
 export async function checkKvm(config: Config, probes: DoctorProbes): Promise<CheckResult> {
-  const h = config.hypervisor;
-  if (h.type !== "qemu") {
-    // cloud-hypervisor and StratoVirt have no software emulation.
-    const c = await chooseAccelerator("auto", probes);
-    return c.value === "kvm"
-      ? { id: "kvm", status: "ok", verdict: `KVM usable: ${c.reason}` }
-      : {
-          id: "kvm",
-          status: "fail",
-          verdict: `${h.type} needs KVM, which is not usable: ${c.reason}`,
-          fix: `${KVM_FIX}; or use qemu, which falls back to TCG`,
-        };
-  }
-  const wanted = parseAccelerators(h.machine_accelerators).accel;
-  let c: Awaited<ReturnType<typeof chooseAccelerator>>;
-  try {
-    c = await chooseAccelerator(wanted, probes);
-  } catch (err) {
-    return {
-      id: "kvm",
-      status: "fail",
-      verdict: (err as Error).message,
-      fix: `${KVM_FIX}; or set machine_accelerators = "auto"`,
-    };
-  }
-  if (c.value === "kvm") return { id: "kvm", status: "ok", verdict: `KVM usable: ${c.reason}` };
-  if (wanted === "tcg") return { id: "kvm", status: "ok", verdict: `TCG (software emulation): ${c.reason}` };
-  return {
-    id: "kvm",
-    status: "warn",
-    verdict: `only TCG (software emulation) is possible: ${c.reason}`,
-    fix: `${KVM_FIX}. TCG works, but guests boot several times slower`,
-  };
+  return { id: "kvm", ...(await vmmOf(config.hypervisor.type).doctor.kvm(config, probes)) };
 }
 
-/** The vsock transport the driver will use: vhost-vsock, or hybrid vsock through vhost-device-vsock. */
+/** The vsock transport the driver will use: vhost-vsock, or hybrid vsock (the VMM's own, or vhost-device-vsock). */
 export async function checkVsock(config: Config, probes: DoctorProbes): Promise<CheckResult> {
-  const h = config.hypervisor;
-  if (h.type === "cloud-hypervisor") {
-    return { id: "vsock", status: "ok", verdict: "hybrid vsock, built into cloud-hypervisor" };
-  }
-  if (h.type === "stratovirt") {
-    return (await probes.exists("/dev/vhost-vsock"))
-      ? { id: "vsock", status: "ok", verdict: "vhost-vsock: /dev/vhost-vsock exists" }
-      : {
-          id: "vsock",
-          status: "fail",
-          verdict: "stratovirt talks to the guest over vhost-vsock, and /dev/vhost-vsock does not exist",
-          fix: "modprobe vhost_vsock (and add it to /etc/modules-load.d/)",
-        };
-  }
-  try {
-    const c = await chooseVsock(h.vsock_mode, h.vhost_user_vsock_path, probes);
-    if (c.value === "vhost") return { id: "vsock", status: "ok", verdict: `vhost-vsock: ${c.reason}` };
-    const v = await probes.run(h.vhost_user_vsock_path, ["--version"]);
-    const version = v.ok ? (v.output.trim().split("\n")[0] ?? "") : "";
-    return {
-      id: "vsock",
-      status: "ok",
-      verdict: `hybrid vsock through ${version || h.vhost_user_vsock_path}: ${c.reason}`,
-    };
-  } catch (err) {
-    return {
-      id: "vsock",
-      status: "fail",
-      verdict: (err as Error).message,
-      fix: "modprobe vhost_vsock, or install vhost-device-vsock (Debian sid; see scripts/install-prereqs.sh)",
-    };
-  }
+  return { id: "vsock", ...(await vmmOf(config.hypervisor.type).doctor.vsock(config, probes)) };
 }
 
 const CONTROLLERS = ["cpu", "memory", "pids"];

@@ -1,3 +1,4 @@
+import { vmmOf } from "../sandboxer/hypervisor/registry.ts";
 import { checkContainerdConfig, checkContainerdVersion, checkShim } from "./containerd.ts";
 import { checkCgroup, checkHostKernel, checkKvm, checkPortForward, checkVsock } from "./host.ts";
 import { checkDaemon, checkPaths } from "./paths.ts";
@@ -33,7 +34,7 @@ export async function runDoctor(opts: DoctorOptions, probes: DoctorProbes = real
       await checkArtifact(config, "guest-kernel", "kernel_path"),
       await checkArtifact(config, "guest-rootfs", h.image_path ? "image_path" : "initrd_path"),
     );
-    const firmware = h.type === "qemu" ? "firmware_path" : "firmware";
+    const firmware = vmmOf(h.type).firmwareKey;
     if ((h as unknown as Record<string, string>)[firmware])
       checks.push(await checkArtifact(config, "firmware", firmware));
   } else {

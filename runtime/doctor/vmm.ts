@@ -5,8 +5,7 @@ import path from "node:path";
 import { parseCmdline } from "../contract/kernel-params.ts";
 import { ConfigError, loadConfig } from "../sandboxer/config/load.ts";
 import { type Config, defaultConfig } from "../sandboxer/config/schema.ts";
-import { virtiofsd } from "../sandboxer/hypervisor/guest.ts";
-import { chooseVsock, virtiofsdDialect } from "../sandboxer/hypervisor/host.ts";
+import { vmmOf } from "../sandboxer/hypervisor/registry.ts";
 import type { DoctorProbes } from "./probes.ts";
 import type { CheckResult } from "./report.ts";
 
@@ -63,23 +62,19 @@ export async function checkConfig(
   }
 }
 
-const INSTALL_HINT: Record<Config["hypervisor"]["type"], string> = {
-  qemu: "apt-get install qemu-system-x86",
-  "cloud-hypervisor": "install cloud-hypervisor from its GitHub releases",
-  stratovirt: "install StratoVirt (openEuler packages it)",
-};
-
-/** The hypervisor binary runs, its version, and (QEMU) the devices the chosen transports need. */
+/** The hypervisor binary runs, its version, and what else the VMM needs of that build (QEMU: devices). */
 export async function checkHypervisor(config: Config, probes: DoctorProbes): Promise<CheckResult> {
   const h = config.hypervisor;
-  const binary = h.type === "qemu" ? h.qemu_path : h.path;
-  const key = h.type === "qemu" ? "qemu_path" : "path";
+  const vmm = vmmOf(h.type);
+  const key = vmm.binaryKey;
+  const binary = (h as unknown as Record<string, string>)[key] ?? "";
+  const hint = vmm.doctor.installHint;
   if (!binary || !(await probes.executable(binary))) {
     return {
       id: "hypervisor",
       status: "fail",
       verdict: `hypervisor.${key} = ${JSON.stringify(binary)}: no executable there (hypervisor ${h.type})`,
-      fix: `${INSTALL_HINT[h.type]}, or set hypervisor.${key} in ${config.file ?? "the configuration"}`,
+      fix: `${hint}, or set hypervisor.${key} in ${config.file ?? "the configuration"}`,
     };
   }
   const v = await probes.run(binary, ["--version"]);
@@ -88,7 +83,7 @@ export async function checkHypervisor(config: Config, probes: DoctorProbes): Pro
       id: "hypervisor",
       status: "fail",
       verdict: `${binary} does not run: ${v.error}`,
-      fix: `reinstall it (${INSTALL_HINT[h.type]})`,
+      fix: `reinstall it (${hint})`,
     };
   }
   const version =
@@ -96,67 +91,13 @@ export async function checkHypervisor(config: Config, probes: DoctorProbes): Pro
       .split("\n")
       .find((l) => /\d+\.\d+/.test(l))
       ?.trim() ?? "version unknown";
-  if (h.type !== "qemu") return { id: "hypervisor", status: "ok", verdict: `${binary}: ${version}` };
-
-  // QEMU builds differ in the devices they carry: ask for the ones this configuration will use.
-  const micro = h.machine_type === "microvm";
-  const dev = (name: string) => (micro ? `${name}-device` : `${name}-pci`);
-  const wanted = [dev(h.share_fs === "VirtioFS" ? "vhost-user-fs" : "virtio-9p")];
-  const vsock = await chooseVsock(h.vsock_mode, h.vhost_user_vsock_path, probes).catch(() => undefined);
-  if (vsock) wanted.push(dev(vsock.value === "hybrid" ? "vhost-user-vsock" : "vhost-vsock"));
-  const help = await probes.run(binary, ["-machine", "none", "-device", "help"]);
-  const listed = help.ok ? help.output : "";
-  const missing = wanted.filter((d) => !listed.includes(`"${d}"`));
-  if (missing.length > 0) {
-    return {
-      id: "hypervisor",
-      status: "fail",
-      verdict: `${binary} (${version}) lacks the device${missing.length > 1 ? "s" : ""} ${missing.join(", ")}`,
-      fix: "use a QEMU built with vhost-user and virtfs support (Debian's qemu-system-x86 has both)",
-    };
-  }
-  return { id: "hypervisor", status: "ok", verdict: `${binary}: ${version}; has ${wanted.join(", ")}` };
+  const more = await vmm.doctor.binary?.(config, probes, binary, version);
+  return { id: "hypervisor", ...(more ?? { status: "ok", verdict: `${binary}: ${version}` }) };
 }
 
-/** virtiofsd where the share goes over virtio-fs, with flags this configuration can pass it. */
+/** The helper that serves the share (virtiofsd, StratoVirt's vhost_user_fs), where the VMM needs one. */
 export async function checkVirtiofsd(config: Config, probes: DoctorProbes): Promise<CheckResult> {
-  const h = config.hypervisor;
-  if (h.type === "qemu" && h.share_fs !== "VirtioFS") {
-    return { id: "virtiofsd", status: "skip", verdict: "not used: share_fs = Virtio9P (QEMU serves 9p itself)" };
-  }
-  const [key, binary] =
-    h.type === "stratovirt"
-      ? ["hypervisor.virtiofsd_conf.path", h.virtiofsd_conf.path]
-      : ["hypervisor.virtiofsd.path", h.virtiofsd.path];
-  if (!(await probes.executable(binary))) {
-    return {
-      id: "virtiofsd",
-      status: "fail",
-      verdict: `${key} = ${binary}: no executable there`,
-      fix:
-        h.type === "stratovirt"
-          ? `install StratoVirt's vhost_user_fs or set ${key}`
-          : `apt-get install qemu-system-common (C virtiofsd at /usr/lib/qemu/virtiofsd) or install the Rust virtiofsd; or set ${key}`,
-    };
-  }
-  if (h.type === "stratovirt") return { id: "virtiofsd", status: "ok", verdict: `${binary} (vhost_user_fs)` };
-  try {
-    const dialect = await virtiofsdDialect(binary, probes);
-    // Builds the real command line: options one implementation lacks fail here as they would at sandbox start.
-    virtiofsd(config, { id: "doctor", dir: "/nonexistent", shareDir: "/nonexistent", netDevices: [] }, dialect);
-    return {
-      id: "virtiofsd",
-      status: "ok",
-      verdict: `${binary}: ${dialect === "c" ? "QEMU's C virtiofsd" : "the Rust virtiofsd"}`,
-    };
-  } catch (err) {
-    return {
-      id: "virtiofsd",
-      status: "fail",
-      verdict: (err as Error).message,
-      fix: `fix [hypervisor.virtiofsd] in ${config.file ?? "the configuration"}`,
-    };
-  }
+  return { id: "virtiofsd", ...(await vmmOf(config.hypervisor.type).doctor.shareFs(config, probes)) };
 }
 
 interface Described {

@@ -8,9 +8,9 @@ import { validateId } from "../contract/ids.ts";
 import { GrpcError, type MethodsOf, type UnaryHandlers } from "../grpc/service.ts";
 import type { Controller } from "../protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { PodSandboxConfigSchema } from "../protos/gen/k8s/cri/runtime/v1/api_pb.ts";
-import { type PodResources, parentPath } from "./pod-cgroup.ts";
 import { hostNamespaceRefusal } from "./pod-checks.ts";
 import type { SandboxManager } from "./sandbox/manager.ts";
+import { type PodResources, parentPath } from "./sandbox/pod-cgroup.ts";
 import type { PodConfigJson } from "./share-files.ts";
 
 /** The sandbox API version containerd 2.1 needs to use our task address instead of exec'ing a shim. */

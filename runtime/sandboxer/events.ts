@@ -1,9 +1,9 @@
 import net from "node:net";
 import { type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
 import { type Timestamp, timestampNow } from "@bufbuild/protobuf/wkt";
+import type { Logger } from "../log/log.ts";
 import { Events } from "../protos/gen/containerd/services/events/ttrpc/v1/events_pb.ts";
 import { Code, TtrpcClient, TtrpcError } from "../ttrpc/index.ts";
-import type { Logger } from "./log.ts";
 
 export interface PublisherOptions {
   /** Events one source may have waiting (containerd unreachable or slow); past this its oldest are dropped. */

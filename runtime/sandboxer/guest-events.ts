@@ -1,6 +1,7 @@
 import { type DescField, type DescMessage, fromBinary, type Message, ScalarType } from "@bufbuild/protobuf";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { validateId } from "../contract/ids.ts";
+import type { Logger } from "../log/log.ts";
 import {
   type TaskExecStarted,
   TaskExecStartedSchema,
@@ -12,12 +13,11 @@ import {
   TaskStartSchema,
 } from "../protos/gen/containerd/events/task_pb.ts";
 import { type EventPublisher, ThrottledWarning } from "./events.ts";
-import type { Logger } from "./log.ts";
 
 /** Real guest events are a few hundred bytes; anything much larger is refused before it is decoded. */
 export const MAX_GUEST_EVENT_BYTES = 64 * 1024;
 
-/** What vmm-task sends (runtime/task/task-events.ts); create, delete and exec-added are the host's own. */
+/** What vmm-task sends (runtime/agent/task-events.ts); create, delete and exec-added are the host's own. */
 const GUEST_TOPICS: Readonly<Record<string, DescMessage>> = {
   "/tasks/start": TaskStartSchema,
   "/tasks/exit": TaskExitSchema,

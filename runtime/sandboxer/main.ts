@@ -4,16 +4,16 @@ import * as grpc from "@grpc/grpc-js";
 import pkg from "../../package.json" with { type: "json" };
 import { doctorMain } from "../doctor/cli.ts";
 import { addUnaryService } from "../grpc/service.ts";
+import { type Level, logger, parseLevel, setLogLevel } from "../log/log.ts";
 import { Controller } from "../protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { loadConfig } from "./config/load.ts";
 import { type Config, defaultConfig } from "./config/schema.ts";
 import { controllerHandlers } from "./controller.ts";
 import { EventPublisher } from "./events.ts";
 import { parseFlags, USAGE } from "./flags.ts";
-import { type Level, logger, parseLevel, setLogLevel } from "./log.ts";
 import { sdNotify, startWatchdog } from "./notify.ts";
+import { VmLauncher } from "./sandbox/launcher.ts";
 import { SandboxManager } from "./sandbox/manager.ts";
-import { VmLauncher } from "./vm-launcher.ts";
 
 // The bundler inlines package.json, so a shipped binary reports the version it was built from.
 const VERSION = pkg.version;

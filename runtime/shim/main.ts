@@ -2,10 +2,10 @@ import { parseArgs } from "node:util";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import pkg from "../../package.json" with { type: "json" };
+import { readTaskLink } from "../contract/task-link.ts";
 import { type DeleteResponse, DeleteResponseSchema, Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { dial } from "../transport/address.ts";
 import { Code, TtrpcClient, TtrpcError } from "../ttrpc/index.ts";
-import { readTaskLink } from "./task-link.ts";
 
 // The bundler inlines package.json, so a shipped binary reports the version it was built from.
 const VERSION = pkg.version;

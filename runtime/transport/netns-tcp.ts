@@ -1,6 +1,7 @@
 import { once } from "node:events";
 import net from "node:net";
-import { type ErrnoError, native } from "./vsock.ts";
+import type { ErrnoError } from "./errno-error.ts";
+import { native } from "./vsock-addon.ts";
 
 /**
  * TCP listeners inside a pod's network namespace for a daemon that stays in the host's: containerd's CRI
@@ -18,7 +19,7 @@ interface NetnsTcpAddon {
   tcpOriginalDst(fd: number): TcpAddress;
 }
 
-// The vsock addon carries these calls too; vsock.ts types only its own.
+// The vsock addon carries these calls too; vsock-addon.ts types only its own.
 function addon(): NetnsTcpAddon {
   return native() as ReturnType<typeof native> & NetnsTcpAddon;
 }

@@ -1,6 +1,6 @@
 import { chmod, lstat, unlink } from "node:fs/promises";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
-import type { ErrnoError } from "./vsock.ts";
+import type { ErrnoError } from "./errno-error.ts";
 
 export interface UnixConnectOptions {
   /** Milliseconds before the attempt fails with ETIMEDOUT (default 3000). */

@@ -8,13 +8,13 @@ export {
 } from "./client.ts";
 export { Code, TtrpcError, toTtrpcError } from "./errors.ts";
 export { Flag, HEADER_LENGTH, MAX_DATA_LENGTH, MessageType } from "./frame.ts";
-export {
-  type BidiStreamingHandler,
-  type CallContext,
-  type ClientStreamingHandler,
-  type ServerStreamingHandler,
-  type ServiceHandlers,
-  type StreamWriter,
-  TtrpcServer,
-  type UnaryHandler,
-} from "./server.ts";
+export { TtrpcServer } from "./server.ts";
+export type {
+  BidiStreamingHandler,
+  CallContext,
+  ClientStreamingHandler,
+  ServerStreamingHandler,
+  ServiceHandlers,
+  StreamWriter,
+  UnaryHandler,
+} from "./server-handlers.ts";

@@ -11,8 +11,18 @@ import {
   type MountSchema,
   NamespaceMode,
 } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
-import { containerConfig, logLines, podConfig, QUICK, removePod, runPod, SLOW, until, withLogs } from "./cri.ts";
-import { type Env, mountsUnder, RUNTIME_HANDLER, startEnv, vmProcesses } from "./harness.ts";
+import { type Env, mountsUnder, RUNTIME_HANDLER, startEnv, vmProcesses } from "../../testkit/containerd.ts";
+import {
+  containerConfig,
+  logLines,
+  podConfig,
+  QUICK,
+  removePod,
+  runPod,
+  SLOW,
+  until,
+  withLogs,
+} from "../../testkit/cri.ts";
 
 // Pods as kubelet runs them, through containerd 2.1's CRI: what a runc pod gets, a VM pod gets too. One pod VM is
 // shared by the tests where they do not disturb each other.

@@ -3,8 +3,6 @@ import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { ContainerState, PodSandboxState } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
-import * as cri from "./cri.ts";
-import { containerConfig, QUICK, SLOW, until } from "./cri.ts";
 import {
   type Env,
   mountsUnder,
@@ -13,7 +11,9 @@ import {
   startEnv,
   storageMountsUnder,
   vmProcesses,
-} from "./harness.ts";
+} from "../../testkit/containerd.ts";
+import * as cri from "../../testkit/cri.ts";
+import { containerConfig, QUICK, SLOW, until } from "../../testkit/cri.ts";
 
 // A real containerd 2.1 drives vmm-sandboxer through CRI, as kubelet would: each pod is a QEMU (TCG) VM.
 // TCG boots take ~15-20 s, so CRI calls that boot or stop a VM get generous deadlines.

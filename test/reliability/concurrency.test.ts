@@ -6,8 +6,8 @@ import { test } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import { unaryClient } from "../../runtime/grpc/service.ts";
 import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
-import { fuzzSeed, rng, subSeed, withSeed } from "../lib/rng.ts";
-import { type ControllerClient, FakeLauncher, fakeDaemon, statusVersusDisk } from "./harness.ts";
+import { type ControllerClient, FakeLauncher, fakeDaemon, statusVersusDisk } from "../../testkit/fake-daemon.ts";
+import { fuzzSeed, rng, subSeed, withSeed } from "../../testkit/rng.ts";
 
 // 8 clients issue interleaved Create/Start/Status/Stop/Shutdown (and Wait) on ids they share and on ids of their
 // own, over the real gRPC socket, against the daemon's SandboxManager on a launcher whose VMs take a few ms to start

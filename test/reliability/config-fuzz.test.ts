@@ -5,9 +5,10 @@ import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { ConfigError, loadConfig, parseConfig } from "../../runtime/sandboxer/config/load.ts";
-import { type Config, type Field, TABLES } from "../../runtime/sandboxer/config/schema.ts";
-import { fuzzSeed, rng, withSeed } from "../lib/rng.ts";
-import { repo } from "../vm/harness.ts";
+import { type Config, TABLES } from "../../runtime/sandboxer/config/schema.ts";
+import type { Field } from "../../runtime/sandboxer/config/schema-lang.ts";
+import { repo } from "../../testkit/daemon.ts";
+import { fuzzSeed, rng, withSeed } from "../../testkit/rng.ts";
 
 // Mutated TOML (bytes, lines, values, tables, prototype keys) through the config loader: it returns a config whose
 // every key has its schema's type and range, or throws its ConfigError naming the file; nothing else.

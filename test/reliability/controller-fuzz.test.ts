@@ -10,9 +10,16 @@ import { validateId } from "../../runtime/contract/ids.ts";
 import { unaryClient } from "../../runtime/grpc/service.ts";
 import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { PodSandboxConfigSchema } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
-import { fuzzSeed, rng, subSeed, withSeed } from "../lib/rng.ts";
-import { cleanupDaemonDir, type Daemon, requireArtifacts, startDaemon, writeConfig } from "../vm/harness.ts";
-import { type ControllerClient, FakeLauncher, fakeDaemon, footprint, settledFds, statusVersusDisk } from "./harness.ts";
+import { cleanupDaemonDir, type Daemon, requireArtifacts, startDaemon, writeConfig } from "../../testkit/daemon.ts";
+import {
+  type ControllerClient,
+  FakeLauncher,
+  fakeDaemon,
+  footprint,
+  settledFds,
+  statusVersusDisk,
+} from "../../testkit/fake-daemon.ts";
+import { fuzzSeed, rng, subSeed, withSeed } from "../../testkit/rng.ts";
 
 // Random and mutated Controller requests over the real gRPC socket: the bulk against a SandboxManager on a fake
 // launcher (>= 100k), a smaller set against the real daemon. No crash, every error is a clear one of the codes a

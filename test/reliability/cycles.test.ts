@@ -5,8 +5,8 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import { unaryClient } from "../../runtime/grpc/service.ts";
 import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
-import { cleanupDaemonDir, type Daemon, requireArtifacts, startDaemon, writeConfig } from "../vm/harness.ts";
-import { type ControllerClient, footprint, runContainer, settledFds } from "./harness.ts";
+import { cleanupDaemonDir, type Daemon, requireArtifacts, startDaemon, writeConfig } from "../../testkit/daemon.ts";
+import { type ControllerClient, footprint, runContainer, settledFds } from "../../testkit/fake-daemon.ts";
 
 // 100 create/destroy cycles of a sandbox with a container on the real daemon and QEMU (TCG), 4 sandboxes at a time:
 // Create + Start, a container through the sandbox's task API, Stop, Shutdown. After them the daemon holds no more

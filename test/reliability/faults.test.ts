@@ -14,8 +14,14 @@ import {
   requireArtifacts,
   startDaemon,
   writeConfig,
-} from "../vm/harness.ts";
-import { type ControllerClient, footprint, mountTmpfs, recordsOnDisk, runContainer } from "./harness.ts";
+} from "../../testkit/daemon.ts";
+import {
+  type ControllerClient,
+  footprint,
+  mountTmpfs,
+  recordsOnDisk,
+  runContainer,
+} from "../../testkit/fake-daemon.ts";
 
 // Faults against the real daemon and QEMU (TCG) guests: kill -9 of the daemon with 4 sandboxes running (all
 // recovered), a VMM SIGSTOPped and one killed while the daemon is down (it still comes up, both are cleaned), kill -9

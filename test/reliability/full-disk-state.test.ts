@@ -4,7 +4,14 @@ import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import * as grpc from "@grpc/grpc-js";
-import { FakeLauncher, fakeDaemon, mountTmpfs, recordsOnDisk, rng, statusVersusDisk } from "./harness.ts";
+import {
+  FakeLauncher,
+  fakeDaemon,
+  mountTmpfs,
+  recordsOnDisk,
+  rng,
+  statusVersusDisk,
+} from "../../testkit/fake-daemon.ts";
 
 // State changes while --dir is full (the real-daemon Create case is in faults.test.ts): a Start whose record cannot
 // be written must not leave a VM running that no sandbox.json knows of, and a failed Stop leaves Status and

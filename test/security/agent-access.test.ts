@@ -7,8 +7,8 @@ import { after, before, test } from "node:test";
 import { SandboxService } from "../../runtime/protos/gen/kuasar/sandbox_pb.ts";
 import { dialHybridVsock } from "../../runtime/transport/hybrid-vsock.ts";
 import { Code, TtrpcClient, type TtrpcError } from "../../runtime/ttrpc/index.ts";
-import { requireArtifacts } from "../vm/harness.ts";
-import { Scene } from "./harness.ts";
+import { requireArtifacts } from "../../testkit/daemon.ts";
+import { Scene } from "../../testkit/scene.ts";
 
 // Who may talk to a guest's agent. The guest is booted as on a vhost-vsock host (task.hybrid_vsock=0 overrides what
 // the daemon sets for hybrid vsock), so it serves only privileged source ports: vhost-device-vsock numbers the

@@ -13,8 +13,8 @@ import { listTree } from "../../pipeline/rootfs/tree.ts";
 import { TaskOOMSchema } from "../../runtime/protos/gen/containerd/events/task_pb.ts";
 import { Task } from "../../runtime/protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { TtrpcClient } from "../../runtime/ttrpc/index.ts";
-import { bin, busyboxBundle, repo, requireArtifacts } from "../vm/harness.ts";
-import { rssKiB, runTask, Scene } from "./harness.ts";
+import { bin, busyboxBundle, repo, requireArtifacts } from "../../testkit/daemon.ts";
+import { rssKiB, runTask, Scene } from "../../testkit/scene.ts";
 
 // A guest whose agent is the attacker's (test/security/fixtures/hostile-agent.ts, put into the initrd in place of
 // vmm-task): forged events for other sandboxes, namespaces and topics; stdout sent without credit; a console

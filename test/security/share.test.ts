@@ -3,8 +3,8 @@ import { existsSync, readFileSync } from "node:fs";
 import { mkdir, readdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { busyboxBundle, requireArtifacts } from "../vm/harness.ts";
-import { bundleWithVolume, guestRoot, runTask, Scene, treeDigest } from "./harness.ts";
+import { busyboxBundle, requireArtifacts } from "../../testkit/daemon.ts";
+import { bundleWithVolume, guestRoot, runTask, Scene, treeDigest } from "../../testkit/scene.ts";
 
 // Guest root against the share: every name the host will work on in the sandbox's directory is planted first with
 // a link into a host tree (the canary) or a FIFO, then the host does its normal work (a container with a volume and

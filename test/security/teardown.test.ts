@@ -4,8 +4,8 @@ import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { procStartTime } from "../../runtime/sandboxer/hypervisor/process.ts";
-import { requireArtifacts } from "../vm/harness.ts";
-import { bundleWithVolume, type makeVolume, runTask, Scene } from "./harness.ts";
+import { requireArtifacts } from "../../testkit/daemon.ts";
+import { bundleWithVolume, type makeVolume, runTask, Scene } from "../../testkit/scene.ts";
 
 // Teardown after the daemon lost track of a sandbox while a container with a host volume ran in it: a recovery that
 // fails (the guest does not answer: a frozen VMM here, a hostile guest in life) and a sandbox.json that cannot be

@@ -17,7 +17,7 @@ import {
   requireArtifacts,
   startDaemon,
   writeConfig,
-} from "./harness.ts";
+} from "../../testkit/daemon.ts";
 
 // Every kind of bad request against a real daemon (from source) whose configured kernel is missing: each gets a
 // clear error naming what was wrong, the daemon stays up, and nothing is left behind on the host.

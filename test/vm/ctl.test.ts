@@ -6,7 +6,14 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import { type MethodsOf, type UnaryClient, unaryClient } from "../../runtime/grpc/service.ts";
 import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
-import { cleanupDaemonDir, type Daemon, repo, requireArtifacts, startDaemon, writeConfig } from "./harness.ts";
+import {
+  cleanupDaemonDir,
+  type Daemon,
+  repo,
+  requireArtifacts,
+  startDaemon,
+  writeConfig,
+} from "../../testkit/daemon.ts";
 
 // kuasar-ctl against a real pod VM (QEMU, TCG here, hybrid vsock): the daemon from source with the debug console
 // turned on through its config, a sandbox created and started through the gRPC Controller as containerd does, then

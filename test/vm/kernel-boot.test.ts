@@ -4,8 +4,8 @@ import { mkdtemp, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { artifact } from "./harness.ts";
-import { bootKernel, checkBootTools, checkInitrd, guestProblems } from "./kernel-check.ts";
+import { artifact } from "../../testkit/daemon.ts";
+import { bootKernel, checkBootTools, checkInitrd, guestProblems } from "../../testkit/kernel-check.ts";
 
 // Boots the built guest kernel (bin/, or KUASAR_KERNEL_DIR) with a check initramfs: it must reach /init with
 // vsock and the cgroup v2 controllers, and power off.

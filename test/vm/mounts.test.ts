@@ -9,8 +9,15 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { type MethodsOf, type UnaryClient, unaryClient } from "../../runtime/grpc/service.ts";
 import { Controller } from "../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { PodSandboxConfigSchema } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
-import { runTask } from "../security/harness.ts";
-import { busyboxBundle, cleanupDaemonDir, type Daemon, requireArtifacts, startDaemon, writeConfig } from "./harness.ts";
+import {
+  busyboxBundle,
+  cleanupDaemonDir,
+  type Daemon,
+  requireArtifacts,
+  startDaemon,
+  writeConfig,
+} from "../../testkit/daemon.ts";
+import { runTask } from "../../testkit/scene.ts";
 
 // Read-only binds in a real guest through the task API, with the mount options containerd writes: "ro" (CRI's
 // default, non-recursive: a writable submount stays writable) and "rro" (recursive_read_only, which containerd

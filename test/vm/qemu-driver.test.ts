@@ -6,18 +6,13 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { execa } from "execa";
+import { logger, setLogLevel } from "../../runtime/log/log.ts";
 import { parseConfig } from "../../runtime/sandboxer/config/load.ts";
 import type { Config } from "../../runtime/sandboxer/config/schema.ts";
-import {
-  createHypervisor,
-  type DriverEnv,
-  defaultEnv,
-  type Hypervisor,
-  recoverHypervisor,
-} from "../../runtime/sandboxer/hypervisor/index.ts";
 import { procStartTime } from "../../runtime/sandboxer/hypervisor/process.ts";
-import { logger, setLogLevel } from "../../runtime/sandboxer/log.ts";
-import { artifact } from "./harness.ts";
+import { createHypervisor, defaultEnv, recoverHypervisor } from "../../runtime/sandboxer/hypervisor/registry.ts";
+import type { DriverEnv, Hypervisor } from "../../runtime/sandboxer/hypervisor/vm-api.ts";
+import { artifact } from "../../testkit/daemon.ts";
 
 // Boots the pipeline's guest (bin/vmlinux.bin or bin/bzImage + bin/kuasar.img) through the QEMU driver with the
 // shipped defaults: accelerator auto (tcg where KVM does not work), hybrid vsock unless /dev/vhost-vsock exists,

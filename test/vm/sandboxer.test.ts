@@ -24,7 +24,7 @@ import {
   runContainer,
   startDaemon,
   writeConfig,
-} from "./harness.ts";
+} from "../../testkit/daemon.ts";
 
 // The daemon from source driving real QEMU (TCG here) guests built by the pipeline: the sandbox API as
 // containerd uses it, a container through the per-sandbox task API, the debug console, kill -9 of the daemon

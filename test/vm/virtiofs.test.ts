@@ -14,7 +14,7 @@ import {
   runContainer,
   startDaemon,
   writeConfig,
-} from "./harness.ts";
+} from "../../testkit/daemon.ts";
 
 // share_fs = "VirtioFS": the share reaches the guest through QEMU's virtiofsd instead of QEMU's 9p server, and a
 // container's rootfs on it runs as it does over 9p.

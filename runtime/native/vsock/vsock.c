@@ -1,6 +1,6 @@
 // AF_VSOCK for Node: socket syscalls plus a uv_poll readiness watcher on the fd. Node cannot wrap a vsock
 // fd in net.Socket (libuv only knows TCP/UDP/pipe families), so the stream logic lives in TypeScript
-// (runtime/transport/vsock.ts) and this file stays a thin, non-blocking syscall layer on the event loop.
+// (runtime/transport/vsock-socket.ts) and this file stays a thin, non-blocking syscall layer on the event loop.
 // It also has the two TCP syscalls Node lacks for port-forwarding into a pod's netns (runtime/transport/netns-tcp.ts).
 #define _GNU_SOURCE
 #include <arpa/inet.h>

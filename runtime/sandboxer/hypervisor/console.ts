@@ -1,7 +1,7 @@
 import { constants } from "node:fs";
 import { type FileHandle, open, rename } from "node:fs/promises";
 import net from "node:net";
-import type { Logger } from "../log.ts";
+import type { Logger } from "../../log/log.ts";
 
 /** Where a VM's serial console is read from and kept. */
 export interface ConsoleSpec {

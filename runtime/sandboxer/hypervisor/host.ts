@@ -98,32 +98,6 @@ export async function chooseAccelerator(wanted: "auto" | Accel, probes: HostProb
   return { value: "kvm", reason: `/dev/kvm opens and ${hw.join(", ")} is loaded` };
 }
 
-export type VsockMode = "vhost" | "hybrid";
-
-/** vhost-vsock where the host has it, else hybrid vsock through vhost-device-vsock. */
-export async function chooseVsock(
-  wanted: "auto" | VsockMode,
-  helperPath: string,
-  probes: HostProbes,
-): Promise<Choice<VsockMode>> {
-  const vhost = await probes.exists("/dev/vhost-vsock");
-  const helper = await probes.executable(helperPath);
-  const noHelper = `${helperPath} is missing (apt-get install vhost-device-vsock, or set hypervisor.vhost_user_vsock_path)`;
-  if (wanted === "vhost") {
-    if (!vhost)
-      throw new Error('hypervisor.vsock_mode = "vhost" but /dev/vhost-vsock does not exist: modprobe vhost_vsock');
-    return { value: "vhost", reason: "vsock_mode asks for vhost" };
-  }
-  if (wanted === "hybrid") {
-    if (!helper) throw new Error(`hypervisor.vsock_mode = "hybrid" but ${noHelper}`);
-    return { value: "hybrid", reason: "vsock_mode asks for hybrid" };
-  }
-  if (vhost) return { value: "vhost", reason: "/dev/vhost-vsock exists" };
-  if (!helper)
-    throw new Error(`no vsock transport: /dev/vhost-vsock does not exist (modprobe vhost_vsock) and ${noHelper}`);
-  return { value: "hybrid", reason: `/dev/vhost-vsock does not exist; using ${helperPath}` };
-}
-
 export type VirtiofsdDialect = "c" | "rust";
 
 /** QEMU's C virtiofsd takes `-o source=`; the Rust one takes `--shared-dir`. */

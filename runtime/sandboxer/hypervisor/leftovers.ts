@@ -1,6 +1,6 @@
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
-import type { Logger } from "../log.ts";
+import type { Logger } from "../../log/log.ts";
 import { PID_FILE } from "./vm.ts";
 
 /** comm (15 characters at most) of the programs a sandbox runs on the host. */

@@ -1,4 +1,4 @@
-import type { SandboxSpec } from "./index.ts";
+import type { SandboxSpec } from "./vm-api.ts";
 
 export interface NicArgs {
   /** Index of the NIC in sandbox.netDevices. */

@@ -1,11 +1,12 @@
-import type { VmStatus } from "./index.ts";
+import type { CommonConfig } from "../config/common-tables.ts";
 import { QmpClient, QmpError } from "./qmp.ts";
 import { VmmDriver } from "./vm.ts";
+import type { VmStatus } from "./vm-api.ts";
 
 const DEVICE_DELETED_MS = 30_000;
 
 /** QEMU and StratoVirt both speak QMP: control connection, status, quit and device removal live here. */
-export abstract class QmpDriver extends VmmDriver {
+export abstract class QmpDriver<C extends CommonConfig> extends VmmDriver<C> {
   protected qmp?: QmpClient;
 
   protected async connectControl(timeoutMs: number, keepTrying: () => boolean): Promise<void> {

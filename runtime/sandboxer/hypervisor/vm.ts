@@ -1,20 +1,10 @@
 import { chown, link, lstat, mkdir, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
-import type { Config, HypervisorKind } from "../config/schema.ts";
-import type { Logger } from "../log.ts";
+import type { Logger } from "../../log/log.ts";
+import type { CommonConfig } from "../config/common-tables.ts";
 import { ConsoleCapture } from "./console.ts";
-import { helperUids, killAllOf } from "./helper-uid.ts";
-import type {
-  AgentAddress,
-  DiskSpec,
-  DriverEnv,
-  Exit,
-  Hypervisor,
-  HypervisorState,
-  SandboxSpec,
-  Started,
-  VmStatus,
-} from "./index.ts";
+import { helperUids, killAllOf, type UidRange } from "./helper-uid.ts";
+import type { HypervisorKind } from "./names.ts";
 import {
   isAlive,
   type ProcRef,
@@ -26,18 +16,35 @@ import {
   waitForPath,
   waitGone,
 } from "./process.ts";
+import type {
+  AgentAddress,
+  DiskSpec,
+  DriverEnv,
+  Exit,
+  Hypervisor,
+  HypervisorState,
+  SandboxSpec,
+  Started,
+  VmStatus,
+} from "./vm-api.ts";
 
 /** A helper process the VMM needs running first, ready once readyPath (its socket) exists. */
-export interface HelperSpec extends SpawnSpec {
+export type HelperSpec = SpawnSpec & {
   readyPath: string;
-  /**
-   * A directory made afresh for the helper, its working directory and the only place it can write: owned by the
-   * sandbox's helper uid when it has one (the helper then runs under that uid).
-   */
-  ownDir?: string;
   /** Sockets the helper makes in ownDir, linked into the root-only sandbox directory once it is ready (publishSocket). */
   publish?: { from: string; to: string }[];
-}
+} & (
+    | { ownDir?: undefined; uids?: undefined }
+    | {
+        /**
+         * A directory made afresh for the helper, its working directory and the only place it can write: owned by
+         * the sandbox's helper uid when it has one (the helper then runs under that uid).
+         */
+        ownDir: string;
+        /** The range the sandbox's helper uid comes from (sandbox.helper_uid_base, _count); base 0: root. */
+        uids: UidRange;
+      }
+  );
 
 /** Everything one start of a VM needs: built by each driver from the config, the sandbox and probed host facts. */
 export interface Plan {
@@ -98,7 +105,7 @@ async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> 
  * control socket, exit tracking for processes this daemon did or did not start, staged stop and cleanup.
  * Drivers supply the plan and speak their control protocol.
  */
-export abstract class VmmDriver implements Hypervisor {
+export abstract class VmmDriver<C extends CommonConfig = CommonConfig> implements Hypervisor {
   abstract readonly kind: HypervisorKind;
   protected readonly log: Logger;
   private exit?: Promise<Exit>;
@@ -115,13 +122,13 @@ export abstract class VmmDriver implements Hypervisor {
   constructor(
     protected state: HypervisorState,
     protected readonly env: DriverEnv,
-    private readonly input?: { config: Config; sandbox: SandboxSpec },
+    private readonly input?: { config: C; sandbox: SandboxSpec },
   ) {
     this.log = env.log.child(`${state.kind}:${state.id}`);
   }
 
   /** The configuration and sandbox a plan is made from. */
-  protected startInput(): { config: Config; sandbox: SandboxSpec } {
+  protected startInput(): { config: C; sandbox: SandboxSpec } {
     if (!this.input) throw new Error(`sandbox ${this.id}: a recovered VM cannot be started again`);
     return this.input;
   }
@@ -181,7 +188,7 @@ export abstract class VmmDriver implements Hypervisor {
     let vmmExited: Promise<number> | undefined;
     try {
       for (const h of plan.helpers) {
-        const spec = h.ownDir ? await this.confine(h, h.ownDir) : h;
+        const spec = h.ownDir ? await this.confine(h, h.ownDir, h.uids) : h;
         this.log.debug(
           `starting ${h.name}${spec.user ? ` as uid ${spec.user.uid}` : ""}: ${h.path} ${h.args.join(" ")}`,
         );
@@ -224,12 +231,10 @@ export abstract class VmmDriver implements Hypervisor {
   }
 
   /**
-   * Gives a helper its own fresh directory to work in and, with sandbox.helper_uid_base set, the sandbox's own uid:
-   * the sandbox directory stays root's alone, as the helper never has to pass through it.
+   * Gives a helper its own fresh directory to work in and, with a uid range whose base is not 0, the sandbox's own
+   * uid: the sandbox directory stays root's alone, as the helper never has to pass through it.
    */
-  private async confine(h: HelperSpec, dir: string): Promise<HelperSpec> {
-    const { config } = this.startInput();
-    const range = { base: config.sandbox.helper_uid_base, count: config.sandbox.helper_uid_count };
+  private async confine(h: HelperSpec, dir: string, range: UidRange): Promise<HelperSpec> {
     if (range.base !== 0 && this.state.helperUid === undefined) {
       this.state.helperUid = await helperUids.allocate(this.id, range);
       this.ownsHelperUid = true;
@@ -394,7 +399,7 @@ export async function publishSocket(from: string, to: string, owner: number): Pr
 }
 
 /** Files the configuration names that must exist before QEMU is worth starting. */
-export async function checkFiles(config: Config, env: DriverEnv, keys: string[]): Promise<void> {
+export async function checkFiles(config: CommonConfig, env: DriverEnv, keys: string[]): Promise<void> {
   const h = config.hypervisor as unknown as Record<string, string>;
   const missing: string[] = [];
   for (const key of keys) {

@@ -1,10 +1,10 @@
 import type net from "node:net";
 import { execa } from "execa";
 import { portForwardStreamId } from "../../contract/port-forward.ts";
+import type { Logger } from "../../log/log.ts";
 import type { AnyChannel } from "../../streaming/stdio-stream.ts";
 import { receiveStream, sendStream } from "../../streaming/stdio-stream.ts";
 import { listenTcpInNetns, originalDestination } from "../../transport/netns-tcp.ts";
-import type { Logger } from "../log.ts";
 
 /** The pod netns's own NAT chain: flushed and refilled at every start, so a restarted daemon leaves no stale rule. */
 const CHAIN = "KUASAR-PORT-FORWARD";

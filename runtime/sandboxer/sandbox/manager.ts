@@ -4,12 +4,12 @@ import { status } from "@grpc/grpc-js";
 import type { CgroupStats } from "../../cgroups/stats.ts";
 import { validateId } from "../../contract/ids.ts";
 import { GrpcError } from "../../grpc/service.ts";
-import type { Logger } from "../log.ts";
-import type { PodResources } from "../pod-cgroup.ts";
+import type { Logger } from "../../log/log.ts";
 import { removeTree } from "../storage/remove.ts";
 import { unmountAllUnder } from "../storage/share.ts";
 import { readRecords, writeRecord } from "../store.ts";
 import { KeyedLock } from "./keyed-lock.ts";
+import type { PodResources } from "./pod-cgroup.ts";
 import type { ExitInfo, Launcher, SandboxRecord } from "./record.ts";
 
 interface Live {

@@ -1,5 +1,5 @@
 import type { CgroupStats } from "../../cgroups/stats.ts";
-import type { PodResources } from "../pod-cgroup.ts";
+import type { PodResources } from "./pod-cgroup.ts";
 /** What the daemon persists per sandbox in <dir>/<id>/sandbox.json: enough to recover it after a restart. */
 export interface SandboxRecord {
   id: string;
@@ -17,7 +17,10 @@ export interface SandboxRecord {
   pid?: number;
   /** ttrpc+unix address of this sandbox's task API. */
   taskAddress?: string;
-  /** Whatever the launcher needs to reconnect to or clean up the VM (hypervisor state, taps, helpers). */
+  /**
+   * Whatever the launcher needs to reconnect to or clean up the VM (hypervisor state, taps, helpers): for VmLauncher a
+   * RuntimeState (runtime-state.ts), which it reads back through runtimeStateOf.
+   */
   runtime?: unknown;
   /** Next storage<N> index in the share (a hint: taken names are skipped). */
   nextStorage: number;

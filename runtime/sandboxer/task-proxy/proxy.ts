@@ -1,9 +1,10 @@
 import type net from "node:net";
 import { validateId } from "../../contract/ids.ts";
+import { writeTaskLink } from "../../contract/task-link.ts";
+import type { Logger } from "../../log/log.ts";
 import { TaskCreateSchema, TaskDeleteSchema, TaskExecAddedSchema } from "../../protos/gen/containerd/events/task_pb.ts";
 import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import type { Streaming } from "../../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
-import { writeTaskLink } from "../../shim/task-link.ts";
 import { ProtocolViolation } from "../../streaming/messages.ts";
 import { openStream } from "../../streaming/open.ts";
 import { relayStreams } from "../../streaming/relay.ts";
@@ -19,7 +20,6 @@ import {
 } from "../../streaming/stdio-stream.ts";
 import { Code, type ServiceHandlers, type TtrpcClient, TtrpcError } from "../../ttrpc/index.ts";
 import type { EventPublisher } from "../events.ts";
-import type { Logger } from "../log.ts";
 import { type GuestBundle, prepareGuestBundle, releaseGuestBundle, UnsupportedSpec } from "../storage/guest-bundle.ts";
 import type { ShareLayout } from "../storage/share.ts";
 import { openFifo } from "./fifo.ts";

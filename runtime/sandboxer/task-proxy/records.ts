@@ -1,6 +1,6 @@
 import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
-import type { Logger } from "../log.ts";
+import type { Logger } from "../../log/log.ts";
 import { type GuestBundle, releaseGuestBundle } from "../storage/guest-bundle.ts";
 import type { ShareLayout } from "../storage/share.ts";
 import { writeJsonAtomic } from "../store.ts";

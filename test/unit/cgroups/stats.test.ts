@@ -3,8 +3,8 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
+import { OomWatcher } from "../../../runtime/agent/oom.ts";
 import { parseCgroupMounts, readCgroupStats, resolveCgroupPaths } from "../../../runtime/cgroups/stats.ts";
-import { OomWatcher } from "../../../runtime/task/oom.ts";
 
 const HYBRID = `30 22 0:27 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 31 30 0:28 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct

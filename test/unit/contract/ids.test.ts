@@ -3,9 +3,9 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, test } from "node:test";
+import { ContainerManager } from "../../../runtime/agent/containers.ts";
+import { TaskError } from "../../../runtime/agent/errors.ts";
 import { MAX_ID_LENGTH, validateId } from "../../../runtime/contract/ids.ts";
-import { ContainerManager } from "../../../runtime/task/containers.ts";
-import { TaskError } from "../../../runtime/task/errors.ts";
 
 // containerd's identifier rule (pkg/identifiers): alphanumeric runs joined by single . _ -, at most 76 characters.
 const IDS: Array<[string, boolean]> = [

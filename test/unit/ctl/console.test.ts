@@ -5,6 +5,7 @@ import os from "node:os";
 import path from "node:path";
 import { PassThrough, Writable } from "node:stream";
 import { after, before, describe, test } from "node:test";
+import { serveDebugShell } from "../../../runtime/agent/console.ts";
 import { DEBUG_CONSOLE_PORT } from "../../../runtime/contract/ports.ts";
 import { commandLine, splitExecArgs } from "../../../runtime/ctl/args.ts";
 import {
@@ -15,11 +16,10 @@ import {
   shellOverConsole,
   TIMED_OUT,
 } from "../../../runtime/ctl/console.ts";
-import type { AgentAddress } from "../../../runtime/sandboxer/hypervisor/index.ts";
-import { serveDebugShell } from "../../../runtime/task/console.ts";
+import type { AgentAddress } from "../../../runtime/sandboxer/hypervisor/vm-api.ts";
 import { HybridVsockListener } from "../../../runtime/transport/hybrid-vsock.ts";
-import { processesMatching } from "../../vm/harness.ts";
-import { addonsReady } from "../task/harness.ts";
+import { processesMatching } from "../../../testkit/daemon.ts";
+import { addonsReady } from "../agent/harness.ts";
 
 const NONCE = "0123456789ab";
 const M = "__kuasar_ctl_";

@@ -6,7 +6,6 @@ import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { execa } from "execa";
 import {
   applyPatches,
   download,
@@ -16,10 +15,11 @@ import {
   sourceDigest,
 } from "../../../pipeline/kernel/source.ts";
 import { hashFile, hashTree, sha256 } from "../../../pipeline/lib/hash.ts";
+import { $quiet, toolShell } from "../../../pipeline/lib/shell.ts";
 
 const digests = { fileDigest: hashFile, treeDigest: (d: string) => hashTree(d) };
-const exec = async (file: string, args: string[]) => (await execa(file, args, { all: true })).stdout;
 const quiet = () => {};
+const tools = toolShell("test", quiet);
 
 let tmp: string;
 before(async () => {
@@ -37,7 +37,7 @@ async function fakeKernelTarball(name = "linux-x.tar.gz"): Promise<string> {
   await writeFile(path.join(root, "linux-x/Kconfig"), "config A\n\tbool\n");
   await writeFile(path.join(root, "linux-x/hello.c"), "int main(void) { return 0; }\n");
   const tarball = path.join(tmp, name);
-  await execa("tar", ["-czf", tarball, "-C", root, "linux-x"]);
+  await $quiet`tar -czf ${tarball} -C ${root} linux-x`;
   return tarball;
 }
 
@@ -124,7 +124,7 @@ describe("download", () => {
 describe("materialise and patches", () => {
   test("a tarball is extracted and its single top directory is the tree", async () => {
     const src = await resolveSource(await fakeKernelTarball(), undefined, tmp);
-    const root = await materialise(src, path.join(tmp, "scratch-a"), exec, quiet);
+    const root = await materialise(src, path.join(tmp, "scratch-a"), tools, quiet);
     assert.equal(root, path.join(tmp, "scratch-a/src/linux-x"));
   });
 
@@ -133,16 +133,16 @@ describe("materialise and patches", () => {
     await mkdir(dir, { recursive: true });
     await writeFile(path.join(dir, "README"), "hi\n");
     const tarball = path.join(tmp, "not-kernel.tar");
-    await execa("tar", ["-cf", tarball, "-C", dir, "README"]);
+    await $quiet`tar -cf ${tarball} -C ${dir} README`;
     await assert.rejects(
-      materialise({ kind: "tarball", path: tarball }, path.join(tmp, "scratch-b"), exec, quiet),
+      materialise({ kind: "tarball", path: tarball }, path.join(tmp, "scratch-b"), tools, quiet),
       /not-kernel\.tar does not look like a Linux tree/,
     );
   });
 
   test("patches apply in order; the failing one is named with its position", async () => {
     const src = await resolveSource(await fakeKernelTarball("linux-p.tar.gz"), undefined, tmp);
-    const root = await materialise(src, path.join(tmp, "scratch-c"), exec, quiet);
+    const root = await materialise(src, path.join(tmp, "scratch-c"), tools, quiet);
     const first = path.join(tmp, "0001-return-1.patch");
     await writeFile(
       first,
@@ -153,7 +153,7 @@ describe("materialise and patches", () => {
       second,
       "--- a/hello.c\n+++ b/hello.c\n@@ -1 +1 @@\n-int main(void) { return 0; }\n+int main(void) { return 2; }\n",
     );
-    await assert.rejects(applyPatches(root, [first, second], exec, quiet), (err: Error) => {
+    await assert.rejects(applyPatches(root, [first, second], tools, quiet), (err: Error) => {
       assert.match(err.message, /kernel patch .*0002-stale\.patch \(2 of 2\) does not apply/);
       return true;
     });

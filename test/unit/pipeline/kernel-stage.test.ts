@@ -3,8 +3,8 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { execa } from "execa";
 import { MANDATORY_SYMBOLS } from "../../../pipeline/kernel/config.ts";
+import { $quiet } from "../../../pipeline/lib/shell.ts";
 import { type BuildOptions, DigestMemo, keyContext } from "../../../pipeline/lib/stage.ts";
 import { kernelStage, reproducibleEnv } from "../../../pipeline/stages/kernel.ts";
 
@@ -31,7 +31,7 @@ before(async () => {
   await writeFile(path.join(repo, "kernel-configs/hypervisors/stratovirt.config"), "CONFIG_EFI=y\n");
   await mkdir(path.join(repo, "k/linux"), { recursive: true });
   await writeFile(path.join(repo, "k/linux/Makefile"), "all:\n");
-  await execa("tar", ["-czf", path.join(repo, "linux.tar.gz"), "-C", path.join(repo, "k"), "linux"]);
+  await $quiet`tar -czf ${path.join(repo, "linux.tar.gz")} -C ${path.join(repo, "k")} linux`;
 });
 after(async () => {
   await rm(repo, { recursive: true, force: true });

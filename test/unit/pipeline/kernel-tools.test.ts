@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, test } from "node:test";
-import { execa } from "execa";
+import { which } from "zx";
 import { MANDATORY_SYMBOLS } from "../../../pipeline/kernel/config.ts";
 import { DigestMemo, keyContext } from "../../../pipeline/lib/stage.ts";
 import { kernelStage } from "../../../pipeline/stages/kernel.ts";
@@ -29,8 +29,7 @@ test("a missing build tool fails the kernel stage's planning, naming the Debian 
   const bin = path.join(repo, "bin");
   await mkdir(bin);
   for (const t of ["gcc", "ld", "make", "flex"]) {
-    const { stdout } = await execa("sh", ["-c", `command -v ${t}`]);
-    await symlink(stdout.trim(), path.join(bin, t));
+    await symlink(await which(t), path.join(bin, t));
   }
   const ctx = keyContext(
     repo,

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { chmod, lstat, mkdir, readFile, readlink, rm, symlink, utimes, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { execa } from "execa";
 import { sha256 } from "../../../pipeline/lib/hash.ts";
+import { $quiet } from "../../../pipeline/lib/shell.ts";
 import { extractNewc, readNewc, writeNewc } from "../../../pipeline/rootfs/cpio.ts";
 import { listTree } from "../../../pipeline/rootfs/tree.ts";
 import { tmpdir } from "./rootfs-fixture.ts";
@@ -43,13 +43,14 @@ describe("newc writer", () => {
   });
 
   it("is listed by cpio -it in byte order of the paths, parents first", async () => {
-    const list = (await execa("cpio", ["-it", "--quiet", "-F", path.join(dir, "one.cpio")])).stdout.split("\n");
+    const list = (await $quiet`cpio -it --quiet -F ${path.join(dir, "one.cpio")}`).stdout.trimEnd().split("\n");
     assert.deepEqual(list, ["a", "a-b", "a-b/big", "a/b", "a/b/three", "a/empty", "a/link", "bin", "bin/tool", "tmp"]);
   });
 
   it("records root ownership, the fixed mtime, modes and link targets (cpio -itv)", async () => {
-    const out = (await execa("cpio", ["-itv", "--quiet", "-F", path.join(dir, "one.cpio")], { env: { TZ: "UTC" } }))
-      .stdout;
+    const out = (
+      await $quiet({ env: { ...process.env, TZ: "UTC" } })`cpio -itv --quiet -F ${path.join(dir, "one.cpio")}`
+    ).stdout;
     const line = (name: string) =>
       out.split("\n").find((l) => l.endsWith(` ${name}`) || l.includes(` ${name} -> `)) ?? "";
     assert.match(line("bin/tool"), /^-rwxr-xr-x\s+1 root\s+root\s+18 Nov 14\s+2023 bin\/tool$/);
@@ -60,7 +61,7 @@ describe("newc writer", () => {
   it("extracts with GNU cpio to the same content", async () => {
     const x = path.join(dir, "x");
     await mkdir(x);
-    await execa("cpio", ["-idm", "--quiet", "-F", path.join(dir, "one.cpio")], { cwd: x });
+    await $quiet({ cwd: x })`cpio -idm --quiet -F ${path.join(dir, "one.cpio")}`;
     assert.equal(await readFile(path.join(x, "a/b/three"), "utf8"), "abc");
     assert.equal((await readFile(path.join(x, "a-b/big"))).length, 3 * 1048576 + 5);
     assert.equal(await readlink(path.join(x, "a/link")), "/bin/tool");

@@ -2,13 +2,13 @@ import assert from "node:assert/strict";
 import { copyFile, mkdir, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { execa } from "execa";
+import { $quiet } from "../../../pipeline/lib/shell.ts";
 import { checkElfClosure, lddClosure, readElf, resolveInRoot } from "../../../pipeline/rootfs/elf.ts";
 import { cc, fakeTaskOutput, tmpdir } from "./rootfs-fixture.ts";
 
 /** readelf's view, to check the in-process parser against. */
 async function readelf(file: string) {
-  const out = (await execa("readelf", ["-W", "-d", "-l", file])).stdout;
+  const out = (await $quiet`readelf -W -d -l ${file}`).stdout;
   const all = (tag: string) => [...out.matchAll(new RegExp(`\\(${tag}\\)[^[]*\\[(.*)\\]`, "g"))].map((m) => m[1]);
   return {
     interpreter: /Requesting program interpreter: (.+)\]/.exec(out)?.[1],

@@ -1,8 +1,8 @@
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { execa } from "execa";
-import { type BuildContext, type BuildOptions, DigestMemo, keyContext, runExec } from "../../../pipeline/lib/stage.ts";
+import { $quiet, toolShell } from "../../../pipeline/lib/shell.ts";
+import { type BuildContext, type BuildOptions, DigestMemo, keyContext } from "../../../pipeline/lib/stage.ts";
 
 export const repo = path.resolve(import.meta.dirname, "../../..");
 
@@ -19,10 +19,9 @@ export async function tmpdir(prefix: string): Promise<string> {
 }
 
 export async function cc(args: string[]): Promise<void> {
-  const r = await execa("cc", args, { reject: false, all: true });
-  if ((r as { code?: string }).code === "ENOENT")
-    throw new Error("cc is missing; install it with: apt-get install -y build-essential");
-  if (r.exitCode !== 0) throw new Error(`cc ${args.join(" ")} failed:\n${r.all}`);
+  const r = await $quiet({ nothrow: true })`cc ${args}`;
+  if (r.exitCode === 127) throw new Error("cc is missing; install it with: apt-get install -y build-essential");
+  if (r.exitCode !== 0) throw new Error(`cc ${args.join(" ")} failed:\n${r.stdall}`);
 }
 
 /**
@@ -76,6 +75,6 @@ export async function buildContext(
       return d;
     },
     log,
-    exec: (file, args, opts) => runExec("test", file, args, opts ?? {}, log),
+    $: toolShell("test", log),
   };
 }

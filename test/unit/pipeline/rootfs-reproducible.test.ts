@@ -2,10 +2,10 @@ import assert from "node:assert/strict";
 import { copyFile, readdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { execa } from "execa";
 import { Cache } from "../../../pipeline/lib/cache.ts";
 import { hashFile } from "../../../pipeline/lib/hash.ts";
 import { runStages, type StageOutcome } from "../../../pipeline/lib/runner.ts";
+import { $quiet } from "../../../pipeline/lib/shell.ts";
 import type { Stage } from "../../../pipeline/lib/stage.ts";
 import type { ArtifactManifest } from "../../../pipeline/rootfs/manifest.ts";
 import { IMAGE_UUID, imageStage } from "../../../pipeline/stages/image.ts";
@@ -66,24 +66,24 @@ describe("guest rootfs, image and initrd", { timeout: 300_000 }, () => {
 
   it("the image is a clean ext4 with fixed UUID, root-owned entries and fixed times", async () => {
     const img = path.join(runs[0]!.bin, "kuasar.img");
-    await execa("e2fsck", ["-f", "-n", img]);
-    const head = (await execa("dumpe2fs", ["-h", img])).stdout;
+    await $quiet`e2fsck -f -n ${img}`;
+    const head = (await $quiet`dumpe2fs -h ${img}`).stdout;
     assert.match(head, new RegExp(`Filesystem UUID:\\s+${IMAGE_UUID}`));
     assert.doesNotMatch(head, /has_journal/);
-    const stat = async (p: string) => (await execa("debugfs", ["-R", `stat ${p}`, img])).stdout;
+    const stat = async (p: string) => (await $quiet`debugfs -R ${`stat ${p}`} ${img}`).stdout;
     const init = await stat("/sbin/init");
     assert.match(init, /User:\s+0\s+Group:\s+0/);
     assert.match(init, /Mode:\s+0755/);
     for (const t of ["ctime", "atime", "mtime", "crtime"]) assert.match(init, new RegExp(`${t}: 0x6553f100:`));
     assert.match(await stat("/tmp"), /Mode:\s+01777/);
     assert.match(await stat("/init"), /Fast link dest: "\/sbin\/init"/);
-    const dump = (await execa("debugfs", ["-R", "cat /usr/lib/vmm-task/vmm-task.js", img])).stdout;
-    assert.equal(dump, 'console.log("vmm-task");');
+    const dump = (await $quiet`debugfs -R ${"cat /usr/lib/vmm-task/vmm-task.js"} ${img}`).stdout;
+    assert.equal(dump, 'console.log("vmm-task");\n');
   });
 
   it("the initrd is a gzip'd newc cpio with /init -> /sbin/init and the whole tree", async () => {
     const initrd = path.join(runs[0]!.bin, "kuasar.initrd");
-    const listing = (await execa("sh", ["-c", `gzip -dc '${initrd}' | cpio -itv --quiet`])).stdout.split("\n");
+    const listing = (await $quiet`gzip -dc ${initrd} | cpio -itv --quiet`).stdout.trimEnd().split("\n");
     const names = listing.map((l) => l.replace(/^.* \d{4} /, ""));
     for (const want of ["init -> /sbin/init", "sbin/init", "usr/bin/node", "usr/sbin/runc", "bin/sh -> /bin/busybox"]) {
       assert.ok(names.includes(want), `${want} missing from the initrd`);

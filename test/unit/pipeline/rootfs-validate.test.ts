@@ -3,7 +3,7 @@ import { copyFile, mkdir, rm, symlink, unlink, writeFile } from "node:fs/promise
 import path from "node:path";
 import { after, before, beforeEach, describe, it } from "node:test";
 import { hashFile } from "../../../pipeline/lib/hash.ts";
-import { StageError } from "../../../pipeline/lib/stage.ts";
+import { StageError } from "../../../pipeline/lib/stage-error.ts";
 import { lddClosure } from "../../../pipeline/rootfs/elf.ts";
 import { listTree } from "../../../pipeline/rootfs/tree.ts";
 import { RootfsValidationError, validateRootfs } from "../../../pipeline/rootfs/validate.ts";

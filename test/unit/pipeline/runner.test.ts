@@ -49,3 +49,37 @@ test("a rebuilt artifact replaces bin/'s file by rename: a reader of the old one
     await reader.close();
   }
 });
+
+test("a stage's tools run through its ctx.$: a failing one fails the build, naming the stage and the command", async () => {
+  const repo = path.join(tmp, "repo-tools");
+  await mkdir(repo, { recursive: true });
+  const stage: Stage = {
+    name: "tools",
+    title: "runs a tool",
+    deps: [],
+    inputs: async () => ({}),
+    build: async (ctx) => {
+      const out = await ctx.$({ cwd: ctx.out })`${process.execPath} -e ${'console.log("made it")'}`;
+      await writeFile(path.join(ctx.out, "made"), out.stdout);
+      await ctx.$`${process.execPath} -e ${'console.error("it broke"); process.exit(4)'}`;
+    },
+    publish: {},
+  };
+  await assert.rejects(
+    runStages({
+      repo,
+      stages: [stage],
+      targets: ["tools"],
+      options: { profile: "micro", hypervisors: ["qemu"], kernelPatches: [], sourceDateEpoch: 1, verbose: false },
+      cache: new Cache(path.join(tmp, "cache-tools")),
+      binDir: path.join(tmp, "bin-tools"),
+    }),
+    (err: Error) => {
+      assert.match(
+        err.message,
+        /^\[tools\] \S*node -e .*exited with 4; its last line \(kuasar-build --verbose streams them all\):\nit broke$/s,
+      );
+      return true;
+    },
+  );
+});

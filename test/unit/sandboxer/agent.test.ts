@@ -5,11 +5,11 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
+import { EventQueue } from "../../../runtime/agent/event-queue.ts";
+import { type PodConfig, sandboxService } from "../../../runtime/agent/services/sandbox-service.ts";
 import { EnvelopeSchema } from "../../../runtime/protos/gen/containerd/services/events/ttrpc/v1/events_pb.ts";
 import { SandboxService } from "../../../runtime/protos/gen/kuasar/sandbox_pb.ts";
 import { connectAgent, measureClockDelta } from "../../../runtime/sandboxer/agent.ts";
-import { EventQueue } from "../../../runtime/task/event-queue.ts";
-import { type PodConfig, sandboxService } from "../../../runtime/task/services/sandbox-service.ts";
 import { TtrpcServer } from "../../../runtime/ttrpc/index.ts";
 
 let dir: string;

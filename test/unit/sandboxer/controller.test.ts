@@ -7,13 +7,13 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import type { CgroupStats } from "../../../runtime/cgroups/stats.ts";
 import { addUnaryService, type MethodsOf, type UnaryClient, unaryClient } from "../../../runtime/grpc/service.ts";
+import { logger } from "../../../runtime/log/log.ts";
 import { MetricsSchema } from "../../../runtime/protos/gen/containerd/cgroups/v2/metrics_pb.ts";
 import { Controller } from "../../../runtime/protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { NamespaceMode, PodSandboxConfigSchema } from "../../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
 import { controllerHandlers } from "../../../runtime/sandboxer/controller.ts";
-import { logger } from "../../../runtime/sandboxer/log.ts";
-import type { PodResources } from "../../../runtime/sandboxer/pod-cgroup.ts";
 import { SandboxManager } from "../../../runtime/sandboxer/sandbox/manager.ts";
+import type { PodResources } from "../../../runtime/sandboxer/sandbox/pod-cgroup.ts";
 import type { ExitInfo, Launcher, SandboxRecord } from "../../../runtime/sandboxer/sandbox/record.ts";
 
 /** A launcher whose "VMs" are promises the test ends, recording what the manager asked of it. */

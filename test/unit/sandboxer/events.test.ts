@@ -5,13 +5,13 @@ import os from "node:os";
 import path from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
 import { fromBinary } from "@bufbuild/protobuf";
+import type { Logger } from "../../../runtime/log/log.ts";
 import { TaskStartSchema } from "../../../runtime/protos/gen/containerd/events/task_pb.ts";
 import {
   Events,
   type ForwardRequest,
 } from "../../../runtime/protos/gen/containerd/services/events/ttrpc/v1/events_pb.ts";
 import { EventPublisher, type PublisherOptions } from "../../../runtime/sandboxer/events.ts";
-import type { Logger } from "../../../runtime/sandboxer/log.ts";
 import { Code, TtrpcError, TtrpcServer } from "../../../runtime/ttrpc/index.ts";
 
 /** A forwarded TaskStart, as containerd's Events service sees it. */

@@ -3,6 +3,10 @@ import { EventEmitter } from "node:events";
 import { afterEach, describe, mock, test } from "node:test";
 import { create, type DescMessage, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+import type { ContainerManager } from "../../../runtime/agent/containers.ts";
+import { EventQueue } from "../../../runtime/agent/event-queue.ts";
+import { queueTaskEvents } from "../../../runtime/agent/task-events.ts";
+import type { Logger } from "../../../runtime/log/log.ts";
 import {
   TaskExecStartedSchema,
   TaskExitSchema,
@@ -18,10 +22,6 @@ import {
   GuestEventForwarder,
   MAX_GUEST_EVENT_BYTES,
 } from "../../../runtime/sandboxer/guest-events.ts";
-import type { Logger } from "../../../runtime/sandboxer/log.ts";
-import type { ContainerManager } from "../../../runtime/task/containers.ts";
-import { EventQueue } from "../../../runtime/task/event-queue.ts";
-import { queueTaskEvents } from "../../../runtime/task/task-events.ts";
 
 const C1 = "c1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const EXEC = "exec-3f2a";

@@ -6,8 +6,8 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { execa } from "execa";
+import type { ErrnoError } from "../../../runtime/transport/errno-error.ts";
 import { listenTcpInNetns, originalDestination, type TcpAddress } from "../../../runtime/transport/netns-tcp.ts";
-import type { ErrnoError } from "../../../runtime/transport/vsock.ts";
 import { nativeArtifacts } from "../native/artifacts.ts";
 
 // A client inside the netns: sends its argument, half-closes, prints the reply.

@@ -15,9 +15,9 @@ import {
   VMADDR_PORT_ANY,
   type VsockServer,
   type VsockSocket,
-  vsockAddonCandidates,
-  vsockTestHooks,
 } from "../../../runtime/transport/vsock.ts";
+import { vsockAddonCandidates } from "../../../runtime/transport/vsock-addon.ts";
+import { vsockTestHooks } from "../../../testkit/vsock.ts";
 import { nativeArtifacts } from "../native/artifacts.ts";
 import { repoModule, runAsNobody } from "./nobody.ts";
 
@@ -46,7 +46,7 @@ function sha(b: Buffer): string {
 
 describe("addon loading", () => {
   function loadIn(moduleFile: string, env: Record<string, string | undefined>): string {
-    const script = `import(${JSON.stringify(moduleFile)}).then((m) => { try { m.localCid(); console.log("loaded"); } catch (e) { console.log(e.message); } });`;
+    const script = `import(${JSON.stringify(moduleFile)}).then((m) => { try { m.native(); console.log("loaded"); } catch (e) { console.log(e.message); } });`;
     return spawnSync(process.execPath, ["--import", "tsx", "-e", script], {
       encoding: "utf8",
       env: { ...process.env, ...env },
@@ -61,7 +61,7 @@ describe("addon loading", () => {
   });
 
   test("a KUASAR_VSOCK_ADDON that does not exist is an error, not a silent fallback", () => {
-    const mod = fileURLToPath(new URL("../../../runtime/transport/vsock.ts", import.meta.url));
+    const mod = fileURLToPath(new URL("../../../runtime/transport/vsock-addon.ts", import.meta.url));
     assert.match(
       loadIn(mod, { KUASAR_VSOCK_ADDON: "/nonexistent/vsock.node" }),
       /KUASAR_VSOCK_ADDON=\/nonexistent\/vsock.node does not exist/,
@@ -70,9 +70,9 @@ describe("addon loading", () => {
 
   test("with no addon anywhere, the error lists where it looked and how to build it", async () => {
     // .mts: outside the repo there is no package.json saying "type": "module".
-    const copy = path.join(dir, "bundle-like", "vsock.mts");
+    const copy = path.join(dir, "bundle-like", "vsock-addon.mts");
     await mkdir(path.dirname(copy));
-    await copyFile(fileURLToPath(new URL("../../../runtime/transport/vsock.ts", import.meta.url)), copy);
+    await copyFile(fileURLToPath(new URL("../../../runtime/transport/vsock-addon.ts", import.meta.url)), copy);
     const out = loadIn(copy, { KUASAR_VSOCK_ADDON: undefined });
     assert.match(out, /vsock addon not found \(looked at: .*bundle-like\/vsock.node/);
     assert.match(out, /npx tsx runtime\/native\/build.ts/);
@@ -203,8 +203,10 @@ describe("server and connect (AF_UNIX test hooks)", () => {
 
 test("unref()'d servers and sockets do not keep the process alive", () => {
   const mod = fileURLToPath(new URL("../../../runtime/transport/vsock.ts", import.meta.url));
+  const testkit = fileURLToPath(new URL("../../../testkit/vsock.ts", import.meta.url));
   const script = [
-    `import { listenVsock, VMADDR_PORT_ANY, vsockTestHooks } from ${JSON.stringify(mod)};`,
+    `import { listenVsock, VMADDR_PORT_ANY } from ${JSON.stringify(mod)};`,
+    `import { vsockTestHooks } from ${JSON.stringify(testkit)};`,
     "listenVsock({ port: VMADDR_PORT_ANY }).unref();",
     "const [a, b] = vsockTestHooks.socketPair();",
     "a.resume();",

@@ -1,7 +1,8 @@
 import { virtiofsdDialect } from "../host.ts";
-import type { DiskSpec, VmStatus } from "../index.ts";
 import { checkDiskId, checkFiles, type Plan, VmmDriver } from "../vm.ts";
+import type { DiskSpec, VmStatus } from "../vm-api.ts";
 import { ClhApi, ClhApiError } from "./api.ts";
+import type { ClhConfig } from "./config.ts";
 import { clhPlan } from "./plan.ts";
 
 const STATES: Record<string, VmStatus["state"]> = {
@@ -12,7 +13,7 @@ const STATES: Record<string, VmStatus["state"]> = {
   Shutdown: "shutdown",
 };
 
-export class ClhVm extends VmmDriver {
+export class ClhVm extends VmmDriver<ClhConfig> {
   readonly kind = "cloud-hypervisor";
   private api?: ClhApi;
 

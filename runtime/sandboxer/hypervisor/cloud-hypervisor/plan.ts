@@ -1,12 +1,13 @@
 import path from "node:path";
 import { AGENT_PORT } from "../../../contract/ports.ts";
 import { SHARE_TAG } from "../../../contract/share.ts";
-import type { Config } from "../../config/schema.ts";
-import { kernelCmdline, virtiofsd } from "../guest.ts";
 import type { VirtiofsdDialect } from "../host.ts";
-import type { SandboxSpec } from "../index.ts";
+import { kernelCmdline } from "../kernel-cmdline.ts";
 import { layoutNics } from "../net.ts";
+import { virtiofsd } from "../virtiofsd.ts";
 import type { Plan } from "../vm.ts";
+import type { SandboxSpec } from "../vm-api.ts";
+import type { ClhConfig } from "./config.ts";
 
 /** cloud-hypervisor's hybrid vsock CID: each VM has its own UDS, so every guest can be 3. */
 const GUEST_CID = 3;
@@ -15,7 +16,7 @@ const GUEST_CID = 3;
  * The cloud-hypervisor command line: the VM boots straight from the flags; the API socket is for control. Guest
  * memory is shared because virtio-fs (the only share cloud-hypervisor has) maps it from virtiofsd.
  */
-export function clhPlan(config: Config, sandbox: SandboxSpec, dialect: VirtiofsdDialect): Plan {
+export function clhPlan(config: ClhConfig, sandbox: SandboxSpec, dialect: VirtiofsdDialect): Plan {
   const h = config.hypervisor;
   const dir = sandbox.dir;
   const api = path.join(dir, "api.sock");
@@ -24,7 +25,7 @@ export function clhPlan(config: Config, sandbox: SandboxSpec, dialect: Virtiofsd
   const consoleSocket = path.join(dir, "console.sock");
   const vcpus = sandbox.vcpus ?? h.vcpus;
   const mem = sandbox.memoryMiB ?? h.memory_in_mb;
-  const fs = virtiofsd(config, sandbox, dialect);
+  const fs = virtiofsd(config, sandbox, dialect, []);
 
   const memory = [`size=${mem}M`, "shared=on"];
   if (h.hugepages) memory.push("hugepages=on");

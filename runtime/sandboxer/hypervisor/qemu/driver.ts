@@ -1,23 +1,25 @@
-import type { Config } from "../../config/schema.ts";
-import { randomCid } from "../guest.ts";
-import { chooseAccelerator, chooseVsock, virtiofsdDialect } from "../host.ts";
-import type { DiskSpec } from "../index.ts";
+import { virtiofsdDialect } from "../host.ts";
 import { QmpDriver } from "../qmp-driver.ts";
 import { checkDiskId, checkFiles, type Plan } from "../vm.ts";
-import { parseAccelerators, type QemuFacts, qemuPlan } from "./plan.ts";
+import type { DiskSpec } from "../vm-api.ts";
+import { randomCid } from "../vsock-cid.ts";
+import { qemuAccelerator } from "./accelerator.ts";
+import type { QemuConfig } from "./config.ts";
+import { type QemuFacts, qemuPlan } from "./plan.ts";
+import { qemuVsock } from "./vsock.ts";
 
-export class QemuVm extends QmpDriver {
+export class QemuVm extends QmpDriver<QemuConfig> {
   readonly kind = "qemu";
   private facts?: QemuFacts;
 
   /** Probes the host once; later attempts only draw a new CID. */
-  private async probe(config: Config): Promise<QemuFacts> {
+  private async probe(config: QemuConfig): Promise<QemuFacts> {
     const h = config.hypervisor;
     const p = this.env.probes;
     await checkFiles(config, this.env, ["kernel_path", "image_path", "initrd_path", "qemu_path"]);
-    const accel = await chooseAccelerator(parseAccelerators(h.machine_accelerators).accel, p);
+    const accel = await qemuAccelerator(h.machine_accelerators, p);
     this.log.info(`accelerator ${accel.value}: ${accel.reason}`);
-    const vsock = await chooseVsock(h.vsock_mode, h.vhost_user_vsock_path, p);
+    const vsock = await qemuVsock(config, p);
     this.log.info(`vsock ${vsock.value}: ${vsock.reason}`);
     return {
       accel: accel.value,

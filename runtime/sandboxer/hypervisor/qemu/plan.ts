@@ -1,12 +1,15 @@
 import path from "node:path";
 import { AGENT_PORT } from "../../../contract/ports.ts";
 import { SHARE_TAG } from "../../../contract/share.ts";
-import type { Config } from "../../config/schema.ts";
-import { kernelCmdline, vhostDeviceVsock, virtiofsd } from "../guest.ts";
-import type { Accel, VirtiofsdDialect, VsockMode } from "../host.ts";
-import type { AgentAddress, SandboxSpec } from "../index.ts";
+import type { Accel, VirtiofsdDialect } from "../host.ts";
+import { kernelCmdline } from "../kernel-cmdline.ts";
 import { layoutNics } from "../net.ts";
+import { virtiofsd } from "../virtiofsd.ts";
 import type { HelperSpec, Plan } from "../vm.ts";
+import type { AgentAddress, SandboxSpec } from "../vm-api.ts";
+import { parseAccelerators } from "./accelerator.ts";
+import type { QemuConfig } from "./config.ts";
+import { type VsockMode, vhostDeviceVsock } from "./vsock.ts";
 
 /** Host facts a QEMU command line depends on, probed by the driver (or given by a test). */
 export interface QemuFacts {
@@ -25,24 +28,26 @@ export interface QemuFacts {
 
 const on = (b: boolean) => (b ? "on" : "off");
 
-/** Splits machine_accelerators into the accelerator word and Kuasar-style extra -machine options. */
-export function parseAccelerators(value: string): { accel: "auto" | Accel; machineOptions: string[] } {
-  const words = value
-    .split(",")
-    .map((w) => w.trim())
-    .filter(Boolean);
-  const accel = (words.find((w) => w === "auto" || w === "kvm" || w === "tcg") ?? "auto") as "auto" | Accel;
-  return { accel, machineOptions: words.filter((w) => w !== "auto" && w !== "kvm" && w !== "tcg") };
-}
+/** QEMU's name for a device: virtio-mmio on microvm, PCI on the other machines. */
+export const qemuDevice = (machineType: string, name: string) =>
+  machineType === "microvm" ? `${name}-device` : `${name}-pci`;
+
+/** The device the share reaches the guest through: QEMU's own 9p server, or virtio-fs from virtiofsd. */
+export const shareDevice = (h: QemuConfig["hypervisor"]) =>
+  qemuDevice(h.machine_type, h.share_fs === "VirtioFS" ? "vhost-user-fs" : "virtio-9p");
+
+/** The device the agent is reached through: vhost-vsock, or vhost-device-vsock's vhost-user one (hybrid). */
+export const vsockDevice = (h: QemuConfig["hypervisor"], mode: VsockMode) =>
+  qemuDevice(h.machine_type, mode === "hybrid" ? "vhost-user-vsock" : "vhost-vsock");
 
 /** The QEMU command line and helpers for one sandbox VM. */
-export function qemuPlan(config: Config, sandbox: SandboxSpec, facts: QemuFacts): Plan {
+export function qemuPlan(config: QemuConfig, sandbox: SandboxSpec, facts: QemuFacts): Plan {
   const h = config.hypervisor;
   const dir = sandbox.dir;
   const micro = h.machine_type === "microvm";
   const q35 = /^(q35|pc-q35-)/.test(h.machine_type);
   // microvm has only virtio-mmio; the other machines take PCI devices.
-  const dev = (name: string) => (micro ? `${name}-device` : `${name}-pci`);
+  const dev = (name: string) => qemuDevice(h.machine_type, name);
   const vcpus = sandbox.vcpus ?? h.vcpus;
   const mem = sandbox.memoryMiB ?? h.memory_in_mb;
   const image = h.image_path;
@@ -160,12 +165,12 @@ export function qemuPlan(config: Config, sandbox: SandboxSpec, facts: QemuFacts)
   }
 
   if (virtiofs) {
-    const v = virtiofsd(config, sandbox, facts.virtiofsd ?? "c");
+    const v = virtiofsd(config, sandbox, facts.virtiofsd ?? "c", h.virtiofs_extra_args);
     helpers.push(v);
     files.push(v.readyPath);
     args.push(
       ...["-chardev", `socket,id=char-virtiofs,path=${v.readyPath}`],
-      ...["-device", `${dev("vhost-user-fs")},chardev=char-virtiofs,tag=${SHARE_TAG},queue-size=1024`],
+      ...["-device", `${shareDevice(h)},chardev=char-virtiofs,tag=${SHARE_TAG},queue-size=1024`],
     );
   } else {
     const fsdev = [`local,id=fsdev-${SHARE_TAG},path=${sandbox.shareDir},security_model=none`];
@@ -175,7 +180,7 @@ export function qemuPlan(config: Config, sandbox: SandboxSpec, facts: QemuFacts)
       "-fsdev",
       fsdev.join(","),
       "-device",
-      `${dev("virtio-9p")},fsdev=fsdev-${SHARE_TAG},mount_tag=${SHARE_TAG}`,
+      `${shareDevice(h)},fsdev=fsdev-${SHARE_TAG},mount_tag=${SHARE_TAG}`,
     );
   }
 
@@ -188,11 +193,11 @@ export function qemuPlan(config: Config, sandbox: SandboxSpec, facts: QemuFacts)
       "-chardev",
       `socket,id=char-vsock,path=${v.socket}`,
       "-device",
-      `${dev("vhost-user-vsock")},chardev=char-vsock`,
+      `${vsockDevice(h, facts.vsock)},chardev=char-vsock`,
     );
     agentAddress = { kind: "hvsock", udsPath: v.uds, port: AGENT_PORT };
   } else {
-    args.push("-device", `${dev("vhost-vsock")},id=vsock0,guest-cid=${facts.cid}`);
+    args.push("-device", `${vsockDevice(h, facts.vsock)},id=vsock0,guest-cid=${facts.cid}`);
     agentAddress = { kind: "vsock", cid: facts.cid, port: AGENT_PORT };
   }
 

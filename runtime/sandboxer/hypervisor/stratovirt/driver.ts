@@ -1,10 +1,12 @@
-import { randomCid } from "../guest.ts";
-import type { DiskSpec } from "../index.ts";
 import { QmpDriver } from "../qmp-driver.ts";
 import { checkDiskId, checkFiles, type Plan } from "../vm.ts";
+import type { DiskSpec } from "../vm-api.ts";
+import { randomCid } from "../vsock-cid.ts";
+import type { StratoVirtConfig } from "./config.ts";
 import { stratovirtPlan } from "./plan.ts";
+import { hasVhostVsock, NO_VHOST_VSOCK } from "./vsock.ts";
 
-export class StratoVirtVm extends QmpDriver {
+export class StratoVirtVm extends QmpDriver<StratoVirtConfig> {
   readonly kind = "stratovirt";
   private cid = 0;
 
@@ -12,11 +14,7 @@ export class StratoVirtVm extends QmpDriver {
     const { config, sandbox } = this.startInput();
     if (attempt === 0) {
       await checkFiles(config, this.env, ["kernel_path", "image_path", "initrd_path", "firmware", "path"]);
-      if (!(await this.env.probes.exists("/dev/vhost-vsock"))) {
-        throw new Error(
-          "stratovirt talks to the guest over vhost-vsock, and /dev/vhost-vsock does not exist: modprobe vhost_vsock",
-        );
-      }
+      if (!(await hasVhostVsock(this.env.probes))) throw new Error(`${NO_VHOST_VSOCK}: modprobe vhost_vsock`);
     }
     this.cid = randomCid();
     return stratovirtPlan(config, sandbox, this.cid);

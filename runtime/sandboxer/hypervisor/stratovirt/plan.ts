@@ -1,11 +1,11 @@
 import path from "node:path";
 import { AGENT_PORT } from "../../../contract/ports.ts";
 import { SHARE_TAG } from "../../../contract/share.ts";
-import type { Config } from "../../config/schema.ts";
-import { kernelCmdline } from "../guest.ts";
-import type { SandboxSpec } from "../index.ts";
+import { kernelCmdline } from "../kernel-cmdline.ts";
 import { layoutNics } from "../net.ts";
 import type { HelperSpec, Plan } from "../vm.ts";
+import type { SandboxSpec } from "../vm-api.ts";
+import type { StratoVirtConfig } from "./config.ts";
 
 /** PCIe root ports left free for hot-plugged disks (Kuasar's capacity). */
 export const ROOT_PORTS = 10;
@@ -19,7 +19,7 @@ export function stratovirtMachine(machineType: string): string {
 }
 
 /** The StratoVirt command line, with its vhost_user_fs daemon serving the share. */
-export function stratovirtPlan(config: Config, sandbox: SandboxSpec, cid: number): Plan {
+export function stratovirtPlan(config: StratoVirtConfig, sandbox: SandboxSpec, cid: number): Plan {
   const h = config.hypervisor;
   const dir = sandbox.dir;
   const machine = stratovirtMachine(h.machine_type);

@@ -1,0 +1,125 @@
+import { mkdir, rm } from "node:fs/promises";
+import net from "node:net";
+import type { Duplex } from "node:stream";
+import { parseArgs } from "node:util";
+import { PORT_FORWARD_PREFIX } from "../contract/port-forward.ts";
+import { AGENT_PORT } from "../contract/ports.ts";
+import { agentReadyLine } from "../contract/readiness.ts";
+import { configureLog, logger } from "../log/log.ts";
+import { Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
+import { Streaming } from "../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
+import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
+import { TtrpcServer } from "../ttrpc/index.ts";
+import { readCmdline } from "./cmdline.ts";
+import { serveDebugConsole } from "./console.ts";
+import { ContainerManager } from "./containers.ts";
+import { EventQueue } from "./event-queue.ts";
+import { ExitMonitor } from "./exit-monitor.ts";
+import { rootIsInitramfs } from "./mounts.ts";
+import { listenForHost, RefusalLog } from "./peer-check.ts";
+import { setupPid1 } from "./pid1.ts";
+import { PortForwards } from "./port-forward.ts";
+import { shutdownGuest } from "./power-off.ts";
+import { Runc } from "./runc.ts";
+import { setupSandboxNamespaces } from "./sandbox-ns.ts";
+import { sandboxService } from "./services/sandbox-service.ts";
+import { taskService } from "./services/task-service.ts";
+import { StreamHub } from "./stream-hub.ts";
+import { queueTaskEvents } from "./task-events.ts";
+
+// The agent's lines pad the level like Kuasar's (env_logger).
+configureLog({ padLevel: true });
+const log = logger("vmm_task");
+
+/**
+ * vmm-task: in the guest it is started by the C init (PID 1), sets the VM up and serves ttrpc on vsock AGENT_PORT.
+ * `--listen unix:<path>` serves on a unix socket instead and skips the PID 1 duties, so the same agent runs on
+ * a host (under the init in subreaper mode) for tests.
+ */
+async function main(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      listen: { type: "string" },
+      "state-dir": { type: "string", default: "/run/vmm-task" },
+      "runc-root": { type: "string", default: "/run/runc" },
+      "log-level": { type: "string" },
+    },
+  });
+  const guest = values.listen === undefined;
+  const params = await readCmdline(guest ? "/proc/cmdline" : "/dev/null").catch(() => readCmdline("/dev/null"));
+  configureLog({ level: (values["log-level"] as typeof params.logLevel | undefined) ?? params.logLevel });
+  for (const w of params.warnings) log.warn(w);
+
+  if (guest) {
+    await setupPid1(params.sharefsType, { log });
+    log.info(`guest ready: share ${params.sharefsType} mounted, cgroup2 set up`);
+  }
+  const stateDir = values["state-dir"]!;
+  await mkdir(stateDir, { recursive: true });
+
+  const manager = new ContainerManager({
+    runc: new Runc({ root: values["runc-root"], logDir: stateDir }),
+    // Booted from kuasar.initrd the root cannot be pivoted away from.
+    noPivot: guest && rootIsInitramfs(),
+    exits: ExitMonitor.fromInit(),
+    stateDir,
+    log: log.child("containers"),
+  });
+  const events = new EventQueue();
+  queueTaskEvents(manager, events);
+  const portForwards = new PortForwards();
+  const hub = new StreamHub().route(PORT_FORWARD_PREFIX, (ch, id) => portForwards.serve(ch, id));
+  const tasks = taskService(manager, hub, () => void stop("Shutdown request"));
+  const server = new TtrpcServer()
+    .register(Task, tasks)
+    .registerAs("containerd.task.v2.Task", Task, tasks)
+    .register(SandboxService, sandboxService({ events, debug: params.debug, setupPod: (c) => setupPod(c) }))
+    .register(Streaming, { stream: (requests, out) => hub.serve(requests, (m) => out.send(m)) });
+
+  if (guest) {
+    // Both ports serve only the host: a privileged source port over vhost-vsock (see peer-check.ts).
+    log.info(
+      params.hybridVsock
+        ? "task.hybrid_vsock: host connections are served from any source port (the VMM's socket guards them)"
+        : "vhost-vsock: host connections are served only from a privileged source port (<= 1023)",
+    );
+    const refusals = new RefusalLog(log);
+    const forHost = (port: number, serve: (s: Duplex) => void) =>
+      listenForHost(port, { hybrid: params.hybridVsock, log, refusals }, serve);
+    forHost(AGENT_PORT, (s) => server.handleConnection(s));
+    serveDebugConsole(params, forHost, log);
+  } else {
+    const path = values.listen!.replace(/^unix:/, "");
+    await rm(path, { force: true });
+    const l = net.createServer();
+    server.serve(l);
+    await new Promise<void>((resolve) => l.listen(path, resolve));
+  }
+  // Printed whatever the log level: over hybrid vsock the host waits for this console line before it dials.
+  process.stderr.write(agentReadyLine(guest ? undefined : values.listen));
+
+  async function stop(signal: string): Promise<void> {
+    log.info(`${signal}: stopping containers`);
+    await server.shutdown().catch(() => undefined);
+    if (guest) await shutdownGuest(manager, { log });
+    await manager.shutdown();
+    process.exit(0);
+  }
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+/** SetupSandbox: the pod's persistent ipc/uts namespaces, hostname and sysctls. */
+async function setupPod(config: { hostname?: string; linux?: { sysctls?: Record<string, string> } }): Promise<void> {
+  await setupSandboxNamespaces({
+    ...(config.hostname ? { hostname: config.hostname } : {}),
+    ...(config.linux?.sysctls ? { sysctls: config.linux.sysctls } : {}),
+  });
+}
+
+main(process.argv.slice(2)).catch((err: Error) => {
+  log.error(`fatal: ${err.stack ?? err.message}`);
+  // Exiting hands control back to init, which powers the VM off with this status on the console.
+  process.exit(1);
+});

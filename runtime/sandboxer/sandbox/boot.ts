@@ -1,0 +1,141 @@
+import { showsAgentReady } from "../../contract/readiness.ts";
+import type { Logger } from "../../log/log.ts";
+import { SandboxService } from "../../protos/gen/kuasar/sandbox_pb.ts";
+import { dial } from "../../transport/address.ts";
+import type { TtrpcClient } from "../../ttrpc/index.ts";
+import { connectAgent, syncGuestClock } from "../agent.ts";
+import type { Config } from "../config/schema.ts";
+import { createHypervisor, defaultEnv } from "../hypervisor/registry.ts";
+import { type AgentAddress, agentUrl, type Hypervisor } from "../hypervisor/vm-api.ts";
+import { attachPodNetwork, type PodNetwork } from "../network/pod-network.ts";
+import { mountShare, shareLayout } from "../storage/share.ts";
+import { tail, waitForConsole } from "./console-log.ts";
+import type { PodCgroup } from "./pod-cgroup.ts";
+import type { SandboxRecord } from "./record.ts";
+import { createPodCgroup, podConfigOf, unwind } from "./resources.ts";
+import { vmSize } from "./vm-size.ts";
+
+/** Past this a guest that does not log the line (quieter log level) is dialled anyway. */
+const AGENT_CONSOLE_WAIT_MS = 60_000;
+
+/** A booted sandbox: its VM, the agent that answered and was set up, and what the VM runs in. */
+export interface Booted {
+  vm: Hypervisor;
+  /** The VMM's own pid. */
+  pid: number;
+  agent: TtrpcClient;
+  agentAddress: AgentAddress;
+  net?: PodNetwork;
+  cgroup?: PodCgroup;
+}
+
+/**
+ * Boots a created sandbox: its pod cgroup, the VM's size, the share mounted, the pod network's taps, the VM, the
+ * agent dialled (once the console says it listens, over hybrid vsock) and SetupSandbox. When `signal` aborts it
+ * rejects at the next step or wait, and on any failure the VM is stopped and its taps and cgroup removed again.
+ */
+export async function boot(
+  rec: SandboxRecord,
+  dir: string,
+  config: Config,
+  log: Logger,
+  signal?: AbortSignal,
+): Promise<Booted> {
+  // Checked between the steps of a boot and in its waits: a caller that gave up gets its VM stopped at once.
+  const cancelled = () => signal?.aborted === true;
+  const proceed = (step: string) => {
+    if (cancelled()) throw new Error(`start cancelled by the caller (${step})`);
+  };
+  const cgroup = await createPodCgroup(rec);
+  if (cgroup) log.info(`VMM and helpers run in cgroup ${cgroup.cgroup}`);
+  const h = config.hypervisor;
+  const size = vmSize(
+    { vcpus: h.vcpus, memoryMiB: h.memory_in_mb, maxVcpus: h.default_max_vcpus },
+    podConfigOf(rec)?.linux?.resources,
+  );
+  log.info(`VM size ${size.vcpus} vCPU / ${size.memoryMiB} MiB: ${size.why}`);
+  // Before the VMM exports shared/: the guest's view is read-only at the top from its first access. Undone by
+  // release(), which the manager runs after a failed start.
+  await mountShare(shareLayout(dir));
+  proceed("share");
+  const net = rec.netnsPath ? await attachPodNetwork(rec.netnsPath) : undefined;
+  let vm: Hypervisor | undefined;
+  try {
+    proceed("network");
+    vm = createHypervisor(
+      config,
+      {
+        id: rec.id,
+        dir,
+        shareDir: shareLayout(dir).shared,
+        ...(rec.netnsPath ? { netnsPath: rec.netnsPath } : {}),
+        netDevices: (net?.nics ?? []).map((n) => ({ tapName: n.tap, mac: n.mac, mtu: n.mtu })),
+        vcpus: size.vcpus,
+        memoryMiB: size.memoryMiB,
+        ...(cgroup ? { cgroupProcs: cgroup.procsFiles() } : {}),
+      },
+      defaultEnv(log),
+    );
+    const t0 = Date.now();
+    const agentTimeout = config.sandbox.agent_timeout_ms;
+    const started = await vm.start();
+    proceed("VMM started");
+    log.info(`vmm pid ${started.pid} started; waiting for the agent at ${agentUrl(started.agentAddress)}`);
+    let exited = false;
+    void vm.wait().then(() => {
+      exited = true;
+    });
+    // vhost-device-vsock 0.3 can wedge for good (accepts, never answers CONNECT) when dialled before the guest's
+    // vsock driver is up; hold the first dial until the guest agent says it listens, falling back to dialling.
+    if (started.agentAddress.kind === "hvsock") {
+      await waitForConsole(
+        started.consoleLog,
+        showsAgentReady,
+        Math.min(AGENT_CONSOLE_WAIT_MS, agentTimeout),
+        () => !exited && !cancelled(),
+      );
+      proceed("waiting for the agent");
+    }
+    const agent = await connectAgent(() => dial(agentUrl(started.agentAddress), { timeoutMs: 2000 }), {
+      deadlineMs: Math.max(1000, t0 + agentTimeout - Date.now()),
+      alive: () => !exited && !cancelled(),
+    }).catch(async (err: Error) => {
+      proceed("waiting for the agent");
+      throw new Error(
+        `${err.message} (sandbox.agent_timeout_ms = ${agentTimeout} from the VMM's start)\n` +
+          `last console lines (${started.consoleLog}):\n${await tail(started.consoleLog, 15)}`,
+      );
+    });
+    log.info(`agent answered ${((Date.now() - t0) / 1000).toFixed(1)} s after the VMM started`);
+    // Without a KVM clock the guest boots at the epoch: its clock is set before any container runs, alongside
+    // SetupSandbox rather than after it.
+    await Promise.all([
+      agent.service(SandboxService).setupSandbox(
+        {
+          config: { typeUrl: "PodSandboxConfig", value: Buffer.from(JSON.stringify(rec.podConfig ?? {})) },
+          interfaces: net?.interfaces ?? [],
+          routes: net?.routes ?? [],
+        },
+        signal ? { signal } : {},
+      ),
+      syncGuestClock(agent).catch((e: Error) => log.warn(`clock sync: ${e.message}`)),
+    ]).catch((err: Error) => {
+      agent.close();
+      proceed("SetupSandbox");
+      throw err;
+    });
+    if (cancelled()) agent.close();
+    proceed("SetupSandbox");
+    return {
+      vm,
+      pid: started.pid,
+      agent,
+      agentAddress: started.agentAddress,
+      ...(net ? { net } : {}),
+      ...(cgroup ? { cgroup } : {}),
+    };
+  } catch (err) {
+    await unwind({ vm, net, cgroup }, log);
+    throw err;
+  }
+}
