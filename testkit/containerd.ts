@@ -50,8 +50,30 @@ export interface Env {
   teardown: () => Promise<void>;
 }
 
-function containerdConfig(dir: string, daemonSock: string): string {
+/** The snapshotters the kuasar runtime handler can be given: overlayfs (the default) or a block one. */
+export type Snapshotter = "overlayfs" | "blockfile";
+
+export interface EnvOptions {
+  /** The snapshotter of the kuasar-vmm runtime handler; the image is unpacked into it too. */
+  snapshotter?: Snapshotter;
+}
+
+/** The blockfile snapshotter's empty image, which it copies for every snapshot without a parent. */
+export const BLOCKFILE_SCRATCH_MIB = 64;
+
+function blockfileConfig(dir: string): string {
+  return `
+[plugins.'io.containerd.snapshotter.v1.blockfile']
+  root_path = "${dir}/containerd/blockfile"
+  scratch_file = "${dir}/blockfile-scratch.img"
+  fs_type = "ext4"
+  recreate_scratch = true
+`;
+}
+
+function containerdConfig(dir: string, daemonSock: string, snapshotter: Snapshotter = "overlayfs"): string {
   const cri = "plugins.'io.containerd.cri.v1.runtime'";
+  const blockfile = snapshotter === "blockfile";
   return `version = 3
 root = "${dir}/containerd/root"
 state = "${dir}/containerd/state"
@@ -59,8 +81,7 @@ state = "${dir}/containerd/state"
 disabled_plugins = [
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.devmapper",${blockfile ? "" : '\n  "io.containerd.snapshotter.v1.blockfile",'}
   "io.containerd.snapshotter.v1.erofs",
   "io.containerd.differ.v1.erofs",
   "io.containerd.tracing.processor.v1.otlp",
@@ -96,7 +117,7 @@ disabled_plugins = [
     runtime_type = "io.containerd.kuasar-vmm.v1"
     sandboxer = "vmm"
     io_type = "fifo"
-    snapshotter = "overlayfs"
+    snapshotter = "${snapshotter}"
   # The same runtime with stdio carried by containerd's Streaming service on the sandbox's task API.
   [${cri}.containerd.runtimes.${STREAMING_HANDLER}]
     runtime_type = "io.containerd.kuasar-vmm.v1"
@@ -107,7 +128,7 @@ disabled_plugins = [
 [plugins.'io.containerd.grpc.v1.cri']
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
-`;
+${blockfile ? blockfileConfig(dir) : ""}`;
 }
 
 // containerd derives containerd-shim-kuasar-vmm-v1 from runtime_type and, after a restart, drops every task whose
@@ -221,8 +242,11 @@ async function stop(proc: ChildProcess | undefined, ms: number): Promise<void> {
  * A private containerd (CRI, the vmm proxy sandboxer) and vmm-sandboxer from source, with the busybox image imported.
  * Nothing touches /etc/containerd or /run/containerd.
  */
-export async function startEnv(): Promise<Env> {
+export async function startEnv(opts: EnvOptions = {}): Promise<Env> {
   requireTools();
+  if (opts.snapshotter === "blockfile" && !existsSync("/usr/sbin/mkfs.ext4")) {
+    throw new Error("the blockfile snapshotter's scratch image needs /usr/sbin/mkfs.ext4: install e2fsprogs");
+  }
   const dir = await mkdtemp(path.join(os.tmpdir(), "ke-"));
   const containerdLog = path.join(dir, "containerd.log");
   const config = path.join(dir, "containerd.toml");
@@ -308,11 +332,21 @@ export async function startEnv(): Promise<Env> {
     await symlink(path.join(bin, SHIM), path.join(dir, "bin", SHIM));
     await writeFile(daemonToml, daemonConfig(dir));
     env.daemon = await startDaemon(dir, daemonToml);
-    await writeFile(config, containerdConfig(dir, env.daemon.sock));
+    if (opts.snapshotter === "blockfile") {
+      // An empty ext4 image: every container's rootfs starts as a copy of it with the image's layers applied.
+      const scratch = path.join(dir, "blockfile-scratch.img");
+      await run("truncate", ["-s", `${BLOCKFILE_SCRATCH_MIB}M`, scratch]);
+      await run("mkfs.ext4", ["-q", "-F", scratch]);
+    }
+    await writeFile(config, containerdConfig(dir, env.daemon.sock, opts.snapshotter));
     await startContainerd();
     const archive = path.join(dir, "busybox-oci.tar");
     await writeFile(archive, await busyboxImageArchive(IMAGE));
     await ctr(dir, "-n", "k8s.io", "images", "import", "--local", archive);
+    if (opts.snapshotter && opts.snapshotter !== "overlayfs") {
+      // Unpacked now, not at the first CreateContainer: containerd mounts a snapshot on the host to apply a layer.
+      await ctr(dir, "-n", "k8s.io", "images", "import", "--local", "--snapshotter", opts.snapshotter, archive);
+    }
   } catch (err) {
     await teardown();
     throw err;

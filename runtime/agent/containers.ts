@@ -2,8 +2,10 @@ import { EventEmitter } from "node:events";
 import { rm } from "node:fs/promises";
 import path from "node:path";
 import type { CgroupStats } from "../cgroups/stats.ts";
+import type { GuestDisk } from "../contract/block.ts";
 import type { OciProcess, OciSpec } from "../contract/oci.ts";
 import { type Logger, logger } from "../log/log.ts";
+import type { DiskLookup } from "./block-devices.ts";
 import { prepareContainerDir, removeContainerDir } from "./container-bundle.ts";
 import { ContainerCgroups } from "./container-cgroups.ts";
 import { type Container, ContainerRegistry, processOf, statusOf } from "./container-registry.ts";
@@ -32,6 +34,8 @@ export interface ContainerManagerOptions {
   lsm?: GuestLsm;
   /** Writes the runc bundle in target from the host's bundle; default: the spec adjusted for the guest (spec.ts). */
   prepareBundle?: (source: string, target: string) => Promise<OciSpec>;
+  /** Where hot-plugged disks are looked up; default the guest's sysfs and /dev. */
+  diskLookup?: DiskLookup;
   log?: Logger;
 }
 
@@ -91,6 +95,7 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
   readonly #consoleTimeoutMs: number;
   readonly #lsm: GuestLsm;
   readonly #prepareBundle: (source: string, target: string) => Promise<OciSpec>;
+  readonly #diskLookup: DiskLookup | undefined;
   readonly #log: Logger;
   readonly #cgroups: ContainerCgroups;
   readonly #registry = new ContainerRegistry();
@@ -109,6 +114,7 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
     this.#consoleTimeoutMs = opts.consoleTimeoutMs ?? 5_000;
     this.#lsm = opts.lsm ?? guestLsm();
     this.#prepareBundle = opts.prepareBundle ?? ((source, target) => prepareBundle(source, target, { lsm: this.#lsm }));
+    this.#diskLookup = opts.diskLookup;
     this.#log = opts.log ?? logger("vmm_task::containers");
     this.#cgroups = new ContainerCgroups({ oomPollMs: opts.oomPollMs ?? 1000, log: this.#log });
     this.#cgroups.on("oom", (ev) => {
@@ -122,8 +128,11 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
     return this.#registry.ids();
   }
 
-  /** runc create: the init process exists (stdio ready) but waits for start(). Returns its pid. */
-  async create(id: string, bundle: string, io: IoOptions = {}): Promise<number> {
+  /**
+   * runc create: the init process exists (stdio ready) but waits for start(). Returns its pid. `disks` are the ones
+   * the host hot-plugged for it (its rootfs, raw block devices).
+   */
+  async create(id: string, bundle: string, io: IoOptions = {}, disks: GuestDisk[] = []): Promise<number> {
     this.#registry.reserve(id);
     try {
       const dir = await prepareContainerDir({
@@ -132,6 +141,8 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
         bundle,
         terminal: Boolean(io.terminal),
         prepareBundle: this.#prepareBundle,
+        disks,
+        ...(this.#diskLookup ? { diskLookup: this.#diskLookup } : {}),
       });
       const init = new Proc(id, "", io);
       const c: Container = { id, bundle, dir, init, execs: new Map(), paused: false, deleted: false };

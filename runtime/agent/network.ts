@@ -1,11 +1,87 @@
 import { readdir, readFile } from "node:fs/promises";
+import { isIP } from "node:net";
 import { execa } from "execa";
-import { type Interface, IPFamily, type Route } from "../protos/gen/kuasar/sandbox_pb.ts";
+import { type NeighAddon, neighAddon } from "../native/ns/neigh.ts";
+import { type ARPNeighbor, type Interface, IPFamily, type Route } from "../protos/gen/kuasar/sandbox_pb.ts";
+
+/** Neighbour entries taken in one call; a pod netns has a handful. */
+export const MAX_NEIGHBOURS = 1024;
 
 /** busybox `ip`: the guest has no iproute2, and these few netlink operations are all it needs. */
 async function ip(args: string[]): Promise<void> {
   const r = await execa("ip", args, { reject: false, stdin: "ignore" });
   if (r.failed) throw new Error(`ip ${args.join(" ")}: ${r.stderr.trim() || r.shortMessage}`);
+}
+
+// What the host sends becomes `ip` arguments and netlink requests: every field is checked against its form first,
+// so none can pass as an option ("-...") or another argument.
+const IFNAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/;
+const MAC = /^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$/;
+
+function checkIfname(what: string, name: string): string {
+  if (!IFNAME.test(name)) throw new Error(`${what}: "${name}" is not a link name (1-15 of A-Z a-z 0-9 _ . -)`);
+  return name;
+}
+
+function checkMac(what: string, mac: string): string {
+  if (!MAC.test(mac)) throw new Error(`${what}: "${mac}" is not a MAC address (aa:bb:cc:dd:ee:ff)`);
+  return mac;
+}
+
+/** An address of the given family, without a zone or prefix. */
+function checkIp(what: string, address: string, family: IPFamily): string {
+  const want = family === IPFamily.v6 ? 6 : family === IPFamily.v4 ? 4 : 0;
+  if (want === 0) throw new Error(`${what}: address family ${family} is neither v4 nor v6`);
+  if (isIP(address) !== want || address.includes("%")) {
+    throw new Error(`${what}: "${address}" is not an IPv${want} address`);
+  }
+  return address;
+}
+
+function checkPrefix(what: string, prefix: string, family: IPFamily): string {
+  const max = family === IPFamily.v6 ? 128 : 32;
+  if (!/^\d{1,3}$/.test(prefix) || Number(prefix) > max) {
+    throw new Error(`${what}: prefix length "${prefix}" is not a number from 0 to ${max}`);
+  }
+  return String(Number(prefix));
+}
+
+/** Checks every field of an interface the host sent; throws naming the interface and field. */
+export function checkInterface(itf: Interface): void {
+  const what = `interface ${JSON.stringify(itf.name)}`;
+  checkIfname(`${what} name`, itf.name);
+  checkMac(`${what} hwAddr`, itf.hwAddr);
+  if (itf.mtu !== 0n && (itf.mtu < 68n || itf.mtu > 65535n)) {
+    throw new Error(`${what} mtu: ${itf.mtu} is outside 68..65535`);
+  }
+  for (const a of itf.IPAddresses) {
+    checkIp(`${what} address`, a.address, a.family);
+    checkPrefix(`${what} address ${a.address}`, a.mask, a.family);
+  }
+}
+
+/** Checks every field of a route the host sent; dest is "" (default), an address, or address/prefix. */
+export function checkRoute(r: Route): void {
+  const what = `route to ${JSON.stringify(r.dest || "default")}`;
+  if (r.dest) {
+    const [addr = "", prefix, ...rest] = r.dest.split("/");
+    if (rest.length) throw new Error(`${what}: dest is not address/prefix`);
+    checkIp(`${what} dest`, addr, r.family);
+    if (prefix !== undefined) checkPrefix(`${what} dest`, prefix, r.family);
+  }
+  if (r.gateway) checkIp(`${what} gateway`, r.gateway, r.family);
+  if (r.source) checkIp(`${what} source`, r.source, r.family);
+  if (r.device) checkIfname(`${what} device`, r.device);
+}
+
+/** Checks every field of a neighbour entry the host sent. */
+export function checkNeighbour(n: ARPNeighbor): void {
+  const to = n.toIPAddress;
+  const what = `neighbour ${JSON.stringify(to?.address ?? "")}`;
+  if (!to) throw new Error(`${what}: toIPAddress is missing`);
+  checkIp(what, to.address, to.family);
+  checkMac(`${what} lladdr`, n.lladdr);
+  checkIfname(`${what} device`, n.device);
 }
 
 /** Guest NICs by MAC address; the host names each interface by the MAC it gave the VM's NIC. */
@@ -20,6 +96,7 @@ export async function linksByMac(sysNet = "/sys/class/net"): Promise<Map<string,
 
 /** Renames each NIC to the pod's interface name, sets its MTU and addresses, and brings it up. */
 export async function configureInterfaces(interfaces: Interface[]): Promise<void> {
+  for (const itf of interfaces) checkInterface(itf);
   const byMac = await linksByMac();
   for (const itf of interfaces) {
     const current = byMac.get(itf.hwAddr.toLowerCase());
@@ -33,7 +110,7 @@ export async function configureInterfaces(interfaces: Interface[]): Promise<void
     if (itf.mtu > 0n) await ip(["link", "set", "dev", itf.name, "mtu", String(itf.mtu)]);
     for (const a of itf.IPAddresses) {
       const fam = a.family === IPFamily.v6 ? "-6" : "-4";
-      await ip([fam, "addr", "add", `${a.address}/${a.mask}`, "dev", itf.name]);
+      await ip([fam, "addr", "add", `${a.address}/${Number(a.mask)}`, "dev", itf.name]);
     }
     await ip(["link", "set", "dev", itf.name, "up"]);
   }
@@ -42,6 +119,7 @@ export async function configureInterfaces(interfaces: Interface[]): Promise<void
 
 /** Adds routes in order: link-scope routes first, so gateways are reachable when default routes are added. */
 export async function configureRoutes(routes: Route[]): Promise<void> {
+  for (const r of routes) checkRoute(r);
   const ordered = [...routes].sort((a, b) => Number(!!a.gateway) - Number(!!b.gateway));
   for (const r of ordered) {
     const args = [r.family === IPFamily.v6 ? "-6" : "-4", "route", "replace", r.dest || "default"];
@@ -50,5 +128,21 @@ export async function configureRoutes(routes: Route[]): Promise<void> {
     if (r.source) args.push("src", r.source);
     if (r.scope === 253) args.push("scope", "link");
     await ip(args);
+  }
+}
+
+/**
+ * Installs the pod netns's permanent neighbour entries (created or replaced) after its interfaces are up: with
+ * netlink through the ns addon, since busybox `ip neigh` only shows and flushes. All are checked before any is set.
+ */
+export async function configureNeighbours(neighbours: ARPNeighbor[], addon?: NeighAddon): Promise<void> {
+  if (neighbours.length > MAX_NEIGHBOURS) {
+    throw new Error(`${neighbours.length} neighbour entries sent; at most ${MAX_NEIGHBOURS} are taken`);
+  }
+  for (const n of neighbours) checkNeighbour(n);
+  if (neighbours.length === 0) return;
+  const neigh = addon ?? neighAddon();
+  for (const n of neighbours) {
+    neigh.neighReplace(n.toIPAddress!.address, n.lladdr, n.device);
   }
 }

@@ -2,6 +2,7 @@ import { lstatSync } from "node:fs";
 import { mkdir, readFile, symlink, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { GUEST_SHARE } from "../contract/share.ts";
+import { applyDefaultSysctls } from "./default-sysctls.ts";
 import { ensureMount, type Pid1Options, rooted } from "./mounts.ts";
 import { bindEtcFiles, mountShare, setHostnameFromShare } from "./pod-share.ts";
 
@@ -127,6 +128,7 @@ export async function setupPid1(sharefsType: "9p" | "virtiofs", opts: Pid1Option
   await mountTmp(opts);
   const controllers = await mountCgroup2(opts);
   opts.log?.debug(`cgroup controllers enabled: ${controllers.join(" ") || "none"}`);
+  await applyDefaultSysctls(opts);
   await mountShare(sharefsType, opts);
   await bindEtcFiles(opts);
   await setHostnameFromShare(opts);

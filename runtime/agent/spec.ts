@@ -3,6 +3,8 @@ import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { OciNamespace, OciProcess, OciSpec } from "../contract/oci.ts";
 import { TaskError } from "./errors.ts";
+import { type PodPidNamespace, pidNamespaceFor, podPidNamespace } from "./pod-pid-ns.ts";
+import { ensurePodTmpfs, POD_TMPFS_DIR, podTmpfsBinds } from "./pod-tmpfs.ts";
 
 /** Security modules the guest kernel enforces; labels for others would make runc fail. */
 export interface GuestLsm {
@@ -15,6 +17,11 @@ export interface AdjustSpecOptions {
   bundle: string;
   /** The pod's persistent namespaces that exist (SetupSandbox), by OCI type ("ipc", "uts"). */
   sandboxNamespaces?: Partial<Record<string, string>>;
+  /**
+   * The PID namespace to join for containerd's pid namespace path (pidNamespaceFor); without it the path is dropped
+   * and the container gets a PID namespace of its own.
+   */
+  pidNamespace?: (specPath: string) => string;
   lsm?: GuestLsm;
   /** Whether the guest kernel accounts swap (memory.swap.max exists); default: probe it. */
   swap?: boolean;
@@ -25,9 +32,10 @@ export const SANDBOX_NS_DIR = "/run/sandbox-ns";
 /**
  * Adjusts a spec written for the host to the guest. Namespace paths containerd puts in (the host's
  * /proc/<pid>/ns/*) mean nothing here: the pod's ipc/uts are joined from SetupSandbox's persistent namespaces
- * instead, the network namespace is the VM's own (a fresh one only when the spec asks for one without a path),
- * and every other path is dropped so the container gets a new namespace. A relative rootfs is resolved against
- * the bundle; a systemd-style cgroupsPath becomes the cgroupfs path systemd would have used.
+ * instead, a pid path (a pod sharing its PID namespace) becomes opts.pidNamespace's, the network namespace is the
+ * VM's own (a fresh one only when the spec asks for one without a path), and every other path is dropped so the
+ * container gets a new namespace. A relative rootfs is resolved against the bundle; a systemd-style cgroupsPath
+ * becomes the cgroupfs path systemd would have used.
  */
 export function adjustSpec(spec: OciSpec, opts: AdjustSpecOptions): OciSpec {
   const out: OciSpec = structuredClone(spec);
@@ -45,6 +53,7 @@ export function adjustSpec(spec: OciSpec, opts: AdjustSpecOptions): OciSpec {
     if (!lsm.selinux) delete out.linux.mountLabel;
     if (out.linux.namespaces) {
       out.linux.namespaces = out.linux.namespaces.flatMap((ns): OciNamespace[] => {
+        if (ns.type === "pid" && ns.path && opts.pidNamespace) return [{ ...ns, path: opts.pidNamespace(ns.path) }];
         const joined = opts.sandboxNamespaces?.[ns.type];
         if (joined) return [{ ...ns, path: joined }];
         if (ns.type === "network" && ns.path) return [];
@@ -142,15 +151,21 @@ export function guestLsm(): GuestLsm {
   };
 }
 
+export interface PrepareBundleOptions {
+  sandboxNsDir?: string;
+  lsm?: GuestLsm;
+  /** The pod's shared PID namespace; default the agent's one. */
+  podPidNamespace?: Pick<PodPidNamespace, "path">;
+  /** Where the pod's tmpfs mounts live; default POD_TMPFS_DIR. */
+  podTmpfsDir?: string;
+}
+
 /**
  * Writes the agent's own bundle for a container: the spec of the host's bundle (read-only in the guest: the share's
- * top level is the host's alone) adjusted for the guest (see adjustSpec), as <target>/config.json.
+ * top level is the host's alone) adjusted for the guest (see adjustSpec), as <target>/config.json. The pod tmpfs
+ * mounts the host asked for (the pod's /dev/shm, memory emptyDirs) become binds of the pod's own, mounted first.
  */
-export async function prepareBundle(
-  source: string,
-  target: string,
-  opts: { sandboxNsDir?: string; lsm?: GuestLsm } = {},
-): Promise<OciSpec> {
+export async function prepareBundle(source: string, target: string, opts: PrepareBundleOptions = {}): Promise<OciSpec> {
   const file = path.join(source, "config.json");
   let spec: OciSpec;
   try {
@@ -158,11 +173,18 @@ export async function prepareBundle(
   } catch (e) {
     throw new TaskError("InvalidArgument", `cannot read the OCI spec ${file}: ${(e as Error).message}`);
   }
+  const pod = opts.podPidNamespace ?? podPidNamespace;
   const adjusted = adjustSpec(spec, {
     bundle: source,
     sandboxNamespaces: sandboxNamespaces(opts.sandboxNsDir),
+    pidNamespace: (specPath) => pidNamespaceFor(specPath, pod),
     lsm: opts.lsm ?? guestLsm(),
   });
+  if (adjusted.mounts) {
+    const binds = podTmpfsBinds(adjusted.mounts, opts.podTmpfsDir ?? POD_TMPFS_DIR);
+    for (const t of binds.tmpfs) await ensurePodTmpfs(t, opts.podTmpfsDir ?? POD_TMPFS_DIR);
+    adjusted.mounts = binds.mounts;
+  }
   await writeFile(path.join(target, "config.json"), JSON.stringify(adjusted), { mode: 0o600 });
   return adjusted;
 }

@@ -31,21 +31,87 @@ export async function connectAgent(
   );
 }
 
-/** Offset (ns) of the guest clock from the host's, NTP-style, from one round trip. */
-export async function measureClockDelta(client: TtrpcClient): Promise<bigint> {
-  const now = () => BigInt(Date.now()) * 1_000_000n;
-  const sent = now();
-  const r = await client.service(SandboxService).syncClock({ ClientSendTime: sent }, { timeoutMs: 5000 });
-  const back = now();
-  // Positive: the guest is behind and must step forward.
-  return (sent - r.ServerArriveTime + (back - r.ServerSendTime)) / 2n;
+/** Rounds per clock measurement; the one with the shortest round trip is used (NTP's clock filter). */
+const CLOCK_SAMPLES = 5;
+/** Offsets up to this are left alone: stepping by less than the measurement noise would only add jitter. */
+const CLOCK_STEP_NS = 1_000_000n;
+
+/** How closely a Date.now() tick must be pinned to the monotonic clock; a wider window (preempted) tries the next. */
+const ANCHOR_NS = 10_000n;
+
+/**
+ * The host's wall clock in nanoseconds. Date.now() counts whole milliseconds, so the instant it ticks over is pinned
+ * to the monotonic clock (to within ANCHOR_NS, spinning up to a few ms) and readings count from there, exact to
+ * microseconds. A fresh one per measurement keeps the monotonic clock's drift from the wall clock out of it.
+ */
+export function hostClock(): () => bigint {
+  for (let attempt = 0; ; attempt++) {
+    // The tick falls after the read before the last unchanged Date.now() and before the read after the changed one.
+    let before = process.hrtime.bigint();
+    const start = Date.now();
+    for (;;) {
+      const h1 = process.hrtime.bigint();
+      const ms = Date.now();
+      const h2 = process.hrtime.bigint();
+      if (ms !== start) {
+        if (h2 - before > ANCHOR_NS && attempt < 5) break;
+        const anchor = (before + h2) / 2n;
+        const base = BigInt(ms) * 1_000_000n;
+        return () => base + (process.hrtime.bigint() - anchor);
+      }
+      before = h1;
+    }
+  }
 }
 
-/** Steps the guest clock when it is off by more than 10 ms (a negative offset is a guest ahead of the host). */
+export interface ClockSample {
+  /** Host time minus guest time at the same instant; positive: the guest is behind and must step forward. */
+  offsetNs: bigint;
+  /** The round trip without the guest's own handling time: the offset is exact to within half of it. */
+  rttNs: bigint;
+}
+
+/**
+ * One SyncClock round with Delta 0, NTP-style: with host send/receive times t0, t3 and the guest's arrive/send times
+ * g1, g2 (ClientArriveTime and ServerSendTime, as Kuasar's guest fills them), the guest's clock read g1 at about host
+ * time t0 + rtt/2, so offset = ((t0 - g1) + (t3 - g2)) / 2.
+ */
+export async function sampleClock(client: TtrpcClient, now = hostClock()): Promise<ClockSample> {
+  const t0 = now();
+  const r = await client.service(SandboxService).syncClock({ ClientSendTime: t0 }, { timeoutMs: 5000 });
+  const t3 = now();
+  const held = r.ServerSendTime - r.ClientArriveTime;
+  // The reply is attacker input: times that run backwards or outlast the whole round trip measure nothing.
+  if (held < 0n || held > t3 - t0) {
+    throw new Error(
+      `the guest's SyncClock reply is inconsistent (arrive ${r.ClientArriveTime} ns, send ${r.ServerSendTime} ns, ` +
+        `round trip ${t3 - t0} ns): clock left alone`,
+    );
+  }
+  return { offsetNs: (t0 - r.ClientArriveTime + (t3 - r.ServerSendTime)) / 2n, rttNs: t3 - t0 - held };
+}
+
+/** The guest clock's offset from the host's (ns), from the best of several rounds. */
+export async function measureClockDelta(client: TtrpcClient, samples = CLOCK_SAMPLES): Promise<bigint> {
+  const now = hostClock();
+  let best = await sampleClock(client, now);
+  for (let i = 1; i < samples; i++) {
+    const s = await sampleClock(client, now);
+    if (s.rttNs < best.rttNs) best = s;
+  }
+  return best.offsetNs;
+}
+
+/**
+ * Measures the guest clock and steps it by the offset (clock_settime in the guest, to the nanosecond) when that is
+ * over CLOCK_STEP_NS; a negative offset is a guest ahead of the host. Returns the offset measured.
+ */
 export async function syncGuestClock(client: TtrpcClient): Promise<bigint> {
   const delta = await measureClockDelta(client);
-  if (delta > 10_000_000n || delta < -10_000_000n) {
-    await client.service(SandboxService).syncClock({ ClientSendTime: BigInt(Date.now()) * 1_000_000n, Delta: delta });
+  if (delta > CLOCK_STEP_NS || delta < -CLOCK_STEP_NS) {
+    // ClientSendTime is informational here: the step is relative, so this message's own transit time does not matter.
+    const sent = BigInt(Date.now()) * 1_000_000n;
+    await client.service(SandboxService).syncClock({ ClientSendTime: sent, Delta: delta }, { timeoutMs: 5000 });
   }
   return delta;
 }

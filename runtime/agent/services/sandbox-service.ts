@@ -3,7 +3,7 @@ import type { SandboxService } from "../../protos/gen/kuasar/sandbox_pb.ts";
 import { Code, type ServiceHandlers, TtrpcError } from "../../ttrpc/index.ts";
 import { syncClock } from "../clock.ts";
 import type { EventQueue } from "../event-queue.ts";
-import { configureInterfaces, configureRoutes } from "../network.ts";
+import { configureInterfaces, configureNeighbours, configureRoutes } from "../network.ts";
 
 /** The parts of CRI's PodSandboxConfig (protobuf JSON) the guest acts on. */
 export interface PodConfig {
@@ -39,6 +39,7 @@ export function sandboxService(deps: SandboxServiceDeps): ServiceHandlers<typeof
       }
       await configureInterfaces(req.interfaces).catch(fail("configure interfaces"));
       await configureRoutes(req.routes).catch(fail("configure routes"));
+      await configureNeighbours(req.neighbors).catch(fail("configure neighbours"));
       return {};
     },
     updateInterfaces: async (req) => {

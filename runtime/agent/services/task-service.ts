@@ -1,6 +1,7 @@
 import { createWriteStream } from "node:fs";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { metricsAny } from "../../cgroups/metrics.ts";
+import { type GuestDisk, parseDiskMounts } from "../../contract/block.ts";
 import type { OciProcess } from "../../contract/oci.ts";
 import type { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Status } from "../../protos/gen/containerd/types/task/task_pb.ts";
@@ -66,9 +67,16 @@ export function taskService(
     create: (req) =>
       mapped(async () => {
         const io = { terminal: req.terminal, stdin: req.stdin, stdout: req.stdout, stderr: req.stderr };
+        // The host mounted the rest into the share: what the rootfs list carries are disks it hot-plugged.
+        let disks: GuestDisk[];
+        try {
+          disks = parseDiskMounts(req.rootfs);
+        } catch (e) {
+          throw new TaskError("InvalidArgument", `container ${req.id}: ${(e as Error).message}`);
+        }
         // The host wrote containerd's spec: the manager fixes host namespace paths, cgroup driver and LSM labels up
         // in a bundle of its own.
-        const pid = await mgr.create(req.id, req.bundle, io);
+        const pid = await mgr.create(req.id, req.bundle, io, disks);
         offerStdio(hub, mgr.process(req.id), io);
         return { pid };
       }),

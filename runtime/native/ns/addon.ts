@@ -9,6 +9,14 @@ export interface NsAddon {
   setup(ipcFile: string, utsFile: string, create: boolean, hostname: string, sysctls: string[]): void;
   /** Unmounts a namespace bind mount. */
   unmount(file: string): void;
+  /**
+   * Starts file (argv: 1 to 16 strings, empty environment) as PID 1 of a new PID namespace, with SIGCHLD ignored
+   * (the kernel reaps the orphans it inherits), stdio on /dev/null, and SIGKILL when the calling thread exits.
+   * Returns its pid in the caller's namespace.
+   */
+  spawnPidNsInit(file: string, argv: string[]): number;
+  /** waitpid(2) for a child: its raw wait status once it exited (and is reaped), else undefined (block=false). */
+  waitPid(pid: number, block: boolean): number | undefined;
 }
 
 export function nsAddon(): NsAddon {

@@ -2,17 +2,25 @@
 // unshares or joins them (both are per-thread, so the agent's own threads stay where they are), bind-mounts new
 // ones onto their files, sets the hostname and writes sysctls from inside them (ipc sysctls are per namespace).
 // Under TCG, spawning unshare + sh + hostname took about 300 ms of every sandbox start; this takes a few.
+//
+// The pod's shared PID namespace cannot persist as a bind mount alone: once its PID 1 exits no process can enter it.
+// spawnPidNsInit starts that PID 1 (see js_spawn_pid_ns_init) and waitPid reaps it.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define ADDON_NAME "ns"
@@ -207,10 +215,282 @@ static napi_value js_unmount(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// ---- The guest clock (SyncClock) and the pod's neighbour entries (SetupSandbox): syscalls Node lacks, kept apart
+// from the namespace code above. Node reads the time in whole milliseconds and cannot set it; busybox `ip` cannot add
+// a neighbour.
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <linux/neighbour.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <time.h>
+
+static napi_value bigint_ns(napi_env env, const struct timespec *ts) {
+  napi_value out;
+  if (napi_create_bigint_int64(env, (int64_t)ts->tv_sec * 1000000000 + ts->tv_nsec, &out) != napi_ok) return NULL;
+  return out;
+}
+
+// clockRealtime(): CLOCK_REALTIME in nanoseconds since the epoch, as a bigint.
+static napi_value js_clock_realtime(napi_env env, napi_callback_info info) {
+  (void)info;
+  struct timespec ts;
+  if (clock_gettime(CLOCK_REALTIME, &ts) != 0) return throw_errno(env, errno, "clock_gettime CLOCK_REALTIME");
+  return bigint_ns(env, &ts);
+}
+
+// clockStep(deltaNs): moves CLOCK_REALTIME by deltaNs (a bigint; negative steps back). Read and set back to back, so
+// the step is exact to the nanosecond. Returns the new time in nanoseconds.
+static napi_value js_clock_step(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int64_t delta;
+  bool lossless;
+  if (napi_get_value_bigint_int64(env, argv[0], &delta, &lossless) != napi_ok || !lossless) {
+    napi_throw_type_error(env, "EINVAL", "ns addon: deltaNs must be a bigint of at most 64 bits");
+    return NULL;
+  }
+  struct timespec ts;
+  if (clock_gettime(CLOCK_REALTIME, &ts) != 0) return throw_errno(env, errno, "clock_gettime CLOCK_REALTIME");
+  int64_t target;
+  if (__builtin_add_overflow((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec, delta, &target) || target < 0) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "ns addon: stepping the clock by %lld ns would leave 1970..2262", (long long)delta);
+    napi_throw_range_error(env, "ERANGE", msg);
+    return NULL;
+  }
+  ts.tv_sec = target / 1000000000;
+  ts.tv_nsec = target % 1000000000;
+  if (clock_settime(CLOCK_REALTIME, &ts) != 0) return throw_errno(env, errno, "clock_settime CLOCK_REALTIME");
+  return bigint_ns(env, &ts);
+}
+
+// "aa:bb:cc:dd:ee:ff", exactly: sscanf's %x would also take signs and 0x prefixes.
+static bool parse_mac(const char *s, unsigned char mac[6]) {
+  if (strlen(s) != 17) return false;
+  for (int i = 0; i < 6; i++) {
+    const char *p = s + 3 * i;
+    if (!isxdigit((unsigned char)p[0]) || !isxdigit((unsigned char)p[1]) || (i < 5 && p[2] != ':')) return false;
+    char hex[3] = {p[0], p[1], 0};
+    mac[i] = (unsigned char)strtoul(hex, NULL, 16);
+  }
+  return true;
+}
+
+// Appends an attribute to the netlink message in buf, which the caller sized for it.
+static void add_attr(char *buf, unsigned short type, const void *data, size_t len) {
+  struct nlmsghdr *n = (struct nlmsghdr *)buf;
+  struct rtattr *rta = (struct rtattr *)(buf + NLMSG_ALIGN(n->nlmsg_len));
+  rta->rta_type = type;
+  rta->rta_len = RTA_LENGTH(len);
+  memcpy(RTA_DATA(rta), data, len);
+  n->nlmsg_len = NLMSG_ALIGN(n->nlmsg_len) + RTA_ALIGN(rta->rta_len);
+}
+
+// One RTM_NEWNEIGH (create or replace, NUD_PERMANENT) and its ack; 0 or an errno.
+static int neigh_replace(int family, const void *addr, size_t alen, const unsigned char mac[6], int ifindex) {
+  // header, ndmsg, NDA_DST (at most 16 bytes) and NDA_LLADDR (6)
+  _Alignas(struct nlmsghdr) char req[NLMSG_SPACE(sizeof(struct ndmsg)) + RTA_SPACE(16) + RTA_SPACE(6)];
+  memset(req, 0, sizeof req);
+  struct nlmsghdr *n = (struct nlmsghdr *)req;
+  n->nlmsg_len = NLMSG_LENGTH(sizeof(struct ndmsg));
+  n->nlmsg_type = RTM_NEWNEIGH;
+  n->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+  n->nlmsg_seq = 1;
+  struct ndmsg *nd = NLMSG_DATA(n);
+  nd->ndm_family = (unsigned char)family;
+  nd->ndm_ifindex = ifindex;
+  nd->ndm_state = NUD_PERMANENT;
+  add_attr(req, NDA_DST, addr, alen);
+  add_attr(req, NDA_LLADDR, mac, 6);
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (fd < 0) return errno;
+  struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+  int err = 0;
+  if (sendto(fd, req, n->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) {
+    err = errno;
+  } else {
+    _Alignas(struct nlmsghdr) char buf[512];
+    ssize_t got = recv(fd, buf, sizeof buf, 0);
+    struct nlmsghdr *h = (struct nlmsghdr *)buf;
+    if (got < 0) err = errno;
+    else if (!NLMSG_OK(h, (size_t)got) || h->nlmsg_type != NLMSG_ERROR) err = EPROTO;
+    else err = -((struct nlmsgerr *)NLMSG_DATA(h))->error;
+  }
+  close(fd);
+  return err;
+}
+
+// neighReplace(ip, mac, dev): a permanent neighbour entry for ip (IPv4 or IPv6) at mac on link dev, created or
+// replaced in the calling thread's network namespace (the VM's).
+static napi_value js_neigh_replace(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  char *ip = NULL, *mac_s = NULL, *dev = NULL;
+  napi_value result = NULL;
+  char what[160];
+  if ((ip = get_string(env, argv[0], "ip")) == NULL || (mac_s = get_string(env, argv[1], "mac")) == NULL ||
+      (dev = get_string(env, argv[2], "dev")) == NULL)
+    goto out;
+  snprintf(what, sizeof what, "neighbour %.46s lladdr %.17s dev %.16s", ip, mac_s, dev);
+  unsigned char addr[16], mac[6];
+  int family = inet_pton(AF_INET, ip, addr) == 1 ? AF_INET : inet_pton(AF_INET6, ip, addr) == 1 ? AF_INET6 : 0;
+  if (family == 0 || !parse_mac(mac_s, mac) || strlen(dev) >= IF_NAMESIZE) {
+    throw_errno(env, EINVAL, what);
+    goto out;
+  }
+  unsigned int ifindex = if_nametoindex(dev);
+  if (ifindex == 0) {
+    throw_errno(env, errno, what);
+    goto out;
+  }
+  int err = neigh_replace(family, addr, family == AF_INET ? 4 : 16, mac, (int)ifindex);
+  if (err != 0) throw_errno(env, err, what);
+  else napi_get_undefined(env, &result);
+out:
+  free(ip);
+  free(mac_s);
+  free(dev);
+  return result;
+}
+
+#define MAX_INIT_ARGS 16
+#define INIT_STACK_SIZE (64 * 1024)
+
+struct init_job {
+  char *file;
+  char *argv[MAX_INIT_ARGS + 1];
+  // Written by the child (it shares our memory until it execs): the step that failed and its errno.
+  volatile int err;
+  const char *volatile step;
+};
+
+static _Noreturn void init_fail(struct init_job *j, const char *step) {
+  j->err = errno;
+  j->step = step;
+  _exit(127);
+}
+
+// Runs in the child, on its own stack, in our memory until execve (CLONE_VM | CLONE_VFORK, as posix_spawn does; our
+// thread waits meanwhile): only plain system calls here.
+static int init_child(void *arg) {
+  struct init_job *j = arg;
+  // Killed with the agent, so no init outlives the pod's agent (on a host under test above all).
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) init_fail(j, "prctl(PR_SET_PDEATHSIG)");
+  // The agent's handlers must never run here; every disposition is reset before any signal is let through.
+  struct sigaction dfl = {.sa_handler = SIG_DFL};
+  for (int sig = 1; sig < NSIG; sig++) sigaction(sig, &dfl, NULL);
+  // Ignored SIGCHLD survives execve and makes the kernel reap every child at once: the orphans of the pod's
+  // processes, which the namespace's PID 1 inherits, never linger as zombies.
+  struct sigaction ign = {.sa_handler = SIG_IGN};
+  if (sigaction(SIGCHLD, &ign, NULL) != 0) init_fail(j, "sigaction(SIGCHLD, SIG_IGN)");
+  if (setsid() < 0) init_fail(j, "setsid");
+  if (chdir("/") != 0) init_fail(j, "chdir /");
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null < 0) init_fail(j, "open /dev/null");
+  for (int fd = 0; fd < 3; fd++)
+    if (dup2(null, fd) < 0) init_fail(j, "dup2 /dev/null");
+  // Nothing of the agent's (vsock connections, init's exit report pipe) stays open in the pod's PID 1.
+  if (syscall(SYS_close_range, 3, ~0U, 0) != 0) init_fail(j, "close_range");
+  sigset_t none;
+  sigemptyset(&none);
+  if (sigprocmask(SIG_SETMASK, &none, NULL) != 0) init_fail(j, "sigprocmask");
+  char *const envp[] = {NULL};
+  execve(j->file, j->argv, envp);
+  init_fail(j, "execve");
+}
+
+static void free_init_job(struct init_job *j) {
+  free(j->file);
+  for (size_t i = 0; i < MAX_INIT_ARGS && j->argv[i] != NULL; i++) free(j->argv[i]);
+}
+
+// spawnPidNsInit(file, argv): starts file as PID 1 of a new PID namespace and returns its pid (in ours). The
+// namespace lives as long as that process: /proc/<pid>/ns/pid is what containers join.
+static napi_value js_spawn_pid_ns_init(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  struct init_job j = {0};
+  napi_value result = NULL;
+  uint32_t n;
+  if ((j.file = get_string(env, argv[0], "file")) == NULL) goto out;
+  if (napi_get_array_length(env, argv[1], &n) != napi_ok || n == 0 || n > MAX_INIT_ARGS) {
+    napi_throw_type_error(env, "EINVAL", "ns addon: argv must be an array of 1 to 16 strings");
+    goto out;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    if (napi_get_element(env, argv[1], i, &v) != napi_ok) goto out;
+    if ((j.argv[i] = get_string(env, v, "an argv entry")) == NULL) goto out;
+  }
+
+  void *stack = mmap(NULL, INIT_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) {
+    throw_errno(env, errno, "mmap of the PID namespace init's stack");
+    goto out;
+  }
+  // Blocked across the clone, so no signal reaches the child before its handlers are reset.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pid_t pid = clone(init_child, (char *)stack + INIT_STACK_SIZE, CLONE_VM | CLONE_VFORK | CLONE_NEWPID | SIGCHLD, &j);
+  int clone_err = errno;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  munmap(stack, INIT_STACK_SIZE);
+  if (pid < 0) {
+    throw_errno(env, clone_err, "clone(CLONE_NEWPID) for the pod's PID namespace");
+    goto out;
+  }
+  if (j.step != NULL) {
+    waitpid(pid, NULL, 0);
+    char what[320];
+    snprintf(what, sizeof what, "starting %s as the PID namespace's init: %s", j.file, j.step);
+    throw_errno(env, j.err, what);
+    goto out;
+  }
+  napi_create_int32(env, pid, &result);
+out:
+  free_init_job(&j);
+  return result;
+}
+
+// waitPid(pid, block): the raw wait status once the child exited (reaped), else undefined (block=false only).
+static napi_value js_wait_pid(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  int32_t pid;
+  bool block;
+  if (napi_get_value_int32(env, argv[0], &pid) != napi_ok || pid <= 0 ||
+      napi_get_value_bool(env, argv[1], &block) != napi_ok) {
+    napi_throw_type_error(env, "EINVAL", "ns addon: waitPid takes a positive pid and a boolean");
+    return NULL;
+  }
+  int status;
+  pid_t r;
+  do r = waitpid(pid, &status, block ? 0 : WNOHANG);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    char what[64];
+    snprintf(what, sizeof what, "waitpid %d", pid);
+    return throw_errno(env, errno, what);
+  }
+  napi_value result = NULL;
+  if (r == 0) napi_get_undefined(env, &result);
+  else napi_create_int32(env, status, &result);
+  return result;
+}
+
 NAPI_MODULE_INIT() {
   const napi_property_descriptor props[] = {
       {"setup", NULL, js_setup, NULL, NULL, NULL, napi_enumerable, NULL},
       {"unmount", NULL, js_unmount, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"spawnPidNsInit", NULL, js_spawn_pid_ns_init, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"waitPid", NULL, js_wait_pid, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"clockRealtime", NULL, js_clock_realtime, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"clockStep", NULL, js_clock_step, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"neighReplace", NULL, js_neigh_replace, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

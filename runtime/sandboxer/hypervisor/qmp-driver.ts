@@ -1,7 +1,7 @@
 import type { CommonConfig } from "../config/common-tables.ts";
 import { QmpClient, QmpError } from "./qmp.ts";
-import { VmmDriver } from "./vm.ts";
-import type { VmStatus } from "./vm-api.ts";
+import { checkDiskId, VmmDriver } from "./vm.ts";
+import type { DeviceRemoval, VmStatus } from "./vm-api.ts";
 
 const DEVICE_DELETED_MS = 30_000;
 
@@ -65,16 +65,48 @@ export abstract class QmpDriver<C extends CommonConfig> extends VmmDriver<C> {
     return Promise.race([this.wait().then(() => true), t]);
   }
 
-  async removeDevice(id: string): Promise<void> {
-    const dev = this.state.devices[id];
-    if (!dev) throw new Error(`sandbox ${this.id}: no hot-plugged device ${id}`);
+  /** The block nodes a device of this driver may hold, top first (also for one an earlier daemon plugged). */
+  protected nodesOf(id: string): string[] {
+    return [this.state.devices[id]?.node ?? `drive-${id}`];
+  }
+
+  /** The guest did not release a device in time: by default the removal fails, naming it. */
+  protected async notReleased(id: string, timeoutMs: number): Promise<DeviceRemoval> {
+    throw new Error(`sandbox ${this.id}: the guest did not release device ${id} within ${timeoutMs} ms`);
+  }
+
+  async removeDevice(id: string, opts: { timeoutMs?: number } = {}): Promise<DeviceRemoval> {
+    checkDiskId(this.id, id);
+    const timeoutMs = opts.timeoutMs ?? DEVICE_DELETED_MS;
     const qmp = this.client();
     // device_del only asks the guest; the device is gone when DEVICE_DELETED arrives.
-    const deleted = qmp.waitEvent("DEVICE_DELETED", (e) => e.data?.device === id, DEVICE_DELETED_MS);
+    const deleted = qmp.waitEvent("DEVICE_DELETED", (e) => e.data?.device === id, timeoutMs);
     deleted.catch(() => {});
-    await qmp.execute("device_del", { id });
-    await deleted;
-    if (dev.node) await qmp.execute("blockdev-del", { "node-name": dev.node });
+    const asked = await qmp.execute("device_del", { id }).then(
+      () => true,
+      (err: Error) => {
+        // Gone already (an earlier removal finished, or it was never plugged): only its block nodes may be left.
+        if (err instanceof QmpError && err.errorClass === "DeviceNotFound") return false;
+        // Asked before (a removal that timed out): the guest may still let go.
+        if (err instanceof QmpError && /in the process of unplug/.test(err.desc)) return true;
+        throw err;
+      },
+    );
+    if (
+      asked &&
+      !(await deleted.then(
+        () => true,
+        () => false,
+      ))
+    )
+      return this.notReleased(id, timeoutMs);
+    // Top first; a node that does not exist (never made, or gone) is skipped.
+    for (const node of this.nodesOf(id)) {
+      await qmp.execute("blockdev-del", { "node-name": node }).catch((err: Error) => {
+        if (!(err instanceof QmpError && /Failed to find node/.test(err.desc))) throw err;
+      });
+    }
     delete this.state.devices[id];
+    return "removed";
   }
 }

@@ -16,6 +16,8 @@ export interface NetDevice {
    * opens tapName itself and so runs inside netnsPath.
    */
   fds?: number[];
+  /** Queues when the VMM opens tapName itself (default 1; more needs a multi-queue tap). With fds: one per fd. */
+  queues?: number;
   mac: string;
   mtu: number;
 }
@@ -77,6 +79,12 @@ export interface DiskSpec {
   readOnly: boolean;
 }
 
+/**
+ * How a removal ended: "removed" (the guest released the device and the VMM dropped it), or "cut-off" (the guest did
+ * not release it in time; the VMM no longer holds the host file, but the guest still sees an empty disk).
+ */
+export type DeviceRemoval = "removed" | "cut-off";
+
 export interface HelperState extends ProcRef {
   name: string;
 }
@@ -129,7 +137,11 @@ export interface Hypervisor {
   status(): Promise<VmStatus>;
   /** Hot-plugs a disk; resolves with the serial the guest sees. */
   hotplugDisk(disk: DiskSpec): Promise<{ id: string; serial: string }>;
-  removeDevice(id: string): Promise<void>;
+  /**
+   * Unplugs a device and waits, at most timeoutMs, for the guest to release it. An id this driver did not plug (an
+   * earlier daemon did) is removed too; over QMP one the VMM does not know counts as removed.
+   */
+  removeDevice(id: string, opts?: { timeoutMs?: number }): Promise<DeviceRemoval>;
   persistState(): HypervisorState;
   /** Stops helpers and the console reader, removes sockets and the pid file; safe to call more than once. */
   cleanup(): Promise<void>;

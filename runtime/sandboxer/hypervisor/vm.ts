@@ -1,5 +1,6 @@
 import { chown, link, lstat, mkdir, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { DISK_SERIAL } from "../../contract/block.ts";
 import type { Logger } from "../../log/log.ts";
 import type { CommonConfig } from "../config/common-tables.ts";
 import { ConsoleCapture } from "./console.ts";
@@ -18,6 +19,7 @@ import {
 } from "./process.ts";
 import type {
   AgentAddress,
+  DeviceRemoval,
   DiskSpec,
   DriverEnv,
   Exit,
@@ -156,7 +158,7 @@ export abstract class VmmDriver<C extends CommonConfig = CommonConfig> implement
   protected abstract quit(): Promise<void>;
   abstract status(): Promise<VmStatus>;
   abstract hotplugDisk(disk: DiskSpec): Promise<{ id: string; serial: string }>;
-  abstract removeDevice(id: string): Promise<void>;
+  abstract removeDevice(id: string, opts?: { timeoutMs?: number }): Promise<DeviceRemoval>;
 
   async start(): Promise<Started> {
     if (this.state.vmm) throw new Error(`sandbox ${this.id}: the VM was already started (pid ${this.state.vmm.pid})`);
@@ -416,7 +418,7 @@ export async function checkFiles(config: CommonConfig, env: DriverEnv, keys: str
 
 /** The disk ids hotplugDisk accepts: also the virtio-blk serial, which holds 20 bytes. */
 export function checkDiskId(sandboxId: string, id: string): void {
-  if (!/^[A-Za-z0-9_-]{1,20}$/.test(id)) {
+  if (!DISK_SERIAL.test(id)) {
     throw new Error(
       `sandbox ${sandboxId}: disk id '${id}' must be 1-20 characters from [A-Za-z0-9_-] (it is the disk serial)`,
     );

@@ -39,6 +39,12 @@ export interface RouteInfo {
   flags?: string[];
 }
 
+export interface NeighInfo {
+  dst: string;
+  lladdr?: string;
+  state?: string[];
+}
+
 export async function links(nsPath: string): Promise<LinkInfo[]> {
   const raw = JSON.parse(await inNetns(nsPath, "ip", ["-j", "-d", "link", "show"])) as Array<
     LinkInfo & { linkinfo?: { info_kind?: string } }
@@ -62,4 +68,11 @@ export async function addresses(nsPath: string, dev: string): Promise<AddrInfo[]
 
 export async function routes(nsPath: string, family: "-4" | "-6"): Promise<RouteInfo[]> {
   return JSON.parse(await inNetns(nsPath, "ip", ["-j", family, "route", "show"])) as RouteInfo[];
+}
+
+/** The permanent (static) neighbour entries on dev: what CNI plugins or operators pinned there, v4 and v6. */
+export async function permanentNeighbours(nsPath: string, dev: string): Promise<NeighInfo[]> {
+  return JSON.parse(
+    await inNetns(nsPath, "ip", ["-j", "neigh", "show", "nud", "permanent", "dev", dev]),
+  ) as NeighInfo[];
 }

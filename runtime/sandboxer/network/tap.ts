@@ -1,5 +1,8 @@
 import { inNetns, type LinkInfo, links } from "./netns.ts";
 
+/** The kernel's limit on a multi-queue tap (MAX_TAP_QUEUES in drivers/net/tun.c). */
+export const MAX_TAP_QUEUES = 256;
+
 /** Kuasar's tap name for the veth with this ifindex. */
 export function tapName(ifindex: number): string {
   return `tap_kua_${ifindex}`;
@@ -8,6 +11,8 @@ export function tapName(ifindex: number): string {
 /**
  * Creates the tap that stands in for a veth inside the pod netns and mirrors traffic between them with tc:
  * ingress on each side redirected to the other's egress. The VM's NIC then carries the veth's MAC and address.
+ * With more than one queue the tap is multi-queue, and the VMM must open it with exactly that many (a single-queue
+ * open of a multi-queue tap, or the reverse, fails with EINVAL).
  */
 export async function connectTap(nsPath: string, veth: LinkInfo, queues: number): Promise<string> {
   const tap = tapName(veth.ifindex);

@@ -8,6 +8,7 @@ import type { Config } from "../config/schema.ts";
 import { createHypervisor, defaultEnv } from "../hypervisor/registry.ts";
 import { type AgentAddress, agentUrl, type Hypervisor } from "../hypervisor/vm-api.ts";
 import { attachPodNetwork, type PodNetwork } from "../network/pod-network.ts";
+import { nicQueues } from "../network/queues.ts";
 import { mountShare, shareLayout } from "../storage/share.ts";
 import { tail, waitForConsole } from "./console-log.ts";
 import type { PodCgroup } from "./pod-cgroup.ts";
@@ -58,7 +59,7 @@ export async function boot(
   // release(), which the manager runs after a failed start.
   await mountShare(shareLayout(dir));
   proceed("share");
-  const net = rec.netnsPath ? await attachPodNetwork(rec.netnsPath) : undefined;
+  const net = rec.netnsPath ? await attachPodNetwork(rec.netnsPath, nicQueues(config, size.vcpus)) : undefined;
   let vm: Hypervisor | undefined;
   try {
     proceed("network");
@@ -69,7 +70,7 @@ export async function boot(
         dir,
         shareDir: shareLayout(dir).shared,
         ...(rec.netnsPath ? { netnsPath: rec.netnsPath } : {}),
-        netDevices: (net?.nics ?? []).map((n) => ({ tapName: n.tap, mac: n.mac, mtu: n.mtu })),
+        netDevices: (net?.nics ?? []).map((n) => ({ tapName: n.tap, mac: n.mac, mtu: n.mtu, queues: net?.queues })),
         vcpus: size.vcpus,
         memoryMiB: size.memoryMiB,
         ...(cgroup ? { cgroupProcs: cgroup.procsFiles() } : {}),
@@ -115,6 +116,7 @@ export async function boot(
           config: { typeUrl: "PodSandboxConfig", value: Buffer.from(JSON.stringify(rec.podConfig ?? {})) },
           interfaces: net?.interfaces ?? [],
           routes: net?.routes ?? [],
+          neighbors: net?.neighbors ?? [],
         },
         signal ? { signal } : {},
       ),

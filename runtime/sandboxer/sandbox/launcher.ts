@@ -51,7 +51,7 @@ export class VmLauncher implements Launcher {
     const booted = await boot(rec, dir, this.config, log, signal);
     let served: Served;
     try {
-      served = await serve(rec, dir, booted.agent, booted.net, { events: this.events, log });
+      served = await serve(rec, dir, booted.agent, booted.net, { events: this.events, log, vm: booted.vm });
     } catch (err) {
       booted.agent.close();
       await unwind(booted, log);
@@ -114,7 +114,11 @@ export class VmLauncher implements Launcher {
   async recover(rec: SandboxRecord, dir: string): Promise<{ ok: true } | { ok: false; reason: string }> {
     const r = await reattach(rec, dir, this.log);
     if (!r.ok) return r;
-    const served = await serve(rec, dir, r.agent, r.net, { events: this.events, log: this.log.child(rec.id) });
+    const served = await serve(rec, dir, r.agent, r.net, {
+      events: this.events,
+      log: this.log.child(rec.id),
+      vm: r.vm,
+    });
     this.running.set(rec.id, { vm: r.vm, served, ...(r.net ? { net: r.net } : {}) });
     const reaped = await served.proxy.reapOrphans();
     if (reaped.length) {

@@ -10,6 +10,7 @@ import { syncGuestClock } from "../agent.ts";
 import type { EventPublisher } from "../events.ts";
 import { GuestEventForwarder } from "../guest-events.ts";
 import { PortForwarder } from "../network/port-forward.ts";
+import type { DiskHost } from "../storage/block.ts";
 import { shareLayout } from "../storage/share.ts";
 import { TaskProxy } from "../task-proxy/proxy.ts";
 import type { SandboxRecord } from "./record.ts";
@@ -34,7 +35,7 @@ export async function serve(
   dir: string,
   agent: TtrpcClient,
   pod: PodTaps | undefined,
-  deps: { events: EventPublisher; log: Logger },
+  deps: { events: EventPublisher; log: Logger; vm: DiskHost },
 ): Promise<Served> {
   const { log } = deps;
   const sock = taskSocketOf(dir);
@@ -46,6 +47,7 @@ export async function serve(
     agent: () => agent,
     events: deps.events,
     nextStorage: () => rec.nextStorage++,
+    disks: deps.vm,
     log,
   });
   const tasks = proxy.handlers();

@@ -1,8 +1,11 @@
 import { mkdir, open, readFile, stat } from "node:fs/promises";
 import path from "node:path";
+import type { GuestDisk } from "../../contract/block.ts";
 import type { OciMount, OciSpec } from "../../contract/oci.ts";
 import { POD_FILES } from "../../contract/share.ts";
 import type { Mount } from "../../protos/gen/containerd/types/mount_pb.ts";
+import { blockRootfs, type ContainerDisk, type DiskHost, plugDisks, rawBlockDevices, unplugDisks } from "./block.ts";
+import { podTmpfsFor } from "./memory-volumes.ts";
 import { bindMount, mount, readonlySubmounts } from "./mount.ts";
 import { removeTree } from "./remove.ts";
 import { publish, type ShareLayout, unpublish } from "./share.ts";
@@ -16,15 +19,9 @@ export interface GuestBundle {
   guestBundle: string;
   /** Names of the container's mounts in the share (storage<N>), in the order they were made. */
   storage: string[];
+  /** Disks hot-plugged into the VM for it (a block rootfs, raw block devices); absent in older records. */
+  disks?: ContainerDisk[];
 }
-
-/** containerd's /dev/shm is a host tmpfs of its pod sandbox; inside a VM the guest gets its own. */
-const GUEST_SHM: OciMount = {
-  destination: "/dev/shm",
-  type: "tmpfs",
-  source: "shm",
-  options: ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-};
 
 /** How many taken storage<N> names are skipped before giving up (a stale counter after a crash). */
 const MAX_STORAGE_PROBES = 1000;
@@ -45,6 +42,10 @@ export async function prepareGuestBundle(opts: {
   hostBundle: string;
   rootfs: Mount[];
   nextStorage: () => number;
+  /** The sandbox's VM, for a block rootfs and raw block devices: without it, such a spec is refused. */
+  disks?: DiskHost;
+  /** How long a disk removal after a failure waits for the guest (Hypervisor.removeDevice). */
+  diskTimeoutMs?: number;
 }): Promise<GuestBundle> {
   const { share, containerId } = opts;
   const specPath = path.join(opts.hostBundle, "config.json");
@@ -56,10 +57,20 @@ export async function prepareGuestBundle(opts: {
   }
   const refused = propagationRefusal(spec.mounts);
   if (refused) throw new UnsupportedSpec(`container ${containerId}: ${refused}`);
+  const unusable = (e: Error) => {
+    throw new UnsupportedSpec(e.message);
+  };
+  // Never mounted on the host: a file system the guest writes is parsed only by the guest's kernel.
+  const blockRoot = await blockRootfs(containerId, opts.rootfs).catch(unusable);
+  const devices = await rawBlockDevices(containerId, spec).catch(unusable);
+  if ((blockRoot || devices.length) && !opts.disks) {
+    throw new UnsupportedSpec(`container ${containerId}: its block rootfs or devices need a VM to hot-plug them into`);
+  }
   const bundle: GuestBundle = {
     containerId,
     guestBundle: path.posix.join(share.guest, containerId),
     storage: [],
+    disks: [],
   };
   // A mount point in staging/ and its twin in mounts/, both new: a name that exists (a counter reset by a crash)
   // is skipped, never reused.
@@ -76,14 +87,34 @@ export async function prepareGuestBundle(opts: {
     throw new Error(`container ${containerId}: no free storage name in ${share.mounts}`);
   };
   try {
-    const root = await storage("dir");
-    await mountRootfs(opts, spec, root.staged);
-    await publish(share, root.name);
-    spec.root = { ...spec.root, path: root.guest };
+    if (opts.disks && (blockRoot || devices.length)) {
+      bundle.disks = await plugDisks(opts.disks, [
+        ...(blockRoot
+          ? [
+              {
+                source: blockRoot,
+                guest: (serial: string): GuestDisk => ({ kind: "rootfs", serial, ...fsOf(blockRoot) }),
+              },
+            ]
+          : []),
+        ...devices.map((d) => ({
+          source: d,
+          guest: (serial: string): GuestDisk => ({ kind: "device", serial, containerPath: d.containerPath }),
+        })),
+      ]);
+    }
+    // A block rootfs is mounted by the agent, from the disk; the spec's root is the agent's to set.
+    if (!blockRoot) {
+      const root = await storage("dir");
+      await mountRootfs(opts, spec, root.staged);
+      await publish(share, root.name);
+      spec.root = { ...spec.root, path: root.guest };
+    }
 
     const mounts: OciMount[] = [];
     for (const m of spec.mounts ?? []) {
-      if (m.destination === "/dev/shm") mounts.push(GUEST_SHM);
+      const podTmpfs = await podTmpfsFor(m);
+      if (podTmpfs) mounts.push(podTmpfs);
       else if (isBind(m) && m.source && path.isAbsolute(m.source)) {
         const st = await stat(m.source).catch(() => undefined);
         if (!st)
@@ -113,10 +144,15 @@ export async function prepareGuestBundle(opts: {
     }
     return bundle;
   } catch (err) {
+    if (opts.disks && bundle.disks?.length) {
+      await unplugDisks(opts.disks, bundle.disks, opts.diskTimeoutMs).catch(() => undefined);
+    }
     await releaseGuestBundle(share, bundle).catch(() => undefined);
     throw err;
   }
 }
+
+const fsOf = (b: { fsType: string; options: string[] }) => ({ fsType: b.fsType, options: b.options });
 
 /**
  * The pod's /etc/hostname, /etc/hosts and /etc/resolv.conf for a container whose spec does not bring its own (kubelet

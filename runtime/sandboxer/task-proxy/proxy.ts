@@ -1,10 +1,13 @@
 import type net from "node:net";
+import { create } from "@bufbuild/protobuf";
+import { diskMount } from "../../contract/block.ts";
 import { validateId } from "../../contract/ids.ts";
 import { writeTaskLink } from "../../contract/task-link.ts";
 import type { Logger } from "../../log/log.ts";
 import { TaskCreateSchema, TaskDeleteSchema, TaskExecAddedSchema } from "../../protos/gen/containerd/events/task_pb.ts";
 import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import type { Streaming } from "../../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
+import { MountSchema } from "../../protos/gen/containerd/types/mount_pb.ts";
 import { ProtocolViolation } from "../../streaming/messages.ts";
 import { openStream } from "../../streaming/open.ts";
 import { relayStreams } from "../../streaming/relay.ts";
@@ -20,6 +23,7 @@ import {
 } from "../../streaming/stdio-stream.ts";
 import { Code, type ServiceHandlers, type TtrpcClient, TtrpcError } from "../../ttrpc/index.ts";
 import type { EventPublisher } from "../events.ts";
+import { type DiskHost, unplugDisks } from "../storage/block.ts";
 import { type GuestBundle, prepareGuestBundle, releaseGuestBundle, UnsupportedSpec } from "../storage/guest-bundle.ts";
 import type { ShareLayout } from "../storage/share.ts";
 import { openFifo } from "./fifo.ts";
@@ -67,8 +71,17 @@ export interface ProxyDeps {
   agent: () => TtrpcClient;
   events: EventPublisher;
   nextStorage: () => number;
+  /** The sandbox's VM: a block rootfs and raw block devices are hot-plugged into it as disks. */
+  disks?: DiskHost;
+  /** How long removing a disk waits for the guest to release it; default DISK_RELEASE_MS. */
+  diskTimeoutMs?: number;
   log: Logger;
 }
+
+/** A guest kernel releases an unplugged disk within a second or two; one that takes longer is cut off from it. */
+export const DISK_RELEASE_MS = 15_000;
+/** How long the guest's Delete of a container with disks may take (runc delete, unmounting its disks). */
+const GUEST_DELETE_MS = 60_000;
 
 const NS_KEY = "containerd-namespace-ttrpc";
 
@@ -166,6 +179,8 @@ export class TaskProxy {
             hostBundle: req.bundle,
             rootfs: req.rootfs,
             nextStorage: this.deps.nextStorage,
+            ...(this.deps.disks ? { disks: this.deps.disks } : {}),
+            diskTimeoutMs: this.diskTimeoutMs(),
           });
         } catch (err) {
           const code = err instanceof UnsupportedSpec ? Code.InvalidArgument : Code.FailedPrecondition;
@@ -177,7 +192,8 @@ export class TaskProxy {
           const r = await this.task().create({
             ...req,
             bundle: bundle.guestBundle,
-            rootfs: [],
+            // The host mounted everything else into the share; disks are the guest's to find and mount.
+            rootfs: (bundle.disks ?? []).map((d) => create(MountSchema, diskMount(d.guest))),
             ...this.guestStdio(req.id, "", stdio),
           });
           entry.processes.set("", await this.attachStdio(req.id, "", stdio));
@@ -198,6 +214,7 @@ export class TaskProxy {
           await this.task()
             .delete({ id: req.id, execId: "" })
             .catch(() => undefined);
+          await this.unplug(req.id, bundle);
           await releaseGuestBundle(this.deps.share, bundle).catch(() => undefined);
           throw err;
         }
@@ -207,13 +224,26 @@ export class TaskProxy {
       start: async (req) => this.known(req, () => this.task().start(req)),
       delete: async (req) => {
         const c = this.container(req.id);
-        const r = await this.task().delete(req);
+        const disks = !req.execId && c.bundle.disks?.length;
+        const r = await this.task()
+          .delete(req, disks ? { timeoutMs: GUEST_DELETE_MS } : {})
+          .catch((err: Error) => {
+            // A guest that does not know the container (it lost it, or says so) or does not answer must not keep
+            // its disks attached.
+            const gone =
+              err instanceof TtrpcError && (err.code === Code.NotFound || err.code === Code.DeadlineExceeded);
+            if (!disks || !gone) throw err;
+            this.deps.log.warn(`container ${req.id}: the guest's delete failed (${err.message}); freeing it anyway`);
+            return { pid: 0, exitStatus: 255, exitedAt: undefined };
+          });
         const p = c.processes.get(req.execId);
         if (p) this.closeProcess(p);
         c.processes.delete(req.execId);
         if (!req.execId) {
           for (const rest of c.processes.values()) this.closeProcess(rest);
           this.containers.delete(req.id);
+          // The guest has unmounted the container's disks (its delete does that); now the VM lets go of them.
+          await this.unplug(req.id, c.bundle);
           await this.deps.records.release(req.id, {
             hostBundle: c.hostBundle,
             bundle: c.bundle,
@@ -317,6 +347,27 @@ export class TaskProxy {
     return this.containers.get(containerId)?.namespace;
   }
 
+  private diskTimeoutMs(): number {
+    return this.deps.diskTimeoutMs ?? DISK_RELEASE_MS;
+  }
+
+  /**
+   * Removes a container's disks from the VM, each waited for at most diskTimeoutMs. A failure is logged, not
+   * thrown: the disk then stays with the VM, which releases it when it ends.
+   */
+  private async unplug(id: string, bundle: Pick<GuestBundle, "disks">): Promise<void> {
+    const disks = bundle.disks ?? [];
+    if (!disks.length || !this.deps.disks) return;
+    try {
+      const cutOff = await unplugDisks(this.deps.disks, disks, this.diskTimeoutMs());
+      if (cutOff.length) {
+        this.deps.log.warn(`container ${id}: the guest kept disk(s) ${cutOff.join(", ")}; their host files are closed`);
+      }
+    } catch (err) {
+      this.deps.log.warn(`container ${id}: ${(err as Error).message}; they go with the VM`);
+    }
+  }
+
   /** Closes a process's FIFO relays and takes back streaming ids containerd never opened. */
   private closeProcess(p: ProcessEntry): void {
     closeStdio(p);
@@ -335,6 +386,7 @@ export class TaskProxy {
       await task.kill({ id, execId: "", signal: 9, all: true }, { timeoutMs: 5000 }).catch(() => undefined);
       await task.wait({ id, execId: "" }, { timeoutMs: 5000 }).catch(() => undefined);
       await task.delete({ id, execId: "" }, { timeoutMs: 5000 }).catch(() => undefined);
+      await this.unplug(id, rec.bundle);
       await this.deps.records.release(id, rec);
       reaped.push(id);
     }

@@ -42,6 +42,7 @@ export class ContainerRecords {
       try {
         const rec = JSON.parse(await readFile(file, "utf8")) as ContainerRecord;
         if (!Array.isArray(rec.bundle?.storage)) throw new Error("no storage list");
+        if (rec.bundle.disks !== undefined && !Array.isArray(rec.bundle.disks)) throw new Error("disks is not a list");
         out.push({ id: name.slice(0, -".json".length), rec });
       } catch (err) {
         this.log.warn(`container record ${file} is unreadable (${(err as Error).message}); removing it`);

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kuasar/sandbox.proto.
  */
 export const file_kuasar_sandbox: GenFile = /*@__PURE__*/
-  fileDesc("ChRrdWFzYXIvc2FuZGJveC5wcm90bxIEZ3JwYyIfCgxDaGVja1JlcXVlc3QSDwoHc2VydmljZRgBIAEoCSI2ChRFeGVjVk1Qcm9jZXNzUmVxdWVzdBIPCgdjb21tYW5kGAEgASgJEg0KBXN0ZGluGAIgASgMIiQKFUV4ZWNWTVByb2Nlc3NSZXNwb25zZRILCgNvdXQYASABKAkihAEKD1N5bmNDbG9ja1BhY2tldBIWCg5DbGllbnRTZW5kVGltZRgBIAEoAxIYChBDbGllbnRBcnJpdmVUaW1lGAIgASgDEhYKDlNlcnZlclNlbmRUaW1lGAMgASgDEhgKEFNlcnZlckFycml2ZVRpbWUYBCABKAMSDQoFRGVsdGEYBSABKAMiSgoJSVBBZGRyZXNzEh4KBmZhbWlseRgBIAEoDjIOLmdycGMuSVBGYW1pbHkSDwoHYWRkcmVzcxgCIAEoCRIMCgRtYXNrGAMgASgJIo0BCglJbnRlcmZhY2USDgoGZGV2aWNlGAEgASgJEgwKBG5hbWUYAiABKAkSJAoLSVBBZGRyZXNzZXMYAyADKAsyDy5ncnBjLklQQWRkcmVzcxILCgNtdHUYBCABKAQSDgoGaHdBZGRyGAUgASgJEgwKBHR5cGUYBiABKAkSEQoJcmF3X2ZsYWdzGAcgASgNIoQBCgVSb3V0ZRIMCgRkZXN0GAEgASgJEg8KB2dhdGV3YXkYAiABKAkSDgoGZGV2aWNlGAMgASgJEg4KBnNvdXJjZRgEIAEoCRINCgVzY29wZRgFIAEoDRIeCgZmYW1pbHkYBiABKA4yDi5ncnBjLklQRmFtaWx5Eg0KBWZsYWdzGAcgASgNIj4KF1VwZGF0ZUludGVyZmFjZXNSZXF1ZXN0EiMKCmludGVyZmFjZXMYASADKAsyDy5ncnBjLkludGVyZmFjZSIyChNVcGRhdGVSb3V0ZXNSZXF1ZXN0EhsKBnJvdXRlcxgBIAMoCzILLmdycGMuUm91dGUifQoTU2V0dXBTYW5kYm94UmVxdWVzdBIkCgZjb25maWcYASABKAsyFC5nb29nbGUucHJvdG9idWYuQW55EiMKCmludGVyZmFjZXMYAiADKAsyDy5ncnBjLkludGVyZmFjZRIbCgZyb3V0ZXMYAyADKAsyCy5ncnBjLlJvdXRlKhoKCElQRmFtaWx5EgYKAnY0EAASBgoCdjYQATLvAwoOU2FuZGJveFNlcnZpY2USSQoQVXBkYXRlSW50ZXJmYWNlcxIdLmdycGMuVXBkYXRlSW50ZXJmYWNlc1JlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSQQoMVXBkYXRlUm91dGVzEhkuZ3JwYy5VcGRhdGVSb3V0ZXNSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EjMKBUNoZWNrEhIuZ3JwYy5DaGVja1JlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSSAoNRXhlY1ZNUHJvY2VzcxIaLmdycGMuRXhlY1ZNUHJvY2Vzc1JlcXVlc3QaGy5ncnBjLkV4ZWNWTVByb2Nlc3NSZXNwb25zZRI5CglTeW5jQ2xvY2sSFS5ncnBjLlN5bmNDbG9ja1BhY2tldBoVLmdycGMuU3luY0Nsb2NrUGFja2V0ElIKCUdldEV2ZW50cxIWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRotLmNvbnRhaW5lcmQuc2VydmljZXMuZXZlbnRzLnR0cnBjLnYxLkVudmVsb3BlEkEKDFNldHVwU2FuZGJveBIZLmdycGMuU2V0dXBTYW5kYm94UmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eWIGcHJvdG8z", [file_google_protobuf_any, file_google_protobuf_empty, file_containerd_services_events_ttrpc_v1_events]);
+  fileDesc("ChRrdWFzYXIvc2FuZGJveC5wcm90bxIEZ3JwYyIfCgxDaGVja1JlcXVlc3QSDwoHc2VydmljZRgBIAEoCSI2ChRFeGVjVk1Qcm9jZXNzUmVxdWVzdBIPCgdjb21tYW5kGAEgASgJEg0KBXN0ZGluGAIgASgMIiQKFUV4ZWNWTVByb2Nlc3NSZXNwb25zZRILCgNvdXQYASABKAkihAEKD1N5bmNDbG9ja1BhY2tldBIWCg5DbGllbnRTZW5kVGltZRgBIAEoAxIYChBDbGllbnRBcnJpdmVUaW1lGAIgASgDEhYKDlNlcnZlclNlbmRUaW1lGAMgASgDEhgKEFNlcnZlckFycml2ZVRpbWUYBCABKAMSDQoFRGVsdGEYBSABKAMiSgoJSVBBZGRyZXNzEh4KBmZhbWlseRgBIAEoDjIOLmdycGMuSVBGYW1pbHkSDwoHYWRkcmVzcxgCIAEoCRIMCgRtYXNrGAMgASgJIo0BCglJbnRlcmZhY2USDgoGZGV2aWNlGAEgASgJEgwKBG5hbWUYAiABKAkSJAoLSVBBZGRyZXNzZXMYAyADKAsyDy5ncnBjLklQQWRkcmVzcxILCgNtdHUYBCABKAQSDgoGaHdBZGRyGAUgASgJEgwKBHR5cGUYBiABKAkSEQoJcmF3X2ZsYWdzGAcgASgNIoQBCgVSb3V0ZRIMCgRkZXN0GAEgASgJEg8KB2dhdGV3YXkYAiABKAkSDgoGZGV2aWNlGAMgASgJEg4KBnNvdXJjZRgEIAEoCRINCgVzY29wZRgFIAEoDRIeCgZmYW1pbHkYBiABKA4yDi5ncnBjLklQRmFtaWx5Eg0KBWZsYWdzGAcgASgNIj4KF1VwZGF0ZUludGVyZmFjZXNSZXF1ZXN0EiMKCmludGVyZmFjZXMYASADKAsyDy5ncnBjLkludGVyZmFjZSIyChNVcGRhdGVSb3V0ZXNSZXF1ZXN0EhsKBnJvdXRlcxgBIAMoCzILLmdycGMuUm91dGUiUwoLQVJQTmVpZ2hib3ISJAoLdG9JUEFkZHJlc3MYASABKAsyDy5ncnBjLklQQWRkcmVzcxIOCgZkZXZpY2UYAiABKAkSDgoGbGxhZGRyGAMgASgJIqMBChNTZXR1cFNhbmRib3hSZXF1ZXN0EiQKBmNvbmZpZxgBIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkSIwoKaW50ZXJmYWNlcxgCIAMoCzIPLmdycGMuSW50ZXJmYWNlEhsKBnJvdXRlcxgDIAMoCzILLmdycGMuUm91dGUSJAoJbmVpZ2hib3JzGAQgAygLMhEuZ3JwYy5BUlBOZWlnaGJvcioaCghJUEZhbWlseRIGCgJ2NBAAEgYKAnY2EAEy7wMKDlNhbmRib3hTZXJ2aWNlEkkKEFVwZGF0ZUludGVyZmFjZXMSHS5ncnBjLlVwZGF0ZUludGVyZmFjZXNSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkEKDFVwZGF0ZVJvdXRlcxIZLmdycGMuVXBkYXRlUm91dGVzUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRIzCgVDaGVjaxISLmdycGMuQ2hlY2tSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkgKDUV4ZWNWTVByb2Nlc3MSGi5ncnBjLkV4ZWNWTVByb2Nlc3NSZXF1ZXN0GhsuZ3JwYy5FeGVjVk1Qcm9jZXNzUmVzcG9uc2USOQoJU3luY0Nsb2NrEhUuZ3JwYy5TeW5jQ2xvY2tQYWNrZXQaFS5ncnBjLlN5bmNDbG9ja1BhY2tldBJSCglHZXRFdmVudHMSFi5nb29nbGUucHJvdG9idWYuRW1wdHkaLS5jb250YWluZXJkLnNlcnZpY2VzLmV2ZW50cy50dHJwYy52MS5FbnZlbG9wZRJBCgxTZXR1cFNhbmRib3gSGS5ncnBjLlNldHVwU2FuZGJveFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHliBnByb3RvMw", [file_google_protobuf_any, file_google_protobuf_empty, file_containerd_services_events_ttrpc_v1_events]);
 
 /**
  * @generated from message grpc.CheckRequest
@@ -76,7 +76,8 @@ export const ExecVMProcessResponseSchema: GenMessage<ExecVMProcessResponse> = /*
   messageDesc(file_kuasar_sandbox, 2);
 
 /**
- * Field names keep Kuasar's capitalisation (they are also its JSON names).
+ * Field names keep Kuasar's capitalisation (they are also its JSON names). As Kuasar fills them: the host sends
+ * ClientSendTime, the guest stamps its arrival in ClientArriveTime and its reply in ServerSendTime (all ns).
  *
  * @generated from message grpc.SyncClockPacket
  */
@@ -274,6 +275,40 @@ export const UpdateRoutesRequestSchema: GenMessage<UpdateRoutesRequest> = /*@__P
   messageDesc(file_kuasar_sandbox, 8);
 
 /**
+ * A permanent neighbour (ARP/NDP) entry of the pod netns, installed in the guest as it is there. Kuasar's proto has
+ * no such message (Kata's agent has ARPNeighbor); a Kuasar guest skips the field.
+ *
+ * @generated from message grpc.ARPNeighbor
+ */
+export type ARPNeighbor = Message<"grpc.ARPNeighbor"> & {
+  /**
+   * mask unused
+   *
+   * @generated from field: grpc.IPAddress toIPAddress = 1;
+   */
+  toIPAddress?: IPAddress | undefined;
+
+  /**
+   * @generated from field: string device = 2;
+   */
+  device: string;
+
+  /**
+   * MAC, "aa:bb:cc:dd:ee:ff"
+   *
+   * @generated from field: string lladdr = 3;
+   */
+  lladdr: string;
+};
+
+/**
+ * Describes the message grpc.ARPNeighbor.
+ * Use `create(ARPNeighborSchema)` to create a new message.
+ */
+export const ARPNeighborSchema: GenMessage<ARPNeighbor> = /*@__PURE__*/
+  messageDesc(file_kuasar_sandbox, 9);
+
+/**
  * @generated from message grpc.SetupSandboxRequest
  */
 export type SetupSandboxRequest = Message<"grpc.SetupSandboxRequest"> & {
@@ -293,6 +328,13 @@ export type SetupSandboxRequest = Message<"grpc.SetupSandboxRequest"> & {
    * @generated from field: repeated grpc.Route routes = 3;
    */
   routes: Route[];
+
+  /**
+   * applied after interfaces and routes
+   *
+   * @generated from field: repeated grpc.ARPNeighbor neighbors = 4;
+   */
+  neighbors: ARPNeighbor[];
 };
 
 /**
@@ -300,7 +342,7 @@ export type SetupSandboxRequest = Message<"grpc.SetupSandboxRequest"> & {
  * Use `create(SetupSandboxRequestSchema)` to create a new message.
  */
 export const SetupSandboxRequestSchema: GenMessage<SetupSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 9);
+  messageDesc(file_kuasar_sandbox, 10);
 
 /**
  * @generated from enum grpc.IPFamily

@@ -1,6 +1,6 @@
 import { virtiofsdDialect } from "../host.ts";
 import { checkDiskId, checkFiles, type Plan, VmmDriver } from "../vm.ts";
-import type { DiskSpec, VmStatus } from "../vm-api.ts";
+import type { DeviceRemoval, DiskSpec, VmStatus } from "../vm-api.ts";
 import { ClhApi, ClhApiError } from "./api.ts";
 import type { ClhConfig } from "./config.ts";
 import { clhPlan } from "./plan.ts";
@@ -77,9 +77,11 @@ export class ClhVm extends VmmDriver<ClhConfig> {
     return { id: disk.id, serial: disk.id };
   }
 
-  async removeDevice(id: string): Promise<void> {
-    if (!this.state.devices[id]) throw new Error(`sandbox ${this.id}: no hot-plugged device ${id}`);
+  /** vm.remove-device asks the guest to eject the device; the API reports no completion to wait for. */
+  async removeDevice(id: string): Promise<DeviceRemoval> {
+    checkDiskId(this.id, id);
     await this.client().removeDevice(id);
     delete this.state.devices[id];
+    return "removed";
   }
 }

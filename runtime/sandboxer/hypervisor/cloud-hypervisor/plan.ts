@@ -59,10 +59,14 @@ export function clhPlan(config: ClhConfig, sandbox: SandboxSpec, dialect: Virtio
   );
   const net = layoutNics(sandbox);
   for (const n of net.nics) {
-    const q = n.childFds.length;
+    // num_queues counts rx and tx separately: two per tap queue. A tap opened by name gets the NIC's queue count.
+    const q = n.childFds.length || (sandbox.netDevices[n.index]?.queues ?? 1);
+    const mq = q > 1 ? `,num_queues=${2 * q}` : "";
     args.push(
       "--net",
-      q === 0 ? `tap=${n.tapName},mac=${n.mac}` : `fd=[${n.childFds.join(",")}],mac=${n.mac},num_queues=${2 * q}`,
+      n.childFds.length === 0
+        ? `tap=${n.tapName},mac=${n.mac}${mq}`
+        : `fd=[${n.childFds.join(",")}],mac=${n.mac},num_queues=${2 * q}`,
     );
   }
   if (h.debug) args.push("-vv");

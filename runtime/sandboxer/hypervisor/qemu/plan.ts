@@ -204,14 +204,16 @@ export function qemuPlan(config: QemuConfig, sandbox: SandboxSpec, facts: QemuFa
   const net = layoutNics(sandbox);
   const vhostNet = facts.accel === "kvm" && facts.vhostNet ? ",vhost=on" : "";
   for (const n of net.nics) {
-    const queues = n.childFds.length;
-    const backend =
-      queues === 0
-        ? `ifname=${n.tapName},script=no,downscript=no`
-        : queues === 1
-          ? `fd=${n.childFds[0]}`
-          : `fds=${n.childFds.join(":")}`;
-    const mq = queues > 1 ? `,mq=on,vectors=${2 * queues + 2}` : "";
+    // A tap opened by name gets the NIC's queue count (QEMU opens it that many times); given fds, one queue each.
+    const byName = n.childFds.length === 0;
+    const queues = byName ? (sandbox.netDevices[n.index]?.queues ?? 1) : n.childFds.length;
+    const backend = byName
+      ? `ifname=${n.tapName},script=no,downscript=no${queues > 1 ? `,queues=${queues}` : ""}`
+      : queues === 1
+        ? `fd=${n.childFds[0]}`
+        : `fds=${n.childFds.join(":")}`;
+    // PCI: one MSI-X vector per rx and tx queue, plus config and control (virtio-mmio has no vectors).
+    const mq = queues > 1 ? `,mq=on${micro ? "" : `,vectors=${2 * queues + 2}`}` : "";
     args.push(
       ...["-netdev", `tap,id=net${n.index},${backend}${vhostNet}`],
       ...["-device", `${dev("virtio-net")},netdev=net${n.index},mac=${n.mac},id=nic${n.index}${mq}`],

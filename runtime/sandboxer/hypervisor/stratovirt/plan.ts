@@ -78,8 +78,15 @@ export function stratovirtPlan(config: StratoVirtConfig, sandbox: SandboxSpec, c
 
   const net = layoutNics(sandbox);
   for (const n of net.nics) {
-    const q = n.childFds.length;
-    const backend = q === 0 ? `ifname=${n.tapName}` : q === 1 ? `fd=${n.childFds[0]}` : `fds=${n.childFds.join(":")}`;
+    // A tap opened by name gets the NIC's queue count; given fds, one queue each.
+    const byName = n.childFds.length === 0;
+    const q = byName ? (sandbox.netDevices[n.index]?.queues ?? 1) : n.childFds.length;
+    if (micro && q > 1) {
+      throw new Error(
+        `sandbox ${sandbox.id}: NIC ${n.tapName} has ${q} queues; StratoVirt's virtio-mmio NIC takes one`,
+      );
+    }
+    const backend = byName ? `ifname=${n.tapName}` : q === 1 ? `fd=${n.childFds[0]}` : `fds=${n.childFds.join(":")}`;
     args.push("-netdev", `tap,id=net${n.index},${backend}${q > 1 ? `,queues=${q}` : ""}`);
     args.push(
       "-device",

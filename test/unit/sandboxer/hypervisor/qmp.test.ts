@@ -131,42 +131,30 @@ describe("QEMU driver over QMP (a recovered VM: the daemon did not start it)", (
     vm.detach();
   });
 
-  test("hot-plug spreads disks over the bridges and removal waits for the guest's DEVICE_DELETED", async () => {
+  test("hot-plug (pc: onto the root bus) and removal, which waits for the guest's DEVICE_DELETED", async () => {
     const vm = await recoverHypervisor(state, env);
     assert.deepEqual(await vm.hotplugDisk({ id: "d1", path: disk, readOnly: true }), { id: "d1", serial: "d1" });
     await vm.hotplugDisk({ id: "d2", path: disk, readOnly: false });
     const plugged = qmp.received.filter((r) => r.execute !== "qmp_capabilities");
-    assert.deepEqual(plugged, [
+    const plug = (id: string, readOnly: boolean, bus: string) => [
       {
         execute: "blockdev-add",
-        arguments: {
-          "node-name": "drive-d1",
-          driver: "raw",
-          "read-only": true,
-          file: { driver: "file", filename: disk },
-        },
-      },
-      {
-        execute: "device_add",
-        arguments: { driver: "virtio-blk-pci", id: "d1", drive: "drive-d1", bus: "pci-bridge-0", serial: "d1" },
+        arguments: { "node-name": `file-${id}`, driver: "file", filename: disk, "read-only": readOnly },
       },
       {
         execute: "blockdev-add",
-        arguments: {
-          "node-name": "drive-d2",
-          driver: "raw",
-          "read-only": false,
-          file: { driver: "file", filename: disk },
-        },
+        arguments: { "node-name": `drive-${id}`, driver: "raw", file: `file-${id}`, "read-only": readOnly },
       },
       {
         execute: "device_add",
-        arguments: { driver: "virtio-blk-pci", id: "d2", drive: "drive-d2", bus: "pci-bridge-1", serial: "d2" },
+        arguments: { driver: "virtio-blk-pci", id, drive: `drive-${id}`, bus, serial: id },
       },
-    ]);
+    ];
+    // The bridges stay empty: the guest's firmware gave them no address windows, so a disk behind one never works.
+    assert.deepEqual(plugged, [...plug("d1", true, "pci.0"), ...plug("d2", false, "pci.0")]);
     assert.deepEqual(vm.persistState().devices, {
-      d1: { node: "drive-d1", bus: "pci-bridge-0" },
-      d2: { node: "drive-d2", bus: "pci-bridge-1" },
+      d1: { node: "drive-d1", bus: "pci.0" },
+      d2: { node: "drive-d2", bus: "pci.0" },
     });
 
     qmp.received.length = 0;
@@ -174,31 +162,140 @@ describe("QEMU driver over QMP (a recovered VM: the daemon did not start it)", (
       setTimeout(() => q.emit("DEVICE_DELETED", { device: args.id, path: `/machine/peripheral/${args.id}` }), 50);
       return undefined;
     });
-    await vm.removeDevice("d1");
+    qmp.on("blockdev-del", (args) =>
+      args["node-name"] === "null-d1"
+        ? { error: { class: "GenericError", desc: "Failed to find node with node-name='null-d1'" } }
+        : undefined,
+    );
+    assert.equal(await vm.removeDevice("d1"), "removed");
     assert.deepEqual(qmp.received, [
       { execute: "device_del", arguments: { id: "d1" } },
       { execute: "blockdev-del", arguments: { "node-name": "drive-d1" } },
+      { execute: "blockdev-del", arguments: { "node-name": "file-d1" } },
+      { execute: "blockdev-del", arguments: { "node-name": "null-d1" } },
     ]);
     assert.deepEqual(Object.keys(vm.persistState().devices), ["d2"]);
-    await assert.rejects(vm.removeDevice("d1"), /sandbox sb1: no hot-plugged device d1/);
     await assert.rejects(
       vm.hotplugDisk({ id: "has space", path: disk, readOnly: true }),
       /disk id 'has space' must be 1-20 characters/,
     );
+    await assert.rejects(vm.removeDevice("../x"), /disk id '\.\.\/x' must be 1-20 characters/);
     await assert.rejects(vm.hotplugDisk({ id: "d2", path: disk, readOnly: true }), /device d2 is already plugged/);
     vm.detach();
   });
 
-  test("a failed device_add takes its block node back out", async () => {
+  test("q35: one disk per PCIe root port, and a clear error when all are taken", async () => {
+    const vm = await recoverHypervisor(
+      { ...state, extra: { ...state.extra, machine: "q35", hotplugBuses: "rp0,rp1" } },
+      env,
+    );
+    // Side by side (two containers created at once): each takes a port of its own.
+    await Promise.all([
+      vm.hotplugDisk({ id: "d1", path: disk, readOnly: true }),
+      vm.hotplugDisk({ id: "d2", path: disk, readOnly: true }),
+    ]);
+    assert.deepEqual(
+      Object.values(vm.persistState().devices).map((d) => d.bus),
+      ["rp0", "rp1"],
+    );
+    await assert.rejects(
+      vm.hotplugDisk({ id: "d3", path: disk, readOnly: true }),
+      /all 2 PCIe root ports are in use: raise default_bridges/,
+    );
+    vm.detach();
+  });
+
+  test("a device an earlier daemon plugged is removed from its id; one QEMU no longer has counts as removed", async () => {
+    const missing = (what: string) => ({
+      error: { class: "GenericError", desc: `Failed to find node with node-name='${what}'` },
+    });
+    qmp.on("device_del", () => ({ error: { class: "DeviceNotFound", desc: "Device 'kdOld' not found" } }));
+    qmp.on("blockdev-del", (args) =>
+      args["node-name"] === "file-kdOld" ? undefined : missing(String(args["node-name"])),
+    );
+    const vm = await recoverHypervisor(state, env);
+    assert.equal(await vm.removeDevice("kdOld"), "removed");
+    assert.deepEqual(
+      qmp.received.filter((r) => r.execute !== "qmp_capabilities").map((r) => [r.execute, r.arguments]),
+      [
+        ["device_del", { id: "kdOld" }],
+        ["blockdev-del", { "node-name": "drive-kdOld" }],
+        ["blockdev-del", { "node-name": "file-kdOld" }],
+        ["blockdev-del", { "node-name": "null-kdOld" }],
+      ],
+    );
+    vm.detach();
+  });
+
+  // Attack: a guest that never lets go of a disk (it ignores the unplug) must not keep the host file open in QEMU.
+  test("a guest that never releases a disk: after the bound the host file is swapped for an empty backend", async () => {
+    const vm = await recoverHypervisor(state, env);
+    await vm.hotplugDisk({ id: "d1", path: disk, readOnly: false });
+    qmp.received.length = 0;
+    const t = Date.now();
+    assert.equal(await vm.removeDevice("d1", { timeoutMs: 200 }), "cut-off");
+    assert.ok(Date.now() - t >= 200, "the guest was given its time");
+    assert.deepEqual(
+      qmp.received.map((r) => [r.execute, r.arguments]),
+      [
+        ["device_del", { id: "d1" }],
+        ["blockdev-add", { "node-name": "null-d1", driver: "null-co", "read-zeroes": true }],
+        ["blockdev-reopen", { options: [{ "node-name": "drive-d1", driver: "raw", file: "null-d1" }] }],
+        ["blockdev-del", { "node-name": "file-d1" }],
+      ],
+    );
+    // Asked again (a retried delete, a teardown): nothing more to cut; once the guest lets go, it is removed.
+    qmp.received.length = 0;
+    qmp.on("device_del", () => ({
+      error: { class: "GenericError", desc: "Device d1 is already in the process of unplug" },
+    }));
+    qmp.on("blockdev-add", (args) =>
+      args["node-name"] === "null-d1"
+        ? { error: { class: "GenericError", desc: "Duplicate nodes with node-name='null-d1'" } }
+        : undefined,
+    );
+    assert.equal(await vm.removeDevice("d1", { timeoutMs: 100 }), "cut-off");
+    assert.deepEqual(
+      qmp.received.map((r) => r.execute),
+      ["device_del", "blockdev-add"],
+    );
+    qmp.received.length = 0;
+    qmp.on("device_del", (args, q) => {
+      setTimeout(() => q.emit("DEVICE_DELETED", { device: args.id }), 20);
+      return { error: { class: "GenericError", desc: "Device d1 is already in the process of unplug" } };
+    });
+    qmp.on("blockdev-del", (args) =>
+      args["node-name"] === "file-d1"
+        ? { error: { class: "GenericError", desc: "Failed to find node with node-name='file-d1'" } }
+        : undefined,
+    );
+    assert.equal(await vm.removeDevice("d1", { timeoutMs: 2000 }), "removed");
+    assert.deepEqual(
+      qmp.received.map((r) => [r.execute, r.arguments?.["node-name"] ?? r.arguments?.id]),
+      [
+        ["device_del", "d1"],
+        ["blockdev-del", "drive-d1"],
+        ["blockdev-del", "file-d1"],
+        ["blockdev-del", "null-d1"],
+      ],
+    );
+    assert.deepEqual(vm.persistState().devices, {});
+    vm.detach();
+  });
+
+  test("a failed device_add takes its block nodes back out", async () => {
     qmp.on("device_add", () => ({
-      error: { class: "GenericError", desc: "Bus 'pci-bridge-0' does not support hotplugging" },
+      error: { class: "GenericError", desc: "Bus 'pci.0' does not support hotplugging" },
     }));
     const vm = await recoverHypervisor(state, env);
     await assert.rejects(
       vm.hotplugDisk({ id: "d1", path: disk, readOnly: true }),
-      /hot-plug of d1 .* failed: QMP device_add failed: GenericError: Bus 'pci-bridge-0' does not support hotplugging/,
+      /hot-plug of d1 .* failed: QMP device_add failed: GenericError: Bus 'pci.0' does not support hotplugging/,
     );
-    assert.deepEqual(qmp.received.at(-1), { execute: "blockdev-del", arguments: { "node-name": "drive-d1" } });
+    assert.deepEqual(qmp.received.slice(-2), [
+      { execute: "blockdev-del", arguments: { "node-name": "drive-d1" } },
+      { execute: "blockdev-del", arguments: { "node-name": "file-d1" } },
+    ]);
     assert.deepEqual(vm.persistState().devices, {});
     vm.detach();
   });

@@ -1,12 +1,13 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import type { OciSpec } from "../../../../runtime/contract/oci.ts";
 import { MountSchema } from "../../../../runtime/protos/gen/containerd/types/mount_pb.ts";
+import { type DiskHost, devNumber } from "../../../../runtime/sandboxer/storage/block.ts";
 import {
   prepareGuestBundle,
   releaseGuestBundle,
@@ -256,4 +257,103 @@ test("an unreadable spec names the file", async () => {
     }),
     /container c4: cannot read OCI spec .*bundle\/config.json/,
   );
+});
+
+/** A VM stand-in that records what the host hot-plugs and removes. */
+function fakeDisks() {
+  const plugged: Array<{ id: string; path: string; readOnly: boolean }> = [];
+  const removed: string[] = [];
+  const host: DiskHost = {
+    async hotplugDisk(disk) {
+      plugged.push(disk);
+      return { id: disk.id, serial: disk.id };
+    },
+    async removeDevice(id) {
+      removed.push(id);
+      return "removed";
+    },
+  };
+  return { host, plugged, removed };
+}
+
+test("a blockfile rootfs and a raw block device are hot-plugged, never mounted on the host", async () => {
+  const image = path.join(dir, "snapshot.img");
+  execFileSync("truncate", ["-s", "4M", image]);
+  execFileSync("truncate", ["-s", "4M", path.join(dir, "volume.img")]);
+  const loop = execFileSync("losetup", ["-f", "--show", path.join(dir, "volume.img")], { encoding: "utf8" }).trim();
+  try {
+    const [major, minor] = devNumber((await stat(loop, { bigint: true })).rdev)
+      .split(":")
+      .map(Number);
+    const specFile = path.join(dir, "bundle/config.json");
+    const spec = JSON.parse(await readFile(specFile, "utf8")) as OciSpec;
+    await writeFile(
+      specFile,
+      JSON.stringify({
+        ...spec,
+        linux: {
+          devices: [{ path: "/dev/xvdb", type: "b", major, minor }],
+          resources: { devices: [{ allow: true, type: "b", major, minor, access: "rwm" }] },
+        },
+      }),
+    );
+    const before = await readFile("/proc/self/mountinfo", "utf8");
+    const disks = fakeDisks();
+    const b = await prepareGuestBundle({
+      share,
+      containerId: "blk1",
+      hostBundle: path.join(dir, "bundle"),
+      rootfs: [create(MountSchema, { type: "ext4", source: image, options: ["loop", "rw"] })],
+      nextStorage: next,
+      disks: disks.host,
+    });
+    try {
+      assert.deepEqual(
+        disks.plugged.map((d) => [d.path, d.readOnly]),
+        [
+          [image, false],
+          [loop, false],
+        ],
+      );
+      const [root, dev] = b.disks ?? [];
+      assert.deepEqual(root?.guest, { kind: "rootfs", serial: root?.serial, fsType: "ext4", options: ["rw"] });
+      assert.deepEqual(dev?.guest, { kind: "device", serial: dev?.serial, containerPath: "/dev/xvdb" });
+      assert.deepEqual(
+        disks.plugged.map((d) => d.id),
+        [root?.serial, dev?.serial],
+      );
+      // Only the binds went into the share; the image is the guest's alone.
+      assert.equal(b.storage.length, 2);
+      const guest = JSON.parse(await readFile(guestView("blk1/config.json"), "utf8")) as OciSpec;
+      assert.equal(guest.root?.path, "rootfs", "the agent sets the root to where it mounts the disk");
+      const added = (await readFile("/proc/self/mountinfo", "utf8")).split("\n").filter((l) => !before.includes(l));
+      const ofDisk = added.filter((l) => l.includes(image) || / - \S+ \/dev\/loop/.test(l) || l.includes(loop));
+      assert.deepEqual(ofDisk, [], "neither disk is mounted on the host");
+      assert.equal(execFileSync("losetup", ["-j", image], { encoding: "utf8" }), "", "no loop device over the image");
+    } finally {
+      await releaseGuestBundle(share, b);
+    }
+  } finally {
+    execFileSync("losetup", ["-d", loop]);
+  }
+});
+
+test("a block rootfs without a VM to plug it into is refused; a failure after plugging removes the disks", async () => {
+  const image = path.join(dir, "snapshot.img");
+  execFileSync("truncate", ["-s", "4M", image]);
+  const rootfs = [create(MountSchema, { type: "ext4", source: image, options: ["loop", "rw"] })];
+  const opts = { share, hostBundle: path.join(dir, "bundle"), rootfs, nextStorage: next };
+  await assert.rejects(
+    prepareGuestBundle({ ...opts, containerId: "blk2" }),
+    (e: Error) => e instanceof UnsupportedSpec && /need a VM to hot-plug them into/.test(e.message),
+  );
+  await rm(path.join(dir, "vol"), { recursive: true });
+  const disks = fakeDisks();
+  await assert.rejects(
+    prepareGuestBundle({ ...opts, containerId: "blk3", disks: disks.host }),
+    /bind mount source .*\/vol \(for \/data\) does not exist/,
+  );
+  assert.equal(disks.plugged.length, 1);
+  assert.deepEqual(disks.removed, [disks.plugged[0]?.id]);
+  assert.deepEqual(await readdir(share.mounts), []);
 });
