@@ -4,6 +4,18 @@ import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 import type { KeyContext } from "./stage.ts";
 
+/** The layers below every program (docs/development.md#layers): each bundle is built from them and its own folders. */
+export const SHARED_LAYERS = [
+  "runtime/contract",
+  "runtime/log",
+  "runtime/protos",
+  "runtime/cgroups",
+  "runtime/ttrpc",
+  "runtime/transport",
+  "runtime/streaming",
+  "runtime/text",
+];
+
 /**
  * What a bundle is made of: the source trees, the locked dependencies and this bundler's own settings, which
  * shape the output as much as the sources do.

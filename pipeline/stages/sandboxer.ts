@@ -1,19 +1,12 @@
 import { copyFile, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { bundleInputs, bundleNode } from "../lib/bundle.ts";
+import { bundleInputs, bundleNode, SHARED_LAYERS } from "../lib/bundle.ts";
 import type { Stage } from "../lib/stage.ts";
 
 /** Sources the daemon is bundled from: itself, the protocol layer and the gRPC adapter. */
 const SOURCES = [
   "runtime/sandboxer",
-  "runtime/contract",
-  "runtime/log",
-  "runtime/protos",
-  "runtime/cgroups",
-  "runtime/ttrpc",
-  "runtime/transport",
-  "runtime/streaming",
-  "runtime/text",
+  ...SHARED_LAYERS,
   "runtime/grpc",
   // kuasar-ctl, and the host check both binaries run (it reads task.* parameters with the contract's parser).
   "runtime/ctl",

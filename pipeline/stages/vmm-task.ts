@@ -3,22 +3,11 @@ import os from "node:os";
 import path from "node:path";
 import { buildNative } from "../../runtime/native/build.ts";
 import { AGENT_ADDONS, buildGypAddon } from "../../runtime/native/gyp.ts";
-import { bundleInputs, bundleNode } from "../lib/bundle.ts";
+import { bundleInputs, bundleNode, SHARED_LAYERS } from "../lib/bundle.ts";
 import type { Stage } from "../lib/stage.ts";
 
 /** Source trees vmm-task is built from: the agent, the protocol layer it imports, and the native code. */
-const SOURCES = [
-  "runtime/agent",
-  "runtime/contract",
-  "runtime/log",
-  "runtime/protos",
-  "runtime/cgroups",
-  "runtime/ttrpc",
-  "runtime/transport",
-  "runtime/streaming",
-  "runtime/text",
-  "runtime/native",
-];
+const SOURCES = ["runtime/agent", ...SHARED_LAYERS, "runtime/native"];
 
 /** vmm-task: the guest agent bundled into one file, its native addons, and the static C init that runs it as PID 1. */
 export const vmmTaskStage: Stage = {

@@ -316,7 +316,8 @@ test(
         SLOW,
       );
       await env.runtime.startContainer({ containerId: next.containerId }, SLOW);
-      const script = "echo after the crash; ps -o comm | grep -c sleep";
+      // CRI's default pid mode is POD: the pod's PID 1 (`sleep infinity`) is visible too, so count `sleep 3600`s.
+      const script = "echo after the crash; ps -o args | grep -c '^sleep 3600'";
       const r = await env.runtime.execSync(
         { containerId: next.containerId, cmd: ["sh", "-c", script], timeout: 60n },
         SLOW,
