@@ -147,6 +147,26 @@ export async function cleanupDaemonDir(daemon: Daemon | undefined, dir: string |
   await rm(dir, { recursive: true, force: true });
 }
 
+/** A ttrpc client on a sandbox's task API address (ttrpc+unix://...), as containerd dials it. */
+export async function dialTaskApi(taskAddress: string): Promise<TtrpcClient> {
+  const conn = net.connect(taskAddress.replace(/^ttrpc\+unix:\/\//, ""));
+  await new Promise((r, j) => conn.once("connect", r).once("error", j));
+  return new TtrpcClient(conn);
+}
+
+/** Makes a FIFO at file and reads it to its end: a container's stdout as containerd hands it over. */
+export function readFifo(file: string): Promise<string> {
+  execFileSync("mkfifo", [file]);
+  let out = "";
+  return new Promise((resolve) =>
+    createReadStream(file)
+      .on("data", (d) => {
+        out += d;
+      })
+      .on("end", () => resolve(out)),
+  );
+}
+
 /** Runs `sh -c script` as a container through a sandbox's task API (as containerd would); its stdout and status. */
 export async function runContainer(
   dir: string,
@@ -154,28 +174,18 @@ export async function runContainer(
   id: string,
   script: string,
 ): Promise<{ out: string; status: number }> {
-  const conn = net.connect(taskAddress.replace(/^ttrpc\+unix:\/\//, ""));
-  await new Promise((r, j) => conn.once("connect", r).once("error", j));
-  const client = new TtrpcClient(conn);
+  const client = await dialTaskApi(taskAddress);
   try {
     const task = client.service(Task);
     const stdout = path.join(dir, `${id}.stdout`);
-    execFileSync("mkfifo", [stdout]);
-    let out = "";
-    const reading = new Promise<void>((resolve) =>
-      createReadStream(stdout)
-        .on("data", (d) => {
-          out += d;
-        })
-        .on("end", resolve),
-    );
+    const output = readFifo(stdout);
     // A bundle of its own, removed afterwards: dir may be shared by many containers.
     const bundle = await busyboxBundle(path.join(dir, `bundle-${id}`), ["sh", "-c", script]);
     await task.create({ id, bundle, stdout });
     const waiting = task.wait({ id });
     await task.start({ id });
     const { exitStatus } = await waiting;
-    await reading;
+    const out = await output;
     await task.delete({ id });
     await rm(stdout, { force: true });
     await rm(bundle, { recursive: true, force: true });

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { createReadStream, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
@@ -17,7 +17,15 @@ import { PodSandboxConfigSchema } from "../runtime/protos/gen/k8s/cri/runtime/v1
 import { SandboxService } from "../runtime/protos/gen/kuasar/sandbox_pb.ts";
 import { dial } from "../runtime/transport/address.ts";
 import { TtrpcClient, TtrpcServer } from "../runtime/ttrpc/index.ts";
-import { busyboxBundle, cleanupDaemonDir, type Daemon, startDaemon, writeConfig } from "./daemon.ts";
+import {
+  busyboxBundle,
+  cleanupDaemonDir,
+  type Daemon,
+  dialTaskApi,
+  readFifo,
+  startDaemon,
+  writeConfig,
+} from "./daemon.ts";
 
 /**
  * A tree of files, links and modes outside every sandbox: a host directory an attacker would aim the daemon at.
@@ -192,22 +200,12 @@ export async function runTask(
   bundle: string,
   opts: { timeoutMs?: number; keep?: boolean } = {},
 ): Promise<{ status: number; stdout: string }> {
-  const conn = net.connect(taskAddress.replace(/^ttrpc\+unix:\/\//, ""));
-  await new Promise((r, j) => conn.once("connect", r).once("error", j));
-  const client = new TtrpcClient(conn);
+  const client = await dialTaskApi(taskAddress);
   const timeoutMs = opts.timeoutMs ?? 60_000;
   try {
     const task = client.service(Task);
     const stdout = path.join(path.dirname(bundle), `${id}.stdout`);
-    execFileSync("mkfifo", [stdout]);
-    let out = "";
-    const reading = new Promise<void>((resolve) =>
-      createReadStream(stdout)
-        .on("data", (d) => {
-          out += d;
-        })
-        .on("end", resolve),
-    );
+    const output = readFifo(stdout);
     await task.create({ id, bundle, stdout }, { timeoutMs });
     const waiting = task.wait({ id }, { timeoutMs });
     await task.start({ id }, { timeoutMs });
@@ -217,7 +215,7 @@ export async function runTask(
       return { status: -1, stdout: "" };
     }
     const { exitStatus } = await waiting;
-    await reading;
+    const out = await output;
     await task.delete({ id }, { timeoutMs });
     return { status: exitStatus, stdout: out };
   } finally {
