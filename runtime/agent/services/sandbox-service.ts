@@ -3,6 +3,7 @@ import type { SandboxService } from "../../protos/gen/kuasar/sandbox_pb.ts";
 import { Code, type ServiceHandlers, TtrpcError } from "../../ttrpc/index.ts";
 import { syncClock } from "../clock.ts";
 import type { EventQueue } from "../event-queue.ts";
+import { onlineUntil } from "../hotplug.ts";
 import { configureInterfaces, configureNeighbours, configureRoutes } from "../network.ts";
 
 /** The parts of CRI's PodSandboxConfig (protobuf JSON) the guest acts on. */
@@ -68,5 +69,11 @@ export function sandboxService(deps: SandboxServiceDeps): ServiceHandlers<typeof
       return { out: r.all ?? "" };
     },
     getEvents: async (_req, ctx) => deps.events.next(ctx.signal),
+    onlineCpuMem: async (req) => {
+      const got = await onlineUntil({ cpus: req.cpus, memoryBytes: Number(req.memoryBytes) }, req.timeoutMs).catch(
+        fail("online hot-plugged vCPUs and memory"),
+      );
+      return { onlineCpus: got.cpus, onlineMemoryBytes: BigInt(got.memoryBytes) };
+    },
   };
 }

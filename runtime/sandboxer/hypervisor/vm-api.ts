@@ -79,6 +79,14 @@ export interface DiskSpec {
   readOnly: boolean;
 }
 
+/** A VM's vCPUs and memory now, and the most it was started able to take. */
+export interface VmShape {
+  vcpus: number;
+  memoryMiB: number;
+  maxVcpus: number;
+  maxMemoryMiB: number;
+}
+
 /**
  * How a removal ended: "removed" (the guest released the device and the VMM dropped it), or "cut-off" (the guest did
  * not release it in time; the VMM no longer holds the host file, but the guest still sees an empty disk).
@@ -142,6 +150,13 @@ export interface Hypervisor {
    * earlier daemon did) is removed too; over QMP one the VMM does not know counts as removed.
    */
   removeDevice(id: string, opts?: { timeoutMs?: number }): Promise<DeviceRemoval>;
+  /** vCPUs and memory as the VMM reports them now, with the VM's ceilings. */
+  size(): Promise<VmShape>;
+  /**
+   * Hot-plugs vCPUs and memory until the VM has at least `target` (never removes any). Throws, naming the config
+   * key, when the VM was not started able to grow that far or this VMM cannot hot-plug them.
+   */
+  grow(target: { vcpus: number; memoryMiB: number }): Promise<void>;
   persistState(): HypervisorState;
   /** Stops helpers and the console reader, removes sockets and the pid file; safe to call more than once. */
   cleanup(): Promise<void>;

@@ -27,6 +27,7 @@ import type {
   HypervisorState,
   SandboxSpec,
   Started,
+  VmShape,
   VmStatus,
 } from "./vm-api.ts";
 
@@ -159,6 +160,8 @@ export abstract class VmmDriver<C extends CommonConfig = CommonConfig> implement
   abstract status(): Promise<VmStatus>;
   abstract hotplugDisk(disk: DiskSpec): Promise<{ id: string; serial: string }>;
   abstract removeDevice(id: string, opts?: { timeoutMs?: number }): Promise<DeviceRemoval>;
+  abstract size(): Promise<VmShape>;
+  abstract grow(target: { vcpus: number; memoryMiB: number }): Promise<void>;
 
   async start(): Promise<Started> {
     if (this.state.vmm) throw new Error(`sandbox ${this.id}: the VM was already started (pid ${this.state.vmm.pid})`);

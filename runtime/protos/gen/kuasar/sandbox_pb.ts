@@ -17,7 +17,56 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kuasar/sandbox.proto.
  */
 export const file_kuasar_sandbox: GenFile = /*@__PURE__*/
-  fileDesc("ChRrdWFzYXIvc2FuZGJveC5wcm90bxIEZ3JwYyIfCgxDaGVja1JlcXVlc3QSDwoHc2VydmljZRgBIAEoCSI2ChRFeGVjVk1Qcm9jZXNzUmVxdWVzdBIPCgdjb21tYW5kGAEgASgJEg0KBXN0ZGluGAIgASgMIiQKFUV4ZWNWTVByb2Nlc3NSZXNwb25zZRILCgNvdXQYASABKAkihAEKD1N5bmNDbG9ja1BhY2tldBIWCg5DbGllbnRTZW5kVGltZRgBIAEoAxIYChBDbGllbnRBcnJpdmVUaW1lGAIgASgDEhYKDlNlcnZlclNlbmRUaW1lGAMgASgDEhgKEFNlcnZlckFycml2ZVRpbWUYBCABKAMSDQoFRGVsdGEYBSABKAMiSgoJSVBBZGRyZXNzEh4KBmZhbWlseRgBIAEoDjIOLmdycGMuSVBGYW1pbHkSDwoHYWRkcmVzcxgCIAEoCRIMCgRtYXNrGAMgASgJIo0BCglJbnRlcmZhY2USDgoGZGV2aWNlGAEgASgJEgwKBG5hbWUYAiABKAkSJAoLSVBBZGRyZXNzZXMYAyADKAsyDy5ncnBjLklQQWRkcmVzcxILCgNtdHUYBCABKAQSDgoGaHdBZGRyGAUgASgJEgwKBHR5cGUYBiABKAkSEQoJcmF3X2ZsYWdzGAcgASgNIoQBCgVSb3V0ZRIMCgRkZXN0GAEgASgJEg8KB2dhdGV3YXkYAiABKAkSDgoGZGV2aWNlGAMgASgJEg4KBnNvdXJjZRgEIAEoCRINCgVzY29wZRgFIAEoDRIeCgZmYW1pbHkYBiABKA4yDi5ncnBjLklQRmFtaWx5Eg0KBWZsYWdzGAcgASgNIj4KF1VwZGF0ZUludGVyZmFjZXNSZXF1ZXN0EiMKCmludGVyZmFjZXMYASADKAsyDy5ncnBjLkludGVyZmFjZSIyChNVcGRhdGVSb3V0ZXNSZXF1ZXN0EhsKBnJvdXRlcxgBIAMoCzILLmdycGMuUm91dGUiUwoLQVJQTmVpZ2hib3ISJAoLdG9JUEFkZHJlc3MYASABKAsyDy5ncnBjLklQQWRkcmVzcxIOCgZkZXZpY2UYAiABKAkSDgoGbGxhZGRyGAMgASgJIqMBChNTZXR1cFNhbmRib3hSZXF1ZXN0EiQKBmNvbmZpZxgBIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkSIwoKaW50ZXJmYWNlcxgCIAMoCzIPLmdycGMuSW50ZXJmYWNlEhsKBnJvdXRlcxgDIAMoCzILLmdycGMuUm91dGUSJAoJbmVpZ2hib3JzGAQgAygLMhEuZ3JwYy5BUlBOZWlnaGJvcioaCghJUEZhbWlseRIGCgJ2NBAAEgYKAnY2EAEy7wMKDlNhbmRib3hTZXJ2aWNlEkkKEFVwZGF0ZUludGVyZmFjZXMSHS5ncnBjLlVwZGF0ZUludGVyZmFjZXNSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkEKDFVwZGF0ZVJvdXRlcxIZLmdycGMuVXBkYXRlUm91dGVzUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRIzCgVDaGVjaxISLmdycGMuQ2hlY2tSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkgKDUV4ZWNWTVByb2Nlc3MSGi5ncnBjLkV4ZWNWTVByb2Nlc3NSZXF1ZXN0GhsuZ3JwYy5FeGVjVk1Qcm9jZXNzUmVzcG9uc2USOQoJU3luY0Nsb2NrEhUuZ3JwYy5TeW5jQ2xvY2tQYWNrZXQaFS5ncnBjLlN5bmNDbG9ja1BhY2tldBJSCglHZXRFdmVudHMSFi5nb29nbGUucHJvdG9idWYuRW1wdHkaLS5jb250YWluZXJkLnNlcnZpY2VzLmV2ZW50cy50dHJwYy52MS5FbnZlbG9wZRJBCgxTZXR1cFNhbmRib3gSGS5ncnBjLlNldHVwU2FuZGJveFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHliBnByb3RvMw", [file_google_protobuf_any, file_google_protobuf_empty, file_containerd_services_events_ttrpc_v1_events]);
+  fileDesc("ChRrdWFzYXIvc2FuZGJveC5wcm90bxIEZ3JwYyJNChNPbmxpbmVDcHVNZW1SZXF1ZXN0EgwKBGNwdXMYASABKA0SFAoMbWVtb3J5X2J5dGVzGAIgASgEEhIKCnRpbWVvdXRfbXMYAyABKA0iSAoUT25saW5lQ3B1TWVtUmVzcG9uc2USEwoLb25saW5lX2NwdXMYASABKA0SGwoTb25saW5lX21lbW9yeV9ieXRlcxgCIAEoBCIfCgxDaGVja1JlcXVlc3QSDwoHc2VydmljZRgBIAEoCSI2ChRFeGVjVk1Qcm9jZXNzUmVxdWVzdBIPCgdjb21tYW5kGAEgASgJEg0KBXN0ZGluGAIgASgMIiQKFUV4ZWNWTVByb2Nlc3NSZXNwb25zZRILCgNvdXQYASABKAkihAEKD1N5bmNDbG9ja1BhY2tldBIWCg5DbGllbnRTZW5kVGltZRgBIAEoAxIYChBDbGllbnRBcnJpdmVUaW1lGAIgASgDEhYKDlNlcnZlclNlbmRUaW1lGAMgASgDEhgKEFNlcnZlckFycml2ZVRpbWUYBCABKAMSDQoFRGVsdGEYBSABKAMiSgoJSVBBZGRyZXNzEh4KBmZhbWlseRgBIAEoDjIOLmdycGMuSVBGYW1pbHkSDwoHYWRkcmVzcxgCIAEoCRIMCgRtYXNrGAMgASgJIo0BCglJbnRlcmZhY2USDgoGZGV2aWNlGAEgASgJEgwKBG5hbWUYAiABKAkSJAoLSVBBZGRyZXNzZXMYAyADKAsyDy5ncnBjLklQQWRkcmVzcxILCgNtdHUYBCABKAQSDgoGaHdBZGRyGAUgASgJEgwKBHR5cGUYBiABKAkSEQoJcmF3X2ZsYWdzGAcgASgNIoQBCgVSb3V0ZRIMCgRkZXN0GAEgASgJEg8KB2dhdGV3YXkYAiABKAkSDgoGZGV2aWNlGAMgASgJEg4KBnNvdXJjZRgEIAEoCRINCgVzY29wZRgFIAEoDRIeCgZmYW1pbHkYBiABKA4yDi5ncnBjLklQRmFtaWx5Eg0KBWZsYWdzGAcgASgNIj4KF1VwZGF0ZUludGVyZmFjZXNSZXF1ZXN0EiMKCmludGVyZmFjZXMYASADKAsyDy5ncnBjLkludGVyZmFjZSIyChNVcGRhdGVSb3V0ZXNSZXF1ZXN0EhsKBnJvdXRlcxgBIAMoCzILLmdycGMuUm91dGUiUwoLQVJQTmVpZ2hib3ISJAoLdG9JUEFkZHJlc3MYASABKAsyDy5ncnBjLklQQWRkcmVzcxIOCgZkZXZpY2UYAiABKAkSDgoGbGxhZGRyGAMgASgJIqMBChNTZXR1cFNhbmRib3hSZXF1ZXN0EiQKBmNvbmZpZxgBIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkSIwoKaW50ZXJmYWNlcxgCIAMoCzIPLmdycGMuSW50ZXJmYWNlEhsKBnJvdXRlcxgDIAMoCzILLmdycGMuUm91dGUSJAoJbmVpZ2hib3JzGAQgAygLMhEuZ3JwYy5BUlBOZWlnaGJvcioaCghJUEZhbWlseRIGCgJ2NBAAEgYKAnY2EAEytgQKDlNhbmRib3hTZXJ2aWNlEkkKEFVwZGF0ZUludGVyZmFjZXMSHS5ncnBjLlVwZGF0ZUludGVyZmFjZXNSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkEKDFVwZGF0ZVJvdXRlcxIZLmdycGMuVXBkYXRlUm91dGVzUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRIzCgVDaGVjaxISLmdycGMuQ2hlY2tSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkgKDUV4ZWNWTVByb2Nlc3MSGi5ncnBjLkV4ZWNWTVByb2Nlc3NSZXF1ZXN0GhsuZ3JwYy5FeGVjVk1Qcm9jZXNzUmVzcG9uc2USOQoJU3luY0Nsb2NrEhUuZ3JwYy5TeW5jQ2xvY2tQYWNrZXQaFS5ncnBjLlN5bmNDbG9ja1BhY2tldBJSCglHZXRFdmVudHMSFi5nb29nbGUucHJvdG9idWYuRW1wdHkaLS5jb250YWluZXJkLnNlcnZpY2VzLmV2ZW50cy50dHJwYy52MS5FbnZlbG9wZRJBCgxTZXR1cFNhbmRib3gSGS5ncnBjLlNldHVwU2FuZGJveFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSRQoMT25saW5lQ3B1TWVtEhkuZ3JwYy5PbmxpbmVDcHVNZW1SZXF1ZXN0GhouZ3JwYy5PbmxpbmVDcHVNZW1SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_any, file_google_protobuf_empty, file_containerd_services_events_ttrpc_v1_events]);
+
+/**
+ * @generated from message grpc.OnlineCpuMemRequest
+ */
+export type OnlineCpuMemRequest = Message<"grpc.OnlineCpuMemRequest"> & {
+  /**
+   * @generated from field: uint32 cpus = 1;
+   */
+  cpus: number;
+
+  /**
+   * @generated from field: uint64 memory_bytes = 2;
+   */
+  memoryBytes: bigint;
+
+  /**
+   * @generated from field: uint32 timeout_ms = 3;
+   */
+  timeoutMs: number;
+};
+
+/**
+ * Describes the message grpc.OnlineCpuMemRequest.
+ * Use `create(OnlineCpuMemRequestSchema)` to create a new message.
+ */
+export const OnlineCpuMemRequestSchema: GenMessage<OnlineCpuMemRequest> = /*@__PURE__*/
+  messageDesc(file_kuasar_sandbox, 0);
+
+/**
+ * @generated from message grpc.OnlineCpuMemResponse
+ */
+export type OnlineCpuMemResponse = Message<"grpc.OnlineCpuMemResponse"> & {
+  /**
+   * @generated from field: uint32 online_cpus = 1;
+   */
+  onlineCpus: number;
+
+  /**
+   * @generated from field: uint64 online_memory_bytes = 2;
+   */
+  onlineMemoryBytes: bigint;
+};
+
+/**
+ * Describes the message grpc.OnlineCpuMemResponse.
+ * Use `create(OnlineCpuMemResponseSchema)` to create a new message.
+ */
+export const OnlineCpuMemResponseSchema: GenMessage<OnlineCpuMemResponse> = /*@__PURE__*/
+  messageDesc(file_kuasar_sandbox, 1);
 
 /**
  * @generated from message grpc.CheckRequest
@@ -34,7 +83,7 @@ export type CheckRequest = Message<"grpc.CheckRequest"> & {
  * Use `create(CheckRequestSchema)` to create a new message.
  */
 export const CheckRequestSchema: GenMessage<CheckRequest> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 0);
+  messageDesc(file_kuasar_sandbox, 2);
 
 /**
  * @generated from message grpc.ExecVMProcessRequest
@@ -56,7 +105,7 @@ export type ExecVMProcessRequest = Message<"grpc.ExecVMProcessRequest"> & {
  * Use `create(ExecVMProcessRequestSchema)` to create a new message.
  */
 export const ExecVMProcessRequestSchema: GenMessage<ExecVMProcessRequest> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 1);
+  messageDesc(file_kuasar_sandbox, 3);
 
 /**
  * @generated from message grpc.ExecVMProcessResponse
@@ -73,7 +122,7 @@ export type ExecVMProcessResponse = Message<"grpc.ExecVMProcessResponse"> & {
  * Use `create(ExecVMProcessResponseSchema)` to create a new message.
  */
 export const ExecVMProcessResponseSchema: GenMessage<ExecVMProcessResponse> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 2);
+  messageDesc(file_kuasar_sandbox, 4);
 
 /**
  * Field names keep Kuasar's capitalisation (they are also its JSON names). As Kuasar fills them: the host sends
@@ -113,7 +162,7 @@ export type SyncClockPacket = Message<"grpc.SyncClockPacket"> & {
  * Use `create(SyncClockPacketSchema)` to create a new message.
  */
 export const SyncClockPacketSchema: GenMessage<SyncClockPacket> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 3);
+  messageDesc(file_kuasar_sandbox, 5);
 
 /**
  * @generated from message grpc.IPAddress
@@ -142,7 +191,7 @@ export type IPAddress = Message<"grpc.IPAddress"> & {
  * Use `create(IPAddressSchema)` to create a new message.
  */
 export const IPAddressSchema: GenMessage<IPAddress> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 4);
+  messageDesc(file_kuasar_sandbox, 6);
 
 /**
  * @generated from message grpc.Interface
@@ -189,7 +238,7 @@ export type Interface = Message<"grpc.Interface"> & {
  * Use `create(InterfaceSchema)` to create a new message.
  */
 export const InterfaceSchema: GenMessage<Interface> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 5);
+  messageDesc(file_kuasar_sandbox, 7);
 
 /**
  * @generated from message grpc.Route
@@ -238,7 +287,7 @@ export type Route = Message<"grpc.Route"> & {
  * Use `create(RouteSchema)` to create a new message.
  */
 export const RouteSchema: GenMessage<Route> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 6);
+  messageDesc(file_kuasar_sandbox, 8);
 
 /**
  * @generated from message grpc.UpdateInterfacesRequest
@@ -255,7 +304,7 @@ export type UpdateInterfacesRequest = Message<"grpc.UpdateInterfacesRequest"> & 
  * Use `create(UpdateInterfacesRequestSchema)` to create a new message.
  */
 export const UpdateInterfacesRequestSchema: GenMessage<UpdateInterfacesRequest> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 7);
+  messageDesc(file_kuasar_sandbox, 9);
 
 /**
  * @generated from message grpc.UpdateRoutesRequest
@@ -272,7 +321,7 @@ export type UpdateRoutesRequest = Message<"grpc.UpdateRoutesRequest"> & {
  * Use `create(UpdateRoutesRequestSchema)` to create a new message.
  */
 export const UpdateRoutesRequestSchema: GenMessage<UpdateRoutesRequest> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 8);
+  messageDesc(file_kuasar_sandbox, 10);
 
 /**
  * A permanent neighbour (ARP/NDP) entry of the pod netns, installed in the guest as it is there. Kuasar's proto has
@@ -306,7 +355,7 @@ export type ARPNeighbor = Message<"grpc.ARPNeighbor"> & {
  * Use `create(ARPNeighborSchema)` to create a new message.
  */
 export const ARPNeighborSchema: GenMessage<ARPNeighbor> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 9);
+  messageDesc(file_kuasar_sandbox, 11);
 
 /**
  * @generated from message grpc.SetupSandboxRequest
@@ -342,7 +391,7 @@ export type SetupSandboxRequest = Message<"grpc.SetupSandboxRequest"> & {
  * Use `create(SetupSandboxRequestSchema)` to create a new message.
  */
 export const SetupSandboxRequestSchema: GenMessage<SetupSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 10);
+  messageDesc(file_kuasar_sandbox, 12);
 
 /**
  * @generated from enum grpc.IPFamily
@@ -430,6 +479,17 @@ export const SandboxService: GenService<{
     methodKind: "unary";
     input: typeof SetupSandboxRequestSchema;
     output: typeof EmptySchema;
+  },
+  /**
+   * kuasar-vmm's own (Kuasar has no resize): after the host hot-plugs vCPUs or memory, the guest onlines them and
+   * answers once it has at least the requested online CPUs and memory, or when timeout_ms runs out.
+   *
+   * @generated from rpc grpc.SandboxService.OnlineCpuMem
+   */
+  onlineCpuMem: {
+    methodKind: "unary";
+    input: typeof OnlineCpuMemRequestSchema;
+    output: typeof OnlineCpuMemResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_kuasar_sandbox, 0);

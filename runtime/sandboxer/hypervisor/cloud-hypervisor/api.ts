@@ -112,4 +112,8 @@ export class ClhApi {
   removeDevice(id: string): Promise<void> {
     return this.call("PUT", "vm.remove-device", { id });
   }
+  /** vCPUs and RAM (bytes) the VM should have; cloud-hypervisor hot-plugs the difference through ACPI. */
+  resize(req: { desired_vcpus?: number; desired_ram?: number }): Promise<void> {
+    return this.call("PUT", "vm.resize", req);
+  }
 }

@@ -1,6 +1,7 @@
+import os from "node:os";
 import { virtiofsdDialect } from "../host.ts";
 import { checkDiskId, checkFiles, type Plan, VmmDriver } from "../vm.ts";
-import type { DeviceRemoval, DiskSpec, VmStatus } from "../vm-api.ts";
+import type { DeviceRemoval, DiskSpec, VmShape, VmStatus } from "../vm-api.ts";
 import { ClhApi, ClhApiError } from "./api.ts";
 import type { ClhConfig } from "./config.ts";
 import { clhPlan } from "./plan.ts";
@@ -20,7 +21,10 @@ export class ClhVm extends VmmDriver<ClhConfig> {
   protected async plan(): Promise<Plan> {
     const { config, sandbox } = this.startInput();
     await checkFiles(config, this.env, ["kernel_path", "image_path", "initrd_path", "path"]);
-    return clhPlan(config, sandbox, await virtiofsdDialect(config.hypervisor.virtiofsd.path, this.env.probes));
+    return clhPlan(config, sandbox, await virtiofsdDialect(config.hypervisor.virtiofsd.path, this.env.probes), {
+      cpus: os.availableParallelism(),
+      memMiB: this.env.probes.hostMemMiB(),
+    });
   }
 
   protected async connectControl(timeoutMs: number, keepTrying: () => boolean): Promise<void> {
@@ -75,6 +79,42 @@ export class ClhVm extends VmmDriver<ClhConfig> {
       });
     this.state.devices[disk.id] = { bus: r.bdf };
     return { id: disk.id, serial: disk.id };
+  }
+
+  /** vm.info's config follows resizes: boot_vcpus is the count now, hotplugged_size what vm.resize added. */
+  async size(): Promise<VmShape> {
+    const config = (await this.client().vmInfo()).config as {
+      cpus?: { boot_vcpus?: number; max_vcpus?: number };
+      memory?: { size?: number; hotplugged_size?: number };
+    };
+    const mib = (b: number | undefined) => Math.floor((b ?? 0) / 1048576);
+    const vcpus = config.cpus?.boot_vcpus ?? Number(this.state.extra.vcpus);
+    return {
+      vcpus,
+      memoryMiB: mib(config.memory?.size) + mib(config.memory?.hotplugged_size),
+      maxVcpus: config.cpus?.max_vcpus ?? vcpus,
+      maxMemoryMiB: Number(this.state.extra.maxMemMiB ?? 0),
+    };
+  }
+
+  async grow(target: { vcpus: number; memoryMiB: number }): Promise<void> {
+    const now = await this.size();
+    // Hot-plugged RAM goes in 128 MiB steps.
+    const desiredMiB = now.memoryMiB + Math.ceil(Math.max(target.memoryMiB - now.memoryMiB, 0) / 128) * 128;
+    if (target.vcpus > now.maxVcpus) {
+      throw new Error(
+        `sandbox ${this.id}: ${target.vcpus} vCPUs asked, but the VM was started with at most ${now.maxVcpus}`,
+      );
+    }
+    if (desiredMiB > now.maxMemoryMiB) {
+      throw new Error(
+        `sandbox ${this.id}: ${desiredMiB} MiB asked, but the VM was started able to reach ${now.maxMemoryMiB} MiB`,
+      );
+    }
+    const req: { desired_vcpus?: number; desired_ram?: number } = {};
+    if (target.vcpus > now.vcpus) req.desired_vcpus = target.vcpus;
+    if (desiredMiB > now.memoryMiB) req.desired_ram = desiredMiB * 1048576;
+    if (Object.keys(req).length) await this.client().resize(req);
   }
 
   /** vm.remove-device asks the guest to eject the device; the API reports no completion to wait for. */

@@ -16,7 +16,12 @@ const GUEST_CID = 3;
  * The cloud-hypervisor command line: the VM boots straight from the flags; the API socket is for control. Guest
  * memory is shared because virtio-fs (the only share cloud-hypervisor has) maps it from virtiofsd.
  */
-export function clhPlan(config: ClhConfig, sandbox: SandboxSpec, dialect: VirtiofsdDialect): Plan {
+export function clhPlan(
+  config: ClhConfig,
+  sandbox: SandboxSpec,
+  dialect: VirtiofsdDialect,
+  host?: { cpus: number; memMiB: number },
+): Plan {
   const h = config.hypervisor;
   const dir = sandbox.dir;
   const api = path.join(dir, "api.sock");
@@ -27,13 +32,17 @@ export function clhPlan(config: ClhConfig, sandbox: SandboxSpec, dialect: Virtio
   const mem = sandbox.memoryMiB ?? h.memory_in_mb;
   const fs = virtiofsd(config, sandbox, dialect, []);
 
+  // Room to grow on Update, up to the host's CPUs and memory (ACPI hotplug takes 128 MiB steps).
+  const maxVcpus = Math.max(host?.cpus ?? 0, vcpus);
+  const hotplugMiB = Math.max(Math.floor(((host?.memMiB ?? 0) - mem) / 128) * 128, 0);
   const memory = [`size=${mem}M`, "shared=on"];
+  if (hotplugMiB > 0) memory.push(`hotplug_size=${hotplugMiB}M`);
   if (h.hugepages) memory.push("hugepages=on");
   if (h.enable_mem_prealloc) memory.push("prefault=on");
   const image = h.image_path;
   const args = [
     ...["--api-socket", api],
-    ...["--cpus", `boot=${vcpus}`],
+    ...["--cpus", maxVcpus > vcpus ? `boot=${vcpus},max=${maxVcpus}` : `boot=${vcpus}`],
     ...["--memory", memory.join(",")],
     ...["--kernel", h.kernel_path],
     ...[
@@ -86,6 +95,6 @@ export function clhPlan(config: ClhConfig, sandbox: SandboxSpec, dialect: Virtio
     consoleSocket,
     controlSocket: api,
     files: [api, vsock, fs.readyPath, consoleSocket],
-    extra: {},
+    extra: { vcpus, maxVcpus, memoryMiB: mem, maxMemMiB: mem + hotplugMiB },
   };
 }

@@ -37,8 +37,18 @@ export const QEMU_KEYS = {
     cpu_features: str("Comma-separated CPU features appended to -cpu.", ""),
     firmware_path: str("-bios firmware image; empty for QEMU's default.", "", { check: absoluteOrEmpty }),
     default_bridges: int("PCI bridges (pc) or PCIe root ports (q35) for hot-plugged disks.", 1, 0, 5),
-    default_max_vcpus: int("Maximum vCPUs (-smp maxcpus); 0 means the same as vcpus.", 0, 0, 255),
-    mem_slots: int("Memory hotplug slots (-m slots=, maxmem = host memory); 0 turns memory hotplug off.", 1, 0, 255),
+    default_max_vcpus: int(
+      "Maximum vCPUs (-smp maxcpus), up to which Update hot-plugs vCPUs; 0 means the host's CPUs.",
+      0,
+      0,
+      255,
+    ),
+    mem_slots: int(
+      "Memory hotplug slots (-m slots=, maxmem = host memory): each memory increase on Update takes one, the NVDIMM one; 0 turns memory hotplug off.",
+      8,
+      0,
+      255,
+    ),
     mem_offset: int("Kata's NVDIMM memory offset.", 0, 0, 2 ** 31, {
       ignored: "kuasar-vmm sizes the rootfs NVDIMM from the image file",
     }),

@@ -1,12 +1,14 @@
+import os from "node:os";
 import { virtiofsdDialect } from "../host.ts";
 import { QmpError } from "../qmp.ts";
 import { QmpDriver } from "../qmp-driver.ts";
 import { checkDiskId, checkFiles, type Plan } from "../vm.ts";
-import type { DeviceRemoval, DiskSpec } from "../vm-api.ts";
+import type { DeviceRemoval, DiskSpec, VmShape } from "../vm-api.ts";
 import { randomCid } from "../vsock-cid.ts";
 import { qemuAccelerator } from "./accelerator.ts";
 import type { QemuConfig } from "./config.ts";
 import { type QemuFacts, qemuPlan } from "./plan.ts";
+import { qemuGrow, qemuSize } from "./resize.ts";
 import { qemuVsock } from "./vsock.ts";
 
 export class QemuVm extends QmpDriver<QemuConfig> {
@@ -28,6 +30,7 @@ export class QemuVm extends QmpDriver<QemuConfig> {
       cid: randomCid(),
       vhostNet: await p.exists("/dev/vhost-net"),
       hostMemMiB: p.hostMemMiB(),
+      hostCpus: os.availableParallelism(),
       ...(h.share_fs === "VirtioFS" ? { virtiofsd: await virtiofsdDialect(h.virtiofsd.path, p) } : {}),
       ...(h.image_path && !h.disable_nvdimm ? { imageBytes: await p.fileSize(h.image_path) } : {}),
     };
@@ -86,6 +89,14 @@ export class QemuVm extends QmpDriver<QemuConfig> {
       throw new Error(`sandbox ${this.id}: ${(err as Error).message}`);
     }
     return { id: disk.id, serial: disk.id };
+  }
+
+  size(): Promise<VmShape> {
+    return qemuSize(this.client(), this.state.extra);
+  }
+
+  async grow(target: { vcpus: number; memoryMiB: number }): Promise<void> {
+    await qemuGrow(this.client(), this.state.extra, target, this.id);
   }
 
   /** The device's format node, the node holding the host file, and the empty one that replaces it (notReleased). */

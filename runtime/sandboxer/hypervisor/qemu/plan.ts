@@ -24,6 +24,8 @@ export interface QemuFacts {
   virtiofsd?: VirtiofsdDialect;
   /** Size of image_path, for the NVDIMM (disable_nvdimm = false). */
   imageBytes?: number;
+  /** The host's CPUs: default_max_vcpus = 0 lets a VM grow to them (Update hot-plugs vCPUs). */
+  hostCpus?: number;
 }
 
 const on = (b: boolean) => (b ? "on" : "off");
@@ -63,7 +65,8 @@ export function qemuPlan(config: QemuConfig, sandbox: SandboxSpec, facts: QemuFa
   if (nvdimm) machine.push("nvdimm=on");
   if (micro) machine.push("memory-backend=mem");
   const cpuModel = h.cpu_model === "host" && facts.accel === "tcg" ? "max" : h.cpu_model;
-  const maxVcpus = Math.max(h.default_max_vcpus, vcpus);
+  // microvm has no ACPI CPU hotplug, so its vCPUs are fixed at boot.
+  const maxVcpus = micro ? vcpus : Math.max(h.default_max_vcpus || (facts.hostCpus ?? 0), vcpus);
 
   const args = [
     ...["-name", `sandbox-${sandbox.id}`],
@@ -87,6 +90,18 @@ export function qemuPlan(config: QemuConfig, sandbox: SandboxSpec, facts: QemuFa
       : ["memory-backend-ram", "id=mem", `size=${mem}M`];
   if (h.mem_prealloc || h.enable_mem_prealloc) backend.push("prealloc=on");
   args.push("-object", backend.join(","));
+  // Memory hot-plugged on Update gets a backend like the boot memory's, so vhost-user helpers can map it too.
+  const hotplug = {
+    vcpus,
+    maxVcpus,
+    memoryMiB: mem,
+    maxMemMiB: slots > 0 ? maxMem - nvdimmMiB : mem,
+    memSlots: Math.max(slots - (nvdimm ? 1 : 0), 0),
+    memBackend: backend[0] as string,
+    memPath,
+    memShared: shared,
+    memPrealloc: h.mem_prealloc || h.enable_mem_prealloc,
+  };
   if (!micro) args.push("-numa", "node,memdev=mem");
 
   const firmware = h.firmware_path || h.firmware;
@@ -240,6 +255,7 @@ export function qemuPlan(config: QemuConfig, sandbox: SandboxSpec, facts: QemuFa
       blockDriver: h.block_device_driver,
       hotplugBuses: hotplugBuses.join(","),
       machine: h.machine_type,
+      ...hotplug,
     },
   };
 }

@@ -1,6 +1,6 @@
 import { QmpDriver } from "../qmp-driver.ts";
 import { checkDiskId, checkFiles, type Plan } from "../vm.ts";
-import type { DiskSpec } from "../vm-api.ts";
+import type { DiskSpec, VmShape } from "../vm-api.ts";
 import { randomCid } from "../vsock-cid.ts";
 import type { StratoVirtConfig } from "./config.ts";
 import { stratovirtPlan } from "./plan.ts";
@@ -23,6 +23,19 @@ export class StratoVirtVm extends QmpDriver<StratoVirtConfig> {
   /** The kernel refuses a CID another VM holds (EADDRINUSE); drawing a new one fixes it. */
   protected override retryable(log: string): boolean {
     return /cid/i.test(log) && /(in use|EADDRINUSE)/i.test(log);
+  }
+
+  /** The boot size: vCPU and memory hot-plug are not driven on StratoVirt here. */
+  async size(): Promise<VmShape> {
+    const [vcpus, memoryMiB] = [Number(this.state.extra.vcpus), Number(this.state.extra.memoryMiB)];
+    return { vcpus, memoryMiB, maxVcpus: vcpus, maxMemoryMiB: memoryMiB };
+  }
+
+  async grow(): Promise<void> {
+    throw new Error(
+      `sandbox ${this.id}: StratoVirt VMs keep the vCPUs and memory they booted with (hot-plug is not supported ` +
+        "with StratoVirt here); recreate the pod with the new resources",
+    );
   }
 
   async hotplugDisk(disk: DiskSpec): Promise<{ id: string; serial: string }> {

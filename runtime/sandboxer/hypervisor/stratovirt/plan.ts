@@ -126,6 +126,11 @@ export function stratovirtPlan(config: StratoVirtConfig, sandbox: SandboxSpec, c
     consoleSocket,
     controlSocket: qmp,
     files: [qmp, fsSock, consoleSocket],
-    extra: { micro, rootPorts: rootPorts.join(",") },
+    extra: {
+      micro,
+      rootPorts: rootPorts.join(","),
+      vcpus: sandbox.vcpus ?? h.vcpus,
+      memoryMiB: sandbox.memoryMiB ?? h.memory_in_mb,
+    },
   };
 }

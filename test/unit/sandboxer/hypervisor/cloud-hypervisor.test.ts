@@ -209,7 +209,7 @@ describe("cloud-hypervisor driver", () => {
       controlSocket: api.path,
       files: [],
       devices: {},
-      extra: {},
+      extra: { vcpus: 1, maxVcpus: 2, memoryMiB: 512, maxMemMiB: 4096 },
     };
     try {
       const vm = await recoverHypervisor(state, env);
@@ -220,6 +220,25 @@ describe("cloud-hypervisor driver", () => {
       });
       assert.deepEqual(vm.persistState().devices, { vol1: { bus: "0000:00:06.0" } });
       await vm.removeDevice("vol1");
+      // Resizing: vm.info's config is the size now; vm.resize asks for the whole new size, RAM in 128 MiB steps.
+      const mib = 1048576;
+      const info = {
+        state: "Running",
+        config: { cpus: { boot_vcpus: 1, max_vcpus: 2 }, memory: { size: 512 * mib, hotplugged_size: 0 } },
+      };
+      api.on("vm.info", () => ({ status: 200, body: info }));
+      assert.deepEqual(await vm.size(), { vcpus: 1, memoryMiB: 512, maxVcpus: 2, maxMemoryMiB: 4096 });
+      await vm.grow({ vcpus: 2, memoryMiB: 700 });
+      assert.deepEqual(api.calls.at(-1)?.body, { desired_vcpus: 2, desired_ram: 768 * mib });
+      await assert.rejects(
+        vm.grow({ vcpus: 3, memoryMiB: 512 }),
+        /3 vCPUs asked, but the VM was started with at most 2/,
+      );
+      await assert.rejects(
+        vm.grow({ vcpus: 1, memoryMiB: 5000 }),
+        /5120 MiB asked, but the VM was started able to reach 4096 MiB/,
+      );
+      api.on("vm.info", () => ({ status: 200, body: { state: api.state, config: {} } }));
       api.state = "Shutdown";
       assert.deepEqual(await vm.status(), { state: "shutdown", detail: "Shutdown" });
       // The power button is pressed but this guest ignores it: vm.shutdown and vmm.shutdown follow.
@@ -232,6 +251,11 @@ describe("cloud-hypervisor driver", () => {
           "vm.info",
           "vm.add-disk",
           "vm.remove-device",
+          "vm.info",
+          "vm.info",
+          "vm.resize",
+          "vm.info",
+          "vm.info",
           "vm.info",
           "vm.power-button",
           "vm.shutdown",
@@ -357,5 +381,15 @@ describe("cloud-hypervisor driver", () => {
       vm.start(),
       /hypervisor\.kernel_path = \/var\/lib\/kuasar\/vmlinux\.bin does not exist; .*make bin\/vmlinux\.bin bin\/kuasar\.img/,
     );
+  });
+});
+
+describe("cloud-hypervisor room to grow on Update", () => {
+  test("max vCPUs are the host's and hot-pluggable memory reaches the host's, in 128 MiB steps", () => {
+    const plan = clhPlan(clh(), sandbox, "rust", { cpus: 4, memMiB: 3000 });
+    const at = (flag: string) => plan.vmm.args[plan.vmm.args.indexOf(flag) + 1];
+    assert.equal(at("--cpus"), "boot=1,max=4");
+    assert.equal(at("--memory"), "size=1024M,shared=on,hotplug_size=1920M");
+    assert.deepEqual(plan.extra, { vcpus: 1, maxVcpus: 4, memoryMiB: 1024, maxMemMiB: 2944 });
   });
 });

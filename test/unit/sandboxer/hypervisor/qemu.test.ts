@@ -34,7 +34,7 @@ describe("QEMU command lines", () => {
       // "host" needs kvm.
       "-cpu max",
       "-smp 1",
-      "-m 512M,slots=1,maxmem=24000M",
+      "-m 512M,slots=8,maxmem=24000M",
       // Shared: vhost-device-vsock maps guest memory.
       "-object memory-backend-memfd,id=mem,size=512M,share=on",
       "-numa node,memdev=mem",
@@ -116,7 +116,7 @@ describe("QEMU command lines", () => {
       "-machine pc,accel=kvm,kernel_irqchip=on",
       "-cpu host",
       "-smp 2",
-      "-m 1024M,slots=1,maxmem=24000M",
+      "-m 1024M,slots=8,maxmem=24000M",
       "-object memory-backend-memfd,id=mem,size=1024M,share=on",
       "-numa node,memdev=mem",
       "-nodefaults",
@@ -169,7 +169,7 @@ describe("QEMU command lines", () => {
       "-cpu max,pmu=off",
       "-smp 1,maxcpus=4",
       // maxmem covers guest memory plus the NVDIMM even on a small host.
-      "-m 512M,slots=1,maxmem=813M",
+      "-m 512M,slots=8,maxmem=813M",
       "-object memory-backend-file,id=mem,size=512M,mem-path=/dev/hugepages,share=off,prealloc=on",
       "-numa node,memdev=mem",
       "-bios /usr/share/qemu/bios-microvm.bin",
@@ -369,6 +369,41 @@ describe("host decisions", () => {
     await assert.rejects(
       virtiofsdDialect("/bin/true", probes({ help: "" })),
       /\/bin\/true does not look like virtiofsd/,
+    );
+  });
+});
+
+describe("room to grow on Update", () => {
+  const smp = (args: string[]) => lines(args).find((l) => l.startsWith("-smp "));
+  test("default_max_vcpus = 0 lets a VM grow to the host's CPUs; a set value wins; microvm cannot add vCPUs", () => {
+    const facts = { ...TCG_HYBRID, hostCpus: 4 };
+    assert.equal(smp(qemuPlan(qemu(), sandbox, facts).vmm.args), "-smp 1,maxcpus=4");
+    assert.equal(smp(qemuPlan(qemu("default_max_vcpus = 3\n"), sandbox, facts).vmm.args), "-smp 1,maxcpus=3");
+    const micro = qemu('machine_type = "microvm"\nblock_device_driver = "VirtioMmio"\nmem_slots = 0\n');
+    assert.equal(smp(qemuPlan(micro, sandbox, facts).vmm.args), "-smp 1");
+  });
+
+  test("the plan records the ceilings and the memory backend hot-plugged DIMMs copy", () => {
+    const plan = qemuPlan(qemu(), sandbox, { ...TCG_HYBRID, hostCpus: 4 });
+    assert.deepEqual(
+      {
+        vcpus: plan.extra.vcpus,
+        maxVcpus: plan.extra.maxVcpus,
+        memoryMiB: plan.extra.memoryMiB,
+        maxMemMiB: plan.extra.maxMemMiB,
+        memSlots: plan.extra.memSlots,
+        memBackend: plan.extra.memBackend,
+        memShared: plan.extra.memShared,
+      },
+      {
+        vcpus: 1,
+        maxVcpus: 4,
+        memoryMiB: 512,
+        maxMemMiB: 24000,
+        memSlots: 8,
+        memBackend: "memory-backend-memfd",
+        memShared: true,
+      },
     );
   });
 });
