@@ -146,3 +146,42 @@ test(
       await removePod(env, pod.id);
     }),
 );
+
+test(
+  "UpdateContainerResources raising a container to 1 CPU and 256 MiB grows the pod's VM from 1 to 2 vCPUs and by 256 MiB, seen in the container",
+  { timeout: 600_000 },
+  () =>
+    withLogs(env, async () => {
+      const pod = await twoContainerPod("resize-pod", NamespaceMode.CONTAINER);
+      const memTotalKiB = async () => Number(/^MemTotal:\s+(\d+) kB$/m.exec(await sh(pod.a, "cat /proc/meminfo"))?.[1]);
+      assert.equal((await sh(pod.a, "nproc")).trim(), "1", "the pod sets no limits: the configured 1 vCPU");
+      const before = await memTotalKiB();
+      // What kubelet sends for an in-place resize: the container's whole new limits.
+      await env.runtime.updateContainerResources(
+        {
+          containerId: pod.a,
+          linux: { cpuPeriod: 100_000n, cpuQuota: 100_000n, memoryLimitInBytes: BigInt(256 * 1024 * 1024) },
+        },
+        SLOW,
+      );
+      assert.equal((await sh(pod.a, "nproc")).trim(), "2");
+      assert.equal(
+        (await sh(pod.b, "grep -c ^processor /proc/cpuinfo")).trim(),
+        "2",
+        "the other container sees it too",
+      );
+      const grown = (await memTotalKiB()) - before;
+      assert.ok(grown >= 255 * 1024 && grown <= 257 * 1024, `MemTotal grew by ${grown} KiB, not 256 MiB`);
+      // Lowering is deferred: the VM keeps its vCPUs and memory; the guest's runc applies the lower limits.
+      await env.runtime.updateContainerResources(
+        {
+          containerId: pod.a,
+          linux: { cpuPeriod: 100_000n, cpuQuota: 50_000n, memoryLimitInBytes: BigInt(128 * 1024 * 1024) },
+        },
+        SLOW,
+      );
+      assert.equal((await sh(pod.a, "nproc")).trim(), "2");
+      assert.equal((await memTotalKiB()) - before, grown);
+      await removePod(env, pod.id);
+    }),
+);

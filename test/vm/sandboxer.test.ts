@@ -145,10 +145,13 @@ test("the VMM and its helpers run in the pod cgroup; the debug console answers o
   sock.on("data", (d) => {
     screen += d;
   });
-  sock.write("echo console-$((6*7))\n");
+  sock.write("grep MemTotal /proc/meminfo; echo console-$((6*7))\n");
   for (let i = 0; i < 200 && !screen.includes("console-42"); i++) await new Promise((r) => setTimeout(r, 100));
   sock.destroy();
   assert.match(screen, /console-42/);
+  // The Update's 1 GiB pod limit grew the VM from 512 + 256 to 512 + 1024 MiB (a DIMM hot-plugged and onlined).
+  const memTotalMiB = Number(/MemTotal:\s+(\d+) kB/.exec(screen)?.[1]) / 1024;
+  assert.ok(memTotalMiB > 1400 && memTotalMiB <= 1536, `guest MemTotal ${memTotalMiB} MiB after Update`);
   await controller.shutdown({ sandboxId: "pod-d" });
   assert.equal(existsSync(path.dirname(limitFile)), false, "the pod cgroup is removed with the sandbox");
 });
