@@ -1,6 +1,7 @@
 import type { CgroupStats } from "../../cgroups/stats.ts";
 import type { Logger } from "../../log/log.ts";
 import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
+import type { TtrpcClient } from "../../ttrpc/index.ts";
 import type { Config } from "../config/schema.ts";
 import type { EventPublisher } from "../events.ts";
 import type { Hypervisor } from "../hypervisor/vm-api.ts";
@@ -13,6 +14,7 @@ import {
   discardDir,
   type PodTaps,
   podCgroupOf,
+  podConfigOf,
   prepareShare,
   releaseHost,
   taskSocketOf,
@@ -20,11 +22,14 @@ import {
 } from "./resources.ts";
 import type { RuntimeState } from "./runtime-state.ts";
 import { type Served, serve } from "./serve.ts";
+import { VmResizer } from "./vm-resize.ts";
+import { podDemand } from "./vm-size.ts";
 
 /** A sandbox this daemon serves: its VM, its task API and the taps it attached. */
 interface Running {
   vm: Hypervisor;
   served: Served;
+  resizer: VmResizer;
   net?: PodTaps;
 }
 
@@ -49,15 +54,16 @@ export class VmLauncher implements Launcher {
   ): Promise<{ pid: number; taskAddress: string; runtime: RuntimeState }> {
     const log = this.log.child(rec.id);
     const booted = await boot(rec, dir, this.config, log, signal);
+    const resizer = this.resizerFor(rec, booted.vm, booted.agent, log);
     let served: Served;
     try {
-      served = await serve(rec, dir, booted.agent, booted.net, { events: this.events, log, vm: booted.vm });
+      served = await serve(rec, dir, booted.agent, booted.net, { events: this.events, log, vm: booted.vm, resizer });
     } catch (err) {
       booted.agent.close();
       await unwind(booted, log);
       throw err;
     }
-    this.running.set(rec.id, { vm: booted.vm, served, ...(booted.net ? { net: booted.net } : {}) });
+    this.running.set(rec.id, { vm: booted.vm, served, resizer, ...(booted.net ? { net: booted.net } : {}) });
     const runtime: RuntimeState = {
       vm: booted.vm.persistState(),
       agent: booted.agentAddress,
@@ -104,22 +110,39 @@ export class VmLauncher implements Launcher {
     return podCgroupOf(rec)?.stats();
   }
 
-  /** Pod resources (CPU, memory limits) applied to the pod cgroup. */
+  /** Pod resources (CPU, memory limits): the VM grows to them, and the pod cgroup (if any) is bounded by them. */
   async update(rec: SandboxRecord, resources: PodResources): Promise<void> {
+    const r = this.running.get(rec.id);
     const cgroup = podCgroupOf(rec);
-    if (!cgroup) throw new Error(`sandbox ${rec.id} has no pod cgroup (its PodSandboxConfig has no cgroup_parent)`);
-    await cgroup.update(resources);
+    if (!r && !cgroup) {
+      throw new Error(
+        `sandbox ${rec.id} has no VM served here and no pod cgroup (its PodSandboxConfig has no cgroup_parent)`,
+      );
+    }
+    await r?.resizer.setPod(resources);
+    await cgroup?.update(resources);
+  }
+
+  /** The resizer of a sandbox's VM, starting from the configured size and the pod's limits it booted with. */
+  private resizerFor(rec: SandboxRecord, vm: Hypervisor, agent: TtrpcClient, log: Logger): VmResizer {
+    const h = this.config.hypervisor;
+    return new VmResizer({
+      vm,
+      agent: () => agent,
+      base: { vcpus: h.vcpus, memoryMiB: h.memory_in_mb, maxVcpus: h.default_max_vcpus },
+      pod: podDemand(podConfigOf(rec)?.linux?.resources),
+      log,
+    });
   }
 
   async recover(rec: SandboxRecord, dir: string): Promise<{ ok: true } | { ok: false; reason: string }> {
     const r = await reattach(rec, dir, this.log);
     if (!r.ok) return r;
-    const served = await serve(rec, dir, r.agent, r.net, {
-      events: this.events,
-      log: this.log.child(rec.id),
-      vm: r.vm,
-    });
-    this.running.set(rec.id, { vm: r.vm, served, ...(r.net ? { net: r.net } : {}) });
+    const log = this.log.child(rec.id);
+    // Containers' limits recorded before the restart are not known again; the VM keeps the size it has.
+    const resizer = this.resizerFor(rec, r.vm, r.agent, log);
+    const served = await serve(rec, dir, r.agent, r.net, { events: this.events, log, vm: r.vm, resizer });
+    this.running.set(rec.id, { vm: r.vm, served, resizer, ...(r.net ? { net: r.net } : {}) });
     const reaped = await served.proxy.reapOrphans();
     if (reaped.length) {
       this.log.info(

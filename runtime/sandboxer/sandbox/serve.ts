@@ -15,6 +15,7 @@ import { shareLayout } from "../storage/share.ts";
 import { TaskProxy } from "../task-proxy/proxy.ts";
 import type { SandboxRecord } from "./record.ts";
 import { containerRecords, type PodTaps, taskSocketOf } from "./resources.ts";
+import type { VmResizer } from "./vm-resize.ts";
 
 const CLOCK_SYNC_MS = 60_000;
 
@@ -35,7 +36,7 @@ export async function serve(
   dir: string,
   agent: TtrpcClient,
   pod: PodTaps | undefined,
-  deps: { events: EventPublisher; log: Logger; vm: DiskHost },
+  deps: { events: EventPublisher; log: Logger; vm: DiskHost; resizer?: VmResizer },
 ): Promise<Served> {
   const { log } = deps;
   const sock = taskSocketOf(dir);
@@ -48,6 +49,7 @@ export async function serve(
     events: deps.events,
     nextStorage: () => rec.nextStorage++,
     disks: deps.vm,
+    ...(deps.resizer ? { resizer: deps.resizer } : {}),
     log,
   });
   const tasks = proxy.handlers();

@@ -23,6 +23,7 @@ import {
 } from "../../streaming/stdio-stream.ts";
 import { Code, type ServiceHandlers, type TtrpcClient, TtrpcError } from "../../ttrpc/index.ts";
 import type { EventPublisher } from "../events.ts";
+import { resourcesInBundle, resourcesInUpdate, type VmResizer } from "../sandbox/vm-resize.ts";
 import { type DiskHost, unplugDisks } from "../storage/block.ts";
 import { type GuestBundle, prepareGuestBundle, releaseGuestBundle, UnsupportedSpec } from "../storage/guest-bundle.ts";
 import type { ShareLayout } from "../storage/share.ts";
@@ -73,6 +74,8 @@ export interface ProxyDeps {
   nextStorage: () => number;
   /** The sandbox's VM: a block rootfs and raw block devices are hot-plugged into it as disks. */
   disks?: DiskHost;
+  /** Grows the VM when its containers' limits ask for more vCPUs or memory (Create, Update). */
+  resizer?: VmResizer;
   /** How long removing a disk waits for the guest to release it; default DISK_RELEASE_MS. */
   diskTimeoutMs?: number;
   log: Logger;
@@ -158,6 +161,20 @@ export class TaskProxy {
     return entry;
   }
 
+  /**
+   * A new container's limits may ask more of the VM than its pod did at boot (a pod without pod-level limits).
+   * Growing is best effort here: the container still runs if the VM cannot grow, as it would have before.
+   */
+  private async growFor(id: string, hostBundle: string): Promise<void> {
+    const resizer = this.deps.resizer;
+    if (!resizer) return;
+    try {
+      await resizer.setContainer(id, await resourcesInBundle(hostBundle));
+    } catch (err) {
+      this.deps.log.warn(`container ${id}: the VM was not grown for its limits: ${(err as Error).message}`);
+    }
+  }
+
   /** Forwards a call about a container this sandbox knows; NotFound otherwise. */
   private known<T>(req: { id: string }, call: () => Promise<T>): Promise<T> {
     this.container(req.id);
@@ -186,6 +203,7 @@ export class TaskProxy {
           const code = err instanceof UnsupportedSpec ? Code.InvalidArgument : Code.FailedPrecondition;
           throw new TtrpcError(code, (err as Error).message);
         }
+        await this.growFor(req.id, req.bundle);
         const stdio: HostStdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
         const entry: ContainerEntry = { hostBundle: req.bundle, bundle, namespace, processes: new Map() };
         try {
@@ -211,6 +229,7 @@ export class TaskProxy {
           });
           return r;
         } catch (err) {
+          this.deps.resizer?.forget(req.id);
           await this.task()
             .delete({ id: req.id, execId: "" })
             .catch(() => undefined);
@@ -242,6 +261,7 @@ export class TaskProxy {
         if (!req.execId) {
           for (const rest of c.processes.values()) this.closeProcess(rest);
           this.containers.delete(req.id);
+          this.deps.resizer?.forget(req.id);
           // The guest has unmounted the container's disks (its delete does that); now the VM lets go of them.
           await this.unplug(req.id, c.bundle);
           await this.deps.records.release(req.id, {
@@ -311,7 +331,14 @@ export class TaskProxy {
       pause: async (req) => this.known(req, () => this.task().pause(req)),
       resume: async (req) => this.known(req, () => this.task().resume(req)),
       resizePty: async (req) => this.known(req, () => this.task().resizePty(req)),
-      update: async (req) => this.known(req, () => this.task().update(req)),
+      update: async (req) =>
+        this.known(req, async () => {
+          // The VM grows first, so the guest's runc finds the CPUs and memory the new limits name.
+          await this.deps.resizer?.setContainer(req.id, resourcesInUpdate(req.resources)).catch((err: Error) => {
+            throw new TtrpcError(Code.FailedPrecondition, `update container ${req.id}: ${err.message}`);
+          });
+          return this.task().update(req);
+        }),
       stats: async (req) => this.known(req, () => this.task().stats(req)),
     };
   }
