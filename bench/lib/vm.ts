@@ -104,7 +104,7 @@ export function daemonSteps(log: string, id: string): DaemonSteps {
     const [, time, target, msg] = m as unknown as [string, string, string, string];
     const t = Date.parse(time);
     if (target === "vmm_sandboxer::sandbox") {
-      if (msg === `sandbox ${id} created`) steps.created = t;
+      if (msg.startsWith(`sandbox ${id} created`)) steps.created = t;
       else if (msg.startsWith(`sandbox ${id} running`)) steps.running = t;
     } else if (target === vmTarget || target.startsWith(`${vmTarget}::`)) {
       if (msg.startsWith("starting vhost-device-vsock:")) steps.helper ??= t;

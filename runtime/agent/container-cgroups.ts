@@ -27,7 +27,9 @@ export class ContainerCgroups extends EventEmitter<{ oom: [OomEvent] }> {
       this.#paths.set(id, cgroup);
       await this.#oom.add(id, cgroup);
     } catch (e) {
-      this.#log.warn(`container ${id}: cannot find its cgroup (${(e as Error).message}); no stats or OOM events`);
+      this.#log.warn(`container ${id}: cannot find its cgroup (${(e as Error).message}); no stats or OOM events`, {
+        container: id,
+      });
     }
   }
 

@@ -4,7 +4,7 @@ import path from "node:path";
 import type { CgroupStats } from "../cgroups/stats.ts";
 import type { GuestDisk } from "../contract/block.ts";
 import type { OciProcess, OciSpec } from "../contract/oci.ts";
-import { type Logger, logger } from "../log/log.ts";
+import { type Fields, type Logger, logger } from "../log/log.ts";
 import type { DiskLookup } from "./block-devices.ts";
 import { prepareContainerDir, removeContainerDir } from "./container-bundle.ts";
 import { ContainerCgroups } from "./container-cgroups.ts";
@@ -118,7 +118,7 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
     this.#log = opts.log ?? logger("vmm_task::containers");
     this.#cgroups = new ContainerCgroups({ oomPollMs: opts.oomPollMs ?? 1000, log: this.#log });
     this.#cgroups.on("oom", (ev) => {
-      this.#log.info(`container ${ev.containerId}: OOM kill`);
+      this.#log.info(`container ${ev.containerId}: OOM kill`, { container: ev.containerId });
       this.emit("oom", ev);
     });
   }
@@ -164,7 +164,7 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
       }
       await this.#cgroups.track(id, init.pid);
       this.#registry.add(c);
-      this.#log.debug(`container ${id}: created, pid ${init.pid}`);
+      this.#log.debug(`container ${id}: created, pid ${init.pid}`, fieldsOf(init));
       return init.pid;
     } finally {
       this.#registry.release(id);
@@ -183,6 +183,7 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
       this.#starting.set(p, new Promise<void>((r) => (started = r)));
       try {
         const pid = p === c.init ? await this.#startInit(c) : await this.#startExec(c, p);
+        this.#log.debug(`${p.label}: started, pid ${pid}`, fieldsOf(p));
         this.emit("start", { containerId: id, execId, pid });
         return pid;
       } finally {
@@ -318,7 +319,7 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
       }
       p.closeStdio();
       await removeContainerDir(c.dir);
-      this.#log.debug(`container ${id}: deleted`);
+      this.#log.debug(`container ${id}: deleted`, { container: id });
       return result(p);
     });
   }
@@ -438,7 +439,7 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
         await this.kill(id, "", 9, true).catch(() => undefined);
         const c = this.#registry.find(id);
         if (c && !c.init.exit) await this.#awaitKilled(c.init);
-        await this.delete(id).catch((e: Error) => this.#log.warn(`shutdown: ${e.message}`));
+        await this.delete(id).catch((e: Error) => this.#log.warn(`shutdown: ${e.message}`, { container: id }));
       }),
     );
     this.#cgroups.close();
@@ -457,7 +458,7 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
     this.#exits.waitExit(p.pid, { after: mark }).then(
       (exit) => void this.#onExit(c, p, exit),
       (err: Error) => {
-        this.#log.error(`${p.label}: its exit status cannot be known: ${err.message}`);
+        this.#log.error(`${p.label}: its exit status cannot be known: ${err.message}`, fieldsOf(p));
         p.abandon(`its exit status cannot be known: ${err.message}`);
       },
     );
@@ -467,7 +468,10 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
     // An OOM kill must be reported before the exit it caused, so containerd records the reason.
     if (p === c.init) await this.#cgroups.checkOom(c.id);
     p.setExited(exit);
-    this.#log.debug(`${p.label}: pid ${p.pid} exited with status ${exit.exitStatus}`);
+    this.#log.debug(`${p.label}: pid ${p.pid} exited with status ${exit.exitStatus}`, {
+      ...fieldsOf(p),
+      exit_status: exit.exitStatus,
+    });
     if (c.deleted) return;
     const starting = this.#starting.get(p);
     if (starting) await starting;
@@ -488,10 +492,18 @@ export class ContainerManager extends EventEmitter<{ start: [StartEvent]; exit: 
     ]);
     clearTimeout(timer);
     if (outcome === "timeout") {
-      this.#log.warn(`${p.label}: no exit reported ${KILLED_EXIT_WAIT_MS} ms after it was killed; assuming SIGKILL`);
+      this.#log.warn(
+        `${p.label}: no exit reported ${KILLED_EXIT_WAIT_MS} ms after it was killed; assuming SIGKILL`,
+        fieldsOf(p),
+      );
       p.setExited({ exitStatus: 128 + 9, exitedAt: new Date() });
     }
   }
+}
+
+/** A process's ids as log fields. */
+function fieldsOf(p: Proc): Fields {
+  return { container: p.containerId, exec: p.execId || undefined, pid: p.pid || undefined };
 }
 
 function result(p: Proc): DeleteResult {

@@ -1,24 +1,72 @@
 import type { Duplex } from "node:stream";
+import type { DescService } from "@bufbuild/protobuf";
 import { AGENT_PORT } from "../contract/ports.ts";
 import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
-import { TtrpcClient } from "../ttrpc/index.ts";
+import { type CallOptions, Code, type ServiceClient, TtrpcClient, TtrpcError } from "../ttrpc/index.ts";
+import { type AgentCallObserver, NO_METRICS } from "./metrics/observer.ts";
+
+/**
+ * A client of a guest agent that tells its observer of each unary call the agent failed or left unanswered. Not
+ * counted: calls cut short by the connection closing (the VM went away; its exit is reported elsewhere) or by their
+ * caller.
+ */
+export class AgentClient extends TtrpcClient {
+  private gone = false;
+  private observer: AgentCallObserver | undefined;
+
+  /** Starts telling `calls` of failed calls: once the agent answered, as the retries while it boots are no errors. */
+  observe(calls: AgentCallObserver | undefined): void {
+    // With metrics off the stubs stay unwrapped.
+    this.observer = calls === NO_METRICS ? undefined : calls;
+  }
+
+  override onClose(err: Error | undefined): void {
+    this.gone = true;
+    super.onClose(err);
+  }
+
+  override service<S extends DescService>(service: S, name: string = service.typeName): ServiceClient<S> {
+    const stubs = super.service(service, name);
+    if (!this.observer) return stubs;
+    const wrapped = stubs as Record<string, unknown>;
+    for (const desc of service.methods) {
+      if (desc.methodKind !== "unary") continue;
+      const call = wrapped[desc.localName] as (request: unknown, options?: CallOptions) => Promise<unknown>;
+      const method = `${name}/${desc.name}`;
+      wrapped[desc.localName] = (request: unknown, options?: CallOptions) =>
+        call(request, options).catch((err: unknown) => {
+          if (!this.gone && !options?.signal?.aborted) this.failed(method, err);
+          throw err;
+        });
+    }
+    return stubs;
+  }
+
+  private failed(method: string, err: unknown): void {
+    // The code comes from the guest: only the known names become label values, so it cannot mint new series.
+    const code = err instanceof TtrpcError && err.code in Code ? err.codeName : "Unknown";
+    this.observer?.agentCallFailed(method, code);
+  }
+}
 
 /**
  * Connects to the guest agent, retrying until it answers Check or the deadline passes. A VM that exits, or
- * a guest that never listens, is reported with the last error so the caller can add the console tail.
+ * a guest that never listens, is reported with the last error so the caller can add the console tail. From then on
+ * `calls` hears of the calls the agent fails.
  */
 export async function connectAgent(
   dial: () => Promise<Duplex>,
-  opts: { deadlineMs: number; retryMs?: number; alive?: () => boolean },
+  opts: { deadlineMs: number; retryMs?: number; alive?: () => boolean; calls?: AgentCallObserver },
 ): Promise<TtrpcClient> {
   const until = Date.now() + opts.deadlineMs;
   let last = "no attempt made";
   while (Date.now() < until) {
     if (opts.alive && !opts.alive()) throw new Error(`the VM exited before the agent answered (last error: ${last})`);
-    let client: TtrpcClient | undefined;
+    let client: AgentClient | undefined;
     try {
-      client = new TtrpcClient(await dial());
+      client = new AgentClient(await dial());
       await client.service(SandboxService).check({ service: "" }, { timeoutMs: Math.min(5000, until - Date.now()) });
+      client.observe(opts.calls);
       return client;
     } catch (err) {
       client?.close();

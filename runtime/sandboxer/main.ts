@@ -11,6 +11,9 @@ import { type Config, defaultConfig } from "./config/schema.ts";
 import { controllerHandlers } from "./controller.ts";
 import { EventPublisher } from "./events.ts";
 import { parseFlags, USAGE } from "./flags.ts";
+import { parseMetricsListen } from "./metrics/address.ts";
+import { NO_METRICS } from "./metrics/observer.ts";
+import { type MetricsServer, serveMetrics } from "./metrics/server.ts";
 import { sdNotify, startWatchdog } from "./notify.ts";
 import { VmLauncher } from "./sandbox/launcher.ts";
 import { SandboxManager } from "./sandbox/manager.ts";
@@ -56,8 +59,13 @@ async function main(argv: string[]): Promise<number> {
   await mkdir(flags.dir, { recursive: true, mode: 0o750 });
 
   const events = new EventPublisher(`${config.sandbox.containerd_address}.ttrpc`, log.child("events"));
-  const launcher = new VmLauncher(config, events, log.child("vm"));
-  const manager = new SandboxManager(flags.dir, launcher, log.child("sandbox"));
+  // Checked by the config loader, which names the key in its error.
+  const metricsAt = parseMetricsListen(config.sandbox.metrics_listen);
+  // Loaded only when configured: with metrics off prom-client is never evaluated and the hooks are no-ops.
+  const metrics = metricsAt ? new (await import("./metrics/registry.ts")).DaemonMetrics() : undefined;
+  const launcher = new VmLauncher(config, events, log.child("vm"), metrics ?? NO_METRICS);
+  const manager = new SandboxManager(flags.dir, launcher, log.child("sandbox"), metrics ?? NO_METRICS);
+  metrics?.watch(manager);
   const recovered = await manager.recover();
   log.info(`recovery: ${recovered.recovered.length} sandboxes kept, ${recovered.cleaned.length} cleaned up`);
 
@@ -72,6 +80,11 @@ async function main(argv: string[]): Promise<number> {
     ),
   );
   await chmod(flags.listen, 0o600);
+  let metricsServer: MetricsServer | undefined;
+  if (metricsAt && metrics) {
+    metricsServer = await serveMetrics(metricsAt, metrics.registry, log.child("metrics"));
+    log.info(`serving Prometheus metrics on ${metricsServer.address} (GET /metrics)`);
+  }
   log.info(`vmm-sandboxer ${VERSION} serving the sandbox API on ${flags.listen} (state in ${flags.dir})`);
   // READY only now: the socket is bound and every sandbox was recovered or cleaned (Kuasar sends it too early).
   await sdNotify("READY=1");
@@ -99,6 +112,7 @@ async function main(argv: string[]): Promise<number> {
   stopWatchdog();
   await sdNotify("STOPPING=1");
   server.forceShutdown();
+  await metricsServer?.close();
   await launcher.detachAll();
   events.close();
   return 0;

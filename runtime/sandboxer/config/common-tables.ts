@@ -4,6 +4,7 @@
  * here; config/schema.ts puts the two together.
  */
 import { HYPERVISORS, type HypervisorKind } from "../hypervisor/names.ts";
+import { metricsListenProblem } from "../metrics/address.ts";
 import { absolute, absoluteOrEmpty, bool, type Fields, int, type Model, oneOf, str } from "./schema-lang.ts";
 
 const LEVELS = ["", "error", "warn", "info", "debug", "trace"] as const;
@@ -36,6 +37,13 @@ export const SANDBOX_TABLE = {
     4,
     1,
     1024,
+  ),
+  metrics_listen: str(
+    "Where the daemon serves Prometheus metrics (GET /metrics; kuasar-vmm addition): empty for none, " +
+      "unix:///run/kuasar-vmm/metrics.sock (any absolute path; mode 0600) or a loopback port: 127.0.0.1:PORT, " +
+      "[::1]:PORT, localhost:PORT. Other addresses are refused: the metrics name every pod. See docs/operating.md.",
+    "",
+    { check: metricsListenProblem },
   ),
 };
 

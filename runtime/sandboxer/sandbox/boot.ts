@@ -7,10 +7,12 @@ import { connectAgent, syncGuestClock } from "../agent.ts";
 import type { Config } from "../config/schema.ts";
 import { createHypervisor, defaultEnv } from "../hypervisor/registry.ts";
 import { type AgentAddress, agentUrl, type Hypervisor } from "../hypervisor/vm-api.ts";
+import { type LifecycleMetrics, NO_METRICS, phaseLaps } from "../metrics/observer.ts";
 import { attachPodNetwork, type PodNetwork } from "../network/pod-network.ts";
 import { nicQueues } from "../network/queues.ts";
 import { mountShare, shareLayout } from "../storage/share.ts";
 import { tail, waitForConsole } from "./console-log.ts";
+import { followGuestConsole, type GuestLog } from "./guest-log.ts";
 import type { PodCgroup } from "./pod-cgroup.ts";
 import type { SandboxRecord } from "./record.ts";
 import { createPodCgroup, podConfigOf, unwind } from "./resources.ts";
@@ -26,6 +28,8 @@ export interface Booted {
   pid: number;
   agent: TtrpcClient;
   agentAddress: AgentAddress;
+  /** The guest's console, forwarded into the daemon's log until the sandbox is released. */
+  guestLog: GuestLog;
   net?: PodNetwork;
   cgroup?: PodCgroup;
 }
@@ -41,6 +45,7 @@ export async function boot(
   config: Config,
   log: Logger,
   signal?: AbortSignal,
+  metrics: LifecycleMetrics = NO_METRICS,
 ): Promise<Booted> {
   // Checked between the steps of a boot and in its waits: a caller that gave up gets its VM stopped at once.
   const cancelled = () => signal?.aborted === true;
@@ -54,13 +59,17 @@ export async function boot(
     { vcpus: h.vcpus, memoryMiB: h.memory_in_mb, maxVcpus: h.default_max_vcpus },
     podConfigOf(rec)?.linux?.resources,
   );
-  log.info(`VM size ${size.vcpus} vCPU / ${size.memoryMiB} MiB: ${size.why}`);
+  log.info(`VM size ${size.vcpus} vCPU / ${size.memoryMiB} MiB: ${size.why}`, {
+    vcpus: size.vcpus,
+    memory_mib: size.memoryMiB,
+  });
   // Before the VMM exports shared/: the guest's view is read-only at the top from its first access. Undone by
   // release(), which the manager runs after a failed start.
   await mountShare(shareLayout(dir));
   proceed("share");
   const net = rec.netnsPath ? await attachPodNetwork(rec.netnsPath, nicQueues(config, size.vcpus)) : undefined;
   let vm: Hypervisor | undefined;
+  let guestLog: GuestLog | undefined;
   try {
     proceed("network");
     vm = createHypervisor(
@@ -77,11 +86,18 @@ export async function boot(
       },
       defaultEnv(log),
     );
+    // From the VMM's first output on, the kernel's and the agent's lines also reach the daemon's log.
+    guestLog = await followGuestConsole(dir, rec.id);
     const t0 = Date.now();
+    const lap = phaseLaps(metrics);
     const agentTimeout = config.sandbox.agent_timeout_ms;
     const started = await vm.start();
+    lap("spawn");
     proceed("VMM started");
-    log.info(`vmm pid ${started.pid} started; waiting for the agent at ${agentUrl(started.agentAddress)}`);
+    log.info(`vmm pid ${started.pid} started; waiting for the agent at ${agentUrl(started.agentAddress)}`, {
+      vmm_pid: started.pid,
+      duration_ms: Date.now() - t0,
+    });
     let exited = false;
     void vm.wait().then(() => {
       exited = true;
@@ -96,10 +112,12 @@ export async function boot(
         () => !exited && !cancelled(),
       );
       proceed("waiting for the agent");
+      lap("boot");
     }
     const agent = await connectAgent(() => dial(agentUrl(started.agentAddress), { timeoutMs: 2000 }), {
       deadlineMs: Math.max(1000, t0 + agentTimeout - Date.now()),
       alive: () => !exited && !cancelled(),
+      calls: metrics,
     }).catch(async (err: Error) => {
       proceed("waiting for the agent");
       throw new Error(
@@ -107,7 +125,11 @@ export async function boot(
           `last console lines (${started.consoleLog}):\n${await tail(started.consoleLog, 15)}`,
       );
     });
-    log.info(`agent answered ${((Date.now() - t0) / 1000).toFixed(1)} s after the VMM started`);
+    log.info(`agent answered ${((Date.now() - t0) / 1000).toFixed(1)} s after the VMM started`, {
+      vmm_pid: started.pid,
+      duration_ms: Date.now() - t0,
+    });
+    lap("agent");
     // Without a KVM clock the guest boots at the epoch: its clock is set before any container runs, alongside
     // SetupSandbox rather than after it.
     await Promise.all([
@@ -128,16 +150,18 @@ export async function boot(
     });
     if (cancelled()) agent.close();
     proceed("SetupSandbox");
+    lap("setup");
     return {
       vm,
       pid: started.pid,
       agent,
       agentAddress: started.agentAddress,
+      guestLog,
       ...(net ? { net } : {}),
       ...(cgroup ? { cgroup } : {}),
     };
   } catch (err) {
-    await unwind({ vm, net, cgroup }, log);
+    await unwind({ vm, guestLog, net, cgroup }, log);
     throw err;
   }
 }

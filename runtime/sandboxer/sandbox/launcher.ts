@@ -1,3 +1,4 @@
+import path from "node:path";
 import type { CgroupStats } from "../../cgroups/stats.ts";
 import type { Logger } from "../../log/log.ts";
 import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
@@ -5,7 +6,9 @@ import type { TtrpcClient } from "../../ttrpc/index.ts";
 import type { Config } from "../config/schema.ts";
 import type { EventPublisher } from "../events.ts";
 import type { Hypervisor } from "../hypervisor/vm-api.ts";
+import { type LifecycleMetrics, NO_METRICS } from "../metrics/observer.ts";
 import { boot } from "./boot.ts";
+import { followGuestConsole, type GuestLog } from "./guest-log.ts";
 import type { PodResources } from "./pod-cgroup.ts";
 import { reattach } from "./reattach.ts";
 import type { ExitInfo, Launcher, SandboxRecord } from "./record.ts";
@@ -30,6 +33,7 @@ interface Running {
   vm: Hypervisor;
   served: Served;
   resizer: VmResizer;
+  guestLog: GuestLog;
   net?: PodTaps;
 }
 
@@ -41,10 +45,16 @@ export class VmLauncher implements Launcher {
     private readonly config: Config,
     private readonly events: EventPublisher,
     private readonly log: Logger,
+    private readonly metrics: LifecycleMetrics = NO_METRICS,
   ) {}
 
   prepare(rec: SandboxRecord, dir: string): Promise<void> {
     return prepareShare(rec, dir);
+  }
+
+  /** One sandbox's lines: target `<target>::<id>` as before, and the `sandbox` field to filter and index by. */
+  private logOf(id: string): Logger {
+    return this.log.child(id).with({ sandbox: id });
   }
 
   async start(
@@ -52,8 +62,31 @@ export class VmLauncher implements Launcher {
     dir: string,
     signal?: AbortSignal,
   ): Promise<{ pid: number; taskAddress: string; runtime: RuntimeState }> {
-    const log = this.log.child(rec.id);
-    const booted = await boot(rec, dir, this.config, log, signal);
+    const log = this.logOf(rec.id);
+    const t0 = Date.now();
+    try {
+      const started = await this.launch(rec, dir, log, signal);
+      log.info(`started in ${((Date.now() - t0) / 1000).toFixed(1)} s`, {
+        vmm_pid: started.pid,
+        duration_ms: Date.now() - t0,
+      });
+      return started;
+    } catch (err) {
+      // containerd gets the error too; here it reaches the journal at a priority `journalctl -p` filters on.
+      const fields = { duration_ms: Date.now() - t0 };
+      if (signal?.aborted) log.warn(`start cancelled by the caller: ${(err as Error).message}`, fields);
+      else log.error(`start failed: ${(err as Error).message}`, fields);
+      throw err;
+    }
+  }
+
+  private async launch(
+    rec: SandboxRecord,
+    dir: string,
+    log: Logger,
+    signal?: AbortSignal,
+  ): Promise<{ pid: number; taskAddress: string; runtime: RuntimeState }> {
+    const booted = await boot(rec, dir, this.config, log, signal, this.metrics);
     const resizer = this.resizerFor(rec, booted.vm, booted.agent, log);
     let served: Served;
     try {
@@ -63,7 +96,13 @@ export class VmLauncher implements Launcher {
       await unwind(booted, log);
       throw err;
     }
-    this.running.set(rec.id, { vm: booted.vm, served, resizer, ...(booted.net ? { net: booted.net } : {}) });
+    this.running.set(rec.id, {
+      vm: booted.vm,
+      served,
+      resizer,
+      guestLog: booted.guestLog,
+      ...(booted.net ? { net: booted.net } : {}),
+    });
     const runtime: RuntimeState = {
       vm: booted.vm.persistState(),
       agent: booted.agentAddress,
@@ -85,7 +124,7 @@ export class VmLauncher implements Launcher {
     await r.served.agent
       .service(Task)
       .shutdown({ id: rec.id, now: true }, { timeoutMs: 2000 })
-      .catch((e: Error) => this.log.debug(`${rec.id}: agent shutdown: ${e.message}`));
+      .catch((e: Error) => this.logOf(rec.id).debug(`agent shutdown: ${e.message}`));
     await r.vm.stop(timeoutMs);
   }
 
@@ -96,9 +135,11 @@ export class VmLauncher implements Launcher {
       await r.served.close();
       await r.served.proxy.releaseAll();
       await r.vm.cleanup();
+      // After the console's last output (a guest panic) was saved.
+      await r.guestLog.stop();
     } else {
       // Not served by this daemon (a failed start or recovery): the records still say what is mounted.
-      await containerRecords(dir, this.log.child(rec.id)).releaseAll();
+      await containerRecords(dir, this.logOf(rec.id)).releaseAll();
     }
     // Its events still waiting for containerd (only while containerd is unreachable) go with it.
     this.events.forget(rec.id);
@@ -136,24 +177,27 @@ export class VmLauncher implements Launcher {
   }
 
   async recover(rec: SandboxRecord, dir: string): Promise<{ ok: true } | { ok: false; reason: string }> {
-    const r = await reattach(rec, dir, this.log);
+    const log = this.logOf(rec.id);
+    const r = await reattach(rec, dir, log, this.metrics);
     if (!r.ok) return r;
-    const log = this.log.child(rec.id);
     // Containers' limits recorded before the restart are not known again; the VM keeps the size it has.
     const resizer = this.resizerFor(rec, r.vm, r.agent, log);
     const served = await serve(rec, dir, r.agent, r.net, { events: this.events, log, vm: r.vm, resizer });
-    this.running.set(rec.id, { vm: r.vm, served, resizer, ...(r.net ? { net: r.net } : {}) });
+    // From where the console log ends: what an earlier daemon forwarded is not forwarded again.
+    const guestLog = await followGuestConsole(dir, rec.id);
+    this.running.set(rec.id, { vm: r.vm, served, resizer, guestLog, ...(r.net ? { net: r.net } : {}) });
     const reaped = await served.proxy.reapOrphans();
     if (reaped.length) {
-      this.log.info(
+      log.info(
         `sandbox ${rec.id}: stopped ${reaped.length} container(s) containerd recorded as exited when the daemon went away: ${reaped.join(", ")}`,
+        { containers: reaped.join(",") },
       );
     }
     return { ok: true };
   }
 
   discard(dir: string): Promise<void> {
-    return discardDir(dir, this.log);
+    return discardDir(dir, this.log.with({ sandbox: path.basename(dir) }));
   }
 
   /** Daemon shutdown: stop serving but leave every VM running (KillMode=process). */
@@ -161,6 +205,7 @@ export class VmLauncher implements Launcher {
     for (const r of this.running.values()) {
       await r.served.close();
       r.vm.detach();
+      await r.guestLog.stop();
     }
     this.running.clear();
   }

@@ -5,6 +5,8 @@ import type { CgroupStats } from "../../cgroups/stats.ts";
 import { validateId } from "../../contract/ids.ts";
 import { GrpcError } from "../../grpc/service.ts";
 import type { Logger } from "../../log/log.ts";
+import { type LifecycleMetrics, NO_METRICS } from "../metrics/observer.ts";
+import { isRunning } from "../metrics/process-stats.ts";
 import { removeTree } from "../storage/remove.ts";
 import { unmountAllUnder } from "../storage/share.ts";
 import { readRecords, writeRecord } from "../store.ts";
@@ -38,7 +40,13 @@ export class SandboxManager {
     readonly root: string,
     private readonly launcher: Launcher,
     private readonly log: Logger,
+    private readonly metrics: LifecycleMetrics = NO_METRICS,
   ) {}
+
+  /** A sandbox's lines carry its id as a field, to filter and index by. */
+  private logOf(id: string): Logger {
+    return this.log.with({ sandbox: id });
+  }
 
   dirOf(id: string): string {
     return path.join(this.root, id);
@@ -93,7 +101,7 @@ export class SandboxManager {
         throw new GrpcError(status.INTERNAL, `create sandbox ${p.id}: ${(err as Error).message}`);
       }
       this.track(rec);
-      this.log.info(`sandbox ${p.id} created`);
+      this.logOf(p.id).info(`sandbox ${p.id} created`);
     });
   }
 
@@ -103,6 +111,7 @@ export class SandboxManager {
    * new Create of the same id starts afresh.
    */
   async start(id: string, signal?: AbortSignal): Promise<SandboxRecord> {
+    const t0 = performance.now();
     const started = await this.lock.run(id, async () => {
       const l = this.get(id);
       if (l.rec.state !== "created") {
@@ -110,7 +119,7 @@ export class SandboxManager {
       }
       const dir = this.dirOf(id);
       const release = () =>
-        this.launcher.release(l.rec, dir).catch((e: Error) => this.log.warn(`release ${id}: ${e.message}`));
+        this.launcher.release(l.rec, dir).catch((e: Error) => this.logOf(id).warn(`release ${id}: ${e.message}`));
       let running: SandboxRecord;
       try {
         const started = await this.launcher.start(l.rec, dir, signal);
@@ -122,7 +131,7 @@ export class SandboxManager {
       }
       if (signal?.aborted) {
         // Booted, but nobody will hear of it.
-        await this.launcher.stop(running, dir, 0).catch((e: Error) => this.log.warn(`stop ${id}: ${e.message}`));
+        await this.launcher.stop(running, dir, 0).catch((e: Error) => this.logOf(id).warn(`stop ${id}: ${e.message}`));
         await release();
         return undefined;
       }
@@ -130,16 +139,19 @@ export class SandboxManager {
         await writeRecord(dir, running);
       } catch (err) {
         // A VM sandbox.json does not record would be lost to the next restart (a full disk): stop it instead.
-        await this.launcher.stop(running, dir, 0).catch((e: Error) => this.log.warn(`stop ${id}: ${e.message}`));
+        await this.launcher.stop(running, dir, 0).catch((e: Error) => this.logOf(id).warn(`stop ${id}: ${e.message}`));
         await release();
         throw new GrpcError(status.INTERNAL, `start sandbox ${id}: ${(err as Error).message}`);
       }
       Object.assign(l.rec, running);
       this.watch(l);
-      this.log.info(`sandbox ${id} running (vmm pid ${l.rec.pid})`);
+      this.logOf(id).info(`sandbox ${id} running (vmm pid ${l.rec.pid})`, { vmm_pid: l.rec.pid });
       return l.rec;
     });
-    if (started) return started;
+    if (started) {
+      this.metrics.startPhase("total", performance.now() - t0);
+      return started;
+    }
     await this.forget(id, "its Start was cancelled by the caller");
     throw new GrpcError(status.CANCELLED, `start sandbox ${id}: cancelled by the caller; the sandbox was removed`);
   }
@@ -154,7 +166,7 @@ export class SandboxManager {
       await unmountAllUnder(this.dirOf(id)).catch((e: Error) => this.log.warn(e.message));
       await removeTree(this.dirOf(id)).catch((e: Error) => this.log.error(`${this.dirOf(id)} is left: ${e.message}`));
       this.live.delete(id);
-      this.log.info(`sandbox ${id} removed: ${why}`);
+      this.logOf(id).info(`sandbox ${id} removed: ${why}`);
     });
   }
 
@@ -173,18 +185,22 @@ export class SandboxManager {
       l.rec.state = "stopped";
       l.rec.exitStatus = exit.exitStatus;
       l.rec.exitedAt = exit.exitedAt.toISOString();
-      this.log.info(`sandbox ${l.rec.id} exited with status ${exit.exitStatus}${why ? ` (${why})` : ""}`);
+      this.logOf(l.rec.id).info(`sandbox ${l.rec.id} exited with status ${exit.exitStatus}${why ? ` (${why})` : ""}`, {
+        exit_status: exit.exitStatus,
+      });
       await this.launcher
         .release(l.rec, this.dirOf(l.rec.id))
-        .catch((e: Error) => this.log.warn(`release ${l.rec.id}: ${e.message}`));
+        .catch((e: Error) => this.logOf(l.rec.id).warn(`release ${l.rec.id}: ${e.message}`));
       if (this.live.get(l.rec.id) === l) {
-        await this.persist(l).catch((e: Error) => this.log.error(`persist ${l.rec.id}: ${e.message}`));
+        await this.persist(l).catch((e: Error) => this.logOf(l.rec.id).error(`persist ${l.rec.id}: ${e.message}`));
       }
       l.resolveExit(exit);
     });
   }
 
   async stop(id: string, timeoutMs: number, only?: Live): Promise<void> {
+    const t0 = performance.now();
+    let wasRunning = false;
     const l = await this.lock.run(id, async () => {
       const l = this.get(id);
       if (only && l !== only) return undefined;
@@ -200,11 +216,13 @@ export class SandboxManager {
         Object.assign(l.rec, stopped);
         l.resolveExit(exitOf(l.rec));
       } else if (l.rec.state === "running") {
+        wasRunning = true;
         await this.launcher.stop(l.rec, this.dirOf(id), timeoutMs);
       }
       return l;
     });
     if (l) await l.exited;
+    if (wasRunning) this.metrics.stopped(performance.now() - t0);
   }
 
   wait(id: string): Promise<ExitInfo> {
@@ -257,7 +275,7 @@ export class SandboxManager {
         throw new GrpcError(status.INTERNAL, `shutdown sandbox ${id}: ${(err as Error).message}`);
       }
       this.live.delete(id);
-      this.log.info(`sandbox ${id} removed`);
+      this.logOf(id).info(`sandbox ${id} removed`);
     });
   }
 
@@ -275,6 +293,8 @@ export class SandboxManager {
           } catch (err) {
             this.log.error(`${entry.dir} is left in place: ${(err as Error).message}`);
           }
+          // Nothing readable says a VM ran: whatever discard stopped, the sandbox is lost.
+          this.metrics.recovery("lost");
           result.cleaned.push(entry.id);
           return;
         }
@@ -285,17 +305,21 @@ export class SandboxManager {
           result.recovered.push(rec.id);
           return;
         }
+        // Asked before recovering, which stops a VM it cannot keep: lost or killed.
+        const vmmRan = rec.pid !== undefined && (await isRunning(rec.pid));
         const r = await this.launcher
           .recover(rec, entry.dir)
           .catch((e: Error) => ({ ok: false as const, reason: e.message }));
         const l = this.track(rec);
         if (r.ok) {
           this.watch(l);
+          this.metrics.recovery("recovered");
           result.recovered.push(rec.id);
-          this.log.info(`sandbox ${rec.id} recovered (vmm pid ${rec.pid})`);
+          this.logOf(rec.id).info(`sandbox ${rec.id} recovered (vmm pid ${rec.pid})`, { vmm_pid: rec.pid });
         } else {
-          this.log.warn(`sandbox ${rec.id} cannot be recovered (${r.reason}); cleaning it up`);
+          this.logOf(rec.id).warn(`sandbox ${rec.id} cannot be recovered (${r.reason}); cleaning it up`);
           await this.onExit(l, { exitStatus: 255, exitedAt: new Date() }, r.reason);
+          this.metrics.recovery(vmmRan ? "killed" : "lost");
           result.cleaned.push(rec.id);
         }
       }),

@@ -5,6 +5,7 @@ import { connectAgent, syncGuestClock } from "../agent.ts";
 import { killSandboxProcesses } from "../hypervisor/leftovers.ts";
 import { defaultEnv, recoverHypervisor } from "../hypervisor/registry.ts";
 import { agentUrl, type Hypervisor } from "../hypervisor/vm-api.ts";
+import type { AgentCallObserver } from "../metrics/observer.ts";
 import { isMountPoint } from "../storage/mount.ts";
 import { shareLayout } from "../storage/share.ts";
 import type { SandboxRecord } from "./record.ts";
@@ -20,9 +21,15 @@ export type Reattached =
 
 /**
  * After a daemon restart: reattaches to the VM sandbox.json records and dials its agent. A VM that cannot be kept is
- * stopped (or, when sandbox.json does not say what it is, its processes killed) and the reason returned.
+ * stopped (or, when sandbox.json does not say what it is, its processes killed) and the reason returned. `log` is the
+ * sandbox's own (its id in the target and the fields).
  */
-export async function reattach(rec: SandboxRecord, dir: string, log: Logger): Promise<Reattached> {
+export async function reattach(
+  rec: SandboxRecord,
+  dir: string,
+  log: Logger,
+  calls?: AgentCallObserver,
+): Promise<Reattached> {
   let state: RuntimeState | undefined;
   try {
     state = runtimeStateOf(rec);
@@ -36,7 +43,7 @@ export async function reattach(rec: SandboxRecord, dir: string, log: Logger): Pr
   }
   let vm: Hypervisor;
   try {
-    vm = await recoverHypervisor(state.vm, defaultEnv(log.child(rec.id)));
+    vm = await recoverHypervisor(state.vm, defaultEnv(log));
   } catch (err) {
     return { ok: false, reason: (err as Error).message };
   }
@@ -49,12 +56,13 @@ export async function reattach(rec: SandboxRecord, dir: string, log: Logger): Pr
   try {
     agent = await connectAgent(() => dial(agentUrl(state.agent), { timeoutMs: 1000 }), {
       deadlineMs: RECOVER_AGENT_DEADLINE_MS,
+      calls,
     });
   } catch (err) {
     await unwind({ vm }, log);
     return { ok: false, reason: (err as Error).message };
   }
   const net = recordedTaps(rec);
-  await syncGuestClock(agent).catch((e: Error) => log.debug(`${rec.id}: clock sync: ${e.message}`));
+  await syncGuestClock(agent).catch((e: Error) => log.debug(`clock sync: ${e.message}`));
   return { ok: true, vm, agent, ...(net ? { net } : {}) };
 }

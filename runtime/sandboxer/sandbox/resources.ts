@@ -7,6 +7,7 @@ import { detachPodNetwork, type PodNetwork } from "../network/pod-network.ts";
 import { type PodConfigJson, writeShareFiles } from "../share-files.ts";
 import { createShareDirs, shareLayout, unmountAllUnder } from "../storage/share.ts";
 import { ContainerRecords } from "../task-proxy/records.ts";
+import type { GuestLog } from "./guest-log.ts";
 import { PodCgroup } from "./pod-cgroup.ts";
 import type { SandboxRecord } from "./record.ts";
 import { runtimeStateOf } from "./runtime-state.ts";
@@ -62,17 +63,24 @@ export function recordedTaps(rec: SandboxRecord): PodTaps | undefined {
 }
 
 /**
- * Undoes a start that failed or was cancelled: the VM is stopped, then its taps and the pod cgroup go. The share's
- * mounts are left to release(), which the manager runs after a failed start.
+ * Undoes a start that failed or was cancelled: the VM is stopped (its console's last lines still forwarded to the
+ * log), then its taps and the pod cgroup go. The share's mounts are left to release(), which the manager runs after
+ * a failed start.
  */
 export async function unwind(
-  held: { vm?: Hypervisor | undefined; net?: PodTaps | undefined; cgroup?: PodCgroup | undefined },
+  held: {
+    vm?: Hypervisor | undefined;
+    guestLog?: GuestLog | undefined;
+    net?: PodTaps | undefined;
+    cgroup?: PodCgroup | undefined;
+  },
   log: Logger,
 ): Promise<void> {
   if (held.vm) {
     await held.vm.stop(0).catch(() => undefined);
     await held.vm.cleanup().catch(() => undefined);
   }
+  await held.guestLog?.stop();
   if (held.net) await detachPodNetwork(held.net).catch(() => undefined);
   await held.cgroup?.remove().catch((e: Error) => log.warn(e.message));
 }

@@ -125,10 +125,15 @@ export class TaskProxy {
     return openStream(this.deps.agent(), streamId);
   }
 
+  /** The lines about one container or exec: its ids as fields. */
+  private logFor(id: string, execId = ""): Logger {
+    return this.deps.log.with({ container: id, exec: execId || undefined });
+  }
+
   /** Connects the host FIFOs to the guest process's stdio streams. */
   private async attachStdio(id: string, execId: string, stdio: HostStdio): Promise<ProcessEntry> {
     const entry: ProcessEntry = { stdio, sockets: {}, streams: [] };
-    const log = this.deps.log;
+    const log = this.logFor(id, execId);
     for (const which of ["stdin", "stdout", "stderr"] as const) {
       const sid = streamingId(stdio[which]);
       if (!sid || (which === "stderr" && stdio.terminal)) continue;
@@ -171,7 +176,7 @@ export class TaskProxy {
     try {
       await resizer.setContainer(id, await resourcesInBundle(hostBundle));
     } catch (err) {
-      this.deps.log.warn(`container ${id}: the VM was not grown for its limits: ${(err as Error).message}`);
+      this.logFor(id).warn(`container ${id}: the VM was not grown for its limits: ${(err as Error).message}`);
     }
   }
 
@@ -184,6 +189,7 @@ export class TaskProxy {
   handlers(): ServiceHandlers<typeof Task> {
     return {
       create: async (req, ctx) => {
+        const t0 = Date.now();
         const problem = validateId("container", req.id);
         if (problem) throw new TtrpcError(Code.InvalidArgument, problem);
         if (this.containers.has(req.id)) throw new TtrpcError(Code.AlreadyExists, `container ${req.id} already exists`);
@@ -201,6 +207,7 @@ export class TaskProxy {
           });
         } catch (err) {
           const code = err instanceof UnsupportedSpec ? Code.InvalidArgument : Code.FailedPrecondition;
+          this.logFor(req.id).warn(`container ${req.id}: create failed: ${(err as Error).message}`);
           throw new TtrpcError(code, (err as Error).message);
         }
         await this.growFor(req.id, req.bundle);
@@ -227,8 +234,15 @@ export class TaskProxy {
             checkpoint: req.checkpoint,
             pid: r.pid,
           });
+          this.logFor(req.id).info(`container ${req.id} created (pid ${r.pid})`, {
+            pid: r.pid,
+            duration_ms: Date.now() - t0,
+          });
           return r;
         } catch (err) {
+          this.logFor(req.id).warn(`container ${req.id}: create failed: ${(err as Error).message}`, {
+            duration_ms: Date.now() - t0,
+          });
           this.deps.resizer?.forget(req.id);
           await this.task()
             .delete({ id: req.id, execId: "" })
@@ -240,7 +254,15 @@ export class TaskProxy {
       },
       // Start and exit events come from the guest (GetEvents), which sees them first and keeps them across a
       // daemon restart.
-      start: async (req) => this.known(req, () => this.task().start(req)),
+      start: async (req) =>
+        this.known(req, async () => {
+          const r = await this.task().start(req);
+          const what = req.execId ? `exec ${req.execId} of container ${req.id}` : `container ${req.id}`;
+          this.logFor(req.id, req.execId)[req.execId ? "debug" : "info"](`${what} started (pid ${r.pid})`, {
+            pid: r.pid,
+          });
+          return r;
+        }),
       delete: async (req) => {
         const c = this.container(req.id);
         const disks = !req.execId && c.bundle.disks?.length;
@@ -252,7 +274,9 @@ export class TaskProxy {
             const gone =
               err instanceof TtrpcError && (err.code === Code.NotFound || err.code === Code.DeadlineExceeded);
             if (!disks || !gone) throw err;
-            this.deps.log.warn(`container ${req.id}: the guest's delete failed (${err.message}); freeing it anyway`);
+            this.logFor(req.id).warn(
+              `container ${req.id}: the guest's delete failed (${err.message}); freeing it anyway`,
+            );
             return { pid: 0, exitStatus: 255, exitedAt: undefined };
           });
         const p = c.processes.get(req.execId);
@@ -270,6 +294,11 @@ export class TaskProxy {
             namespace: c.namespace,
           });
         }
+        const what = req.execId ? `exec ${req.execId} of container ${req.id}` : `container ${req.id}`;
+        this.logFor(req.id, req.execId)[req.execId ? "debug" : "info"](
+          `${what} deleted (exit status ${r.exitStatus})`,
+          { exit_status: r.exitStatus },
+        );
         this.deps.events.publish(this.deps.sandboxId, c.namespace, "/tasks/delete", TaskDeleteSchema, {
           $typeName: "containerd.events.TaskDelete",
           containerId: req.id,
@@ -290,6 +319,7 @@ export class TaskProxy {
         const stdio: HostStdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
         const r = await this.task().exec({ ...req, ...this.guestStdio(req.id, req.execId, stdio) });
         c.processes.set(req.execId, await this.attachStdio(req.id, req.execId, stdio));
+        this.logFor(req.id, req.execId).debug(`exec ${req.execId} added to container ${req.id}`);
         this.deps.events.publish(this.deps.sandboxId, c.namespace, "/tasks/exec-added", TaskExecAddedSchema, {
           $typeName: "containerd.events.TaskExecAdded",
           containerId: req.id,
@@ -388,10 +418,12 @@ export class TaskProxy {
     try {
       const cutOff = await unplugDisks(this.deps.disks, disks, this.diskTimeoutMs());
       if (cutOff.length) {
-        this.deps.log.warn(`container ${id}: the guest kept disk(s) ${cutOff.join(", ")}; their host files are closed`);
+        this.logFor(id).warn(
+          `container ${id}: the guest kept disk(s) ${cutOff.join(", ")}; their host files are closed`,
+        );
       }
     } catch (err) {
-      this.deps.log.warn(`container ${id}: ${(err as Error).message}; they go with the VM`);
+      this.logFor(id).warn(`container ${id}: ${(err as Error).message}; they go with the VM`);
     }
   }
 

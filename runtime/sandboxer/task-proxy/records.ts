@@ -54,7 +54,9 @@ export class ContainerRecords {
 
   /** Frees one recorded container's storage, then forgets it. */
   async release(id: string, rec: ContainerRecord): Promise<void> {
-    await releaseGuestBundle(this.share, rec.bundle).catch((e: Error) => this.log.warn(`release ${id}: ${e.message}`));
+    await releaseGuestBundle(this.share, rec.bundle).catch((e: Error) =>
+      this.log.warn(`release ${id}: ${e.message}`, { container: id }),
+    );
     await this.remove(id);
   }
 

@@ -91,11 +91,20 @@ describe("service wire names", () => {
     assert.equal(SandboxService.typeName, "grpc.SandboxService");
     assert.deepEqual(
       SandboxService.methods.map((m) => m.name),
-      ["UpdateInterfaces", "UpdateRoutes", "Check", "ExecVMProcess", "SyncClock", "GetEvents", "SetupSandbox"],
+      [
+        "UpdateInterfaces",
+        "UpdateRoutes",
+        "Check",
+        "ExecVMProcess",
+        "SyncClock",
+        "GetEvents",
+        "SetupSandbox",
+        "OnlineCpuMem",
+      ],
     );
     assert.equal(SandboxService.method.getEvents.output.typeName, "containerd.services.events.ttrpc.v1.Envelope");
     assert.equal(RuntimeService.typeName, "runtime.v1.RuntimeService");
-    assert.equal(RuntimeService.methods.length, 14);
+    assert.equal(RuntimeService.methods.length, 15);
     assert.equal(RuntimeService.method.portForward.name, "PortForward");
     assert.deepEqual(
       ImageService.methods.map((m) => m.name),

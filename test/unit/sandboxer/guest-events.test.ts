@@ -248,6 +248,9 @@ function recorder(): Logger & { warns: string[] } {
     warn: (m: string) => warns.push(m),
     info: () => {},
     debug: () => {},
+    trace: () => {},
+    enabled: () => true,
+    with: () => log,
     child: () => log,
   };
   return log;
