@@ -267,6 +267,58 @@ test("a raw block volume written in the container is readable on the host afterw
   }),
 );
 
+test(
+  "one raw block volume in two containers of a pod is one disk, kept until its last user is removed",
+  { timeout: 600_000 },
+  () =>
+    withLogs(async () => {
+      const file = path.join(env.dir, "shared-volume.img");
+      execFileSync("truncate", ["-s", "16M", file]);
+      const loop = execFileSync("losetup", ["-f", "--show", file], { encoding: "utf8" }).trim();
+      try {
+        const pod = await cri.runPod(env, "e2e-sharedblock");
+        const ids: string[] = [];
+        for (const name of ["first", "second"]) {
+          const { containerId } = await env.runtime.createContainer(
+            {
+              podSandboxId: pod.id,
+              config: containerConfig(name, "exec sleep 3600", {
+                devices: [{ containerPath: "/dev/xvdc", hostPath: loop, permissions: "rwm" }],
+              }),
+              sandboxConfig: pod.config,
+            },
+            SLOW,
+          );
+          await env.runtime.startContainer({ containerId }, SLOW);
+          ids.push(containerId);
+        }
+        const [first, second] = ids as [string, string];
+        const sh = async (id: string, script: string) => {
+          const r = await env.runtime.execSync({ containerId: id, cmd: ["sh", "-c", script], timeout: 60n }, SLOW);
+          assert.equal(r.exitCode, 0, `${script}: ${Buffer.from(r.stderr).toString()}`);
+          return Buffer.from(r.stdout).toString();
+        };
+        await sh(first, "printf 'shared-by-first' > /dev/xvdc && sync");
+        assert.equal(await sh(second, "head -c 15 /dev/xvdc"), "shared-by-first", "the second sees the same disk");
+        await env.runtime.stopContainer({ containerId: first, timeout: 1n }, SLOW);
+        await env.runtime.removeContainer({ containerId: first }, SLOW);
+        await sh(second, "printf 'then-the-second' > /dev/xvdc && sync");
+        assert.equal(
+          await sh(second, "head -c 15 /dev/xvdc"),
+          "then-the-second",
+          "still attached after the first left",
+        );
+        await env.runtime.stopContainer({ containerId: second, timeout: 1n }, SLOW);
+        await env.runtime.removeContainer({ containerId: second }, SLOW);
+        assert.doesNotMatch(env.daemon.log(), /the guest kept disk|did not release|hot-plug of .* failed/);
+        assert.equal(readFileSync(loop).subarray(0, 15).toString(), "then-the-second");
+        await cri.removePod(env, pod.id);
+      } finally {
+        execFileSync("losetup", ["-d", loop]);
+      }
+    }),
+);
+
 // Attack: a guest that never lets go of a disk (here: frozen, so it never acts on the unplug) must not keep the host
 // file open in QEMU. The daemon's driver is run against the pod's real QEMU while the daemon is down.
 test(

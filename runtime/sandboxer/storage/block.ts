@@ -210,8 +210,12 @@ export async function plugDisks(
   const plugged: ContainerDisk[] = [];
   try {
     for (const w of wanted) {
-      const serial = newDiskSerial();
-      await host.hotplugDisk({ id: serial, path: w.source.hostPath, readOnly: w.source.readOnly });
+      // The host may hand back a disk already in the VM for the same path (PodDisks): its serial is the one to use.
+      const { serial } = await host.hotplugDisk({
+        id: newDiskSerial(),
+        path: w.source.hostPath,
+        readOnly: w.source.readOnly,
+      });
       plugged.push({ serial, hostPath: w.source.hostPath, guest: w.guest(serial) });
     }
     return plugged;
