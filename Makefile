@@ -5,7 +5,7 @@ HYPERVISOR ?= qemu
 BUILD = bash scripts/install-prereqs.sh >/dev/null && node pipeline/bin/kuasar-build.js $(BUILD_FLAGS)
 
 .PHONY: all bin/vmm-sandboxer bin/vmm-task bin/vmlinux.bin bin/kuasar.img bin/kuasar.initrd units \
-	install-vmm uninstall-vmm test demo clean
+	dist install-vmm uninstall-vmm test demo clean
 
 all:
 	$(BUILD) all
@@ -28,6 +28,10 @@ bin/kuasar.initrd:
 units:
 	$(BUILD) units
 
+# dist/kuasar-vmm-<version>-<arch>.tar.zst with its SBOM and SHA256SUMS: tar -xf it, then ./install.sh on any host.
+dist:
+	$(BUILD) dist
+
 install-vmm:
 	$(BUILD) install --dest-dir $(DEST_DIR) --hypervisor $(HYPERVISOR)
 
@@ -41,4 +45,4 @@ demo:
 	npm run demo
 
 clean:
-	rm -rf bin
+	rm -rf bin dist

@@ -6,12 +6,15 @@
 // The kernel's cold build takes 13 minutes here on idle cores (up to 35 on busy ones), so it runs only with --cold-kernel (its sha256 is then compared
 // with the shared cache's build of the same key, and it is followed by two config-only rebuilds from the kept build
 // tree, the second of which must reproduce the cold build); without it the kernel's warm time is taken from the shared cache.
+// The release bundle (kuasar-build dist) is then built on top of each cold build's cache, the kernel entry copied in
+// from where it is (the shared cache, or the --cold-kernel build): its size, cold and warm times, and whether the two
+// cold caches give the same bundle digest.
 // Run: node --import tsx bench/pipeline.ts [--cold-kernel]   (writes bench/results/pipeline.json)
 //      --report-only re-renders BENCHMARKS.md's section from the last results without building.
 
 import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { mkdir, rm, stat, symlink } from "node:fs/promises";
+import { cp, mkdir, readdir, rm, stat, symlink } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { defaultCacheDir } from "../pipeline/lib/cache.ts";
@@ -67,6 +70,11 @@ interface Repro {
   files: number;
 }
 
+/** The release bundle built on each cold build's cache: cold (deps cached), warm, and the second cache's cold. */
+type BundleRun =
+  | { name: string; bytes: number; cold: BuildRun; warm: BuildRun; second: BuildRun; repro: Repro }
+  | { note: string };
+
 interface Result {
   run: RunInfo;
   coldKernel: boolean;
@@ -81,6 +89,8 @@ interface Result {
   kernelRepro?: { vmlinuxSame: boolean; bzImageSame: boolean; against: string } | { note: string };
   /** With --cold-kernel: config-only rebuilds from the kept build tree, and whether they match the cold build. */
   kernelIncremental?: { changeSeconds: number; backSeconds: number; sameAsCold: boolean };
+  /** Absent in results written before the bundle existed. */
+  bundle?: BundleRun;
 }
 
 /** Runs the CLI of the exported tree; `abortOn` kills it when its output matches (a build we must not start). */
@@ -92,9 +102,22 @@ async function build(
   abortOn?: RegExp,
 ): Promise<BuildRun | undefined> {
   const t0 = performance.now();
+  // dist/ beside bin/, so nothing lands in the exported tree.
+  const distDir = path.join(path.dirname(binDir), `dist-${path.basename(binDir)}`);
   const r = await collect(
     process.execPath,
-    [path.join(src, "pipeline/bin/kuasar-build.js"), ...targets, "--cache-dir", cacheDir, "--bin-dir", binDir],
+    [
+      path.join(src, "pipeline/bin/kuasar-build.js"),
+      ...targets,
+      "--cache-dir",
+      cacheDir,
+      "--bin-dir",
+      binDir,
+      "--dist-dir",
+      distDir,
+      "--summary",
+      path.join(path.dirname(binDir), "summary.json"),
+    ],
     { cwd: src, ...(abortOn ? { abortOn } : {}) },
   );
   if (r.aborted) return undefined;
@@ -150,6 +173,35 @@ async function incrementalKernel(
     backSeconds: kernelSeconds(back),
     sameAsCold: ["vmlinux.bin", "bzImage"].every((f) => again?.files[f]?.sha256 === cold.files[f]?.sha256),
   };
+}
+
+/**
+ * The release bundle on top of both cold caches. It needs the kernel: every kernel entry of the cache that holds
+ * this tree's kernel (the one whose vmlinux.bin is kernelBin's) is copied into each cache, so the CLI finds its key.
+ */
+async function bundleRun(src: string, dir: string, kernelFrom: string, kernelBin: string): Promise<BundleRun> {
+  const vmlinux = await hashFile(path.join(kernelBin, "vmlinux.bin")).catch(() => undefined);
+  const kernels = existsSync(path.join(kernelFrom, "kernel")) ? await readdir(path.join(kernelFrom, "kernel")) : [];
+  const matching = kernels.filter(
+    (k) => vmlinux && entryOf(kernelFrom, "kernel", k)?.files["vmlinux.bin"]?.sha256 === vmlinux,
+  );
+  if (matching.length === 0) return { note: `no kernel for this tree in ${kernelFrom}: the bundle was not built` };
+  const [c1, c2] = [path.join(dir, "cache-1"), path.join(dir, "cache-2")];
+  for (const cache of [c1, c2]) {
+    for (const k of matching) {
+      const to = path.join(cache, "kernel", k);
+      if (!existsSync(to)) await cp(path.join(kernelFrom, "kernel", k), to, { recursive: true });
+    }
+  }
+  console.log("  release bundle (dist) on cache 1: cold, warm; on cache 2: cold");
+  const cold = (await build(src, ["dist"], c1, path.join(dir, "bin-1")))!;
+  const warm = (await build(src, ["dist"], c1, path.join(dir, "bin-1")))!;
+  const second = (await build(src, ["dist"], c2, path.join(dir, "bin-2")))!;
+  const entry = entryOf(c1, "dist");
+  const [name, file] = Object.entries(entry?.files ?? {}).find(([n]) => n.endsWith(".tar.zst")) ?? ["?", { size: 0 }];
+  const distSeconds = (b: BuildRun) => b.stages.find((x) => x.stage === "dist")?.seconds ?? Number.NaN;
+  console.log(`    ${name}: ${mib(file.size)} MiB; cold ${distSeconds(cold)} s, warm ${warm.wallSeconds} s (CLI)`);
+  return { name, bytes: file.size, cold, warm, second, repro: compare("dist", entry, entryOf(c2, "dist")) };
 }
 
 async function main(): Promise<void> {
@@ -235,6 +287,11 @@ async function main(): Promise<void> {
         console.log(`  ${f} sha256 ${await hashFile(path.join(kernelBin, f))}`);
     }
 
+    // With --cold-kernel the kernel is this run's own (cache 1); otherwise the shared cache's.
+    const bundle = await bundleRun(src, dir, coldKernel ? c1 : shared, kernelBin);
+    if ("bytes" in bundle) sizes[bundle.name] = bundle.bytes;
+    else console.log(`  ${bundle.note}`);
+
     const result: Result = {
       run: run.finish(),
       coldKernel,
@@ -247,6 +304,7 @@ async function main(): Promise<void> {
       sizes,
       reproducible,
       kernelRepro,
+      bundle,
     };
     const out = publish("pipeline", result, markdown(result));
     printTables(result);
@@ -283,6 +341,15 @@ function reproRows(r: Result): Array<[string, string]> {
       ? `same sha256 for all ${x.files} files${x.sameKey ? "" : " (different keys!)"}`
       : `DIFFERENT: ${x.differing.join(", ")}${x.sameKey ? "" : " (different keys: the inputs changed)"}`,
   ]);
+  const b = r.bundle;
+  if (b && "repro" in b) {
+    rows.push([
+      "dist",
+      b.repro.differing.length === 0
+        ? `same sha256 for the bundle, its SBOM and SHA256SUMS (${b.repro.files} files)`
+        : `DIFFERENT: ${b.repro.differing.join(", ")}`,
+    ]);
+  }
   const k = r.kernelRepro;
   if (k && "note" in k) rows.push(["kernel", k.note]);
   else if (k) {
@@ -314,6 +381,18 @@ function incrementalLine(r: Result): string | undefined {
   );
 }
 
+/** The release bundle's line: its size and the dist stage's cold and warm times. */
+function bundleLine(r: Result): string | undefined {
+  const b = r.bundle;
+  if (!b) return undefined;
+  if ("note" in b) return `release bundle: ${b.note}`;
+  const s = (x: BuildRun) => x.stages.find((y) => y.stage === "dist")?.seconds;
+  return (
+    `release bundle ${b.name}: ${mib(b.bytes)} MiB; the dist stage cold ${s(b.cold)} s (its dependencies cached), ` +
+    `second cold ${s(b.second)} s, warm (whole CLI run) ${b.warm.wallSeconds} s`
+  );
+}
+
 function printTables(r: Result): void {
   console.log("\nstage times (s; the CLI's own per-stage figures)");
   console.table(stageRows(r).map((row) => Object.fromEntries(STAGE_HEADERS.map((h, i) => [h, row[i]]))));
@@ -323,6 +402,8 @@ function printTables(r: Result): void {
   for (const g of goalLines(r)) console.log(g);
   const inc = incrementalLine(r);
   if (inc) console.log(inc);
+  const bl = bundleLine(r);
+  if (bl) console.log(bl);
   console.log("reproducibility (two cold builds):");
   for (const [stage, v] of reproRows(r)) console.log(`  ${stage}: ${v}`);
 }
@@ -346,6 +427,7 @@ function markdown(r: Result): string {
     ...goalLines(r).map((g) => `- ${g}`),
     "",
     ...(incrementalLine(r) ? [`${incrementalLine(r)}.`, ""] : []),
+    ...(bundleLine(r) ? [`${bundleLine(r)}.`, ""] : []),
     "Reproducibility (every file each stage stores, by sha256, between the two cold builds):",
     "",
     mdTable(["stage", "result"], reproRows(r)),

@@ -106,9 +106,14 @@ async function addFile(pack: Pack, header: Parameters<Pack["entry"]>[0], source:
   await done;
 }
 
-/** Writes entries as a tar into a tar stream (fixed owner and mtime). */
-async function packEntries(pack: Pack, entries: LayerEntry[], mtime: Date): Promise<void> {
-  const base = { uid: 0, gid: 0, uname: "", gname: "", mtime };
+/** Writes entries as a tar into a tar stream (fixed owner and mtime; owner names empty unless given). */
+export async function packEntries(
+  pack: Pack,
+  entries: LayerEntry[],
+  mtime: Date,
+  names: { uname: string; gname: string } = { uname: "", gname: "" },
+): Promise<void> {
+  const base = { uid: 0, gid: 0, ...names, mtime };
   for (const e of entries) {
     if (e.type === "dir") await addEntry(pack, { ...base, name: `${e.path}/`, type: "directory", mode: e.mode });
     else if (e.type === "symlink") {

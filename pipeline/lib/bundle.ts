@@ -4,10 +4,13 @@ import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 import type { KeyContext } from "./stage.ts";
 
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+
 /** The layers below every program (docs/development.md#layers): each bundle is built from them and its own folders. */
 export const SHARED_LAYERS = [
   "runtime/contract",
   "runtime/log",
+  "runtime/trace",
   "runtime/protos",
   "runtime/cgroups",
   "runtime/ttrpc",
@@ -48,6 +51,8 @@ export async function bundleNode(entry: string, outfile: string, opts: { executa
     sourcemap: false,
     legalComments: "none",
     logLevel: "silent",
+    // esbuild names each module in a comment, relative to its working directory: the repo, whatever the cwd.
+    absWorkingDir: REPO,
     define: { "import.meta.url": "__bundle_url" },
     banner: { js: `${shebang}const __bundle_url = require("node:url").pathToFileURL(__filename).href;` },
   });

@@ -13,7 +13,7 @@ export function defaultCacheDir(): string {
   return path.join(xdg, "kuasar-vmm");
 }
 
-interface FileRecord {
+export interface FileRecord {
   size: number;
   sha256: string;
 }
@@ -63,6 +63,12 @@ export class Cache {
     }
     if (restamped) await writeFile(stampsFile, JSON.stringify(stamps)).catch(() => undefined);
     return { hit: true, dir: out };
+  }
+
+  /** The files an entry recorded (out-relative path -> size and sha256), given the out dir lookup or store returned. */
+  async files(outDir: string): Promise<Record<string, FileRecord>> {
+    const file = path.join(path.dirname(outDir), "entry.json");
+    return (JSON.parse(await readFile(file, "utf8")) as EntryManifest).files;
   }
 
   /** Runs build(tmpOut) and moves the result into place atomically; returns the entry's out dir. */

@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs";
 import { copyFile, mkdir, rename, stat, utimes } from "node:fs/promises";
 import path from "node:path";
-import { Listr } from "listr2";
+import { Listr, PRESET_TIMER, PRESET_TIMESTAMP } from "listr2";
 import type { Cache } from "./cache.ts";
 import { toolShell } from "./shell.ts";
 import {
@@ -24,6 +24,20 @@ export interface RunRequest {
   cache: Cache;
   /** Where published artifacts go (bin/ of the repo). */
   binDir: string;
+  /** Where a stage with publishTo "dist" publishes (default: dist/ of the repo). */
+  distDir?: string;
+  /** Plain, timestamped progress lines (CI logs) even on a terminal; a non-terminal stdout always gets them. */
+  plain?: boolean;
+  /** Called as each stage finishes, so a caller knows what was done when a later stage fails. */
+  onOutcome?: (outcome: StageOutcome) => void;
+}
+
+export interface PublishedFile {
+  /** The name under bin/ or dist/ */
+  name: string;
+  file: string;
+  size: number;
+  sha256: string;
 }
 
 export interface StageOutcome {
@@ -32,6 +46,7 @@ export interface StageOutcome {
   dir: string;
   cached: boolean;
   seconds: number;
+  published: PublishedFile[];
 }
 
 /** Orders the targets and their dependencies so every stage comes after what it reads. */
@@ -94,65 +109,90 @@ export async function runStages(req: RunRequest): Promise<StageOutcome[]> {
     if (!found.hit) for (const d of st.deps) needed.add(d);
   }
 
-  const renderer = process.stdout.isTTY && !req.options.verbose ? "default" : "simple";
+  const renderer = process.stdout.isTTY && !req.options.verbose && !req.plain ? "default" : "simple";
   const showToolOutput = renderer === "default" || req.options.verbose;
+  const distDir = req.distDir ?? path.join(req.repo, "dist");
+  // Plain lines carry the time of day and each stage's duration, for CI logs.
+  const plainLines = { timestamp: PRESET_TIMESTAMP, timer: PRESET_TIMER };
   const tasks = new Listr(
     order
       .filter((st) => needed.has(st.name))
       .map((st) => ({
         title: st.title,
         task: async (_: unknown, task: { title: string; output: string }) => {
-          const t0 = performance.now();
-          const key = keys.get(st.name)!;
-          const found = lookups.get(st.name) ?? (await req.cache.lookup(st.name, key));
-          let dir: string;
-          if (found.hit) {
-            dir = found.dir;
-            task.title = `${st.title} (cached)`;
-          } else {
-            task.output = `building: ${found.reason}`;
-            const log = (line: string) => {
-              task.output = line;
-            };
-            // Tool output scrolls by in a terminal or with --verbose; plain CI logs keep only the stages' own
-            // progress lines (a failing tool's last lines are in the error either way).
-            const toolLog = showToolOutput ? log : () => {};
-            dir = await req.cache.store(st.name, key, async (out) => {
-              const bctx: BuildContext = {
-                ...kctx,
-                out,
-                keepDir: path.join(req.cache.root, "keep", st.name),
-                dep: (name) => {
-                  const d = dirs.get(name);
-                  if (!d || !st.deps.includes(name)) throw new StageError(st.name, `reads undeclared stage '${name}'`);
-                  return d;
-                },
-                log,
-                $: toolShell(st.name, toolLog),
-              };
-              await st.build(bctx);
-            });
+          try {
+            await runOne(st, task);
+          } catch (err) {
+            // Every failure names its stage, whatever threw it (a tool, the file system, the stage's own code).
+            if (err instanceof StageError) throw err;
+            throw new StageError(st.name, (err as Error).message ?? String(err));
           }
-          dirs.set(st.name, dir);
-          await publish(st, dir, req.binDir);
-          const seconds = (performance.now() - t0) / 1000;
-          outcomes.push({ stage: st.name, key, dir, cached: found.hit, seconds });
-          if (!found.hit) task.title = `${st.title} (built in ${seconds.toFixed(1)} s)`;
         },
       })),
     {
       renderer,
       fallbackRenderer: "simple",
-      rendererOptions: { collapseErrors: false },
+      rendererOptions: renderer === "default" ? { collapseErrors: false } : plainLines,
+      fallbackRendererOptions: plainLines,
       exitOnError: true,
       concurrent: false,
     },
   );
   await tasks.run();
   return outcomes;
+
+  async function runOne(st: Stage, task: { title: string; output: string }): Promise<void> {
+    const t0 = performance.now();
+    const key = keys.get(st.name)!;
+    const found = lookups.get(st.name) ?? (await req.cache.lookup(st.name, key));
+    let dir: string;
+    if (found.hit) {
+      dir = found.dir;
+      task.title = `${st.title} (cached)`;
+    } else {
+      task.output = `building: ${found.reason}`;
+      const log = (line: string) => {
+        task.output = line;
+      };
+      // Tool output scrolls by in a terminal or with --verbose; plain CI logs keep only the stages' own
+      // progress lines (a failing tool's last lines are in the error either way).
+      const toolLog = showToolOutput ? log : () => {};
+      dir = await req.cache.store(st.name, key, async (out) => {
+        const bctx: BuildContext = {
+          ...kctx,
+          out,
+          keepDir: path.join(req.cache.root, "keep", st.name),
+          dep: (name) => {
+            const d = dirs.get(name);
+            if (!d || !st.deps.includes(name)) throw new StageError(st.name, `reads undeclared stage '${name}'`);
+            return d;
+          },
+          log,
+          $: toolShell(st.name, toolLog),
+        };
+        await st.build(bctx);
+      });
+    }
+    dirs.set(st.name, dir);
+    const target = st.publishTo === "dist" ? distDir : req.binDir;
+    await publish(st, dir, target);
+    const recorded = await req.cache.files(dir);
+    // publish() read every one of them, so the entry recorded each.
+    const published = Object.entries(st.publish).map(([rel, name]) => ({
+      name,
+      file: path.join(target, name),
+      size: recorded[rel]!.size,
+      sha256: recorded[rel]!.sha256,
+    }));
+    const seconds = (performance.now() - t0) / 1000;
+    const outcome = { stage: st.name, key, dir, cached: found.hit, seconds, published };
+    outcomes.push(outcome);
+    req.onOutcome?.(outcome);
+    if (!found.hit) task.title = `${st.title} (built in ${seconds.toFixed(1)} s)`;
+  }
 }
 
-/** Copies published outputs to bin/, skipping files whose size and mtime already match. */
+/** Copies published outputs to bin/ (or dist/), skipping files whose size and mtime already match. */
 async function publish(st: Stage, dir: string, binDir: string): Promise<void> {
   await mkdir(binDir, { recursive: true });
   for (const [rel, name] of Object.entries(st.publish)) {

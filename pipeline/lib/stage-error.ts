@@ -2,9 +2,10 @@
 export class StageError extends Error {
   constructor(
     readonly stage: string,
-    message: string,
+    /** The message without the stage prefix. */
+    readonly detail: string,
   ) {
-    super(`[${stage}] ${message}`);
+    super(`[${stage}] ${detail}`);
     this.name = "StageError";
   }
 }

@@ -60,8 +60,10 @@ export interface Stage {
   deps: string[];
   inputs(ctx: KeyContext): Promise<Record<string, unknown>>;
   build(ctx: BuildContext): Promise<void>;
-  /** out-relative file -> name under bin/ */
+  /** out-relative file -> name under bin/ (or the release directory, with publishTo "dist") */
   publish: Record<string, string>;
+  /** Where publish puts the files: bin/ (artifacts, the default) or dist/ (what a release publishes). */
+  publishTo?: "bin" | "dist";
 }
 
 /** Keeps input digests across runs so a no-op build only stats large inputs. */

@@ -1,4 +1,5 @@
 import type { Stage } from "../lib/stage.ts";
+import { distStage } from "./dist.ts";
 import { imageStage } from "./image.ts";
 import { initrdStage } from "./initrd.ts";
 import { kernelStage } from "./kernel.ts";
@@ -18,6 +19,7 @@ export const allStages: Stage[] = [
   initrdStage,
   unitsStage,
   nodeInstallerStage,
+  distStage,
 ];
 
 /** What `all` builds: the published artifacts (rootfs is only an intermediate of the image and initrd). */

@@ -35,6 +35,12 @@ export const QEMU_KEYS = {
     ),
     cpu_model: str('-cpu model; "host" needs kvm, so tcg uses "max" instead.', "host"),
     cpu_features: str("Comma-separated CPU features appended to -cpu.", ""),
+    tcg_tb_size_mb: int(
+      "Translation cache of a TCG guest in MiB (-accel tcg,tb-size=; kuasar-vmm addition): QEMU's default lets it grow to 1 GiB per VM. 0 keeps QEMU's default; unused under kvm.",
+      64,
+      0,
+      4096,
+    ),
     firmware_path: str("-bios firmware image; empty for QEMU's default.", "", { check: absoluteOrEmpty }),
     default_bridges: int("PCI bridges (pc) or PCIe root ports (q35) for hot-plugged disks.", 1, 0, 5),
     default_max_vcpus: int(

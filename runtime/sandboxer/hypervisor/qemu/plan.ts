@@ -61,7 +61,9 @@ export function qemuPlan(config: QemuConfig, sandbox: SandboxSpec, facts: QemuFa
   const files = [path.join(dir, "qmp.sock"), consoleSocket];
   const consoleLog = path.join(dir, "console.log");
 
-  const machine = [h.machine_type, `accel=${facts.accel}`, ...parseAccelerators(h.machine_accelerators).machineOptions];
+  const machine = [h.machine_type, ...parseAccelerators(h.machine_accelerators).machineOptions];
+  // -accel, not -machine accel=, so TCG's translation cache can be bounded: it is host memory each VM holds.
+  const accel = facts.accel === "tcg" && h.tcg_tb_size_mb > 0 ? `tcg,tb-size=${h.tcg_tb_size_mb}` : facts.accel;
   if (nvdimm) machine.push("nvdimm=on");
   if (micro) machine.push("memory-backend=mem");
   const cpuModel = h.cpu_model === "host" && facts.accel === "tcg" ? "max" : h.cpu_model;
@@ -71,6 +73,7 @@ export function qemuPlan(config: QemuConfig, sandbox: SandboxSpec, facts: QemuFa
   const args = [
     ...["-name", `sandbox-${sandbox.id}`],
     ...["-machine", machine.join(",")],
+    ...["-accel", accel],
     ...["-cpu", [cpuModel, h.cpu_features].filter(Boolean).join(",")],
     ...["-smp", maxVcpus > vcpus ? `${vcpus},maxcpus=${maxVcpus}` : String(vcpus)],
   ];

@@ -30,7 +30,9 @@ describe("QEMU command lines", () => {
     assert.equal(plan.vmm.path, "/usr/bin/qemu-system-x86_64");
     assert.deepEqual(lines(plan.vmm.args), [
       "-name sandbox-sb1",
-      "-machine pc,accel=tcg",
+      "-machine pc",
+      // TCG's translation cache is bounded (tcg_tb_size_mb): host memory every VM holds.
+      "-accel tcg,tb-size=64",
       // "host" needs kvm.
       "-cpu max",
       "-smp 1",
@@ -113,7 +115,8 @@ describe("QEMU command lines", () => {
     );
     assert.deepEqual(lines(plan.vmm.args), [
       "-name sandbox-sb1",
-      "-machine pc,accel=kvm,kernel_irqchip=on",
+      "-machine pc,kernel_irqchip=on",
+      "-accel kvm",
       "-cpu host",
       "-smp 2",
       "-m 1024M,slots=8,maxmem=24000M",
@@ -165,7 +168,8 @@ describe("QEMU command lines", () => {
     );
     assert.deepEqual(lines(plan.vmm.args), [
       "-name sandbox-sb1",
-      "-machine q35,accel=tcg,nvdimm=on",
+      "-machine q35,nvdimm=on",
+      "-accel tcg,tb-size=64",
       "-cpu max,pmu=off",
       "-smp 1,maxcpus=4",
       // maxmem covers guest memory plus the NVDIMM even on a small host.
@@ -207,7 +211,7 @@ describe("QEMU command lines", () => {
       TCG_HYBRID,
     );
     const l = lines(plan.vmm.args);
-    assert.ok(l.includes("-machine microvm,accel=tcg,memory-backend=mem"), l.join("\n"));
+    assert.ok(l.includes("-machine microvm,memory-backend=mem"), l.join("\n"));
     assert.ok(l.includes("-m 512M"));
     assert.ok(l.includes("-object memory-backend-file,id=mem,size=512M,mem-path=/dev/shm/vm,share=on"));
     assert.ok(!l.some((a) => a.startsWith("-numa") || a.includes("pci-bridge")));
@@ -406,4 +410,9 @@ describe("room to grow on Update", () => {
       },
     );
   });
+});
+
+test("tcg_tb_size_mb = 0 leaves TCG's translation cache at QEMU's default", () => {
+  const args = lines(qemuPlan(qemu("tcg_tb_size_mb = 0\n"), sandbox, TCG_HYBRID).vmm.args);
+  assert.ok(args.includes("-accel tcg"), args.join("\n"));
 });
