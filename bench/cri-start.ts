@@ -8,10 +8,24 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { type Env, IMAGE, RUNTIME_HANDLER, startEnv } from "../testkit/containerd.ts";
 import { cleanup, onCleanup, runBenchmark } from "./lib/cleanup.ts";
-import { mdTable, ms, percentile, phasesSection, publish, type RunInfo, runLine, startRun } from "./lib/report.ts";
+import {
+  type Goal,
+  goal,
+  mdTable,
+  ms,
+  percentile,
+  phasesSection,
+  publish,
+  type RunInfo,
+  runLine,
+  startRun,
+  verdict,
+} from "./lib/report.ts";
 import { ConsoleWatch, daemonSteps } from "./lib/vm.ts";
 
 const DEADLINE = { deadlineMs: 300_000 };
+/** #18: N pods started at once take at most this many times one pod's time (every guest starts its own agent). */
+const GOAL_PARALLEL_RATIO = 2.0;
 
 const PHASES = [
   ["criToCreate", "RunPodSandbox until the daemon's Create is done"],
@@ -42,6 +56,8 @@ interface Result {
   run: RunInfo;
   serial: Summary;
   parallel: Summary & { concurrency: number; wallMs: number };
+  /** All N up (wall clock) / one pod's p50, serially. */
+  parallelRatio: Goal;
 }
 
 async function podStart(env: Env, watch: ConsoleWatch, name: string): Promise<{ id: string; sample: Sample }> {
@@ -166,6 +182,7 @@ async function main(): Promise<void> {
       run: run.finish(),
       serial: summarise(serial),
       parallel: { ...summarise(pods.map((p) => p.sample)), concurrency: parallel, wallMs },
+      parallelRatio: goal(Number((wallMs / summarise(serial).p50Ms).toFixed(2)), GOAL_PARALLEL_RATIO, "max"),
     };
     const out = publish("cri-start", result, markdown(result));
     printTables(result);
@@ -208,7 +225,10 @@ function printTables(r: Result): void {
   );
   console.log(`${r.run.cpus} CPUs, load average ${r.run.loadavgStart.join(" ")} -> ${r.run.loadavgEnd.join(" ")}`);
   console.table(totalRows(r).map((row) => Object.fromEntries(TOTAL_HEADERS.map((h, i) => [h, row[i]]))));
+  console.log(`${ratioLabel(r)}: ${verdict(r.parallelRatio)}`);
 }
+
+const ratioLabel = (r: Result) => `${r.parallel.concurrency} pods at once / 1 pod (all up / serial p50)`;
 
 function markdown(r: Result): string {
   return [
@@ -220,6 +240,8 @@ function markdown(r: Result): string {
       "and one busybox `sleep 3600` container. Timed from RunPodSandbox to StartContainer's return.",
     "",
     mdTable(TOTAL_HEADERS, totalRows(r)),
+    "",
+    `Goal (#18): ${ratioLabel(r)}: ${verdict(r.parallelRatio)}.`,
     "",
     ...phasesSection(["phase", "serial", `${r.parallel.concurrency} in parallel`], phaseRows(r)),
     "Phases from the daemon's log timestamps and the serial console polled from the host every 20 ms, as in " +
