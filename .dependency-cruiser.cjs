@@ -42,6 +42,12 @@ module.exports = {
       to: { path: PROGRAMS },
     },
     {
+      name: "trace-imports-no-program",
+      severity: "error",
+      from: { path: "^runtime/trace/" },
+      to: { path: PROGRAMS },
+    },
+    {
       name: "nothing-imports-an-entry-point",
       severity: "error",
       comment: "An entry point parses argv and starts a program; share what it holds from a module instead.",

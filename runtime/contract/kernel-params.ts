@@ -82,7 +82,10 @@ export const TASK_PARAMS = {
     "task.debug",
     "Serve a debug shell on DEBUG_CONSOLE_PORT and answer SandboxService.ExecVMProcess (both run commands as root).",
   ),
-  enableTracing: flag("task.enable_tracing", "Kuasar's agent tracing switch: accepted, no traces are exported yet."),
+  enableTracing: flag(
+    "task.enable_tracing",
+    "Kuasar's agent tracing switch; the host sends trace context into the guest only with [hypervisor.task] enable_tracing.",
+  ),
   // The guest image is busybox, which has no /bin/bash.
   debugShell: absolutePath("task.debug_shell", "The debug console's shell.", "/bin/sh"),
 };

@@ -2,17 +2,35 @@ import type { Duplex } from "node:stream";
 import type { DescService } from "@bufbuild/protobuf";
 import { AGENT_PORT } from "../contract/ports.ts";
 import { SandboxService } from "../protos/gen/kuasar/sandbox_pb.ts";
+import { CarriedTraces, type GuestLink, tracing } from "../trace/host.ts";
+import { TRACEPARENT } from "../trace/traceparent.ts";
 import { type CallOptions, Code, type ServiceClient, TtrpcClient, TtrpcError } from "../ttrpc/index.ts";
 import { type AgentCallObserver, NO_METRICS } from "./metrics/observer.ts";
 
 /**
- * A client of a guest agent that tells its observer of each unary call the agent failed or left unanswered. Not
- * counted: calls cut short by the connection closing (the VM went away; its exit is reported elsewhere) or by their
- * caller.
+ * Calls that run for the connection's life in the background (polls, clock syncs, span drains): no client span,
+ * which would hang under whatever span happened to start the loop.
+ */
+const UNTRACED = new Set(
+  ["Check", "SyncClock", "GetEvents", "DrainSpans"].map((m) => `${SandboxService.typeName}/${m}`),
+);
+/** How long a drain of the guest's spans may take before it is left for the next one. */
+const DRAIN_TIMEOUT_MS = 2000;
+
+type UnaryStub = (request: unknown, options?: CallOptions) => Promise<unknown>;
+
+/**
+ * A client of a guest agent. It tells its observer of each unary call the agent failed or left unanswered (not
+ * counted: calls cut short by the connection closing, as the VM went away and its exit is reported elsewhere, or by
+ * their caller). While tracing is on each call gets a client span under the caller's, and, with guests traced, the
+ * span's traceparent in the request's metadata; the guest's spans are drained back (traceGuest).
  */
 export class AgentClient extends TtrpcClient {
   private gone = false;
   private observer: AgentCallObserver | undefined;
+  private guest: GuestLink | undefined;
+  /** From the first call on: SetupSandbox is traced before the connection is tied to its sandbox. */
+  private readonly carried = new CarriedTraces();
 
   /** Starts telling `calls` of failed calls: once the agent answered, as the retries while it boots are no errors. */
   observe(calls: AgentCallObserver | undefined): void {
@@ -20,26 +38,63 @@ export class AgentClient extends TtrpcClient {
     this.observer = calls === NO_METRICS ? undefined : calls;
   }
 
+  /** Ties this connection to its sandbox: while tracing goes into guests, the guest's spans are drained back. */
+  traceGuest(sandboxId: string): void {
+    this.guest?.close();
+    const drain = super.service(SandboxService).drainSpans;
+    this.guest = tracing.link(
+      sandboxId,
+      (maxSpans) => drain({ maxSpans }, { timeoutMs: DRAIN_TIMEOUT_MS }),
+      this.carried,
+    );
+  }
+
   override onClose(err: Error | undefined): void {
     this.gone = true;
+    this.guest?.close();
     super.onClose(err);
   }
 
   override service<S extends DescService>(service: S, name: string = service.typeName): ServiceClient<S> {
     const stubs = super.service(service, name);
-    if (!this.observer) return stubs;
+    // With metrics and tracing off the stubs stay unwrapped.
+    if (!this.observer && !tracing.on) return stubs;
     const wrapped = stubs as Record<string, unknown>;
     for (const desc of service.methods) {
       if (desc.methodKind !== "unary") continue;
-      const call = wrapped[desc.localName] as (request: unknown, options?: CallOptions) => Promise<unknown>;
+      const call = wrapped[desc.localName] as UnaryStub;
       const method = `${name}/${desc.name}`;
+      // Shutdown powers the guest off: what its span buffer holds is drained first.
+      const powersOff = desc.name === "Shutdown" && name.startsWith("containerd.task.");
+      const traced = !UNTRACED.has(method);
       wrapped[desc.localName] = (request: unknown, options?: CallOptions) =>
-        call(request, options).catch((err: unknown) => {
-          if (!this.gone && !options?.signal?.aborted) this.failed(method, err);
+        this.traced(method, traced, powersOff, (opts) => call(request, opts), options).catch((err: unknown) => {
+          if (this.observer && !this.gone && !options?.signal?.aborted) this.failed(method, err);
           throw err;
         });
     }
     return stubs;
+  }
+
+  private async traced(
+    method: string,
+    traced: boolean,
+    powersOff: boolean,
+    call: (options?: CallOptions) => Promise<unknown>,
+    options: CallOptions | undefined,
+  ): Promise<unknown> {
+    if (powersOff && this.guest && tracing.intoGuests) await this.guest.drain();
+    if (!traced || !tracing.on) return call(options);
+    const slash = method.lastIndexOf("/");
+    const attributes = {
+      "rpc.system": "ttrpc",
+      "rpc.service": method.slice(0, slash),
+      "rpc.method": method.slice(slash + 1),
+      ...(this.guest ? { "sandbox.id": this.guest.sandboxId } : {}),
+    };
+    return tracing.client(method, attributes, this.carried, (traceparent) =>
+      call(traceparent ? { ...options, metadata: { ...options?.metadata, [TRACEPARENT]: traceparent } } : options),
+    );
   }
 
   private failed(method: string, err: unknown): void {
@@ -47,6 +102,11 @@ export class AgentClient extends TtrpcClient {
     const code = err instanceof TtrpcError && err.code in Code ? err.codeName : "Unknown";
     this.observer?.agentCallFailed(method, code);
   }
+}
+
+/** Ties a connection from connectAgent to its sandbox for tracing (AgentClient.traceGuest). */
+export function traceGuest(agent: TtrpcClient, sandboxId: string): void {
+  if (agent instanceof AgentClient) agent.traceGuest(sandboxId);
 }
 
 /**

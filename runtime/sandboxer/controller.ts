@@ -5,9 +5,11 @@ import { timestampFromDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import * as grpc from "@grpc/grpc-js";
 import { metricsAny } from "../cgroups/metrics.ts";
 import { validateId } from "../contract/ids.ts";
-import { GrpcError, type MethodsOf, type UnaryHandlers } from "../grpc/service.ts";
-import type { Controller } from "../protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
+import { type CallContext, GrpcError, type MethodsOf, type UnaryHandlers } from "../grpc/service.ts";
+import { Controller } from "../protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
 import { PodSandboxConfigSchema } from "../protos/gen/k8s/cri/runtime/v1/api_pb.ts";
+import { tracing } from "../trace/host.ts";
+import { firstValue, TRACEPARENT } from "../trace/traceparent.ts";
 import { hostNamespaceRefusal } from "./pod-checks.ts";
 import type { SandboxManager } from "./sandbox/manager.ts";
 import { type PodResources, parentPath } from "./sandbox/pod-cgroup.ts";
@@ -26,8 +28,38 @@ const ARCH: Record<string, string> = {
   riscv64: "riscv64",
 };
 
-/** containerd's sandbox Controller, mapped onto the SandboxManager. */
-export function controllerHandlers(mgr: SandboxManager, version: string): UnaryHandlers<MethodsOf<typeof Controller>> {
+type ControllerHandlers = UnaryHandlers<MethodsOf<typeof Controller>>;
+/** Every Controller request names its sandbox. */
+type ControllerHandler = (req: { sandboxId: string }, ctx: CallContext) => Promise<unknown>;
+
+/** containerd's sandbox Controller, mapped onto the SandboxManager; while tracing is on each call is a span. */
+export function controllerHandlers(mgr: SandboxManager, version: string): ControllerHandlers {
+  return traced(handlers(mgr, version));
+}
+
+/**
+ * Each call in a server span "containerd.services.sandbox.v1.Controller/<Method>" with the sandbox id, child of
+ * containerd's span when its metadata carries a traceparent (containerd's own tracing is on). Start's phases and
+ * the calls into the guest become its children.
+ */
+function traced(handlers: ControllerHandlers): ControllerHandlers {
+  const out: Record<string, unknown> = { ...handlers };
+  for (const m of Controller.methods) {
+    const handler = (handlers as unknown as Record<string, ControllerHandler>)[m.localName]!;
+    out[m.localName] = (req: { sandboxId: string }, ctx: CallContext) =>
+      tracing.on
+        ? tracing.serve(
+            `${Controller.typeName}/${m.name}`,
+            firstValue(ctx.metadata.get(TRACEPARENT)),
+            { "rpc.system": "grpc", "sandbox.id": req.sandboxId },
+            () => handler(req, ctx),
+          )
+        : handler(req, ctx);
+  }
+  return out as ControllerHandlers;
+}
+
+function handlers(mgr: SandboxManager, version: string): ControllerHandlers {
   return {
     async create(req) {
       // The id first: every later message names it, and a bad one must not be echoed in full.

@@ -6,6 +6,7 @@ import { doctorMain } from "../doctor/cli.ts";
 import { addUnaryService } from "../grpc/service.ts";
 import { type Level, logger, parseLevel, setLogLevel } from "../log/log.ts";
 import { Controller } from "../protos/gen/containerd/services/sandbox/v1/sandbox_pb.ts";
+import { tracing } from "../trace/host.ts";
 import { loadConfig } from "./config/load.ts";
 import { type Config, defaultConfig } from "./config/schema.ts";
 import { controllerHandlers } from "./controller.ts";
@@ -57,6 +58,16 @@ async function main(argv: string[]): Promise<number> {
   const config = await readConfig(flags.config, flags.configExplicit);
   setLogLevel(levelOf(flags.logLevel, config));
   await mkdir(flags.dir, { recursive: true, mode: 0o750 });
+  // Off by default and then free: OpenTelemetry is loaded the first time tracing is turned on (docs/operating.md).
+  tracing.configure({
+    endpoint: config.sandbox.tracing_endpoint,
+    guests: config.hypervisor.task.enable_tracing,
+    version: VERSION,
+    log: log.child("trace"),
+  });
+  if (config.sandbox.enable_tracing) await tracing.set(true);
+  // Kuasar's switch; a listener also keeps Node from opening its inspector on SIGUSR1.
+  process.on("SIGUSR1", () => void tracing.toggle());
 
   const events = new EventPublisher(`${config.sandbox.containerd_address}.ttrpc`, log.child("events"));
   // Checked by the config loader, which names the key in its error.
@@ -112,6 +123,7 @@ async function main(argv: string[]): Promise<number> {
   stopWatchdog();
   await sdNotify("STOPPING=1");
   server.forceShutdown();
+  await tracing.shutdown();
   await metricsServer?.close();
   await launcher.detachAll();
   events.close();

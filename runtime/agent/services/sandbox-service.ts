@@ -1,10 +1,12 @@
 import { execa } from "execa";
-import type { SandboxService } from "../../protos/gen/kuasar/sandbox_pb.ts";
+import { SandboxService } from "../../protos/gen/kuasar/sandbox_pb.ts";
+import { traceServer } from "../../trace/ttrpc-server.ts";
 import { Code, type ServiceHandlers, TtrpcError } from "../../ttrpc/index.ts";
 import { syncClock } from "../clock.ts";
 import type { EventQueue } from "../event-queue.ts";
 import { onlineUntil } from "../hotplug.ts";
 import { configureInterfaces, configureNeighbours, configureRoutes } from "../network.ts";
+import { guestTracing } from "./tracing.ts";
 
 /** The parts of CRI's PodSandboxConfig (protobuf JSON) the guest acts on. */
 export interface PodConfig {
@@ -20,8 +22,15 @@ export interface SandboxServiceDeps {
   setupPod(config: PodConfig): Promise<void>;
 }
 
-/** Kuasar's grpc.SandboxService: readiness, pod setup, networking, clock, events, and (task.debug) a VM-level exec. */
+/**
+ * Kuasar's grpc.SandboxService: readiness, pod setup, networking, clock, events, the spans of traced requests
+ * (DrainSpans), and (task.debug) a VM-level exec. A traced request gets a span.
+ */
 export function sandboxService(deps: SandboxServiceDeps): ServiceHandlers<typeof SandboxService> {
+  return traceServer(SandboxService, sandboxHandlers(deps), guestTracing);
+}
+
+function sandboxHandlers(deps: SandboxServiceDeps): ServiceHandlers<typeof SandboxService> {
   const fail = (what: string) => (err: unknown) => {
     throw new TtrpcError(Code.Internal, `${what}: ${(err as Error).message}`);
   };
@@ -75,5 +84,7 @@ export function sandboxService(deps: SandboxServiceDeps): ServiceHandlers<typeof
       );
       return { onlineCpus: got.cpus, onlineMemoryBytes: BigInt(got.memoryBytes) };
     },
+    // The host drains while tracing is on; an agent that never saw a traced request answers empty.
+    drainSpans: async (req) => guestTracing.drain(req.maxSpans),
   };
 }

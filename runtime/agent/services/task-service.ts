@@ -3,14 +3,16 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { metricsAny } from "../../cgroups/metrics.ts";
 import { type GuestDisk, parseDiskMounts } from "../../contract/block.ts";
 import type { OciProcess } from "../../contract/oci.ts";
-import type { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
+import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Status } from "../../protos/gen/containerd/types/task/task_pb.ts";
 import { STREAM_PREFIX } from "../../streaming/stdio-stream.ts";
+import { traceServer } from "../../trace/ttrpc-server.ts";
 import { Code, type ServiceHandlers, TtrpcError } from "../../ttrpc/index.ts";
 import type { ContainerManager } from "../containers.ts";
 import { TaskError } from "../errors.ts";
 import type { TaskProcess, TaskStatus } from "../process.ts";
 import type { StreamHub } from "../stream-hub.ts";
+import { guestTracing } from "./tracing.ts";
 
 const STATUS: Record<TaskStatus, Status> = {
   UNKNOWN: Status.UNKNOWN,
@@ -56,13 +58,17 @@ function withdrawStdio(hub: StreamHub, names: Array<string | undefined>): void {
   for (const n of names) if (n?.startsWith(STREAM_PREFIX)) hub.withdraw(n.slice(STREAM_PREFIX.length));
 }
 
-/** containerd's Task API (served as both v2 and v3) over the ContainerManager. */
+/** containerd's Task API (served as both v2 and v3) over the ContainerManager; a traced request gets a span. */
 export function taskService(
   mgr: ContainerManager,
   hub: StreamHub,
   /** The daemon's Shutdown (containerd's own Shutdown stops at the host proxy): power the VM off. */
   onShutdown: () => void,
 ): ServiceHandlers<typeof Task> {
+  return traceServer(Task, taskHandlers(mgr, hub, onShutdown), guestTracing);
+}
+
+function taskHandlers(mgr: ContainerManager, hub: StreamHub, onShutdown: () => void): ServiceHandlers<typeof Task> {
   return {
     create: (req) =>
       mapped(async () => {

@@ -3,6 +3,8 @@
  * uses). Keys only one VMM reads live in its folder (hypervisor/<vmm>/config.ts), and so do its defaults for the keys
  * here; config/schema.ts puts the two together.
  */
+
+import { DEFAULT_TRACING_ENDPOINT, tracingEndpointProblem } from "../../trace/endpoint.ts";
 import { HYPERVISORS, type HypervisorKind } from "../hypervisor/names.ts";
 import { metricsListenProblem } from "../metrics/address.ts";
 import { absolute, absoluteOrEmpty, bool, type Fields, int, type Model, oneOf, str } from "./schema-lang.ts";
@@ -14,8 +16,16 @@ export const SANDBOX_TABLE = {
     aliases: { warning: "warn" },
   }),
   enable_tracing: bool(
-    "Kuasar's switch for OpenTelemetry (OTLP) traces of sandbox operations; accepted, but no traces are exported yet.",
+    "OpenTelemetry traces of the daemon's work (Controller calls, Start's phases, task API calls, calls into the " +
+      "guest), exported over OTLP/HTTP to tracing_endpoint. SIGUSR1 turns tracing on and off at run time. See " +
+      "docs/operating.md#traces.",
     false,
+  ),
+  tracing_endpoint: str(
+    "Where traces are POSTed (kuasar-vmm addition): a collector's OTLP/HTTP traces URL, http:// or https:// " +
+      "(Jaeger and the OpenTelemetry Collector listen on port 4318).",
+    DEFAULT_TRACING_ENDPOINT,
+    { check: tracingEndpointProblem },
   ),
   containerd_address: str(
     "containerd's socket (kuasar-vmm addition); task events go to its ttrpc socket, <containerd_address>.ttrpc.",
@@ -102,7 +112,9 @@ export const HYPERVISOR_TABLE = {
 export const TASK_TABLE = {
   debug: bool("Start the guest agent with task.debug: a debug shell on vsock port 1025.", false),
   enable_tracing: bool(
-    "Boots the guest with task.enable_tracing (Kuasar's agent tracing); vmm-task accepts it but exports no traces yet.",
+    "Traces go on into the guest: with [sandbox] enable_tracing on, calls into vmm-task carry the trace context and " +
+      "the daemon exports the guest's spans (service vmm-task) beside its own. Also boots the guest with " +
+      "task.enable_tracing, as Kuasar does.",
     false,
   ),
 };

@@ -1,6 +1,7 @@
 import { showsAgentReady } from "../../contract/readiness.ts";
 import type { Logger } from "../../log/log.ts";
 import { SandboxService } from "../../protos/gen/kuasar/sandbox_pb.ts";
+import { tracing } from "../../trace/host.ts";
 import { dial } from "../../transport/address.ts";
 import type { TtrpcClient } from "../../ttrpc/index.ts";
 import { connectAgent, syncGuestClock } from "../agent.ts";
@@ -89,7 +90,8 @@ export async function boot(
     // From the VMM's first output on, the kernel's and the agent's lines also reach the daemon's log.
     guestLog = await followGuestConsole(dir, rec.id);
     const t0 = Date.now();
-    const lap = phaseLaps(metrics);
+    // While tracing is on each phase is also a span under Start's.
+    const lap = phaseLaps(tracing.phases(metrics));
     const agentTimeout = config.sandbox.agent_timeout_ms;
     const started = await vm.start();
     lap("spawn");

@@ -5,8 +5,10 @@ import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import { SandboxService } from "../../protos/gen/kuasar/sandbox_pb.ts";
 import { openStream } from "../../streaming/open.ts";
+import { tracing } from "../../trace/host.ts";
+import { traceServer } from "../../trace/ttrpc-server.ts";
 import { type TtrpcClient, TtrpcServer } from "../../ttrpc/index.ts";
-import { syncGuestClock } from "../agent.ts";
+import { syncGuestClock, traceGuest } from "../agent.ts";
 import type { EventPublisher } from "../events.ts";
 import { GuestEventForwarder } from "../guest-events.ts";
 import { PortForwarder } from "../network/port-forward.ts";
@@ -53,7 +55,9 @@ export async function serve(
     ...(deps.resizer ? { resizer: deps.resizer } : {}),
     log,
   });
-  const tasks = proxy.handlers();
+  // While tracing is on each task API call is a span, and the guest's spans are drained back (docs/operating.md).
+  const tasks = traceServer(Task, proxy.handlers(), tracing, { "sandbox.id": rec.id });
+  traceGuest(agent, rec.id);
   const server = new TtrpcServer()
     .register(Task, tasks)
     .registerAs("containerd.task.v2.Task", Task, tasks)

@@ -100,6 +100,7 @@ describe("service wire names", () => {
         "GetEvents",
         "SetupSandbox",
         "OnlineCpuMem",
+        "DrainSpans",
       ],
     );
     assert.equal(SandboxService.method.getEvents.output.typeName, "containerd.services.events.ttrpc.v1.Envelope");

@@ -17,7 +17,131 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kuasar/sandbox.proto.
  */
 export const file_kuasar_sandbox: GenFile = /*@__PURE__*/
-  fileDesc("ChRrdWFzYXIvc2FuZGJveC5wcm90bxIEZ3JwYyJNChNPbmxpbmVDcHVNZW1SZXF1ZXN0EgwKBGNwdXMYASABKA0SFAoMbWVtb3J5X2J5dGVzGAIgASgEEhIKCnRpbWVvdXRfbXMYAyABKA0iSAoUT25saW5lQ3B1TWVtUmVzcG9uc2USEwoLb25saW5lX2NwdXMYASABKA0SGwoTb25saW5lX21lbW9yeV9ieXRlcxgCIAEoBCIfCgxDaGVja1JlcXVlc3QSDwoHc2VydmljZRgBIAEoCSI2ChRFeGVjVk1Qcm9jZXNzUmVxdWVzdBIPCgdjb21tYW5kGAEgASgJEg0KBXN0ZGluGAIgASgMIiQKFUV4ZWNWTVByb2Nlc3NSZXNwb25zZRILCgNvdXQYASABKAkihAEKD1N5bmNDbG9ja1BhY2tldBIWCg5DbGllbnRTZW5kVGltZRgBIAEoAxIYChBDbGllbnRBcnJpdmVUaW1lGAIgASgDEhYKDlNlcnZlclNlbmRUaW1lGAMgASgDEhgKEFNlcnZlckFycml2ZVRpbWUYBCABKAMSDQoFRGVsdGEYBSABKAMiSgoJSVBBZGRyZXNzEh4KBmZhbWlseRgBIAEoDjIOLmdycGMuSVBGYW1pbHkSDwoHYWRkcmVzcxgCIAEoCRIMCgRtYXNrGAMgASgJIo0BCglJbnRlcmZhY2USDgoGZGV2aWNlGAEgASgJEgwKBG5hbWUYAiABKAkSJAoLSVBBZGRyZXNzZXMYAyADKAsyDy5ncnBjLklQQWRkcmVzcxILCgNtdHUYBCABKAQSDgoGaHdBZGRyGAUgASgJEgwKBHR5cGUYBiABKAkSEQoJcmF3X2ZsYWdzGAcgASgNIoQBCgVSb3V0ZRIMCgRkZXN0GAEgASgJEg8KB2dhdGV3YXkYAiABKAkSDgoGZGV2aWNlGAMgASgJEg4KBnNvdXJjZRgEIAEoCRINCgVzY29wZRgFIAEoDRIeCgZmYW1pbHkYBiABKA4yDi5ncnBjLklQRmFtaWx5Eg0KBWZsYWdzGAcgASgNIj4KF1VwZGF0ZUludGVyZmFjZXNSZXF1ZXN0EiMKCmludGVyZmFjZXMYASADKAsyDy5ncnBjLkludGVyZmFjZSIyChNVcGRhdGVSb3V0ZXNSZXF1ZXN0EhsKBnJvdXRlcxgBIAMoCzILLmdycGMuUm91dGUiUwoLQVJQTmVpZ2hib3ISJAoLdG9JUEFkZHJlc3MYASABKAsyDy5ncnBjLklQQWRkcmVzcxIOCgZkZXZpY2UYAiABKAkSDgoGbGxhZGRyGAMgASgJIqMBChNTZXR1cFNhbmRib3hSZXF1ZXN0EiQKBmNvbmZpZxgBIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkSIwoKaW50ZXJmYWNlcxgCIAMoCzIPLmdycGMuSW50ZXJmYWNlEhsKBnJvdXRlcxgDIAMoCzILLmdycGMuUm91dGUSJAoJbmVpZ2hib3JzGAQgAygLMhEuZ3JwYy5BUlBOZWlnaGJvcioaCghJUEZhbWlseRIGCgJ2NBAAEgYKAnY2EAEytgQKDlNhbmRib3hTZXJ2aWNlEkkKEFVwZGF0ZUludGVyZmFjZXMSHS5ncnBjLlVwZGF0ZUludGVyZmFjZXNSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkEKDFVwZGF0ZVJvdXRlcxIZLmdycGMuVXBkYXRlUm91dGVzUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRIzCgVDaGVjaxISLmdycGMuQ2hlY2tSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkgKDUV4ZWNWTVByb2Nlc3MSGi5ncnBjLkV4ZWNWTVByb2Nlc3NSZXF1ZXN0GhsuZ3JwYy5FeGVjVk1Qcm9jZXNzUmVzcG9uc2USOQoJU3luY0Nsb2NrEhUuZ3JwYy5TeW5jQ2xvY2tQYWNrZXQaFS5ncnBjLlN5bmNDbG9ja1BhY2tldBJSCglHZXRFdmVudHMSFi5nb29nbGUucHJvdG9idWYuRW1wdHkaLS5jb250YWluZXJkLnNlcnZpY2VzLmV2ZW50cy50dHJwYy52MS5FbnZlbG9wZRJBCgxTZXR1cFNhbmRib3gSGS5ncnBjLlNldHVwU2FuZGJveFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSRQoMT25saW5lQ3B1TWVtEhkuZ3JwYy5PbmxpbmVDcHVNZW1SZXF1ZXN0GhouZ3JwYy5PbmxpbmVDcHVNZW1SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_any, file_google_protobuf_empty, file_containerd_services_events_ttrpc_v1_events]);
+  fileDesc("ChRrdWFzYXIvc2FuZGJveC5wcm90bxIEZ3JwYyImChFEcmFpblNwYW5zUmVxdWVzdBIRCgltYXhfc3BhbnMYASABKA0izQIKCUd1ZXN0U3BhbhIQCgh0cmFjZV9pZBgBIAEoDBIPCgdzcGFuX2lkGAIgASgMEhYKDnBhcmVudF9zcGFuX2lkGAMgASgMEgwKBG5hbWUYBCABKAkSDAoEa2luZBgFIAEoDRIcChRzdGFydF90aW1lX3VuaXhfbmFubxgGIAEoBhIaChJlbmRfdGltZV91bml4X25hbm8YByABKAYSMwoKYXR0cmlidXRlcxgIIAMoCzIfLmdycGMuR3Vlc3RTcGFuLkF0dHJpYnV0ZXNFbnRyeRITCgtzdGF0dXNfY29kZRgJIAEoDRIWCg5zdGF0dXNfbWVzc2FnZRgKIAEoCRIaChJkcm9wcGVkX2F0dHJpYnV0ZXMYCyABKA0aMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiRQoSRHJhaW5TcGFuc1Jlc3BvbnNlEh4KBXNwYW5zGAEgAygLMg8uZ3JwYy5HdWVzdFNwYW4SDwoHZHJvcHBlZBgCIAEoDSJNChNPbmxpbmVDcHVNZW1SZXF1ZXN0EgwKBGNwdXMYASABKA0SFAoMbWVtb3J5X2J5dGVzGAIgASgEEhIKCnRpbWVvdXRfbXMYAyABKA0iSAoUT25saW5lQ3B1TWVtUmVzcG9uc2USEwoLb25saW5lX2NwdXMYASABKA0SGwoTb25saW5lX21lbW9yeV9ieXRlcxgCIAEoBCIfCgxDaGVja1JlcXVlc3QSDwoHc2VydmljZRgBIAEoCSI2ChRFeGVjVk1Qcm9jZXNzUmVxdWVzdBIPCgdjb21tYW5kGAEgASgJEg0KBXN0ZGluGAIgASgMIiQKFUV4ZWNWTVByb2Nlc3NSZXNwb25zZRILCgNvdXQYASABKAkihAEKD1N5bmNDbG9ja1BhY2tldBIWCg5DbGllbnRTZW5kVGltZRgBIAEoAxIYChBDbGllbnRBcnJpdmVUaW1lGAIgASgDEhYKDlNlcnZlclNlbmRUaW1lGAMgASgDEhgKEFNlcnZlckFycml2ZVRpbWUYBCABKAMSDQoFRGVsdGEYBSABKAMiSgoJSVBBZGRyZXNzEh4KBmZhbWlseRgBIAEoDjIOLmdycGMuSVBGYW1pbHkSDwoHYWRkcmVzcxgCIAEoCRIMCgRtYXNrGAMgASgJIo0BCglJbnRlcmZhY2USDgoGZGV2aWNlGAEgASgJEgwKBG5hbWUYAiABKAkSJAoLSVBBZGRyZXNzZXMYAyADKAsyDy5ncnBjLklQQWRkcmVzcxILCgNtdHUYBCABKAQSDgoGaHdBZGRyGAUgASgJEgwKBHR5cGUYBiABKAkSEQoJcmF3X2ZsYWdzGAcgASgNIoQBCgVSb3V0ZRIMCgRkZXN0GAEgASgJEg8KB2dhdGV3YXkYAiABKAkSDgoGZGV2aWNlGAMgASgJEg4KBnNvdXJjZRgEIAEoCRINCgVzY29wZRgFIAEoDRIeCgZmYW1pbHkYBiABKA4yDi5ncnBjLklQRmFtaWx5Eg0KBWZsYWdzGAcgASgNIj4KF1VwZGF0ZUludGVyZmFjZXNSZXF1ZXN0EiMKCmludGVyZmFjZXMYASADKAsyDy5ncnBjLkludGVyZmFjZSIyChNVcGRhdGVSb3V0ZXNSZXF1ZXN0EhsKBnJvdXRlcxgBIAMoCzILLmdycGMuUm91dGUiUwoLQVJQTmVpZ2hib3ISJAoLdG9JUEFkZHJlc3MYASABKAsyDy5ncnBjLklQQWRkcmVzcxIOCgZkZXZpY2UYAiABKAkSDgoGbGxhZGRyGAMgASgJIqMBChNTZXR1cFNhbmRib3hSZXF1ZXN0EiQKBmNvbmZpZxgBIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkSIwoKaW50ZXJmYWNlcxgCIAMoCzIPLmdycGMuSW50ZXJmYWNlEhsKBnJvdXRlcxgDIAMoCzILLmdycGMuUm91dGUSJAoJbmVpZ2hib3JzGAQgAygLMhEuZ3JwYy5BUlBOZWlnaGJvcioaCghJUEZhbWlseRIGCgJ2NBAAEgYKAnY2EAEy9wQKDlNhbmRib3hTZXJ2aWNlEkkKEFVwZGF0ZUludGVyZmFjZXMSHS5ncnBjLlVwZGF0ZUludGVyZmFjZXNSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkEKDFVwZGF0ZVJvdXRlcxIZLmdycGMuVXBkYXRlUm91dGVzUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRIzCgVDaGVjaxISLmdycGMuQ2hlY2tSZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EkgKDUV4ZWNWTVByb2Nlc3MSGi5ncnBjLkV4ZWNWTVByb2Nlc3NSZXF1ZXN0GhsuZ3JwYy5FeGVjVk1Qcm9jZXNzUmVzcG9uc2USOQoJU3luY0Nsb2NrEhUuZ3JwYy5TeW5jQ2xvY2tQYWNrZXQaFS5ncnBjLlN5bmNDbG9ja1BhY2tldBJSCglHZXRFdmVudHMSFi5nb29nbGUucHJvdG9idWYuRW1wdHkaLS5jb250YWluZXJkLnNlcnZpY2VzLmV2ZW50cy50dHJwYy52MS5FbnZlbG9wZRJBCgxTZXR1cFNhbmRib3gSGS5ncnBjLlNldHVwU2FuZGJveFJlcXVlc3QaFi5nb29nbGUucHJvdG9idWYuRW1wdHkSRQoMT25saW5lQ3B1TWVtEhkuZ3JwYy5PbmxpbmVDcHVNZW1SZXF1ZXN0GhouZ3JwYy5PbmxpbmVDcHVNZW1SZXNwb25zZRI/CgpEcmFpblNwYW5zEhcuZ3JwYy5EcmFpblNwYW5zUmVxdWVzdBoYLmdycGMuRHJhaW5TcGFuc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_any, file_google_protobuf_empty, file_containerd_services_events_ttrpc_v1_events]);
+
+/**
+ * @generated from message grpc.DrainSpansRequest
+ */
+export type DrainSpansRequest = Message<"grpc.DrainSpansRequest"> & {
+  /**
+   * at most this many in the reply
+   *
+   * @generated from field: uint32 max_spans = 1;
+   */
+  maxSpans: number;
+};
+
+/**
+ * Describes the message grpc.DrainSpansRequest.
+ * Use `create(DrainSpansRequestSchema)` to create a new message.
+ */
+export const DrainSpansRequestSchema: GenMessage<DrainSpansRequest> = /*@__PURE__*/
+  messageDesc(file_kuasar_sandbox, 0);
+
+/**
+ * One finished span, in OpenTelemetry's terms. The host adds the resource (service.name, sandbox id) itself.
+ *
+ * @generated from message grpc.GuestSpan
+ */
+export type GuestSpan = Message<"grpc.GuestSpan"> & {
+  /**
+   * 16 bytes
+   *
+   * @generated from field: bytes trace_id = 1;
+   */
+  traceId: Uint8Array;
+
+  /**
+   * 8 bytes
+   *
+   * @generated from field: bytes span_id = 2;
+   */
+  spanId: Uint8Array;
+
+  /**
+   * 8 bytes; empty for a root span
+   *
+   * @generated from field: bytes parent_span_id = 3;
+   */
+  parentSpanId: Uint8Array;
+
+  /**
+   * @generated from field: string name = 4;
+   */
+  name: string;
+
+  /**
+   * SpanKind: 0 internal, 1 server, 2 client, 3 producer, 4 consumer
+   *
+   * @generated from field: uint32 kind = 5;
+   */
+  kind: number;
+
+  /**
+   * @generated from field: fixed64 start_time_unix_nano = 6;
+   */
+  startTimeUnixNano: bigint;
+
+  /**
+   * @generated from field: fixed64 end_time_unix_nano = 7;
+   */
+  endTimeUnixNano: bigint;
+
+  /**
+   * @generated from field: map<string, string> attributes = 8;
+   */
+  attributes: { [key: string]: string };
+
+  /**
+   * 0 unset, 1 ok, 2 error
+   *
+   * @generated from field: uint32 status_code = 9;
+   */
+  statusCode: number;
+
+  /**
+   * @generated from field: string status_message = 10;
+   */
+  statusMessage: string;
+
+  /**
+   * attributes the guest's own limits left out
+   *
+   * @generated from field: uint32 dropped_attributes = 11;
+   */
+  droppedAttributes: number;
+};
+
+/**
+ * Describes the message grpc.GuestSpan.
+ * Use `create(GuestSpanSchema)` to create a new message.
+ */
+export const GuestSpanSchema: GenMessage<GuestSpan> = /*@__PURE__*/
+  messageDesc(file_kuasar_sandbox, 1);
+
+/**
+ * @generated from message grpc.DrainSpansResponse
+ */
+export type DrainSpansResponse = Message<"grpc.DrainSpansResponse"> & {
+  /**
+   * @generated from field: repeated grpc.GuestSpan spans = 1;
+   */
+  spans: GuestSpan[];
+
+  /**
+   * spans the guest's bounded buffer could not keep since the previous drain
+   *
+   * @generated from field: uint32 dropped = 2;
+   */
+  dropped: number;
+};
+
+/**
+ * Describes the message grpc.DrainSpansResponse.
+ * Use `create(DrainSpansResponseSchema)` to create a new message.
+ */
+export const DrainSpansResponseSchema: GenMessage<DrainSpansResponse> = /*@__PURE__*/
+  messageDesc(file_kuasar_sandbox, 2);
 
 /**
  * @generated from message grpc.OnlineCpuMemRequest
@@ -44,7 +168,7 @@ export type OnlineCpuMemRequest = Message<"grpc.OnlineCpuMemRequest"> & {
  * Use `create(OnlineCpuMemRequestSchema)` to create a new message.
  */
 export const OnlineCpuMemRequestSchema: GenMessage<OnlineCpuMemRequest> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 0);
+  messageDesc(file_kuasar_sandbox, 3);
 
 /**
  * @generated from message grpc.OnlineCpuMemResponse
@@ -66,7 +190,7 @@ export type OnlineCpuMemResponse = Message<"grpc.OnlineCpuMemResponse"> & {
  * Use `create(OnlineCpuMemResponseSchema)` to create a new message.
  */
 export const OnlineCpuMemResponseSchema: GenMessage<OnlineCpuMemResponse> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 1);
+  messageDesc(file_kuasar_sandbox, 4);
 
 /**
  * @generated from message grpc.CheckRequest
@@ -83,7 +207,7 @@ export type CheckRequest = Message<"grpc.CheckRequest"> & {
  * Use `create(CheckRequestSchema)` to create a new message.
  */
 export const CheckRequestSchema: GenMessage<CheckRequest> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 2);
+  messageDesc(file_kuasar_sandbox, 5);
 
 /**
  * @generated from message grpc.ExecVMProcessRequest
@@ -105,7 +229,7 @@ export type ExecVMProcessRequest = Message<"grpc.ExecVMProcessRequest"> & {
  * Use `create(ExecVMProcessRequestSchema)` to create a new message.
  */
 export const ExecVMProcessRequestSchema: GenMessage<ExecVMProcessRequest> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 3);
+  messageDesc(file_kuasar_sandbox, 6);
 
 /**
  * @generated from message grpc.ExecVMProcessResponse
@@ -122,7 +246,7 @@ export type ExecVMProcessResponse = Message<"grpc.ExecVMProcessResponse"> & {
  * Use `create(ExecVMProcessResponseSchema)` to create a new message.
  */
 export const ExecVMProcessResponseSchema: GenMessage<ExecVMProcessResponse> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 4);
+  messageDesc(file_kuasar_sandbox, 7);
 
 /**
  * Field names keep Kuasar's capitalisation (they are also its JSON names). As Kuasar fills them: the host sends
@@ -162,7 +286,7 @@ export type SyncClockPacket = Message<"grpc.SyncClockPacket"> & {
  * Use `create(SyncClockPacketSchema)` to create a new message.
  */
 export const SyncClockPacketSchema: GenMessage<SyncClockPacket> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 5);
+  messageDesc(file_kuasar_sandbox, 8);
 
 /**
  * @generated from message grpc.IPAddress
@@ -191,7 +315,7 @@ export type IPAddress = Message<"grpc.IPAddress"> & {
  * Use `create(IPAddressSchema)` to create a new message.
  */
 export const IPAddressSchema: GenMessage<IPAddress> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 6);
+  messageDesc(file_kuasar_sandbox, 9);
 
 /**
  * @generated from message grpc.Interface
@@ -238,7 +362,7 @@ export type Interface = Message<"grpc.Interface"> & {
  * Use `create(InterfaceSchema)` to create a new message.
  */
 export const InterfaceSchema: GenMessage<Interface> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 7);
+  messageDesc(file_kuasar_sandbox, 10);
 
 /**
  * @generated from message grpc.Route
@@ -287,7 +411,7 @@ export type Route = Message<"grpc.Route"> & {
  * Use `create(RouteSchema)` to create a new message.
  */
 export const RouteSchema: GenMessage<Route> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 8);
+  messageDesc(file_kuasar_sandbox, 11);
 
 /**
  * @generated from message grpc.UpdateInterfacesRequest
@@ -304,7 +428,7 @@ export type UpdateInterfacesRequest = Message<"grpc.UpdateInterfacesRequest"> & 
  * Use `create(UpdateInterfacesRequestSchema)` to create a new message.
  */
 export const UpdateInterfacesRequestSchema: GenMessage<UpdateInterfacesRequest> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 9);
+  messageDesc(file_kuasar_sandbox, 12);
 
 /**
  * @generated from message grpc.UpdateRoutesRequest
@@ -321,7 +445,7 @@ export type UpdateRoutesRequest = Message<"grpc.UpdateRoutesRequest"> & {
  * Use `create(UpdateRoutesRequestSchema)` to create a new message.
  */
 export const UpdateRoutesRequestSchema: GenMessage<UpdateRoutesRequest> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 10);
+  messageDesc(file_kuasar_sandbox, 13);
 
 /**
  * A permanent neighbour (ARP/NDP) entry of the pod netns, installed in the guest as it is there. Kuasar's proto has
@@ -355,7 +479,7 @@ export type ARPNeighbor = Message<"grpc.ARPNeighbor"> & {
  * Use `create(ARPNeighborSchema)` to create a new message.
  */
 export const ARPNeighborSchema: GenMessage<ARPNeighbor> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 11);
+  messageDesc(file_kuasar_sandbox, 14);
 
 /**
  * @generated from message grpc.SetupSandboxRequest
@@ -391,7 +515,7 @@ export type SetupSandboxRequest = Message<"grpc.SetupSandboxRequest"> & {
  * Use `create(SetupSandboxRequestSchema)` to create a new message.
  */
 export const SetupSandboxRequestSchema: GenMessage<SetupSandboxRequest> = /*@__PURE__*/
-  messageDesc(file_kuasar_sandbox, 12);
+  messageDesc(file_kuasar_sandbox, 15);
 
 /**
  * @generated from enum grpc.IPFamily
@@ -490,6 +614,18 @@ export const SandboxService: GenService<{
     methodKind: "unary";
     input: typeof OnlineCpuMemRequestSchema;
     output: typeof OnlineCpuMemResponseSchema;
+  },
+  /**
+   * kuasar-vmm's own: hands over the spans the guest finished for requests whose ttrpc metadata carried a sampled
+   * W3C traceparent, oldest first, and empties its buffer of them. The guest has no route to a collector: the host
+   * exports them (docs/operating.md#traces). The reply is attacker input to the host.
+   *
+   * @generated from rpc grpc.SandboxService.DrainSpans
+   */
+  drainSpans: {
+    methodKind: "unary";
+    input: typeof DrainSpansRequestSchema;
+    output: typeof DrainSpansResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_kuasar_sandbox, 0);
