@@ -301,6 +301,11 @@ async function realDaemon(): Promise<void> {
     const { client, close } = unaryClient(Controller, `unix://${daemon.sock}`);
     try {
       await client.platform({ sandboxId: "" }).catch(() => undefined);
+      // A first (failing) Start makes what the daemon keeps for its lifetime once used, such as libuv's one inotify
+      // fd (the guest console follower watches the sandbox directory): the footprint is counted after it.
+      await client.create({ sandboxId: "warm-up" });
+      await client.start({ sandboxId: "warm-up" }).catch(() => undefined);
+      await client.shutdown({ sandboxId: "warm-up" });
       const state = path.join(dir, "state");
       const before = footprint(daemon.proc.pid!, state);
       const t0 = Date.now();
