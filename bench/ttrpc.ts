@@ -2,11 +2,16 @@
 // - unary round trips on one connection against a raw unix-socket echo of
 //   frames of the same size (rounds interleaved so machine load hits both alike);
 // - streaming throughput both ways next to a raw unix stream of the same chunk
-//   size (no per-message work: Node's ceiling here), also in interleaved rounds.
+//   size (no per-message work: Node's ceiling here), also in interleaved rounds,
+//   between fresh processes per message size,
+//   each direction and size against its goal and against the figures recorded
+//   before the data path changed (#18): the "before" record of the previous
+//   result, or that result itself when it has none; delete "before" from
+//   bench/results/ttrpc.json to compare with the latest run instead.
 // Run: node --import tsx bench/ttrpc.ts   (writes bench/results/ttrpc.json and its section of BENCHMARKS.md)
 
 import { type ChildProcess, fork } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -16,29 +21,70 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Echo, EchoMessageSchema } from "../runtime/protos/gen/ttrpc/testing/echo_pb.ts";
 import { encodeRequest, encodeRoute } from "../runtime/ttrpc/envelope.ts";
 import { HEADER_LENGTH, TtrpcClient, TtrpcServer } from "../runtime/ttrpc/index.ts";
-import { mdTable, updateBenchmarksMd } from "./lib/report.ts";
+import {
+  type Goal,
+  goal,
+  mdTable,
+  publish,
+  type RunInfo,
+  resultsDir,
+  runLine,
+  startRun,
+  verdict,
+} from "./lib/report.ts";
 
 const UNARY_PAYLOADS = [64, 4096];
 const ROUNDS = 5;
 const ROUND_SECONDS = 0.5;
 const CONCURRENCY = 32;
 const STREAM_MESSAGE_SIZES = [2 ** 20, 2 ** 16];
-const STREAM_ROUNDS = 3;
+const STREAM_ROUNDS = 5;
 const STREAM_ROUND_SECONDS = 1;
+const LONG_LIVED_ROUNDS = 3;
 const WARM_UP_SECONDS = 0.5;
 const GOAL_RATIO = 2.0;
-const GOAL_STREAM_BYTES_PER_S = 1e9;
+const GOAL_STREAM_GBPS = 1;
+const DIRECTIONS = ["serverToClient", "clientToServer"] as const;
+type Direction = (typeof DIRECTIONS)[number];
+const DIRECTION_NAMES: Record<Direction, string> = {
+  serverToClient: "server->client",
+  clientToServer: "client->server",
+};
 
 type CpuUsage = NodeJS.CpuUsage;
 type Measured = ReturnType<Sampler["result"]> & { concurrentCallsPerSec: number };
 
-interface BenchResult {
+interface StreamResult {
+  messageBytes: number;
+  rawBytesPerSec: number;
+  serverToClientBytesPerSec: number;
+  clientToServerBytesPerSec: number;
+  /** Each round's rate (bytes/s), to show the spread the machine's load puts on the averages above. */
+  rounds: Record<"raw" | Direction, number[]>;
+}
+
+/** Streaming figures of an earlier run, and when and where they were measured. */
+interface Before {
   when: string;
+  commit: string;
   node: string;
-  cpus: number;
-  loadavg: number[];
-  seconds: number;
-  goals: { unaryRatioP50: number; streamBytesPerSec: number };
+  loadavg: string;
+  /** How the streams were measured, when not as now. */
+  layout?: string;
+  streaming: Array<Omit<StreamResult, "rounds">>;
+}
+
+interface StreamGoal {
+  messageBytes: number;
+  direction: Direction;
+  /** GB/s, two decimals. */
+  goal: Goal;
+  beforeGbps: number | undefined;
+}
+
+interface BenchResult {
+  run: RunInfo;
+  goals: { unaryRatioP50: number; streamGbps: number };
   unary: Array<{
     payloadBytes: number;
     frameBytes: number;
@@ -47,12 +93,11 @@ interface BenchResult {
     ratioP50: number;
     ratioCallsPerSec: number;
   }>;
-  streaming: Array<{
-    messageBytes: number;
-    rawBytesPerSec: number;
-    serverToClientBytesPerSec: number;
-    clientToServerBytesPerSec: number;
-  }>;
+  streaming: StreamResult[];
+  /** 64 KiB between the processes that ran the unary part first. */
+  longLived: StreamResult;
+  streamGoals: StreamGoal[];
+  before: Before | undefined;
 }
 
 /** Child processes answer "cpu" with their CPU time so far. */
@@ -230,14 +275,16 @@ function requestFrameBytes(message: Uint8Array): number {
   return HEADER_LENGTH + parts.reduce((n, p) => n + p.length, 0);
 }
 
-/** Bytes moved and the time it took, summed over rounds. */
+/** Bytes moved and the time it took, summed over rounds, and each round's rate. */
 class Rate {
   private bytes = 0;
   private ms = 0;
+  readonly rounds: number[] = [];
 
   add([bytes, ms]: [number, number]): void {
     this.bytes += bytes;
     this.ms += ms;
+    this.rounds.push(Math.round(bytes / (ms / 1000)));
   }
 
   perSec(): number {
@@ -292,6 +339,65 @@ async function ttrpcUp(socketPath: string, messageBytes: number, seconds: number
   return result;
 }
 
+/**
+ * Streams one message size between processes of its own (client, ttrpc server, raw server). In a process that ran
+ * the unary part or another size first, V8 ran a mark-compact after nearly every scavenge and the receive rate, raw
+ * and ttrpc alike, halved; fresh processes measure the data path, not the heap state an earlier part left behind.
+ */
+async function streamInFreshProcesses(dir: string, messageBytes: number): Promise<StreamResult> {
+  const echoPath = path.join(dir, `echo-${messageBytes}.sock`);
+  const streamPath = path.join(dir, `stream-${messageBytes}.sock`);
+  const ttrpcPath = path.join(dir, `ttrpc-${messageBytes}.sock`);
+  const rawServer = await startChild(["--serve-raw", echoPath, streamPath]);
+  const ttrpcServer = await startChild(["--serve-ttrpc", ttrpcPath]);
+  try {
+    const client = fork(
+      fileURLToPath(import.meta.url),
+      ["--stream-client", String(messageBytes), streamPath, ttrpcPath],
+      { stdio: "inherit" },
+    );
+    return await new Promise<StreamResult>((resolve, reject) => {
+      client.once("message", (m) => resolve(m as StreamResult));
+      client.once("exit", (code) => reject(new Error(`streaming client for ${messageBytes} B exited with ${code}`)));
+    });
+  } finally {
+    rawServer.kill();
+    ttrpcServer.kill();
+  }
+}
+
+/** The client side of one message size: warm-up, then raw, server->client and client->server in rounds. */
+async function measureStream(
+  messageBytes: number,
+  streamPath: string,
+  ttrpcPath: string,
+  rounds: number,
+): Promise<StreamResult> {
+  // warm up both directions (JIT, heap and malloc growth) before timing
+  await ttrpcDown(ttrpcPath, messageBytes, WARM_UP_SECONDS);
+  await ttrpcUp(ttrpcPath, messageBytes, WARM_UP_SECONDS);
+  const raw = new Rate();
+  const down = new Rate();
+  const up = new Rate();
+  for (let r = 0; r < rounds; r++) {
+    raw.add(await rawStream(streamPath, messageBytes, STREAM_ROUND_SECONDS));
+    down.add(await ttrpcDown(ttrpcPath, messageBytes, STREAM_ROUND_SECONDS));
+    up.add(await ttrpcUp(ttrpcPath, messageBytes, STREAM_ROUND_SECONDS));
+  }
+  return {
+    messageBytes,
+    rawBytesPerSec: raw.perSec(),
+    serverToClientBytesPerSec: down.perSec(),
+    clientToServerBytesPerSec: up.perSec(),
+    rounds: { raw: raw.rounds, serverToClient: down.rounds, clientToServer: up.rounds },
+  };
+}
+
+async function streamClient(messageBytes: number, streamPath: string, ttrpcPath: string): Promise<void> {
+  const result = await measureStream(messageBytes, streamPath, ttrpcPath, STREAM_ROUNDS);
+  process.send?.(result, () => process.exit(0));
+}
+
 async function main(): Promise<void> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "ttrpc-bench-"));
   const echoPath = path.join(dir, "echo.sock");
@@ -299,7 +405,8 @@ async function main(): Promise<void> {
   const ttrpcPath = path.join(dir, "ttrpc.sock");
   const rawServer = await startChild(["--serve-raw", echoPath, streamPath]);
   const ttrpcServer = await startChild(["--serve-ttrpc", ttrpcPath]);
-  const started = performance.now();
+  const before = readBefore();
+  const run = startRun();
   try {
     const unary: BenchResult["unary"] = [];
     for (const payloadBytes of UNARY_PAYLOADS) {
@@ -338,43 +445,36 @@ async function main(): Promise<void> {
       });
     }
 
+    // the same 64 KiB stream between the processes that ran the unary part: no goal, it shows what their heap
+    // state costs (see streamInFreshProcesses)
+    const longLived = await measureStream(2 ** 16, streamPath, ttrpcPath, LONG_LIVED_ROUNDS);
     const streaming: BenchResult["streaming"] = [];
     for (const messageBytes of STREAM_MESSAGE_SIZES) {
-      // warm up both directions (JIT, heap and malloc growth) before timing
-      await ttrpcDown(ttrpcPath, messageBytes, WARM_UP_SECONDS);
-      await ttrpcUp(ttrpcPath, messageBytes, WARM_UP_SECONDS);
-      const raw = new Rate();
-      const down = new Rate();
-      const up = new Rate();
-      for (let r = 0; r < STREAM_ROUNDS; r++) {
-        raw.add(await rawStream(streamPath, messageBytes, STREAM_ROUND_SECONDS));
-        down.add(await ttrpcDown(ttrpcPath, messageBytes, STREAM_ROUND_SECONDS));
-        up.add(await ttrpcUp(ttrpcPath, messageBytes, STREAM_ROUND_SECONDS));
-      }
-      streaming.push({
-        messageBytes,
-        rawBytesPerSec: raw.perSec(),
-        serverToClientBytesPerSec: down.perSec(),
-        clientToServerBytesPerSec: up.perSec(),
-      });
+      streaming.push(await streamInFreshProcesses(dir, messageBytes));
     }
 
     const result: BenchResult = {
-      when: new Date().toISOString(),
-      node: process.version,
-      cpus: os.cpus().length,
-      loadavg: os.loadavg().map(round1),
-      seconds: Math.round((performance.now() - started) / 1000),
-      goals: { unaryRatioP50: GOAL_RATIO, streamBytesPerSec: GOAL_STREAM_BYTES_PER_S },
+      run: run.finish(),
+      goals: { unaryRatioP50: GOAL_RATIO, streamGbps: GOAL_STREAM_GBPS },
       unary,
       streaming,
+      longLived,
+      streamGoals: streaming.flatMap((st) =>
+        DIRECTIONS.map((direction) => {
+          const was = before?.streaming.find((b) => b.messageBytes === st.messageBytes);
+          return {
+            messageBytes: st.messageBytes,
+            direction,
+            goal: goal(gbps(st[`${direction}BytesPerSec`]), GOAL_STREAM_GBPS, "min"),
+            beforeGbps: was && gbps(was[`${direction}BytesPerSec`]),
+          };
+        }),
+      ),
+      before,
     };
     printTables(result);
-    const out = path.join(path.dirname(fileURLToPath(import.meta.url)), "results", "ttrpc.json");
-    mkdirSync(path.dirname(out), { recursive: true });
-    writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
-    updateBenchmarksMd("ttrpc", markdown(result));
-    console.log(`\nwrote ${path.relative(process.cwd(), out)} and BENCHMARKS.md`);
+    const out = publish("ttrpc", result, markdown(result));
+    console.log(`\nwrote ${out} and BENCHMARKS.md`);
   } finally {
     rawServer.kill();
     ttrpcServer.kill();
@@ -382,9 +482,92 @@ async function main(): Promise<void> {
   }
 }
 
+/**
+ * The figures to compare with: the previous result's "before" record, carried from run to run, or the previous
+ * result itself (the first run after the data path changed). Results written before runs had a RunInfo carry
+ * their when/node/loadavg at the top.
+ */
+function readBefore(): Before | undefined {
+  const file = path.join(resultsDir, "ttrpc.json");
+  if (!existsSync(file)) return undefined;
+  const prev = JSON.parse(readFileSync(file, "utf8"));
+  if (prev.before) return prev.before as Before;
+  const run = prev.run ?? { when: prev.when, commit: "commit not recorded", node: prev.node, loadavgEnd: prev.loadavg };
+  return {
+    when: run.when,
+    commit: run.commit,
+    node: run.node,
+    loadavg: `${run.loadavgEnd.join(" / ")} at the end`,
+    ...(prev.run ? {} : { layout: "streams between the processes that ran the unary part first" }),
+    streaming: (prev.streaming as StreamResult[]).map(({ rounds: _, ...figures }) => figures),
+  };
+}
+
+/**
+ * One row per message size and direction: now and before, each also as a share of the raw stream measured in the
+ * same run (the machine's load moves both alike), and now against the goal.
+ */
+function streamRows(r: BenchResult): Array<Array<string | number>> {
+  const share = (v: number, raw: number) => `${Math.round((v / raw) * 100)}%`;
+  return r.streamGoals.map((g) => {
+    const st = r.streaming.find((s) => s.messageBytes === g.messageBytes)!;
+    const was = r.before?.streaming.find((b) => b.messageBytes === g.messageBytes);
+    const rounds = st.rounds[g.direction].map(gbps);
+    return [
+      `${g.messageBytes >> 10} KiB`,
+      DIRECTION_NAMES[g.direction],
+      gbps(st.rawBytesPerSec),
+      g.goal.measured,
+      share(st[`${g.direction}BytesPerSec`], st.rawBytesPerSec),
+      `${Math.min(...rounds)}-${Math.max(...rounds)}`,
+      was ? `${gbps(was[`${g.direction}BytesPerSec`])} (raw ${gbps(was.rawBytesPerSec)})` : "-",
+      was ? share(was[`${g.direction}BytesPerSec`], was.rawBytesPerSec) : "-",
+      verdict(g.goal, " GB/s"),
+    ];
+  });
+}
+
+const STREAM_HEADERS = [
+  "message",
+  "direction",
+  "raw stream (ceiling)",
+  "now",
+  "now / raw",
+  "rounds (min-max)",
+  "before",
+  "before / raw",
+  "now vs goal",
+];
+
+function slowerLines(r: BenchResult): string[] {
+  return STREAM_MESSAGE_SIZES.map((size) => {
+    const goals = r.streamGoals.filter((g) => g.messageBytes === size);
+    const slower = goals.reduce((a, b) => (b.goal.measured < a.goal.measured ? b : a));
+    const was = goals.map((g) => g.beforeGbps).filter((v) => v !== undefined);
+    const wasText = was.length === goals.length ? ` (before: ${Math.min(...was)} GB/s)` : "";
+    return `${size >> 10} KiB, slower direction (${DIRECTION_NAMES[slower.direction]}): ${verdict(slower.goal, " GB/s")}${wasText}`;
+  });
+}
+
+function longLivedLine(r: BenchResult): string {
+  const l = r.longLived;
+  return (
+    `Each size streams between fresh processes. Between the processes that ran the unary part first, 64 KiB ` +
+    `streams at ${gbps(l.serverToClientBytesPerSec)} GB/s server->client and ${gbps(l.clientToServerBytesPerSec)} ` +
+    `GB/s client->server (raw ${gbps(l.rawBytesPerSec)}; ${LONG_LIVED_ROUNDS} rounds, no goal): V8 runs a ` +
+    "mark-compact after nearly every scavenge in such a process and the receiving side slows down, raw or ttrpc."
+  );
+}
+
+function beforeLine(b: Before | undefined): string {
+  if (!b) return "No earlier result to compare with.";
+  const layout = b.layout ? `; ${b.layout}` : "";
+  return `"before": the run of ${b.when.slice(0, 16).replace("T", " ")} UTC (${b.commit}, node ${b.node}, load average ${b.loadavg}${layout}).`;
+}
+
 function printTables(r: BenchResult): void {
-  console.log(`${r.cpus} CPUs, load average ${r.loadavg.join(" ")}, ${r.seconds} s\n`);
-  console.log(`unary round trip on one connection (${ROUNDS} interleaved rounds of ${ROUND_SECONDS} s each)`);
+  console.log(runLine(r.run));
+  console.log(`\nunary round trip on one connection (${ROUNDS} interleaved rounds of ${ROUND_SECONDS} s each)`);
   console.table(
     r.unary.flatMap((u) =>
       (["raw", "ttrpc"] as const).map((what) => ({
@@ -400,28 +583,21 @@ function printTables(r: BenchResult): void {
       })),
     ),
   );
-  console.log("streaming throughput over unix (GB/s)");
-  console.table(
-    r.streaming.map((s) => {
-      const worst = Math.min(s.serverToClientBytesPerSec, s.clientToServerBytesPerSec);
-      return {
-        message: `${s.messageBytes >> 10} KiB`,
-        "raw stream (ceiling)": gbps(s.rawBytesPerSec),
-        "ttrpc server->client": gbps(s.serverToClientBytesPerSec),
-        "ttrpc client->server": gbps(s.clientToServerBytesPerSec),
-        goal: `${worst >= GOAL_STREAM_BYTES_PER_S ? "ok" : "MISSED"} (>= ${GOAL_STREAM_BYTES_PER_S / 1e9})`,
-      };
-    }),
+  console.log(
+    `streaming throughput over unix (GB/s), ${STREAM_ROUNDS} interleaved rounds of ${STREAM_ROUND_SECONDS} s`,
   );
+  console.table(streamRows(r).map((row) => Object.fromEntries(STREAM_HEADERS.map((h, i) => [h, row[i]]))));
+  for (const line of slowerLines(r)) console.log(line);
+  console.log(beforeLine(r.before));
+  console.log(longLivedLine(r));
 }
 
 function markdown(r: BenchResult): string {
-  const verdict = (ok: boolean) => (ok ? "pass" : "MISS");
+  const pass = (ok: boolean) => (ok ? "pass" : "MISS");
   return [
     "## ttrpc: unary round trips and streaming vs raw unix sockets",
     "",
-    `Run ${r.when.slice(0, 16).replace("T", " ")} UTC, ${r.cpus} CPUs, node ${r.node}; load average ` +
-      `${r.loadavg.join(" / ")} at the end; ${r.seconds} s. Client and servers (child processes) share the machine.`,
+    `${runLine(r.run)} Client and servers (child processes) share the machine.`,
     "",
     `Unary round trips on one connection, ${ROUNDS} interleaved rounds of ${ROUND_SECONDS} s (raw: an echo of frames ` +
       "of the same size):",
@@ -439,30 +615,24 @@ function markdown(r: BenchResult): string {
           u[what].cpuUsPerCall,
           what === "raw"
             ? ""
-            : `${u.ratioP50} vs <= ${r.goals.unaryRatioP50}: ${verdict(u.ratioP50 <= r.goals.unaryRatioP50)}`,
+            : `${u.ratioP50} vs <= ${r.goals.unaryRatioP50}: ${pass(u.ratioP50 <= r.goals.unaryRatioP50)}`,
         ]),
       ),
     ),
     "",
-    `Streaming throughput over unix (GB/s), ${STREAM_ROUNDS} interleaved rounds of ${STREAM_ROUND_SECONDS} s:`,
+    `Streaming throughput over unix (GB/s), ${STREAM_ROUNDS} interleaved rounds of ${STREAM_ROUND_SECONDS} s ` +
+      `(the mean over the rounds, and the slowest and fastest round). ${beforeLine(r.before)}`,
     "",
-    mdTable(
-      ["message", "raw stream (ceiling)", "ttrpc server->client", "ttrpc client->server", "slower direction vs goal"],
-      r.streaming.map((s) => {
-        const worst = Math.min(s.serverToClientBytesPerSec, s.clientToServerBytesPerSec);
-        return [
-          `${s.messageBytes >> 10} KiB`,
-          gbps(s.rawBytesPerSec),
-          gbps(s.serverToClientBytesPerSec),
-          gbps(s.clientToServerBytesPerSec),
-          `${gbps(worst)} vs >= ${r.goals.streamBytesPerSec / 1e9}: ${verdict(worst >= r.goals.streamBytesPerSec)}`,
-        ];
-      }),
-    ),
+    mdTable(STREAM_HEADERS, streamRows(r)),
+    "",
+    ...slowerLines(r).map((l) => `- ${l}`),
+    "",
+    longLivedLine(r),
   ].join("\n");
 }
 
 const role = process.argv[2];
 if (role === "--serve-raw") serveRaw(process.argv[3]!, process.argv[4]!);
 else if (role === "--serve-ttrpc") serveTtrpc(process.argv[3]!);
+else if (role === "--stream-client") await streamClient(Number(process.argv[3]), process.argv[4]!, process.argv[5]!);
 else await main();

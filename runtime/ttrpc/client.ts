@@ -4,12 +4,11 @@ import {
   type DescMessage,
   type DescMethod,
   type DescService,
-  fromBinary,
   type MessageInitShape,
   type MessageShape,
 } from "@bufbuild/protobuf";
 import { Channel, type ChannelHandler } from "./channel.ts";
-import { byteLength, encodeMessage } from "./codec.ts";
+import { byteLength, decodeMessage, encodeMessage } from "./codec.ts";
 import { decodeResponse, encodeRequest, encodeRoute, statusError } from "./envelope.ts";
 import { Code, TtrpcError } from "./errors.ts";
 import { Flag, MAX_DATA_LENGTH, MessageType } from "./frame.ts";
@@ -260,7 +259,7 @@ export class TtrpcClient implements ChannelHandler {
 
   private decode(call: ClientCall, data: Buffer): unknown {
     try {
-      return fromBinary(call.desc.output, data);
+      return decodeMessage(call.desc.output, data);
     } catch (err) {
       call.fail(new TtrpcError(Code.Internal, `cannot decode ${call.desc.output.typeName}: ${(err as Error).message}`));
       return undefined;

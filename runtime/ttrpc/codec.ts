@@ -1,8 +1,7 @@
-import { type DescField, type DescMessage, type Message, ScalarType, toBinary } from "@bufbuild/protobuf";
+import { type DescField, type DescMessage, fromBinary, type Message, ScalarType, toBinary } from "@bufbuild/protobuf";
 import { FeatureSet_FieldPresence } from "@bufbuild/protobuf/wkt";
+import { BY_REFERENCE_MIN, decodeFlat, encodeFlat, flatSchema } from "./flat.ts";
 
-/** Bytes fields at least this long are sent by reference instead of being copied into the encoding. */
-const BY_REFERENCE_MIN = 2 << 10;
 const EMPTY = new Uint8Array(0);
 
 const bytesFieldsCache = new WeakMap<DescMessage, readonly DescField[]>();
@@ -41,6 +40,9 @@ function varint(v: number): number[] {
  * not encoded, so the result decodes to the same message.
  */
 export function encodeMessage(schema: DescMessage, message: Message): Uint8Array[] {
+  const flat = flatSchema(schema);
+  const fast = flat && encodeFlat(flat, message);
+  if (fast) return fast;
   const fields = bytesFields(schema);
   let large: Array<[DescField, Uint8Array]> | undefined;
   for (const f of fields) {
@@ -58,6 +60,12 @@ export function encodeMessage(schema: DescMessage, message: Message): Uint8Array
     parts.push(Uint8Array.from([...varint(f.number * 8 + 2), ...varint(v.length)]), v);
   }
   return parts;
+}
+
+/** Decodes like fromBinary (throwing its errors); bytes fields are views of `data`. */
+export function decodeMessage(schema: DescMessage, data: Uint8Array): Message {
+  const flat = flatSchema(schema);
+  return (flat && decodeFlat(flat, data)) ?? fromBinary(schema, data);
 }
 
 export function byteLength(parts: readonly Uint8Array[]): number {

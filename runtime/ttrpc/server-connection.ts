@@ -1,7 +1,7 @@
 import type { Duplex } from "node:stream";
-import { create, type DescMessage, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, type DescMessage, type MessageInitShape } from "@bufbuild/protobuf";
 import { Channel, type ChannelHandler } from "./channel.ts";
-import { encodeMessage } from "./codec.ts";
+import { decodeMessage, encodeMessage } from "./codec.ts";
 import { decodeRequest, encodeResponse, type Status } from "./envelope.ts";
 import { Code, TtrpcError, toTtrpcError } from "./errors.ts";
 import { Flag, MAX_DATA_LENGTH, MessageType } from "./frame.ts";
@@ -126,7 +126,7 @@ export class ServerConnection implements ChannelHandler {
     if (stream.kind === "unary" || stream.kind === "server_streaming") {
       let input: unknown;
       try {
-        input = fromBinary(desc.input, req.payload);
+        input = decodeMessage(desc.input, req.payload);
       } catch (err) {
         this.fail(stream, decodeError(desc.input, err));
         return;
@@ -224,7 +224,7 @@ export class ServerConnection implements ChannelHandler {
   private pushData(stream: ServerStream, data: Buffer): boolean {
     let msg: unknown;
     try {
-      msg = fromBinary(stream.desc.input, data);
+      msg = decodeMessage(stream.desc.input, data);
     } catch (err) {
       this.fail(stream, decodeError(stream.desc.input, err));
       return false;
