@@ -1,12 +1,17 @@
 // Density: the daemon's memory (PSS from /proc/<pid>/smaps_rollup) with 0, 1, 5 and 10 running sandboxes, booted
 // in small concurrent batches (TCG boots are slow and the machine has 2 cores); the host cost of each VM (QEMU +
-// vhost-device-vsock PSS); vmm-task's memory inside the guest, idle and with 10 containers, read from its
-// /proc/<pid>/status through the agent's ExecVMProcess; and the time from the kernel's start to the first Check
-// the agent answers, both from the host-watched serial console and from the guest's own uptime.
-// Run: node --import tsx bench/density.ts [--sandboxes 10] [--batch 2] [--containers 10]
+// vhost-device-vsock PSS, with QEMU's TCG translation cache and the guest RAM it backs told apart); vmm-task's
+// memory inside the guest (RssAnon, RSS) and the guest's RAM in use (MemTotal - MemFree), idle and with 10
+// containers, read from the guest's /proc through the agent's ExecVMProcess (the guests boot with task.debug); and
+// the time from the kernel's start to the first Check the agent answers, both from the host-watched serial console
+// and from the guest's own uptime.
+// With --baseline-image FILE, a few sandboxes (--baseline-sandboxes, 3) then boot from another image (an older
+// build's kuasar.img) through a second daemon, for the guest figures old against new in one run.
+// Run: node --import tsx bench/density.ts [--sandboxes 10] [--batch 2] [--containers 10] [--baseline-image FILE]
 // (writes bench/results/density.json and bench/results/density.svg)
 
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
+import { mkdir } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -36,6 +41,7 @@ import {
   agentMemory,
   ConsoleWatch,
   daemonSteps,
+  guestExec,
   type ProcMemory,
   procMemory,
   startBundledDaemon,
@@ -44,6 +50,10 @@ import {
 const GOAL_BASELINE_MIB = 60;
 const GOAL_PER_SANDBOX_MIB = 0.5;
 const GOAL_AGENT_IDLE_MIB = 40;
+/** Issue #18's goals: vmm-task's private memory and the guest's RAM in use, idle; the host's memory per idle pod. */
+const GOAL_AGENT_ANON_MIB = 12;
+const GOAL_GUEST_USED_MIB = 40;
+const GOAL_HOST_PER_POD_MIB = 120;
 const REPORTED_COUNTS = [0, 1, 5, 10];
 
 interface Point {
@@ -62,12 +72,32 @@ interface SandboxFacts {
   uptimeAtCheckMs: number;
   /** QEMU + vhost-device-vsock PSS, bytes. */
   vmmPssBytes: number;
+  vmm: VmmMemory;
   agentIdle: AgentMemory;
+  guestIdle: GuestMemory;
+}
+
+/** What the guest's own /proc says: vmm-task's private and file-backed pages, and the guest's RAM in use, bytes. */
+interface GuestMemory {
+  rssAnon: number;
+  rssFile: number;
+  memTotal: number;
+  memFree: number;
+  /** Page cache (Cached): node's file pages are read into every guest's own. */
+  cached: number;
+}
+
+/** Where a VM's host memory goes (QEMU's smaps), bytes of RSS. */
+interface VmmMemory {
+  /** Guest RAM the host backs: every page the guest ever touched (its memory backend). */
+  guestRam: number;
+  /** TCG's translation cache: QEMU's anonymous executable mappings. */
+  tcgCache: number;
 }
 
 interface Result {
   run: RunInfo;
-  setup: { vcpus: number; memoryMiB: number; batch: number; daemon: string };
+  setup: { vcpus: number; memoryMiB: number; batch: number; daemon: string; guestNode: string };
   points: Point[];
   baselineBytes: number;
   /** Least-squares slope of daemon PSS over the points with 1 or more sandboxes (bytes per sandbox). */
@@ -79,10 +109,31 @@ interface Result {
   sandboxes: SandboxFacts[];
   agentIdleRssP50Bytes: number;
   agentWithContainers: AgentMemory & { containers: number };
+  guestWithContainers: GuestMemory;
+  agentAnonP50Bytes: number;
+  guestUsedP50Bytes: number;
+  vmmTcgCacheP50Bytes: number;
+  vmmGuestRamP50Bytes: number;
   kernelToCheckP50Ms: number;
   uptimeAtCheckP50Ms: number;
   vmmPssP50Bytes: number;
-  goals: { baseline: ReturnType<typeof goal>; perSandbox: ReturnType<typeof goal>; agentIdle: ReturnType<typeof goal> };
+  /** The guest figures of sandboxes booted from --baseline-image, p50, bytes. */
+  baselineImage?: {
+    image: string;
+    node: string;
+    sandboxes: number;
+    agentAnonP50Bytes: number;
+    guestUsedP50Bytes: number;
+    vmmPssP50Bytes: number;
+  };
+  goals: {
+    baseline: ReturnType<typeof goal>;
+    perSandbox: ReturnType<typeof goal>;
+    agentIdle: ReturnType<typeof goal>;
+    agentAnon: ReturnType<typeof goal>;
+    guestUsed: ReturnType<typeof goal>;
+    hostPerPod: ReturnType<typeof goal>;
+  };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -126,25 +177,128 @@ function vmmPss(sandboxDir: string): number {
   return processesMatching(sandboxDir).reduce((sum, pid) => sum + procMemory(pid).pss, 0);
 }
 
+/** The guest RAM and TCG cache parts of a VM's QEMU process (the one whose command line has -machine). */
+function vmmMemory(sandboxDir: string): VmmMemory {
+  const out: VmmMemory = { guestRam: 0, tcgCache: 0 };
+  for (const pid of processesMatching(sandboxDir)) {
+    let smaps = "";
+    try {
+      if (!readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("\0-machine\0")) continue;
+      smaps = readFileSync(`/proc/${pid}/smaps`, "utf8");
+    } catch {
+      continue;
+    }
+    let kind: keyof VmmMemory | undefined;
+    for (const line of smaps.split("\n")) {
+      const head = /^[0-9a-f]+-[0-9a-f]+ (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line);
+      if (head) {
+        const [, perms, name] = head as unknown as [string, string, string];
+        kind = name.includes("memory-backend") ? "guestRam" : perms === "rwxp" && name === "" ? "tcgCache" : undefined;
+        continue;
+      }
+      const rss = /^Rss:\s+(\d+) kB/.exec(line);
+      if (rss && kind) out[kind] += Number(rss[1]) * 1024;
+    }
+  }
+  return out;
+}
+
+/** vmm-task's RssAnon and RssFile and the guest's meminfo, from inside the guest. */
+async function guestMemory(agentUds: string): Promise<GuestMemory> {
+  const out = await guestExec(
+    agentUds,
+    'grep -E "^Rss(Anon|File):" /proc/$PPID/status; grep -E "^(MemTotal|MemFree|Cached):" /proc/meminfo',
+  );
+  const kb = (key: string) => {
+    const m = new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(out);
+    if (!m) throw new Error(`the guest did not report ${key}; it answered:\n${out}`);
+    return Number(m[1]) * 1024;
+  };
+  return {
+    rssAnon: kb("RssAnon"),
+    rssFile: kb("RssFile"),
+    memTotal: kb("MemTotal"),
+    memFree: kb("MemFree"),
+    cached: kb("Cached"),
+  };
+}
+
+/** The node an image carries, from the manifest the pipeline writes beside it. */
+function imageNode(image: string): string {
+  try {
+    const m = JSON.parse(readFileSync(`${image}.manifest.json`, "utf8")) as { components?: { node?: string } };
+    return m.components?.node ?? "unknown";
+  } catch {
+    return "unknown";
+  }
+}
+
+/** Boots n sandboxes from another image through a daemon of their own and reads the same guest figures. */
+async function baselineFacts(dir: string, image: string, n: number): Promise<NonNullable<Result["baselineImage"]>> {
+  const bdir = path.join(dir, "baseline");
+  await mkdir(bdir);
+  const configFile = path.join(bdir, "config.toml");
+  await writeConfig(configFile, "[hypervisor.task]\ndebug = true\n");
+  const text = readFileSync(configFile, "utf8").replace(/^image_path = .*$/m, `image_path = "${path.resolve(image)}"`);
+  writeFileSync(configFile, text);
+  const daemon = await startBundledDaemon(bdir, configFile);
+  const { client, close } = unaryClient(Controller, `unix://${daemon.sock}`);
+  try {
+    const ids = Array.from({ length: n }, (_, i) => `base-${i}`);
+    for (const id of ids) {
+      await client.create({ sandboxId: id });
+      await client.start({ sandboxId: id }, { deadlineMs: 240_000 });
+    }
+    await sleep(SETTLE_MS);
+    const facts: Array<{ guest: GuestMemory; pss: number }> = [];
+    for (const id of ids) {
+      const sandboxDir = path.join(daemon.stateDir, id);
+      facts.push({ guest: await guestMemory(path.join(sandboxDir, "task.vsock")), pss: vmmPss(sandboxDir) });
+    }
+    await Promise.all(ids.map((id) => client.shutdown({ sandboxId: id }, { deadlineMs: 120_000 })));
+    const p50 = (f: (x: { guest: GuestMemory; pss: number }) => number) => percentile(facts.map(f), 0.5);
+    return {
+      image: path.resolve(image),
+      node: imageNode(image),
+      sandboxes: n,
+      agentAnonP50Bytes: p50((x) => x.guest.rssAnon),
+      guestUsedP50Bytes: p50((x) => x.guest.memTotal - x.guest.memFree),
+      vmmPssP50Bytes: p50((x) => x.pss),
+    };
+  } finally {
+    close();
+    daemon.proc.kill("SIGTERM");
+  }
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       sandboxes: { type: "string", default: "10" },
       batch: { type: "string", default: "2" },
       containers: { type: "string", default: "10" },
+      "baseline-image": { type: "string" },
+      "baseline-sandboxes": { type: "string", default: "3" },
     },
   });
   const total = Number(values.sandboxes);
   const batch = Number(values.batch);
   const containers = Number(values.containers);
-  for (const [k, v] of Object.entries({ sandboxes: total, batch, containers })) {
+  const baselineSandboxes = Number(values["baseline-sandboxes"]);
+  for (const [k, v] of Object.entries({
+    sandboxes: total,
+    batch,
+    containers,
+    "baseline-sandboxes": baselineSandboxes,
+  })) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`--${k} must be a positive integer`);
   }
   requireArtifacts(["vmlinux.bin", "kuasar.img", "vmm-sandboxer"]);
   const run = startRun();
   const dir = await scratchDir("bench-density-");
   const configFile = path.join(dir, "config.toml");
-  await writeConfig(configFile);
+  // task.debug: the guest's /proc is read through ExecVMProcess, which only a debug guest serves.
+  await writeConfig(configFile, "[hypervisor.task]\ndebug = true\n");
   const { config } = await loadConfig(configFile);
   const daemon = await startBundledDaemon(dir, configFile);
   const pid = daemon.proc.pid!;
@@ -187,7 +341,9 @@ async function main(): Promise<void> {
         kernelToCheckMs: steps.agent - kernelAt,
         uptimeAtCheckMs: ms(mem.uptimeS * 1000 - (mem.hostAt - steps.agent)),
         vmmPssBytes: vmmPss(sandboxDir),
+        vmm: vmmMemory(sandboxDir),
         agentIdle: mem,
+        guestIdle: await guestMemory(path.join(sandboxDir, "task.vsock")),
       });
     }
     console.log(`  vmm-task idle RSS: ${sandboxes.map((s) => mib(s.agentIdle.rss)).join(", ")} MiB`);
@@ -205,9 +361,13 @@ async function main(): Promise<void> {
     }
     await sleep(2000);
     const loaded = await agentMemory(path.join(daemon.stateDir, first, "task.vsock"));
+    const guestLoaded = await guestMemory(path.join(daemon.stateDir, first, "task.vsock"));
     console.log(`  vmm-task RSS with ${containers} containers: ${mib(loaded.rss)} MiB`);
     tasks.close();
     await Promise.all(started.map((s) => client.shutdown({ sandboxId: s.id }, { deadlineMs: 120_000 })));
+    const baselineImage = values["baseline-image"]
+      ? await baselineFacts(dir, values["baseline-image"], baselineSandboxes)
+      : undefined;
 
     const at = (n: number) => points.find((p) => p.sandboxes === n)?.daemon.pss ?? Number.NaN;
     const running = points.filter((p) => p.sandboxes >= 1);
@@ -217,6 +377,9 @@ async function main(): Promise<void> {
       sandboxes.map((s) => s.agentIdle.rss),
       0.5,
     );
+    const p50 = (f: (s: SandboxFacts) => number) => percentile(sandboxes.map(f), 0.5);
+    const agentAnonP50Bytes = p50((s) => s.guestIdle.rssAnon);
+    const guestUsedP50Bytes = p50((s) => s.guestIdle.memTotal - s.guestIdle.memFree);
     const result: Result = {
       run: run.finish(),
       setup: {
@@ -224,6 +387,7 @@ async function main(): Promise<void> {
         memoryMiB: config.hypervisor.memory_in_mb,
         batch,
         daemon: "bin/vmm-sandboxer",
+        guestNode: imageNode(config.hypervisor.image_path),
       },
       points,
       baselineBytes: at(0),
@@ -233,6 +397,12 @@ async function main(): Promise<void> {
       sandboxes,
       agentIdleRssP50Bytes,
       agentWithContainers: { ...loaded, containers },
+      guestWithContainers: guestLoaded,
+      agentAnonP50Bytes,
+      guestUsedP50Bytes,
+      vmmTcgCacheP50Bytes: p50((s) => s.vmm.tcgCache),
+      vmmGuestRamP50Bytes: p50((s) => s.vmm.guestRam),
+      ...(baselineImage ? { baselineImage } : {}),
       kernelToCheckP50Ms: ms(
         percentile(
           sandboxes.map((s) => s.kernelToCheckMs),
@@ -253,6 +423,9 @@ async function main(): Promise<void> {
         baseline: goal(mib(at(0)), GOAL_BASELINE_MIB, "max"),
         perSandbox: goal(mib2(perSandboxBytes), GOAL_PER_SANDBOX_MIB, "max"),
         agentIdle: goal(mib(agentIdleRssP50Bytes), GOAL_AGENT_IDLE_MIB, "max"),
+        agentAnon: goal(mib(agentAnonP50Bytes), GOAL_AGENT_ANON_MIB, "max"),
+        guestUsed: goal(mib(guestUsedP50Bytes), GOAL_GUEST_USED_MIB, "max"),
+        hostPerPod: goal(mib(p50((s) => s.vmmPssBytes)), GOAL_HOST_PER_POD_MIB, "max"),
       },
     };
     writeFileSync(path.join(resultsDir, "density.svg"), plot(result));
@@ -292,6 +465,21 @@ function goalRows(r: Result): Array<[string, string]> {
     ["daemon baseline PSS (0 sandboxes)", verdict(r.goals.baseline, " MiB")],
     ["daemon PSS per sandbox (least-squares slope, 1..N sandboxes)", verdict(r.goals.perSandbox, " MiB")],
     ["vmm-task RSS in the guest, idle (p50)", verdict(r.goals.agentIdle, " MiB")],
+    ["#18: vmm-task private memory in the guest (RssAnon), idle (p50)", verdict(r.goals.agentAnon, " MiB")],
+    ["#18: guest RAM in use after boot (MemTotal - MemFree), idle pod (p50)", verdict(r.goals.guestUsed, " MiB")],
+    [
+      `#18: host memory per idle pod (QEMU + helpers PSS, p50; of which TCG translation cache ${mib(r.vmmTcgCacheP50Bytes)} MiB, guest RAM ${mib(r.vmmGuestRamP50Bytes)} MiB)`,
+      verdict(r.goals.hostPerPod, " MiB"),
+    ],
+    ...(r.baselineImage
+      ? [
+          [
+            `(before: the same, p50 of ${r.baselineImage.sandboxes} guests booted from the baseline image \`${path.basename(r.baselineImage.image)}\`, node ${r.baselineImage.node})`,
+            `RssAnon ${mib(r.baselineImage.agentAnonP50Bytes)} MiB, guest RAM in use ${mib(r.baselineImage.guestUsedP50Bytes)} MiB, ` +
+              `host ${mib(r.baselineImage.vmmPssP50Bytes)} MiB per pod`,
+          ] as [string, string],
+        ]
+      : []),
   ];
 }
 
@@ -312,7 +500,10 @@ function printTables(r: Result): void {
       "kernel->Check ms": s.kernelToCheckMs,
       "uptime at Check ms": s.uptimeAtCheckMs,
       "QEMU+helper PSS MiB": mib(s.vmmPssBytes),
+      "TCG cache MiB": mib(s.vmm.tcgCache),
       "vmm-task RSS MiB": mib(s.agentIdle.rss),
+      "vmm-task RssAnon MiB": mib(s.guestIdle.rssAnon),
+      "guest used MiB": mib(s.guestIdle.memTotal - s.guestIdle.memFree),
     })),
   );
   console.log(
@@ -336,11 +527,13 @@ function markdown(r: Result): string {
     ];
   });
   const a = r.agentWithContainers;
+  const g = r.guestWithContainers;
   return [
     "## Density: daemon memory per sandbox, vmm-task in the guest",
     "",
     runLine(r.run),
-    `Daemon: \`${r.setup.daemon}\`; guests of ${r.setup.vcpus} vCPU and ${r.setup.memoryMiB} MiB, started through the ` +
+    `Daemon: \`${r.setup.daemon}\`; guests of ${r.setup.vcpus} vCPU and ${r.setup.memoryMiB} MiB (\`bin/kuasar.img\`, node ` +
+      `${r.setup.guestNode}), started through the ` +
       `Controller (the first alone, then ${r.setup.batch} at a time). Memory is the median of ${READINGS} readings of ` +
       `\`/proc/<pid>/smaps_rollup\` 0.5 s apart, starting ${SETTLE_MS / 1000} s after each batch is up (V8 collects ` +
       "once the daemon idles). PSS shares node's pages with every other node process on the machine, so it drifts " +
@@ -356,14 +549,25 @@ function markdown(r: Result): string {
       `${r.points[r.points.length - 1]!.sandboxes} sandboxes: PSS ${mib2(r.perSandboxBytes)} MiB, USS ` +
       `${mib2(r.perSandboxUssBytes)} MiB; the first ` +
       `sandbox adds ${mib(r.firstSandboxBytes)} MiB (code paths loaded once). Each VM costs the host ` +
-      `${mib(r.vmmPssP50Bytes)} MiB PSS (QEMU + vhost-device-vsock, p50), outside the daemon.`,
+      `${mib(r.vmmPssP50Bytes)} MiB PSS (QEMU + vhost-device-vsock, p50), outside the daemon: of it, ` +
+      `${mib(r.vmmGuestRamP50Bytes)} MiB is guest RAM the guest has touched (QEMU's memory backend) and ` +
+      `${mib(r.vmmTcgCacheP50Bytes)} MiB TCG's translation cache (QEMU's anonymous executable mappings).`,
     "",
     mdTable(
-      ["vmm-task in the guest", "RSS MiB", "peak RSS (VmHWM) MiB", "PSS MiB"],
+      [
+        "vmm-task in the guest",
+        "RSS MiB",
+        "RssAnon MiB",
+        "peak RSS (VmHWM) MiB",
+        "PSS MiB",
+        "guest MemTotal - MemFree MiB",
+        "guest page cache MiB",
+      ],
       [
         [
           `idle (p50 over ${r.sandboxes.length} guests)`,
           mib(r.agentIdleRssP50Bytes),
+          mib(r.agentAnonP50Bytes),
           mib(
             percentile(
               r.sandboxes.map((s) => s.agentIdle.hwm),
@@ -376,8 +580,23 @@ function markdown(r: Result): string {
               0.5,
             ),
           ),
+          mib(r.guestUsedP50Bytes),
+          mib(
+            percentile(
+              r.sandboxes.map((s) => s.guestIdle.cached),
+              0.5,
+            ),
+          ),
         ],
-        [`with ${a.containers} running containers`, mib(a.rss), mib(a.hwm), mib(a.pss)],
+        [
+          `with ${a.containers} running containers`,
+          mib(a.rss),
+          mib(g.rssAnon),
+          mib(a.hwm),
+          mib(a.pss),
+          mib(g.memTotal - g.memFree),
+          mib(g.cached),
+        ],
       ],
     ),
     "",

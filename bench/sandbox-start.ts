@@ -4,9 +4,12 @@
 // guest agent answers Check over hybrid vsock; the daemon path stops it when Start returns. Runs alternate between
 // the two so machine load hits both alike. Phases come from the daemon's log timestamps and from the guest's serial
 // console, watched from the host.
-// Run: node --import tsx bench/sandbox-start.ts [--runs N, default 8]   (writes bench/results/sandbox-start.json)
+// With --baseline-image FILE a third path boots the floor from another image (an older build's kuasar.img), in the
+// same rotation, so the guest's start is compared old against new in one run.
+// Run: node --import tsx bench/sandbox-start.ts [--runs N, default 8] [--baseline-image FILE]
+// (writes bench/results/sandbox-start.json)
 
-import { mkdir, rm } from "node:fs/promises";
+import { mkdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { create, toBinary } from "@bufbuild/protobuf";
@@ -28,7 +31,7 @@ import {
 } from "../runtime/sandboxer/hypervisor/process.ts";
 import { QemuVm } from "../runtime/sandboxer/hypervisor/qemu/driver.ts";
 import { defaultEnv } from "../runtime/sandboxer/hypervisor/registry.ts";
-import { newState, type Plan } from "../runtime/sandboxer/hypervisor/vm.ts";
+import { newState, type Plan, publishSocket } from "../runtime/sandboxer/hypervisor/vm.ts";
 import { agentUrl, type SandboxSpec } from "../runtime/sandboxer/hypervisor/vm-api.ts";
 import { writeShareFiles } from "../runtime/sandboxer/share-files.ts";
 import { dial } from "../runtime/transport/address.ts";
@@ -49,6 +52,9 @@ import {
 import { ConsoleWatch, daemonSteps, procCpuUs, startBundledDaemon } from "./lib/vm.ts";
 
 const GOAL_RATIO = 1.05;
+/** Issue #18's goals this benchmark measures: init -> agent listening, and Controller Create+Start, p50 under TCG. */
+const GOAL_USERSPACE_S = 1.2;
+const GOAL_START_S = 3.0;
 const BOOT_DEADLINE_MS = 180_000;
 
 /** Phases of one start, ms; a path that has no such phase reports 0. */
@@ -63,8 +69,11 @@ const PHASES = [
   ["reply", "Start reply reaches the client"],
 ] as const;
 type Phase = (typeof PHASES)[number][0];
-/** daemonCpuMs: the daemon's CPU time over Create+Start (daemon path only). */
-type Sample = { totalMs: number; daemonCpuMs?: number } & Record<Phase, number>;
+/**
+ * daemonCpuMs: the daemon's CPU time over Create+Start (daemon path only); agentGuestMs: node's start to vmm-task
+ * serving by the guest's own clock, as the agent logs it.
+ */
+type Sample = { totalMs: number; daemonCpuMs?: number; agentGuestMs: number } & Record<Phase, number>;
 
 interface Summary {
   runs: number;
@@ -74,14 +83,27 @@ interface Summary {
   daemonCpuP50Ms?: number;
   /** p50 of each run's time outside the guest boot (total - the three boot phases): the host side's own work. */
   outsideBootP50Ms: number;
+  /** p50 of node's start -> vmm-task serving, by the guest's clock. */
+  agentGuestP50Ms: number;
   phasesP50Ms: Record<Phase, number>;
   samples: Sample[];
 }
 
 interface Result {
   run: RunInfo;
-  setup: { accel: string; vcpus: number; memoryMiB: number; kernel: string; image: string; qemuArgs: string[] };
+  setup: {
+    accel: string;
+    vcpus: number;
+    memoryMiB: number;
+    kernel: string;
+    image: string;
+    /** The guest's node (the image manifest's component line). */
+    guestNode: string;
+    qemuArgs: string[];
+  };
   floor: Summary;
+  /** The floor booted from --baseline-image, when given. */
+  baseline?: Summary & { image: string; guestNode: string };
   daemon: Summary;
   ratioP50: number;
   ratioP90: number;
@@ -92,6 +114,10 @@ interface Result {
   goal: ReturnType<typeof goal>;
   /** The same goal applied to the derived ratio (boot noise removed). */
   goalOutsideBoot: ReturnType<typeof goal>;
+  /** p50 of init -> vmm-task listening over every boot of both paths (the same guest), seconds. */
+  userspaceP50S: number;
+  /** #18: init -> agent listening, and Controller Create+Start (the daemon path's p50), seconds. */
+  goals18: { userspace: ReturnType<typeof goal>; start: ReturnType<typeof goal> };
 }
 
 /** The daemon's QEMU driver, asked only for its plan (the command lines it would spawn). */
@@ -105,6 +131,17 @@ const planFor = (config: Config, sandbox: SandboxSpec) =>
   new PlanOnly(newState("qemu", sandbox), defaultEnv(logger("bench")), { config, sandbox }).build();
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** vmm-task's own "serving <n> ms after node started" line (runtime/agent/main.ts), from the guest's console. */
+async function agentGuestMs(consoleLog: string): Promise<number> {
+  const until = Date.now() + 5000;
+  for (;;) {
+    const m = /serving (\d+) ms after node started/.exec(await readFile(consoleLog, "latin1").catch(() => ""));
+    if (m) return Number(m[1]);
+    if (Date.now() > until) throw new Error(`${consoleLog} has no "serving <n> ms after node started" line`);
+    await sleep(20);
+  }
+}
 
 async function waitFor(what: string, ms: number, ready: () => boolean, alive: () => boolean): Promise<void> {
   const until = Date.now() + ms;
@@ -124,7 +161,13 @@ function bootPhases(vmmAt: number, c: ReturnType<ConsoleWatch["times"]>) {
 }
 
 /** QEMU and vhost-device-vsock started straight from the driver's plan; the clock stops at the first Check. */
-async function floorRun(config: Config, root: string, watch: ConsoleWatch, id: string): Promise<Sample> {
+async function floorRun(
+  config: Config,
+  root: string,
+  watch: ConsoleWatch,
+  id: string,
+  guestClock = true,
+): Promise<Sample> {
   const dir = path.join(root, id);
   const share = path.join(dir, "shared");
   await mkdir(share, { recursive: true });
@@ -141,9 +184,14 @@ async function floorRun(config: Config, root: string, watch: ConsoleWatch, id: s
   try {
     const t0 = Date.now();
     for (const h of plan.helpers) {
-      const s = await spawnDetached(h);
+      // As the daemon runs it (VmmDriver.launch), as root: in a directory of its own, its sockets linked out of it.
+      if (h.ownDir) await mkdir(h.ownDir, { mode: 0o700 });
+      const s = await spawnDetached(h.ownDir ? { ...h, cwd: h.ownDir } : h);
       procs.push(s.ref);
-      await waitForPath(h.readyPath, 10_000, s.exited, h.name);
+      for (const ready of [h.readyPath, ...(h.publish ?? []).map((p) => p.from)]) {
+        await waitForPath(ready, 10_000, s.exited, h.name);
+      }
+      for (const p of h.publish ?? []) await publishSocket(p.from, p.to, 0);
     }
     const vmmAt = Date.now();
     const q = await spawnDetached(plan.vmm);
@@ -175,6 +223,8 @@ async function floorRun(config: Config, root: string, watch: ConsoleWatch, id: s
     const c = watch.times(id);
     return {
       totalMs: checkAt - t0,
+      // An older agent (a baseline image) does not log it.
+      agentGuestMs: guestClock ? await agentGuestMs(plan.consoleLog) : Number.NaN,
       prepare: 0,
       vmmSpawn: vmmAt - t0,
       ...bootPhases(vmmAt, c),
@@ -214,6 +264,12 @@ function summarise(samples: Sample[]): Summary {
     runs: samples.length,
     p50Ms: ms(percentile(totals, 0.5)),
     p90Ms: ms(percentile(totals, 0.9)),
+    agentGuestP50Ms: ms(
+      percentile(
+        samples.map((s) => s.agentGuestMs),
+        0.5,
+      ),
+    ),
     outsideBootP50Ms: ms(
       percentile(
         samples.map((s) => s.totalMs - s.bootToKernel - s.kernel - s.userspace),
@@ -236,7 +292,9 @@ function summarise(samples: Sample[]): Summary {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { runs: { type: "string", default: "8" } } });
+  const { values } = parseArgs({
+    options: { runs: { type: "string", default: "8" }, "baseline-image": { type: "string" } },
+  });
   const runs = Number(values.runs);
   if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer, got ${values.runs}`);
   requireArtifacts(["vmlinux.bin", "kuasar.img", "vmm-sandboxer"]);
@@ -247,6 +305,9 @@ async function main(): Promise<void> {
   const configFile = path.join(dir, "config.toml");
   await writeConfig(configFile);
   const { config } = await loadConfig(configFile);
+  const baselineImage = values["baseline-image"];
+  const baselineConfig = structuredClone(config);
+  if (baselineImage) baselineConfig.hypervisor.image_path = path.resolve(baselineImage);
   const daemon = await startBundledDaemon(dir, configFile);
   const { client, close } = unaryClient(Controller, `unix://${daemon.sock}`);
   const watch = new ConsoleWatch(daemon.stateDir).start();
@@ -254,6 +315,7 @@ async function main(): Promise<void> {
 
   const floor: Sample[] = [];
   const viaDaemon: Sample[] = [];
+  const baseline: Sample[] = [];
   const daemonRun = async (id: string): Promise<Sample> => {
     const cpu0 = procCpuUs(daemon.proc.pid!);
     const t0 = Date.now();
@@ -261,14 +323,17 @@ async function main(): Promise<void> {
     await client.start({ sandboxId: id }, { deadlineMs: BOOT_DEADLINE_MS });
     const startedAt = Date.now();
     const daemonCpuMs = (procCpuUs(daemon.proc.pid!) - cpu0) / 1000;
-    const s = daemonSteps(daemon.log(), id);
+    // The daemon names the helper's uid in that line (helper_uid_base), which daemonSteps does not expect yet.
+    const s = daemonSteps(daemon.log().replace(/(starting vhost-device-vsock) as uid \d+:/g, "$1:"), id);
     const c = watch.times(id);
     if (!s.helper || !s.vmm || !s.agent || !s.running) {
       throw new Error(`the daemon's log lacks a step of ${id}: ${JSON.stringify(s)} (is log_level debug?)`);
     }
+    const guestMs = await agentGuestMs(path.join(daemon.stateDir, id, "console.log"));
     await client.shutdown({ sandboxId: id }, { deadlineMs: 60_000 });
     return {
       totalMs: startedAt - t0,
+      agentGuestMs: guestMs,
       daemonCpuMs,
       prepare: s.helper - t0,
       vmmSpawn: s.vmm - s.helper,
@@ -280,13 +345,18 @@ async function main(): Promise<void> {
   };
   try {
     for (let i = 0; i < runs; i++) {
-      // alternate which path goes first, so a load change mid-run does not favour one of them
-      const order = i % 2 === 0 ? (["floor", "daemon"] as const) : (["daemon", "floor"] as const);
+      // rotate which path goes first, so a load change mid-run does not favour one of them
+      const paths = baselineImage ? (["floor", "daemon", "baseline"] as const) : (["floor", "daemon"] as const);
+      const order = [...paths.slice(i % paths.length), ...paths.slice(0, i % paths.length)];
       for (const what of order) {
         const s =
-          what === "floor" ? await floorRun(config, floorRoot, watch, `floor-${i}`) : await daemonRun(`pod-${i}`);
-        (what === "floor" ? floor : viaDaemon).push(s);
-        console.log(`  run ${i + 1}/${runs} ${what.padEnd(6)} ${(s.totalMs / 1000).toFixed(2)} s`);
+          what === "floor"
+            ? await floorRun(config, floorRoot, watch, `floor-${i}`)
+            : what === "baseline"
+              ? await floorRun(baselineConfig, floorRoot, watch, `baseline-${i}`, false)
+              : await daemonRun(`pod-${i}`);
+        ({ floor, daemon: viaDaemon, baseline })[what].push(s);
+        console.log(`  run ${i + 1}/${runs} ${what.padEnd(8)} ${(s.totalMs / 1000).toFixed(2)} s`);
       }
     }
     const plan = await planFor(config, { id: "<id>", dir: "<dir>", shareDir: "<dir>/shared", netDevices: [] });
@@ -295,6 +365,13 @@ async function main(): Promise<void> {
     const ratioP50 = Math.round((d.p50Ms / f.p50Ms) * 1000) / 1000;
     const overheadOutsideBootP50Ms = d.outsideBootP50Ms - f.outsideBootP50Ms;
     const ratioOutsideBootP50 = Math.round(((f.p50Ms + overheadOutsideBootP50Ms) / f.p50Ms) * 1000) / 1000;
+    const userspaceP50S =
+      ms(
+        percentile(
+          [...floor, ...viaDaemon].map((s) => s.userspace),
+          0.5,
+        ),
+      ) / 1000;
     const result: Result = {
       run: run.finish(),
       setup: {
@@ -303,9 +380,19 @@ async function main(): Promise<void> {
         memoryMiB: config.hypervisor.memory_in_mb,
         kernel: config.hypervisor.kernel_path,
         image: config.hypervisor.image_path,
+        guestNode: await guestNode(config.hypervisor.image_path),
         qemuArgs: plan.vmm.args,
       },
       floor: f,
+      ...(baselineImage
+        ? {
+            baseline: {
+              ...summarise(baseline),
+              image: baselineConfig.hypervisor.image_path,
+              guestNode: await guestNode(baselineConfig.hypervisor.image_path),
+            },
+          }
+        : {}),
       daemon: d,
       ratioP50,
       ratioP90: Math.round((d.p90Ms / f.p90Ms) * 1000) / 1000,
@@ -314,6 +401,11 @@ async function main(): Promise<void> {
       ratioOutsideBootP50,
       goal: goal(ratioP50, GOAL_RATIO, "max"),
       goalOutsideBoot: goal(ratioOutsideBootP50, GOAL_RATIO, "max"),
+      userspaceP50S,
+      goals18: {
+        userspace: goal(userspaceP50S, GOAL_USERSPACE_S, "max"),
+        start: goal(d.p50Ms / 1000, GOAL_START_S, "max"),
+      },
     };
     const out = publish("sandbox-start", result, markdown(result));
     printTables(result);
@@ -322,6 +414,35 @@ async function main(): Promise<void> {
     close();
     await cleanup();
   }
+}
+
+/** The node the guest image carries, from the manifest the pipeline writes beside it. */
+async function guestNode(image: string): Promise<string> {
+  const manifest = JSON.parse(await readFile(`${image}.manifest.json`, "utf8")) as { components?: { node?: string } };
+  return manifest.components?.node ?? "unknown";
+}
+
+function goal18Rows(r: Result): Array<[string, string]> {
+  return [
+    [
+      `init -> agent listening on vsock, p50 of ${r.floor.runs + r.daemon.runs} boots`,
+      verdict(r.goals18.userspace, " s"),
+    ],
+    [
+      "(the same by the guest's clock: node's start -> vmm-task serving, p50, floor / daemon path)",
+      `${r.floor.agentGuestP50Ms / 1000} s / ${r.daemon.agentGuestP50Ms / 1000} s`,
+    ],
+    ...(r.baseline
+      ? [
+          [
+            `(before: init -> agent listening with the baseline image, node ${r.baseline.guestNode}, p50 of ${r.baseline.runs} floor boots)`,
+            `${r.baseline.phasesP50Ms.userspace / 1000} s`,
+          ] as [string, string],
+        ]
+      : []),
+    ["Controller Create+Start, p50", verdict(r.goals18.start, " s")],
+    ["Start / VM floor ratio, p50", verdict(r.goal)],
+  ];
 }
 
 function phaseRows(r: Result): Array<[string, number, number, number]> {
@@ -345,6 +466,7 @@ function printTables(r: Result): void {
     { path: "bare QEMU (floor)", "p50 s": r.floor.p50Ms / 1000, "p90 s": r.floor.p90Ms / 1000 },
     { path: "Controller Create+Start", "p50 s": r.daemon.p50Ms / 1000, "p90 s": r.daemon.p90Ms / 1000 },
   ]);
+  for (const [what, v] of goal18Rows(r)) console.log(`${what}: ${v}`);
   console.log(
     `daemon CPU over Create+Start p50 ${r.daemon.daemonCpuP50Ms} ms; ` +
       `overhead outside the guest boot p50 ${r.overheadOutsideBootP50Ms} ms (derived ratio ` +
@@ -357,8 +479,11 @@ function markdown(r: Result): string {
     "## Sandbox start: bare QEMU vs Controller Create+Start",
     "",
     runLine(r.run, `, QEMU accel ${r.setup.accel}`),
-    `Guest: ${r.setup.vcpus} vCPU, ${r.setup.memoryMiB} MiB, \`bin/vmlinux.bin\` + \`bin/kuasar.img\`, hybrid vsock; ` +
-      `${r.floor.runs} runs of each path, alternating. Daemon: \`bin/vmm-sandboxer\` at log level debug.`,
+    `Guest: ${r.setup.vcpus} vCPU, ${r.setup.memoryMiB} MiB, \`bin/vmlinux.bin\` + \`bin/kuasar.img\` (node ` +
+      `${r.setup.guestNode}), hybrid vsock; ${r.floor.runs} runs of each path, alternating. Daemon: ` +
+      "`bin/vmm-sandboxer` at log level debug.",
+    "",
+    mdTable(["goal (issue #18)", "measured vs goal"], goal18Rows(r)),
     "",
     mdTable(
       ["path", "p50 s", "p90 s"],
@@ -373,6 +498,15 @@ function markdown(r: Result): string {
           (r.daemon.p50Ms / 1000).toFixed(2),
           (r.daemon.p90Ms / 1000).toFixed(2),
         ],
+        ...(r.baseline
+          ? [
+              [
+                `floor booted from the baseline image (\`${path.basename(r.baseline.image)}\`)`,
+                (r.baseline.p50Ms / 1000).toFixed(2),
+                (r.baseline.p90Ms / 1000).toFixed(2),
+              ],
+            ]
+          : []),
       ],
     ),
     "",
@@ -387,6 +521,11 @@ function markdown(r: Result): string {
       "thread competes for the same 2 cores.",
     "",
     ...phasesSection(["phase", "bare QEMU", "daemon", "daemon - bare"], phaseRows(r)),
+    "The guest's vmm-task starts from a V8 startup snapshot of its bundle (built by the rootfs stage), its mounts " +
+      "that do not depend on the kernel command line made by the C init, and, since QEMU runs under TCG here, with " +
+      "`--jitless` (init sees QEMU's TCG in CPUID). The guest-clock figure is the agent's own `serving <n> ms after " +
+      "node started` console line (performance.now(), which starts at node's own start).",
+    "",
     "How: the floor builds its command lines with the daemon's own QEMU driver (`QemuVm`'s plan from the same " +
       "config file), spawns vhost-device-vsock and QEMU, waits for vmm-task's listening line on the serial console " +
       "(as the daemon does, because vhost-device-vsock can wedge when dialled too early) and dials Check. The daemon's " +

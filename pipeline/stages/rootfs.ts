@@ -19,18 +19,35 @@ import {
   RootfsValidationError,
   validateRootfs,
 } from "../rootfs/validate.ts";
+import { pinnedNode } from "./node-runtime.ts";
+import { AGENT_SNAPSHOT, GUEST_NODE } from "./vmm-task.ts";
 
 /** The one output: a sorted, gzip'd newc archive of the guest root. */
 export const ROOTFS_ARCHIVE = "rootfs.cpio.gz";
 export const ROOTFS_MANIFEST = "rootfs.manifest.json";
 
-/** Host binaries copied into the guest with their ldd closure; their digests (and their libraries') key the stage. */
-const HOST_ELFS = [
-  { host: "/bin/busybox", guest: "bin/busybox", pkg: "busybox-static", stripDebug: false },
-  { host: "/usr/sbin/runc", guest: "usr/sbin/runc", pkg: "runc", stripDebug: false },
-  // This node ships its DWARF (~2.4 MiB); dropping it changes no code and no symbol table.
-  { host: "/usr/bin/node", guest: "usr/bin/node", pkg: "nodejs", stripDebug: true },
-];
+interface HostElf {
+  host: string;
+  guest: string;
+  /** What installs it when it is missing. */
+  install: string;
+  /** all: strip --strip-all (no DWARF, no .symtab; .dynsym, which addons link against, stays). */
+  strip: boolean;
+}
+
+/**
+ * Binaries copied into the guest with their ldd closure; their digests (and their libraries') key the stage. node is
+ * the pinned official build (node-runtime.ts), not the build host's. It carries DWARF and a full symbol table
+ * (121 MiB before, 104 MiB after strip --strip-all): neither is mapped at run time, but an initrd holds every byte
+ * in guest RAM.
+ */
+function hostElfs(repo: string): HostElf[] {
+  return [
+    { host: "/bin/busybox", guest: "bin/busybox", install: "apt-get install -y busybox-static", strip: false },
+    { host: "/usr/sbin/runc", guest: "usr/sbin/runc", install: "apt-get install -y runc", strip: false },
+    { host: pinnedNode(repo), guest: GUEST_NODE, install: "npm ci", strip: true },
+  ];
+}
 
 /**
  * gzip level of the archive (= the initrd). Measured on this tree (108 MiB): -6 gives 42.2 MB in 8 s, -9 gives
@@ -57,13 +74,15 @@ const TASK_INIT = "init";
 const TASK_REQUIRED = [TASK_INIT, path.basename(AGENT_BUNDLE), path.basename(AGENT_ADDON)];
 
 async function hostElfDigests(ctx: KeyContext): Promise<Record<string, string>> {
-  for (const e of HOST_ELFS) {
-    if (!existsSync(e.host)) throw new Error(`${e.host} is missing; install it with: apt-get install -y ${e.pkg}`);
+  const elfs = hostElfs(ctx.repo);
+  for (const e of elfs) {
+    if (!existsSync(e.host)) throw new Error(`${e.host} is missing; install it with: ${e.install}`);
   }
-  const closure = await lddClosure(HOST_ELFS.map((e) => e.host));
+  const closure = await lddClosure(elfs.map((e) => e.host));
   const digests: Record<string, string> = {};
-  for (const f of [...HOST_ELFS.map((e) => e.host), ...closure.map((c) => c.path)])
-    digests[f] = await ctx.fileDigest(f);
+  // Keyed by guest path for the binaries: the pinned node lives inside the checkout, wherever that is.
+  for (const e of elfs) digests[e.guest] = await ctx.fileDigest(e.host);
+  for (const c of closure) digests[c.path] = await ctx.fileDigest(c.path);
   return digests;
 }
 
@@ -79,13 +98,15 @@ export const rootfsStage: Stage = {
   deps: ["task"],
   async inputs(ctx) {
     // The loader is in the hashed closure, so ldd's own version adds nothing.
-    const [hostElfs, staticFiles, helpers, stage, strip, gzip] = await Promise.all([
+    const [hostElfs, staticFiles, helpers, stage, strip, gzip, unshare, setarch] = await Promise.all([
       hostElfDigests(ctx),
       ctx.treeDigest(path.join(ctx.repo, "rootfs")),
       ctx.treeDigest(path.join(ctx.repo, "pipeline/rootfs")),
       ctx.fileDigest(path.join(ctx.repo, "pipeline/stages/rootfs.ts")),
       ctx.tool("strip", "binutils"),
       ctx.tool("gzip", "gzip"),
+      ctx.tool("unshare", "util-linux"),
+      ctx.tool("setarch", "util-linux"),
     ]);
     return {
       sourceDateEpoch: ctx.options.sourceDateEpoch,
@@ -93,7 +114,7 @@ export const rootfsStage: Stage = {
       hostElfs,
       staticFiles,
       code: { helpers, stage },
-      tools: { strip, gzip },
+      tools: { strip, gzip, unshare, setarch },
     };
   },
   async build(ctx) {
@@ -101,6 +122,7 @@ export const rootfsStage: Stage = {
     try {
       const root = path.join(scratch, "root");
       await stageTree(ctx, root);
+      await buildSnapshot(ctx, root);
       const tree = await listTree(root);
       ctx.log(`validating ${tree.length} entries`);
       try {
@@ -115,7 +137,7 @@ export const rootfsStage: Stage = {
       const components = {
         busybox: await ctx.tool("/bin/busybox", "busybox-static", []),
         runc: await ctx.tool("/usr/sbin/runc", "runc"),
-        node: await ctx.tool("/usr/bin/node", "nodejs"),
+        node: await ctx.tool(pinnedNode(ctx.repo), "the pinned node (npm ci)"),
         gzip: await ctx.tool("gzip", "gzip"),
       };
       const manifest = await buildManifest(root, tree, components, ctx.options.sourceDateEpoch);
@@ -168,8 +190,9 @@ async function stageTree(ctx: BuildContext, root: string): Promise<void> {
   }
   if (notShipped.length) ctx.log(`not shipped (neither .js nor .node): ${notShipped.join(", ")}`);
 
-  for (const e of HOST_ELFS) {
-    if (e.stripDebug) await installStripped(ctx, root, e.host, e.guest);
+  const elfs = hostElfs(ctx.repo);
+  for (const e of elfs) {
+    if (e.strip) await installStripped(ctx, root, e.host, e.guest);
     else {
       ctx.log(e.host);
       await install(e.host, root, e.guest, 0o755);
@@ -178,7 +201,7 @@ async function stageTree(ctx: BuildContext, root: string): Promise<void> {
 
   // Libraries: the loader's closure of every dynamic ELF staged so far, at the path the host loader found them under.
   // The agent's ELFs may only use libraries already in the keyed closure, or a library upgrade would not rebuild.
-  const keyed = await lddClosure(HOST_ELFS.map((e) => e.host));
+  const keyed = await lddClosure(elfs.map((e) => e.host));
   const keyedPaths = new Set(keyed.map((l) => l.path));
   const agentElfs = (await elfFiles(root, await listTree(root)))
     .filter((f) => f === AGENT_INIT || f.startsWith(`${AGENT_DIR}/`))
@@ -187,7 +210,7 @@ async function stageTree(ctx: BuildContext, root: string): Promise<void> {
   if (extra) {
     throw new StageError(
       "rootfs",
-      `/${path.relative(root, extra.neededBy)} needs ${extra.path}, which is outside the libraries this stage is keyed on (the closure of ${HOST_ELFS.map((e) => e.host).join(", ")}); add that library (host and guest path) to HOST_ELFS in pipeline/stages/rootfs.ts`,
+      `/${path.relative(root, extra.neededBy)} needs ${extra.path}, which is outside the libraries this stage is keyed on (the closure of ${elfs.map((e) => e.host).join(", ")}); add that library (host and guest path) to hostElfs in pipeline/stages/rootfs.ts`,
     );
   }
   for (const lib of keyed) await install(lib.path, root, lib.path.slice(1), (await stat(lib.path)).mode & 0o755);
@@ -216,18 +239,37 @@ async function stageTree(ctx: BuildContext, root: string): Promise<void> {
   }
 }
 
-/** A binary without its debug sections (same code and symbols), unless that turns out no smaller. */
+/**
+ * V8 flags the snapshot is built with, each for the same bytes from every build: Node keeps its pid in the heap (so
+ * the build runs as pid 1 of its own namespace) and the text of a warning carries it too, a DataView's backing-store
+ * address is serialized (no ASLR, one malloc arena, no V8 worker threads allocating meanwhile), and hash tables follow
+ * the hash and random seeds. The guest's node does not need them to start from the blob.
+ */
+const SNAPSHOT_BUILD_FLAGS = ["--no-warnings", "--single-threaded", "--hash-seed=1", "--random-seed=1"];
+
+/**
+ * The agent's V8 startup snapshot: the guest's node evaluates the bundle (every module, the protobuf registries) at
+ * build time, chrooted at the guest's paths since the bundle's own path is part of what it keeps, and the guest starts
+ * from the blob instead of compiling and evaluating ~1 MB of JavaScript at every boot (BENCHMARKS.md, sandbox-start).
+ */
+async function buildSnapshot(ctx: BuildContext, root: string): Promise<void> {
+  ctx.log(`V8 startup snapshot of /${AGENT_BUNDLE} -> /${AGENT_SNAPSHOT}`);
+  // chroot needs root; elsewhere a user namespace maps the builder to it.
+  const user = process.getuid?.() === 0 ? [] : ["--user", "--map-root-user"];
+  const node = [`/${GUEST_NODE}`, ...SNAPSHOT_BUILD_FLAGS, "--snapshot-blob", `/${AGENT_SNAPSHOT}`];
+  await ctx.$`unshare ${user} --pid --fork --kill-child setarch ${os.machine()} --addr-no-randomize chroot ${root} /bin/busybox env -i MALLOC_ARENA_MAX=1 ${node} --build-snapshot /${AGENT_BUNDLE}`;
+  await chmod(path.join(root, AGENT_SNAPSHOT), 0o644);
+  ctx.log(`snapshot: ${((await stat(path.join(root, AGENT_SNAPSHOT))).size / 1048576).toFixed(1)} MiB`);
+}
+
+/** A binary without its debug sections and static symbol table (the same code and dynamic symbols). */
 async function installStripped(ctx: BuildContext, root: string, host: string, guest: string): Promise<void> {
   const dest = path.join(root, guest);
   await mkdir(path.dirname(dest), { recursive: true });
-  await ctx.$`strip --strip-debug -o ${dest} ${host}`;
-  const [before, after] = [(await stat(host)).size, (await stat(dest)).size];
-  if (after >= before) await copyFile(host, dest);
+  await ctx.$`strip --strip-all -o ${dest} ${host}`;
   await chmod(dest, 0o755);
-  const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
-  ctx.log(
-    `${host}: strip --strip-debug ${mib(before)} -> ${mib(after)}${after >= before ? " (no gain, copied as is)" : ""}`,
-  );
+  const mib = async (f: string) => `${((await stat(f)).size / 1048576).toFixed(1)} MiB`;
+  ctx.log(`${host}: strip --strip-all ${await mib(host)} -> ${await mib(dest)}`);
 }
 
 async function install(src: string, root: string, guest: string, mode: number): Promise<void> {

@@ -1,7 +1,8 @@
-import { copyFile, writeFile } from "node:fs/promises";
+import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import { bundleInputs, bundleNode, SHARED_LAYERS } from "../lib/bundle.ts";
 import type { Stage } from "../lib/stage.ts";
+import { pinnedNode } from "./node-runtime.ts";
 
 /** Sources the daemon is bundled from: itself, the protocol layer and the gRPC adapter. */
 const SOURCES = [
@@ -27,7 +28,8 @@ export const sandboxerStage: Stage = {
   async inputs(ctx) {
     return {
       ...(await bundleInputs(ctx, SOURCES)),
-      node: { version: process.version, digest: await ctx.fileDigest(process.execPath) },
+      node: await ctx.fileDigest(pinnedNode(ctx.repo)),
+      strip: await ctx.tool("strip", "binutils"),
     };
   },
   async build(ctx) {
@@ -41,9 +43,11 @@ export const sandboxerStage: Stage = {
     await bundleNode(path.join(ctx.repo, "runtime/ctl/main.ts"), path.join(ctx.out, "kuasar-ctl"), {
       executable: true,
     });
-    // The runtime install-vmm gives these programs: a node host (Debian 12 ships Node 18) need not have one.
-    ctx.log(`copying the node runtime (${process.version})`);
-    await copyFile(process.execPath, path.join(ctx.out, "node"));
+    // The runtime install-vmm gives these programs: a node host (Debian 12 ships Node 18) need not have one. It is the
+    // pinned build the guest runs too, without DWARF and static symbols (the addons link against .dynsym, kept).
+    const node = pinnedNode(ctx.repo);
+    ctx.log(`the node runtime: ${(await ctx.$`${node} --version`).stdout.trim()}, strip --strip-all`);
+    await ctx.$`strip --strip-all -o ${path.join(ctx.out, "node")} ${node}`;
     // The bundle is CommonJS; inside this repo the root package.json says "module", so bin/ says otherwise.
     await writeFile(path.join(ctx.out, "package.json"), '{ "type": "commonjs" }\n');
   },

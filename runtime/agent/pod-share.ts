@@ -1,9 +1,8 @@
 import { existsSync } from "node:fs";
 import { copyFile, mkdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { execa } from "execa";
 import { GUEST_POD_FILES_DIR, GUEST_SHARE, POD_FILES, SHARE_TAG } from "../contract/share.ts";
-import { ensureMount, mountPoints, Pid1Error, type Pid1Options, rooted } from "./mounts.ts";
+import { ensureMount, mountPoints, Pid1Error, type Pid1Options, rooted, runMount } from "./mounts.ts";
 
 /**
  * Mounts the host's share (tag `kuasar`) on /run/kuasar/state. 9p: virtio transport with 9p2000.L (POSIX
@@ -56,8 +55,8 @@ export async function bindEtcFiles(opts: Pid1Options = {}): Promise<string[]> {
         );
       }
     }
-    const r = await execa("mount", ["--bind", source, target], { reject: false, all: true, stdin: "ignore" });
-    if (r.failed) throw new Pid1Error(`binding ${source} over ${target} failed: ${r.all || r.message}`);
+    const failed = await runMount(["--bind", source, target]);
+    if (failed !== undefined) throw new Pid1Error(`binding ${source} over ${target} failed: ${failed}`);
     bound.push(target);
   }
   return bound;

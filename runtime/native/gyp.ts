@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, realpathSync } from "node:fs";
 import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import path from "node:path";
@@ -14,11 +14,24 @@ const includeDir = path.join(nativeDir, "include");
 /** The agent's addons besides vsock (which the host uses too and buildNative builds): each runtime/native/<name>. */
 export const AGENT_ADDONS = ["pty", "ns"] as const;
 
+function npmOnPath(): string[] {
+  for (const dir of (process.env.PATH ?? "").split(path.delimiter)) {
+    const npm = path.join(dir, "npm");
+    if (!dir || !existsSync(npm)) continue;
+    // npm's bin links to <npm>/bin/npm-cli.js.
+    return [path.resolve(realpathSync(npm), "../../node_modules/node-gyp/bin/node-gyp.js")];
+  }
+  return [];
+}
+
 // node-gyp ships inside npm rather than as a project dependency.
 function nodeGyp(): string {
   const candidates = [
     process.env.npm_config_node_gyp,
     path.resolve(path.dirname(process.execPath), "../lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js"),
+    // The pinned node (node_modules/.bin) carries no npm: then the npm on PATH's copy, or Debian's.
+    ...npmOnPath(),
+    "/usr/share/nodejs/node-gyp/bin/node-gyp.js",
   ];
   try {
     candidates.push(createRequire(import.meta.url).resolve("node-gyp/bin/node-gyp.js"));
