@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { copyFile, mkdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { GUEST_POD_FILES_DIR, GUEST_SHARE, POD_FILES, SHARE_TAG } from "../contract/share.ts";
-import { ensureMount, mountPoints, Pid1Error, type Pid1Options, rooted, runMount } from "./mounts.ts";
+import { ensureMount, mountNow, mountPoints, Pid1Error, type Pid1Options, rooted } from "./mounts.ts";
 
 /**
  * Mounts the host's share (tag `kuasar`) on /run/kuasar/state. 9p: virtio transport with 9p2000.L (POSIX
@@ -55,7 +55,7 @@ export async function bindEtcFiles(opts: Pid1Options = {}): Promise<string[]> {
         );
       }
     }
-    const failed = await runMount(["--bind", source, target]);
+    const failed = mountNow(source, target, "bind", []);
     if (failed !== undefined) throw new Pid1Error(`binding ${source} over ${target} failed: ${failed}`);
     bound.push(target);
   }

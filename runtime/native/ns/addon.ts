@@ -9,6 +9,8 @@ export interface NsAddon {
   setup(ipcFile: string, utsFile: string, create: boolean, hostname: string, sysctls: string[]): void;
   /** Unmounts a namespace bind mount. */
   unmount(file: string): void;
+  /** mount(2): flags are MS_* bits, data "" passes none; an error names source, target and type. */
+  mount(source: string, target: string, fstype: string, flags: number, data: string): void;
   /**
    * Starts file (argv: 1 to 16 strings, empty environment) as PID 1 of a new PID namespace, with SIGCHLD ignored
    * (the kernel reaps the orphans it inherits), stdio on /dev/null, and SIGKILL when the calling thread exits.

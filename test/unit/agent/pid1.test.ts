@@ -4,11 +4,13 @@ import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
-import { repo } from "./harness.ts";
+import { ensureMount, mountPoints, Pid1Error } from "../../../runtime/agent/mounts.ts";
+import { addonsReady, repo } from "./harness.ts";
 
 test("PID 1 mounts are made once, /run keeps the share's mount point, /etc files are the pod's copies of the share's", {
   timeout: 60_000,
 }, async () => {
+  await addonsReady();
   const root = await mkdtemp(path.join(os.tmpdir(), "kuasar-pid1-"));
   try {
     await mkdir(path.join(root, "etc"));
@@ -55,5 +57,23 @@ test("PID 1 mounts are made once, /run keeps the share's mount point, /etc files
     assert.equal(out.initramfs, false);
   } finally {
     await rm(root, { recursive: true, force: true });
+  }
+});
+
+test("a mount the kernel refuses fails naming the file system, the target, the options and the errno", async () => {
+  await addonsReady();
+  const target = await mkdtemp(path.join(os.tmpdir(), "kuasar-pid1-"));
+  try {
+    await assert.rejects(
+      ensureMount({ source: "x", target, type: "nosuchfs", options: ["nosuid", "size=1"], hint: "a hint" }),
+      (e: Error) =>
+        e instanceof Pid1Error &&
+        e.message.includes(`mounting nosuchfs on ${target} failed (options nosuid,size=1)`) &&
+        e.message.includes("ENODEV") &&
+        e.message.endsWith("; a hint"),
+    );
+    assert.equal(mountPoints().has(target), false);
+  } finally {
+    await rm(target, { recursive: true, force: true });
   }
 });
