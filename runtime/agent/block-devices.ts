@@ -1,10 +1,10 @@
 import { mkdir, readdir, readFile, rmdir, stat } from "node:fs/promises";
 import path from "node:path";
-import { execa } from "execa";
 import type { GuestDisk } from "../contract/block.ts";
 import type { OciSpec } from "../contract/oci.ts";
 import { TaskError } from "./errors.ts";
 import { mountPoints } from "./mounts.ts";
+import { failure, runProcess } from "./run-process.ts";
 
 /** How long a hot-plugged disk may take to appear (the host plugged it before the create). */
 export const DISK_APPEAR_MS = 15_000;
@@ -138,12 +138,12 @@ export async function mountRootfsDisk(
 ): Promise<void> {
   await mkdir(target, { recursive: true, mode: 0o755 });
   const args = ["-t", disk.fsType, ...(disk.options.length ? ["-o", disk.options.join(",")] : []), found.node, target];
-  const r = await execa("mount", args, { reject: false, all: true, stdin: "ignore", timeout: 60_000 });
+  const r = await runProcess("mount", args, { timeoutMs: 60_000 });
   if (r.failed) {
     await rmdir(target).catch(() => undefined);
     throw new TaskError(
       "FailedPrecondition",
-      `disk ${disk.serial}: mount ${args.join(" ")} failed: ${r.all || r.message} (does the guest kernel have ${disk.fsType}?)`,
+      `disk ${disk.serial}: mount ${args.join(" ")} failed: ${failure(r)} (does the guest kernel have ${disk.fsType}?)`,
     );
   }
 }
@@ -154,9 +154,9 @@ export async function mountRootfsDisk(
  */
 export async function unmountRootfsDisk(target: string): Promise<void> {
   if (mountPoints().has(target)) {
-    const r = await execa("umount", [target], { reject: false, all: true, stdin: "ignore" });
-    if (r.failed) await execa("umount", ["-l", target], { reject: false, stdin: "ignore" });
-    if (mountPoints().has(target)) throw new TaskError("Internal", `${target} is still mounted: ${r.all || r.message}`);
+    const r = await runProcess("umount", [target]);
+    if (r.failed) await runProcess("umount", ["-l", target]);
+    if (mountPoints().has(target)) throw new TaskError("Internal", `${target} is still mounted: ${failure(r)}`);
   }
   await rmdir(target).catch((e: NodeJS.ErrnoException) => {
     if (e.code !== "ENOENT") throw e;

@@ -1,16 +1,16 @@
 import { readdir, readFile } from "node:fs/promises";
 import { isIP } from "node:net";
-import { execa } from "execa";
 import { type NeighAddon, neighAddon } from "../native/ns/neigh.ts";
 import { type ARPNeighbor, type Interface, IPFamily, type Route } from "../protos/gen/kuasar/sandbox_pb.ts";
+import { failure, runProcess } from "./run-process.ts";
 
 /** Neighbour entries taken in one call; a pod netns has a handful. */
 export const MAX_NEIGHBOURS = 1024;
 
 /** busybox `ip`: the guest has no iproute2, and these few netlink operations are all it needs. */
 async function ip(args: string[]): Promise<void> {
-  const r = await execa("ip", args, { reject: false, stdin: "ignore" });
-  if (r.failed) throw new Error(`ip ${args.join(" ")}: ${r.stderr.trim() || r.shortMessage}`);
+  const r = await runProcess("ip", args, { stdout: "ignore" });
+  if (r.failed) throw new Error(`ip ${args.join(" ")}: ${failure(r)}`);
 }
 
 // What the host sends becomes `ip` arguments and netlink requests: every field is checked against its form first,

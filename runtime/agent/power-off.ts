@@ -1,7 +1,7 @@
-import { execa } from "execa";
 import { GUEST_SHARE } from "../contract/share.ts";
 import type { ContainerManager } from "./containers.ts";
 import { mountPoints, type Pid1Options, rooted } from "./mounts.ts";
+import { failure, runProcess } from "./run-process.ts";
 
 /**
  * Graceful power-off: kills and deletes every container, flushes file systems, unmounts the share, then
@@ -20,11 +20,11 @@ export async function shutdownGuest(
   });
   await Promise.race([manager.shutdown(), late]);
   clearTimeout(timer);
-  await execa("sync", { reject: false, stdin: "ignore" });
+  await runProcess("sync", [], { stdout: "ignore", stderr: "ignore" });
   const share = rooted(opts, GUEST_SHARE);
   if (mountPoints().has(share)) {
-    const r = await execa("umount", ["-l", share], { reject: false, all: true, stdin: "ignore" });
-    if (r.failed) opts.log?.warn(`unmounting ${share} failed: ${r.all}`);
+    const r = await runProcess("umount", ["-l", share]);
+    if (r.failed) opts.log?.warn(`unmounting ${share} failed: ${failure(r)}`);
   }
   process.exit(opts.exitCode ?? 0);
 }

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
-import { execa, type Options } from "execa";
+import { runProcess } from "./run-process.ts";
 
 export interface RuncOptions {
   /** The runc binary (PATH lookup when not absolute). */
@@ -169,37 +169,30 @@ export class Runc {
     const full = ["--root", this.root, "--log", log, "--log-format", "json", ...args];
     const stdio = opts.stdio ?? {};
     try {
-      const options: Options = {
-        reject: false,
-        timeout: this.timeoutMs,
-        forceKillAfterDelay: 2_000,
-        ...(opts.input !== undefined ? { input: opts.input } : { stdin: fdOr(stdio.stdin, "ignore") }),
-        stdout: opts.capture ? "pipe" : fdOr(stdio.stdout, "ignore"),
+      const r = await runProcess(this.binary, full, {
+        timeoutMs: this.timeoutMs,
+        ...(opts.input !== undefined ? { input: opts.input } : { stdin: stdio.stdin ?? "ignore" }),
+        stdout: opts.capture ? "pipe" : (stdio.stdout ?? "ignore"),
         // create/exec hand runc's stderr to the container; its own errors are read from the log instead.
-        stderr: opts.stdio ? fdOr(stdio.stderr, "ignore") : "pipe",
-        stripFinalNewline: false,
-      };
-      const r = await execa(this.binary, full, options);
-      if (!r.failed) return typeof r.stdout === "string" ? r.stdout : "";
+        stderr: opts.stdio ? (stdio.stderr ?? "ignore") : "pipe",
+      });
+      if (!r.failed) return r.stdout;
       const runcMessage = await lastError(log);
-      const stderr = typeof r.stderr === "string" ? r.stderr.trim() : "";
+      const stderr = r.stderr.trim();
       const how = r.timedOut
         ? `timed out after ${this.timeoutMs} ms`
-        : (r as { code?: string }).code === "ENOENT"
+        : r.spawnError?.code === "ENOENT"
           ? `runc binary '${this.binary}' not found; install runc or set its path`
-          : r.signal
-            ? `killed by ${r.signal}`
-            : `exit status ${r.exitCode}`;
+          : r.spawnError
+            ? r.spawnError.message
+            : r.signal
+              ? `killed by ${r.signal}`
+              : `exit status ${r.exitCode}`;
       throw new RuncError(id, command, runcMessage, stderr ? `${how}: ${stderr}` : how);
     } finally {
       await rm(log, { force: true });
     }
   }
-}
-
-/** execa's types spell out only fds 3-9 as literals; any open fd number works at run time. */
-function fdOr(fd: number | undefined, fallback: "ignore"): 3 | "ignore" {
-  return fd === undefined ? fallback : (fd as 3);
 }
 
 /** The message of the last error-level line of runc's JSON log. */

@@ -1,4 +1,3 @@
-import { execa } from "execa";
 import { SandboxService } from "../../protos/gen/kuasar/sandbox_pb.ts";
 import { traceServer } from "../../trace/ttrpc-server.ts";
 import { Code, type ServiceHandlers, TtrpcError } from "../../ttrpc/index.ts";
@@ -6,6 +5,7 @@ import { syncClock } from "../clock.ts";
 import type { EventQueue } from "../event-queue.ts";
 import { onlineUntil } from "../hotplug.ts";
 import { configureInterfaces, configureNeighbours, configureRoutes } from "../network.ts";
+import { runProcess } from "../run-process.ts";
 import { guestTracing } from "./tracing.ts";
 
 /** The parts of CRI's PodSandboxConfig (protobuf JSON) the guest acts on. */
@@ -69,13 +69,8 @@ function sandboxHandlers(deps: SandboxServiceDeps): ServiceHandlers<typeof Sandb
           "ExecVMProcess is disabled: it runs only in a guest booted with task.debug (set debug = true under [hypervisor.task] and recreate the pod)",
         );
       }
-      const r = await execa("sh", ["-c", req.command], {
-        input: Buffer.from(req.stdin),
-        all: true,
-        reject: false,
-        stripFinalNewline: false,
-      });
-      return { out: r.all ?? "" };
+      const r = await runProcess("sh", ["-c", req.command], { input: req.stdin });
+      return { out: r.spawnError ? r.spawnError.message : r.all };
     },
     getEvents: async (_req, ctx) => deps.events.next(ctx.signal),
     onlineCpuMem: async (req) => {
