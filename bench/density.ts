@@ -40,6 +40,7 @@ import {
   type AgentMemory,
   agentMemory,
   ConsoleWatch,
+  daemonNodeVersion,
   daemonSteps,
   guestExec,
   type ProcMemory,
@@ -97,7 +98,7 @@ interface VmmMemory {
 
 interface Result {
   run: RunInfo;
-  setup: { vcpus: number; memoryMiB: number; batch: number; daemon: string; guestNode: string };
+  setup: { vcpus: number; memoryMiB: number; batch: number; daemon: string; daemonNode: string; guestNode: string };
   points: Point[];
   baselineBytes: number;
   /** Least-squares slope of daemon PSS over the points with 1 or more sandboxes (bytes per sandbox). */
@@ -387,6 +388,7 @@ async function main(): Promise<void> {
         memoryMiB: config.hypervisor.memory_in_mb,
         batch,
         daemon: "bin/vmm-sandboxer",
+        daemonNode: daemonNodeVersion(),
         guestNode: imageNode(config.hypervisor.image_path),
       },
       points,
@@ -532,7 +534,8 @@ function markdown(r: Result): string {
     "## Density: daemon memory per sandbox, vmm-task in the guest",
     "",
     runLine(r.run),
-    `Daemon: \`${r.setup.daemon}\`; guests of ${r.setup.vcpus} vCPU and ${r.setup.memoryMiB} MiB (\`bin/kuasar.img\`, node ` +
+    `Daemon: \`${r.setup.daemon}\` on \`bin/node\` (${r.setup.daemonNode}, the runtime install-vmm ships; no other ` +
+      `process maps its pages, so its PSS is close to its RSS); guests of ${r.setup.vcpus} vCPU and ${r.setup.memoryMiB} MiB (\`bin/kuasar.img\`, node ` +
       `${r.setup.guestNode}), started through the ` +
       `Controller (the first alone, then ${r.setup.batch} at a time). Memory is the median of ${READINGS} readings of ` +
       `\`/proc/<pid>/smaps_rollup\` 0.5 s apart, starting ${SETTLE_MS / 1000} s after each batch is up (V8 collects ` +

@@ -4,12 +4,17 @@
 // guest agent answers Check over hybrid vsock; the daemon path stops it when Start returns. Runs alternate between
 // the two so machine load hits both alike. Phases come from the daemon's log timestamps and from the guest's serial
 // console, watched from the host.
-// With --baseline-image FILE a third path boots the floor from another image (an older build's kuasar.img), in the
+// A third path runs Create+Start through a second daemon with metrics (metrics_listen) and tracing (enable_tracing,
+// to an OTLP/HTTP receiver here) on, so what observability costs Start is measured beside the daemon with both off.
+// With --baseline-daemon FILE (an older build's bin/vmm-sandboxer) another path runs Create+Start through that build,
+// on the same node, config, kernel and image, so a change to the daemon is measured old against new in one run.
+// With --baseline-image FILE a further path boots the floor from another image (an older build's kuasar.img), in the
 // same rotation, so the guest's start is compared old against new in one run.
-// Run: node --import tsx bench/sandbox-start.ts [--runs N, default 8] [--baseline-image FILE]
+// Run: node --import tsx bench/sandbox-start.ts [--runs N, default 8] [--baseline-image FILE] [--baseline-daemon FILE]
 // (writes bench/results/sandbox-start.json)
 
-import { mkdir, readFile, rm } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import http from "node:http";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { create, toBinary } from "@bufbuild/protobuf";
@@ -49,7 +54,14 @@ import {
   startRun,
   verdict,
 } from "./lib/report.ts";
-import { ConsoleWatch, daemonSteps, procCpuUs, startBundledDaemon } from "./lib/vm.ts";
+import {
+  type BundledDaemon,
+  ConsoleWatch,
+  daemonNodeVersion,
+  daemonSteps,
+  procCpuUs,
+  startBundledDaemon,
+} from "./lib/vm.ts";
 
 const GOAL_RATIO = 1.05;
 /** Issue #18's goals this benchmark measures: init -> agent listening, and Controller Create+Start, p50 under TCG. */
@@ -99,9 +111,17 @@ interface Result {
     image: string;
     /** The guest's node (the image manifest's component line). */
     guestNode: string;
+    /** The node the daemon runs on (bin/node). */
+    daemonNode: string;
     qemuArgs: string[];
   };
   floor: Summary;
+  /** Create+Start through a daemon with metrics and tracing on (#19). */
+  observed: Summary & { spansReceived: number; scrapedSeries: number };
+  /** observed p50 / daemon p50 (tracing and metrics on vs off). */
+  observedRatioP50: number;
+  /** Create+Start through --baseline-daemon, when given. */
+  oldDaemon?: Summary & { bin: string };
   /** The floor booted from --baseline-image, when given. */
   baseline?: Summary & { image: string; guestNode: string };
   daemon: Summary;
@@ -293,7 +313,11 @@ function summarise(samples: Sample[]): Summary {
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { runs: { type: "string", default: "8" }, "baseline-image": { type: "string" } },
+    options: {
+      runs: { type: "string", default: "8" },
+      "baseline-image": { type: "string" },
+      "baseline-daemon": { type: "string" },
+    },
   });
   const runs = Number(values.runs);
   if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer, got ${values.runs}`);
@@ -311,20 +335,43 @@ async function main(): Promise<void> {
   const daemon = await startBundledDaemon(dir, configFile);
   const { client, close } = unaryClient(Controller, `unix://${daemon.sock}`);
   const watch = new ConsoleWatch(daemon.stateDir).start();
+  const receiver = await otlpReceiver();
+  const observedDir = await scratchDir("bench-start-observed-");
+  const observedConfig = path.join(observedDir, "config.toml");
+  const metricsSock = path.join(observedDir, "metrics.sock");
+  await writeFile(
+    observedConfig,
+    (await readFile(configFile, "utf8")).replace(
+      "[sandbox]\n",
+      `[sandbox]\nmetrics_listen = "unix://${metricsSock}"\nenable_tracing = true\ntracing_endpoint = "${receiver.url}"\n`,
+    ),
+  );
+  const observedDaemon = await startBundledDaemon(observedDir, observedConfig);
+  const observedClient = unaryClient(Controller, `unix://${observedDaemon.sock}`);
+  const observedWatch = new ConsoleWatch(observedDaemon.stateDir).start();
+  const baselineDaemonBin = values["baseline-daemon"] && path.resolve(values["baseline-daemon"]);
+  const oldDir = await scratchDir("bench-start-old-daemon-");
+  const oldDaemon = baselineDaemonBin ? await startBundledDaemon(oldDir, configFile, [], baselineDaemonBin) : undefined;
+  const oldClient = oldDaemon && unaryClient(Controller, `unix://${oldDaemon.sock}`);
+  const oldWatch = oldDaemon && new ConsoleWatch(oldDaemon.stateDir).start();
   const floorRoot = path.join(dir, "floor");
 
   const floor: Sample[] = [];
   const viaDaemon: Sample[] = [];
   const baseline: Sample[] = [];
-  const daemonRun = async (id: string): Promise<Sample> => {
+  const observed: Sample[] = [];
+  const oldDaemonSamples: Sample[] = [];
+  const daemonRun = async (
+    id: string,
+    { daemon, client, watch }: { daemon: BundledDaemon; client: typeof observedClient.client; watch: ConsoleWatch },
+  ): Promise<Sample> => {
     const cpu0 = procCpuUs(daemon.proc.pid!);
     const t0 = Date.now();
     await client.create({ sandboxId: id, options: podOptions(id) });
     await client.start({ sandboxId: id }, { deadlineMs: BOOT_DEADLINE_MS });
     const startedAt = Date.now();
     const daemonCpuMs = (procCpuUs(daemon.proc.pid!) - cpu0) / 1000;
-    // The daemon names the helper's uid in that line (helper_uid_base), which daemonSteps does not expect yet.
-    const s = daemonSteps(daemon.log().replace(/(starting vhost-device-vsock) as uid \d+:/g, "$1:"), id);
+    const s = daemonSteps(daemon.log(), id);
     const c = watch.times(id);
     if (!s.helper || !s.vmm || !s.agent || !s.running) {
       throw new Error(`the daemon's log lacks a step of ${id}: ${JSON.stringify(s)} (is log_level debug?)`);
@@ -346,7 +393,13 @@ async function main(): Promise<void> {
   try {
     for (let i = 0; i < runs; i++) {
       // rotate which path goes first, so a load change mid-run does not favour one of them
-      const paths = baselineImage ? (["floor", "daemon", "baseline"] as const) : (["floor", "daemon"] as const);
+      const paths = [
+        "floor",
+        "daemon",
+        "observed",
+        ...(oldDaemon ? (["oldDaemon"] as const) : []),
+        ...(baselineImage ? (["baseline"] as const) : []),
+      ] as const;
       const order = [...paths.slice(i % paths.length), ...paths.slice(0, i % paths.length)];
       for (const what of order) {
         const s =
@@ -354,14 +407,23 @@ async function main(): Promise<void> {
             ? await floorRun(config, floorRoot, watch, `floor-${i}`)
             : what === "baseline"
               ? await floorRun(baselineConfig, floorRoot, watch, `baseline-${i}`, false)
-              : await daemonRun(`pod-${i}`);
-        ({ floor, daemon: viaDaemon, baseline })[what].push(s);
+              : what === "oldDaemon" && oldDaemon && oldClient && oldWatch
+                ? await daemonRun(`old-${i}`, { daemon: oldDaemon, client: oldClient.client, watch: oldWatch })
+                : what === "observed"
+                  ? await daemonRun(`observed-${i}`, {
+                      daemon: observedDaemon,
+                      client: observedClient.client,
+                      watch: observedWatch,
+                    })
+                  : await daemonRun(`pod-${i}`, { daemon, client, watch });
+        ({ floor, daemon: viaDaemon, observed, oldDaemon: oldDaemonSamples, baseline })[what].push(s);
         console.log(`  run ${i + 1}/${runs} ${what.padEnd(8)} ${(s.totalMs / 1000).toFixed(2)} s`);
       }
     }
     const plan = await planFor(config, { id: "<id>", dir: "<dir>", shareDir: "<dir>/shared", netDevices: [] });
     const f = summarise(floor);
     const d = summarise(viaDaemon);
+    const o = summarise(observed);
     const ratioP50 = Math.round((d.p50Ms / f.p50Ms) * 1000) / 1000;
     const overheadOutsideBootP50Ms = d.outsideBootP50Ms - f.outsideBootP50Ms;
     const ratioOutsideBootP50 = Math.round(((f.p50Ms + overheadOutsideBootP50Ms) / f.p50Ms) * 1000) / 1000;
@@ -381,6 +443,7 @@ async function main(): Promise<void> {
         kernel: config.hypervisor.kernel_path,
         image: config.hypervisor.image_path,
         guestNode: await guestNode(config.hypervisor.image_path),
+        daemonNode: daemonNodeVersion(),
         qemuArgs: plan.vmm.args,
       },
       floor: f,
@@ -394,6 +457,9 @@ async function main(): Promise<void> {
           }
         : {}),
       daemon: d,
+      observed: { ...o, spansReceived: receiver.spans(), scrapedSeries: await scrapeSeries(metricsSock) },
+      observedRatioP50: Math.round((o.p50Ms / d.p50Ms) * 1000) / 1000,
+      ...(baselineDaemonBin ? { oldDaemon: { ...summarise(oldDaemonSamples), bin: baselineDaemonBin } } : {}),
       ratioP50,
       ratioP90: Math.round((d.p90Ms / f.p90Ms) * 1000) / 1000,
       overheadP50Ms: d.p50Ms - f.p50Ms,
@@ -412,8 +478,51 @@ async function main(): Promise<void> {
     console.log(`\nwrote ${out} and BENCHMARKS.md`);
   } finally {
     close();
+    observedClient.close();
+    oldClient?.close();
+    await receiver.close();
     await cleanup();
   }
+}
+
+/** An OTLP/HTTP endpoint that answers every export and counts the spans in them (JSON bodies). */
+async function otlpReceiver(): Promise<{ url: string; spans(): number; close(): Promise<void> }> {
+  let spans = 0;
+  const server = http.createServer((req, res) => {
+    let body = "";
+    req.setEncoding("utf8");
+    req.on("data", (d: string) => {
+      body += d;
+    });
+    req.on("end", () => {
+      spans += body.match(/"spanId"/g)?.length ?? 0;
+      res.writeHead(200, { "content-type": "application/json" }).end("{}");
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  return {
+    url: `http://127.0.0.1:${port}/v1/traces`,
+    spans: () => spans,
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}
+
+/** How many series the observed daemon's metrics endpoint serves (proof it was on and scraped). */
+async function scrapeSeries(socketPath: string): Promise<number> {
+  const text = await new Promise<string>((resolve, reject) => {
+    http
+      .get({ socketPath, path: "/metrics" }, (res) => {
+        let out = "";
+        res.setEncoding("utf8");
+        res.on("data", (d: string) => {
+          out += d;
+        });
+        res.on("end", () => resolve(out));
+      })
+      .on("error", reject);
+  });
+  return text.split("\n").filter((l) => l && !l.startsWith("#")).length;
 }
 
 /** The node the guest image carries, from the manifest the pipeline writes beside it. */
@@ -445,6 +554,26 @@ function goal18Rows(r: Result): Array<[string, string]> {
   ];
 }
 
+/** #19: Start with metrics and tracing on, beside the daemon with both off (the default). */
+function observedLine(r: Result): string {
+  return (
+    `Observability (#19): through a second daemon with \`metrics_listen\` and \`enable_tracing\` on, Create+Start ` +
+    `took p50 ${(r.observed.p50Ms / 1000).toFixed(2)} s (p90 ${(r.observed.p90Ms / 1000).toFixed(2)} s) against ` +
+    `${(r.daemon.p50Ms / 1000).toFixed(2)} s with both off: ratio ${r.observedRatioP50}; its phases outside the ` +
+    `guest boot p50 ${r.observed.outsideBootP50Ms} ms against ${r.daemon.outsideBootP50Ms} ms, daemon CPU p50 ` +
+    `${r.observed.daemonCpuP50Ms} ms against ${r.daemon.daemonCpuP50Ms} ms. The receiver got ` +
+    `${r.observed.spansReceived} spans and the metrics endpoint served ${r.observed.scrapedSeries} series. With both ` +
+    "off (the daemon path above) nothing of either is loaded and nothing listens but the sandbox API " +
+    "(test/vm/metrics.test.ts, test/vm/tracing.test.ts)." +
+    (r.oldDaemon
+      ? ` The older daemon build (\`${r.oldDaemon.bin}\`, same node, config and guest) took p50 ` +
+        `${(r.oldDaemon.p50Ms / 1000).toFixed(2)} s (p90 ${(r.oldDaemon.p90Ms / 1000).toFixed(2)} s), outside the ` +
+        `guest boot ${r.oldDaemon.outsideBootP50Ms} ms, daemon CPU ${r.oldDaemon.daemonCpuP50Ms} ms: this build with ` +
+        `both off / that one = ${Math.round((r.daemon.p50Ms / r.oldDaemon.p50Ms) * 1000) / 1000}.`
+      : "")
+  );
+}
+
 function phaseRows(r: Result): Array<[string, number, number, number]> {
   return PHASES.map(([p, label]) => [
     label,
@@ -467,6 +596,7 @@ function printTables(r: Result): void {
     { path: "Controller Create+Start", "p50 s": r.daemon.p50Ms / 1000, "p90 s": r.daemon.p90Ms / 1000 },
   ]);
   for (const [what, v] of goal18Rows(r)) console.log(`${what}: ${v}`);
+  console.log(observedLine(r));
   console.log(
     `daemon CPU over Create+Start p50 ${r.daemon.daemonCpuP50Ms} ms; ` +
       `overhead outside the guest boot p50 ${r.overheadOutsideBootP50Ms} ms (derived ratio ` +
@@ -481,7 +611,7 @@ function markdown(r: Result): string {
     runLine(r.run, `, QEMU accel ${r.setup.accel}`),
     `Guest: ${r.setup.vcpus} vCPU, ${r.setup.memoryMiB} MiB, \`bin/vmlinux.bin\` + \`bin/kuasar.img\` (node ` +
       `${r.setup.guestNode}), hybrid vsock; ${r.floor.runs} runs of each path, alternating. Daemon: ` +
-      "`bin/vmm-sandboxer` at log level debug.",
+      `\`bin/vmm-sandboxer\` on \`bin/node\` (${r.setup.daemonNode}) at log level debug.`,
     "",
     mdTable(["goal (issue #18)", "measured vs goal"], goal18Rows(r)),
     "",
@@ -511,6 +641,8 @@ function markdown(r: Result): string {
     ),
     "",
     `**Ratio p50 ${verdict(r.goal)}** (p90 ratio ${r.ratioP90}); overhead p50 ${r.overheadP50Ms} ms.`,
+    "",
+    observedLine(r),
     "",
     `Guest boots under TCG on a loaded machine vary by seconds from run to run, more than the daemon adds, so the ` +
       `measured ratio is mostly boot noise. The host side's own work (each run's total minus its three guest-boot ` +

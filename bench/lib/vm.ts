@@ -1,7 +1,7 @@
 // Shared machinery of the VM benchmarks: the shipped daemon (bin/vmm-sandboxer), the timestamps of its log lines,
 // the guest's serial console watched from the host, and questions to the guest agent.
 
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { open, readdir } from "node:fs/promises";
 import path from "node:path";
@@ -21,16 +21,22 @@ export interface BundledDaemon {
 }
 
 /**
- * Runs the shipped daemon (bin/vmm-sandboxer, as the demo and install-vmm do) with `-d <dir>/state`; resolves once
- * it serves. Its log is kept in memory for the phase timestamps; `flags` are added to its command line.
+ * Runs the shipped daemon (bin/vmm-sandboxer on bin/node, the runtime install-vmm gives it) with `-d <dir>/state`;
+ * resolves once it serves. Its log is kept in memory for the phase timestamps; `flags` are added to its command line;
+ * `daemonBin` runs another build of the daemon on the same runtime.
  */
-export async function startBundledDaemon(dir: string, config: string, flags: string[] = []): Promise<BundledDaemon> {
-  const daemonBin = path.join(bin, "vmm-sandboxer");
+export async function startBundledDaemon(
+  dir: string,
+  config: string,
+  flags: string[] = [],
+  daemonBin = path.join(bin, "vmm-sandboxer"),
+): Promise<BundledDaemon> {
   if (!existsSync(daemonBin)) throw new Error(`${daemonBin} is missing: run \`node pipeline/bin/kuasar-build.js all\``);
   const sock = path.join(dir, "vmm-sandboxer.sock");
   const stateDir = path.join(dir, "state");
   let out = "";
-  const proc = spawn(process.execPath, [daemonBin, "-c", config, "-d", stateDir, "-l", sock, ...flags], {
+  const node = existsSync(path.join(bin, "node")) ? path.join(bin, "node") : process.execPath;
+  const proc = spawn(node, [daemonBin, "-c", config, "-d", stateDir, "-l", sock, ...flags], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, KUASAR_VSOCK_ADDON: path.join(bin, "vsock.node") },
   });
@@ -49,6 +55,12 @@ export async function startBundledDaemon(dir: string, config: string, flags: str
     await new Promise((r) => setTimeout(r, 50));
   }
   return { proc, sock, stateDir, log: () => out };
+}
+
+/** The version of the node the shipped daemon runs on (bin/node), or of this process's when there is none. */
+export function daemonNodeVersion(): string {
+  const node = path.join(bin, "node");
+  return existsSync(node) ? execFileSync(node, ["--version"], { encoding: "utf8" }).trim() : process.version;
 }
 
 export interface ProcMemory {
@@ -107,7 +119,8 @@ export function daemonSteps(log: string, id: string): DaemonSteps {
       if (msg.startsWith(`sandbox ${id} created`)) steps.created = t;
       else if (msg.startsWith(`sandbox ${id} running`)) steps.running = t;
     } else if (target === vmTarget || target.startsWith(`${vmTarget}::`)) {
-      if (msg.startsWith("starting vhost-device-vsock:")) steps.helper ??= t;
+      // The daemon names the helper's own uid when it runs it as one (helper_uid_base).
+      if (/^starting vhost-device-vsock( as uid \d+)?:/.test(msg)) steps.helper ??= t;
       else if (msg.startsWith("starting qemu:")) steps.vmm ??= t;
       else if (/^vmm pid \d+ started/.test(msg)) steps.vmmUp = t;
       else if (msg.startsWith("agent answered")) steps.agent = t;
