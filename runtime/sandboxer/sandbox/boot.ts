@@ -133,18 +133,19 @@ export async function boot(
     });
     lap("agent");
     // Without a KVM clock the guest boots at the epoch: its clock is set before any container runs, alongside
-    // SetupSandbox rather than after it.
+    // SetupSandbox rather than after it, and refined once SetupSandbox no longer delays the guest's answers.
+    const setup = agent.service(SandboxService).setupSandbox(
+      {
+        config: { typeUrl: "PodSandboxConfig", value: Buffer.from(JSON.stringify(rec.podConfig ?? {})) },
+        interfaces: net?.interfaces ?? [],
+        routes: net?.routes ?? [],
+        neighbors: net?.neighbors ?? [],
+      },
+      signal ? { signal } : {},
+    );
     await Promise.all([
-      agent.service(SandboxService).setupSandbox(
-        {
-          config: { typeUrl: "PodSandboxConfig", value: Buffer.from(JSON.stringify(rec.podConfig ?? {})) },
-          interfaces: net?.interfaces ?? [],
-          routes: net?.routes ?? [],
-          neighbors: net?.neighbors ?? [],
-        },
-        signal ? { signal } : {},
-      ),
-      syncGuestClock(agent).catch((e: Error) => log.warn(`clock sync: ${e.message}`)),
+      setup,
+      syncGuestClock(agent, setup).catch((e: Error) => log.warn(`clock sync: ${e.message}`)),
     ]).catch((err: Error) => {
       agent.close();
       proceed("SetupSandbox");

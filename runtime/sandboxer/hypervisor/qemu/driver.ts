@@ -40,7 +40,11 @@ export class QemuVm extends QmpDriver<QemuConfig> {
     const { config, sandbox } = this.startInput();
     if (attempt === 0 || !this.facts) this.facts = await this.probe(config);
     else this.facts.cid = randomCid();
-    return qemuPlan(config, sandbox, this.facts);
+    const plan = qemuPlan(config, sandbox, this.facts);
+    if (attempt === 0 && plan.vmm.args.some((a) => a.endsWith("thread=single"))) {
+      this.log.info("tcg single-threaded: this VM can hot-add vCPUs, which multi-threaded TCG aborts on");
+    }
+    return plan;
   }
 
   /** Another VM holds the CID we drew: a new CID fixes it (no native VHOST_VSOCK_SET_GUEST_CID probe here). */

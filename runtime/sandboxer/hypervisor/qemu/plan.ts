@@ -42,6 +42,18 @@ export const shareDevice = (h: QemuConfig["hypervisor"]) =>
 export const vsockDevice = (h: QemuConfig["hypervisor"], mode: VsockMode) =>
   qemuDevice(h.machine_type, mode === "hybrid" ? "vhost-user-vsock" : "vhost-vsock");
 
+/**
+ * -accel for TCG (-accel, not -machine accel=, takes its options). tb-size bounds the translation cache, host memory
+ * each VM holds. A VM that can hot-add vCPUs runs single-threaded TCG: multi-threaded TCG gives each vCPU thread a
+ * region of that cache, and QEMU (7.2 at least) aborts in tcg_region_initial_alloc when a vCPU is added while every
+ * region is taken, which a bounded cache reaches within seconds of a container starting.
+ */
+export function tcgAccel(tbSizeMiB: number, canAddVcpus: boolean): string {
+  return ["tcg", ...(tbSizeMiB > 0 ? [`tb-size=${tbSizeMiB}`] : []), ...(canAddVcpus ? ["thread=single"] : [])].join(
+    ",",
+  );
+}
+
 /** The QEMU command line and helpers for one sandbox VM. */
 export function qemuPlan(config: QemuConfig, sandbox: SandboxSpec, facts: QemuFacts): Plan {
   const h = config.hypervisor;
@@ -62,13 +74,12 @@ export function qemuPlan(config: QemuConfig, sandbox: SandboxSpec, facts: QemuFa
   const consoleLog = path.join(dir, "console.log");
 
   const machine = [h.machine_type, ...parseAccelerators(h.machine_accelerators).machineOptions];
-  // -accel, not -machine accel=, so TCG's translation cache can be bounded: it is host memory each VM holds.
-  const accel = facts.accel === "tcg" && h.tcg_tb_size_mb > 0 ? `tcg,tb-size=${h.tcg_tb_size_mb}` : facts.accel;
   if (nvdimm) machine.push("nvdimm=on");
   if (micro) machine.push("memory-backend=mem");
   const cpuModel = h.cpu_model === "host" && facts.accel === "tcg" ? "max" : h.cpu_model;
   // microvm has no ACPI CPU hotplug, so its vCPUs are fixed at boot.
   const maxVcpus = micro ? vcpus : Math.max(h.default_max_vcpus || (facts.hostCpus ?? 0), vcpus);
+  const accel = facts.accel === "tcg" ? tcgAccel(h.tcg_tb_size_mb, maxVcpus > vcpus) : facts.accel;
 
   const args = [
     ...["-name", `sandbox-${sandbox.id}`],

@@ -169,7 +169,8 @@ describe("QEMU command lines", () => {
     assert.deepEqual(lines(plan.vmm.args), [
       "-name sandbox-sb1",
       "-machine q35,nvdimm=on",
-      "-accel tcg,tb-size=64",
+      // It can hot-add vCPUs: single-threaded TCG.
+      "-accel tcg,tb-size=64,thread=single",
       "-cpu max,pmu=off",
       "-smp 1,maxcpus=4",
       // maxmem covers guest memory plus the NVDIMM even on a small host.
@@ -415,4 +416,15 @@ describe("room to grow on Update", () => {
 test("tcg_tb_size_mb = 0 leaves TCG's translation cache at QEMU's default", () => {
   const args = lines(qemuPlan(qemu("tcg_tb_size_mb = 0\n"), sandbox, TCG_HYBRID).vmm.args);
   assert.ok(args.includes("-accel tcg"), args.join("\n"));
+});
+
+test("TCG is single-threaded exactly when the VM can hot-add vCPUs (multi-threaded TCG aborts on a hot-add); kvm never", () => {
+  const accel = (toml: string, facts: QemuFacts) =>
+    lines(qemuPlan(qemu(toml), sandbox, facts).vmm.args).find((l) => l.startsWith("-accel "));
+  const host4 = { ...TCG_HYBRID, hostCpus: 4 };
+  assert.equal(accel("", host4), "-accel tcg,tb-size=64,thread=single");
+  assert.equal(accel("tcg_tb_size_mb = 0\n", host4), "-accel tcg,thread=single");
+  assert.equal(accel("vcpus = 2\ndefault_max_vcpus = 2\n", host4), "-accel tcg,tb-size=64", "no room to grow");
+  assert.equal(accel("vcpus = 4\n", host4), "-accel tcg,tb-size=64", "already at the host's CPUs");
+  assert.equal(accel("", { ...host4, accel: "kvm" }), "-accel kvm");
 });
