@@ -33,13 +33,18 @@ async function clientInNetns(port: number, send: string, repeat = 1): Promise<{ 
   const script = `
 import socket, sys
 s = socket.create_connection(("127.0.0.1", ${port}), timeout=20)
-s.sendall(${JSON.stringify(send)}.encode() * ${repeat})
-s.shutdown(socket.SHUT_WR)
 got = b""
-while True:
-    b = s.recv(65536)
-    if not b: break
-    got += b
+try:
+    s.sendall(${JSON.stringify(send)}.encode() * ${repeat})
+    s.shutdown(socket.SHUT_WR)
+    while True:
+        b = s.recv(65536)
+        if not b: break
+        got += b
+except OSError as e:
+    # Closed by a reset rather than EOF: say so, with what had arrived.
+    sys.stdout.write(f"{len(got)} ! {type(e).__name__}")
+    sys.exit(0)
 sys.stdout.write(f"{len(got)} {got[:40].decode(errors='replace')}")
 `;
   const child = spawn("ip", ["netns", "exec", NS, "python3", "-c", script], { stdio: ["ignore", "pipe", "pipe"] });
@@ -110,7 +115,8 @@ test("a port nothing listens on in the guest closes the client's connection", as
   const port = (closed.address() as net.AddressInfo | null)?.port ?? 1;
   closed.close();
   const r = await clientInNetns(port, "anyone?");
-  assert.equal(r.out, "0", "no bytes, then EOF");
+  // EOF, or a reset when the forwarder closes before the client's shutdown (its bytes unread): closed either way.
+  assert.match(r.out, /^0( ! \w+)?$/, "no bytes, then the connection closed");
 });
 
 test("the daemon's own network namespace gets no listener and no NAT rule", () => {
