@@ -143,6 +143,8 @@ export async function connectAgent(
 const CLOCK_SAMPLES = 5;
 /** Offsets up to this are left alone: stepping by less than the measurement noise would only add jitter. */
 const CLOCK_STEP_NS = 1_000_000n;
+/** A round trip this short pins the offset to within CLOCK_STEP_NS (half the round trip). */
+const PRECISE_RTT_NS = 2n * CLOCK_STEP_NS;
 
 /** How closely a Date.now() tick must be pinned to the monotonic clock; a wider window (preempted) tries the next. */
 const ANCHOR_NS = 10_000n;
@@ -199,11 +201,14 @@ export async function sampleClock(client: TtrpcClient, now = hostClock()): Promi
   return { offsetNs: (t0 - r.ClientArriveTime + (t3 - r.ServerSendTime)) / 2n, rttNs: t3 - t0 - held };
 }
 
-/** The best of several rounds: the one with the shortest round trip. */
+/**
+ * The best of up to `samples` rounds: the one with the shortest round trip. A round within PRECISE_RTT_NS ends it
+ * early, since its offset is already exact to within the step threshold.
+ */
 async function measureClock(client: TtrpcClient, samples = CLOCK_SAMPLES): Promise<ClockSample> {
   const now = hostClock();
   let best = await sampleClock(client, now);
-  for (let i = 1; i < samples; i++) {
+  for (let i = 1; i < samples && best.rttNs > PRECISE_RTT_NS; i++) {
     const s = await sampleClock(client, now);
     if (s.rttNs < best.rttNs) best = s;
   }
@@ -239,7 +244,7 @@ export async function syncGuestClock(client: TtrpcClient, busy?: Promise<unknown
   const first = await measureAndStep(client);
   if (
     busy &&
-    first.rttNs > 2n * CLOCK_STEP_NS &&
+    first.rttNs > PRECISE_RTT_NS &&
     (await busy.then(
       () => true,
       () => false,

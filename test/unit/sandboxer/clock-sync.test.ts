@@ -121,6 +121,26 @@ test("the round with the shortest trip is the one used: a slow path to the guest
   }
 });
 
+test("a round precise enough for the step threshold ends the measurement early", async () => {
+  // Rounds 0 and 1 are slow (30 ms before the arrival stamp); from round 2 on the trip is well under 2 ms.
+  let rounds = 0;
+  const g = {
+    skew: 0n,
+    deltas: [] as bigint[],
+    delayMs: (round: number) => {
+      rounds = round + 1;
+      return round < 2 ? 30 : 0;
+    },
+  };
+  const { client, close } = await guest(g);
+  try {
+    await syncGuestClock(client);
+    assert.ok(rounds >= 3 && rounds < 5, `${rounds} rounds: not stopped at the first precise one`);
+  } finally {
+    await close();
+  }
+});
+
 test("rounds slowed by other work are measured again once it is done, and the clock stepped by what is left", async () => {
   // Until `busy` settles the guest stamps arrival 30 ms late in every round: those offsets read up to 15 ms low.
   let quiet = false;
