@@ -9,6 +9,7 @@ import type { Any } from "@bufbuild/protobuf/wkt";
 import { StatusSchema } from "../protos/gen/google/rpc/status_pb.ts";
 import { byteLength } from "./codec.ts";
 import { Code, TtrpcError } from "./errors.ts";
+import { varintSize, writeVarint } from "./varint.ts";
 
 const TAG_SERVICE = 0x0a; // field 1, length-delimited
 const TAG_METHOD = 0x12; // field 2, length-delimited
@@ -42,24 +43,6 @@ export interface Status {
 export interface DecodedResponse {
   status: Status | undefined;
   payload: Buffer;
-}
-
-function varintSize(v: number): number {
-  let n = 1;
-  while (v >= 0x80) {
-    v = Math.floor(v / 128);
-    n++;
-  }
-  return n;
-}
-
-function writeVarint(buf: Buffer, off: number, v: number): number {
-  while (v >= 0x80) {
-    buf[off++] = (v % 128) | 0x80;
-    v = Math.floor(v / 128);
-  }
-  buf[off++] = v;
-  return off;
 }
 
 function writeBytesField(buf: Buffer, off: number, tag: number, bytes: Buffer): number {

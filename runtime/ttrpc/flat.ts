@@ -8,6 +8,7 @@
 import { create, type DescMessage, type Message, ScalarType } from "@bufbuild/protobuf";
 import { getTextEncoding } from "@bufbuild/protobuf/wire";
 import { FeatureSet_FieldPresence } from "@bufbuild/protobuf/wkt";
+import { varintSize, writeVarint } from "./varint.ts";
 
 /** Bytes fields at least this long are sent by reference instead of being copied into the encoding. */
 export const BY_REFERENCE_MIN = 2 << 10;
@@ -115,24 +116,6 @@ export function decodeFlat(flat: FlatSchema, buf: Uint8Array): Message | undefin
     }
   }
   return msg as unknown as Message;
-}
-
-function varintSize(v: number): number {
-  let n = 1;
-  while (v >= 0x80) {
-    v = Math.floor(v / 128);
-    n++;
-  }
-  return n;
-}
-
-function writeVarint(buf: Buffer, off: number, v: number): number {
-  while (v >= 0x80) {
-    buf[off++] = (v % 128) | 0x80;
-    v = Math.floor(v / 128);
-  }
-  buf[off++] = v;
-  return off;
 }
 
 function writeTag(buf: Buffer, off: number, f: FlatField): number {
