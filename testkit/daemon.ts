@@ -1,5 +1,14 @@
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import { createReadStream, existsSync, readdirSync, readFileSync } from "node:fs";
+import { once } from "node:events";
+import {
+  closeSync,
+  createReadStream,
+  existsSync,
+  constants as fsConstants,
+  openSync,
+  readdirSync,
+  readFileSync,
+} from "node:fs";
 import { copyFile, mkdir, rm, symlink, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
@@ -154,17 +163,38 @@ export async function dialTaskApi(taskAddress: string): Promise<TtrpcClient> {
   return new TtrpcClient(conn);
 }
 
+/** A FIFO's content once its writers are done; release() ends the read when no writer is coming. */
+export type FifoOutput = Promise<string> & { release(): Promise<void> };
+
 /** Makes a FIFO at file and reads it to its end: a container's stdout as containerd hands it over. */
-export function readFifo(file: string): Promise<string> {
+export function readFifo(file: string): FifoOutput {
   execFileSync("mkfifo", [file]);
   let out = "";
-  return new Promise((resolve) =>
-    createReadStream(file)
+  let opened = false;
+  const stream = createReadStream(file).once("open", () => {
+    opened = true;
+  });
+  const output = new Promise<string>((resolve) =>
+    stream
       .on("data", (d) => {
         out += d;
       })
-      .on("end", () => resolve(out)),
+      .on("end", () => resolve(out))
+      .on("close", () => resolve(out)),
   );
+  // The reader's open() waits in libuv's threadpool for a writer; if none is coming (the call that would have opened
+  // the other end failed), it would keep the test process alive forever. Opening the FIFO read-write never blocks
+  // and counts as that writer; closing it then gives the reader its EOF.
+  const release = async () => {
+    if (!opened) {
+      const fd = openSync(file, fsConstants.O_RDWR);
+      await once(stream, "open");
+      closeSync(fd);
+    }
+    stream.destroy();
+    await output;
+  };
+  return Object.assign(output, { release });
 }
 
 /** Runs `sh -c script` as a container through a sandbox's task API (as containerd would); its stdout and status. */
@@ -181,10 +211,15 @@ export async function runContainer(
     const output = readFifo(stdout);
     // A bundle of its own, removed afterwards: dir may be shared by many containers.
     const bundle = await busyboxBundle(path.join(dir, `bundle-${id}`), ["sh", "-c", script]);
-    await task.create({ id, bundle, stdout });
-    const waiting = task.wait({ id });
-    await task.start({ id });
-    const { exitStatus } = await waiting;
+    const { exitStatus } = await (async () => {
+      await task.create({ id, bundle, stdout });
+      const waiting = task.wait({ id });
+      await task.start({ id });
+      return await waiting;
+    })().catch(async (err: Error) => {
+      await output.release();
+      throw err;
+    });
     const out = await output;
     await task.delete({ id });
     await rm(stdout, { force: true });

@@ -206,9 +206,16 @@ export async function runTask(
     const task = client.service(Task);
     const stdout = path.join(path.dirname(bundle), `${id}.stdout`);
     const output = readFifo(stdout);
-    await task.create({ id, bundle, stdout }, { timeoutMs });
-    const waiting = task.wait({ id }, { timeoutMs });
-    await task.start({ id }, { timeoutMs });
+    // Wrapped: returning the Wait itself would make this wait for the container's exit.
+    const { waiting } = await (async () => {
+      await task.create({ id, bundle, stdout }, { timeoutMs });
+      const waiting = task.wait({ id }, { timeoutMs });
+      await task.start({ id }, { timeoutMs });
+      return { waiting };
+    })().catch(async (err: Error) => {
+      await output.release();
+      throw err;
+    });
     if (opts.keep) {
       // Left running: the Wait ends with the connection.
       waiting.catch(() => undefined);

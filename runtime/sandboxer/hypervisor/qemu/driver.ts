@@ -47,9 +47,8 @@ export class QemuVm extends QmpDriver<QemuConfig> {
     return plan;
   }
 
-  /** Another VM holds the CID we drew: a new CID fixes it (no native VHOST_VSOCK_SET_GUEST_CID probe here). */
   protected override retryable(log: string): boolean {
-    return this.facts?.vsock === "vhost" && /unable to set guest cid/i.test(log);
+    return this.facts !== undefined && qemuStartRetryable(this.facts.vsock, log);
   }
 
   async hotplugDisk(disk: DiskSpec): Promise<{ id: string; serial: string }> {
@@ -155,4 +154,14 @@ export class QemuVm extends QmpDriver<QemuConfig> {
       throw new Error(`sandbox ${this.id}: all ${list.length} PCIe root ports are in use: raise default_bridges`);
     return free;
   }
+}
+
+/**
+ * Whether another start attempt can fix what QEMU's log says: another VM holds the CID we drew (vhost-vsock: a new
+ * CID fixes it, there is no native VHOST_VSOCK_SET_GUEST_CID probe here), or vhost-device-vsock's socket refused
+ * QEMU's connection (hybrid: seen once in hundreds of starts; the next attempt starts a fresh helper).
+ */
+export function qemuStartRetryable(vsock: QemuFacts["vsock"], log: string): boolean {
+  if (vsock === "vhost") return /unable to set guest cid/i.test(log);
+  return /-chardev socket,id=char-vsock,.*Failed to connect to .*: Connection refused/.test(log);
 }

@@ -3,6 +3,7 @@ import { describe, test } from "node:test";
 import { parseConfig } from "../../../../runtime/sandboxer/config/load.ts";
 import { chooseAccelerator, type HostProbes, virtiofsdDialect } from "../../../../runtime/sandboxer/hypervisor/host.ts";
 import { parseAccelerators } from "../../../../runtime/sandboxer/hypervisor/qemu/accelerator.ts";
+import { qemuStartRetryable } from "../../../../runtime/sandboxer/hypervisor/qemu/driver.ts";
 import { type QemuFacts, qemuPlan } from "../../../../runtime/sandboxer/hypervisor/qemu/plan.ts";
 import { chooseVsock } from "../../../../runtime/sandboxer/hypervisor/qemu/vsock.ts";
 import { DIR, sandbox } from "../fixtures/driver-env.ts";
@@ -427,4 +428,17 @@ test("TCG is single-threaded exactly when the VM can hot-add vCPUs (multi-thread
   assert.equal(accel("vcpus = 2\ndefault_max_vcpus = 2\n", host4), "-accel tcg,tb-size=64", "no room to grow");
   assert.equal(accel("vcpus = 4\n", host4), "-accel tcg,tb-size=64", "already at the host's CPUs");
   assert.equal(accel("", { ...host4, accel: "kvm" }), "-accel kvm");
+});
+
+test("a start is retried for a CID another VM holds (vhost) or a vhost-device-vsock socket that refused QEMU (hybrid)", () => {
+  const refused =
+    "qemu-system-x86_64: -chardev socket,id=char-vsock,path=/s/cycle-21/vhost-vsock.sock: Failed to connect to " +
+    "'/s/cycle-21/vhost-vsock.sock': Connection refused";
+  assert.equal(qemuStartRetryable("hybrid", refused), true);
+  assert.equal(qemuStartRetryable("vhost", refused), false);
+  assert.equal(qemuStartRetryable("vhost", "vhost-vsock: unable to set guest cid: Address already in use"), true);
+  assert.equal(qemuStartRetryable("hybrid", "vhost-vsock: unable to set guest cid: Address already in use"), false);
+  // Anything else is reported, not retried: a missing socket (the helper never came up) included.
+  assert.equal(qemuStartRetryable("hybrid", refused.replace("Connection refused", "No such file or directory")), false);
+  assert.equal(qemuStartRetryable("hybrid", "qemu-system-x86_64: -kernel /x: No such file"), false);
 });
