@@ -50,7 +50,7 @@ test("the packages a bundle holds, at their lock key: a nested copy is told from
 
 test("a node_modules reached through a link (../../repo/node_modules/...) still counts", () => {
   const found = shippedPackages(
-    [{ name: "b", text: bundle("../../work/main/node_modules/path-key/index.js") }],
+    [{ name: "b", text: bundle("../../srv/checkout/node_modules/path-key/index.js") }],
     readLock(LOCK),
   );
   assert.deepEqual(
