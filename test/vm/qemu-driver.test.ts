@@ -50,10 +50,12 @@ after(async () => {
   if (tmp) await rm(tmp, { recursive: true, force: true });
 });
 
-async function newVm(id: string): Promise<Hypervisor> {
+/** A VM from the installed config; disk: the image as a virtio-blk disk instead of its default NVDIMM. */
+async function newVm(id: string, opts: { disk?: boolean } = {}): Promise<Hypervisor> {
   const dir = path.join(tmp, id);
   await mkdir(path.join(dir, "shared"), { recursive: true });
-  return createHypervisor(config, { id, dir, shareDir: path.join(dir, "shared"), netDevices: [] }, env);
+  const c = opts.disk ? { ...config, hypervisor: { ...config.hypervisor, disable_nvdimm: true } } : config;
+  return createHypervisor(c, { id, dir, shareDir: path.join(dir, "shared"), netDevices: [] }, env);
 }
 
 /** Polls the console log until it matches, failing with its tail. */
@@ -73,8 +75,8 @@ async function running(pid: number): Promise<boolean> {
 }
 
 describe("QEMU driver boots the built guest", { timeout: 2 * BOOT_MS }, () => {
-  test("start, kernel boots and reaches init, QMP says running, stop() ends QEMU and its helpers", async () => {
-    const vm = await newVm("boot");
+  test("start from the image as a disk (vda1), kernel reaches init, QMP says running, stop() ends QEMU and helpers", async () => {
+    const vm = await newVm("boot", { disk: true });
     const started = await vm.start();
     const state = vm.persistState();
     try {
@@ -82,7 +84,7 @@ describe("QEMU driver boots the built guest", { timeout: 2 * BOOT_MS }, () => {
       assert.equal(await readFile(path.join(state.dir, "vmm.pid"), "utf8"), `${started.pid}\n`);
       const text = await console(started.consoleLog, /Run \/sbin\/init as init process/, BOOT_MS);
       assert.match(text, /Linux version \d+\.\d+/);
-      assert.match(text, /Kernel command line: .*root=\/dev\/vda ro .*task\.sharefs_type=9p/);
+      assert.match(text, /Kernel command line: .*root=\/dev\/vda1 ro .*task\.sharefs_type=9p/);
       assert.deepEqual(await vm.status(), { state: "running", detail: "running" });
       if (started.agentAddress.kind === "hvsock") {
         assert.ok(existsSync(started.agentAddress.udsPath), "hybrid vsock socket is there for the daemon to dial");

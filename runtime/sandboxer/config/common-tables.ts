@@ -75,7 +75,7 @@ export const HYPERVISOR_TABLE = {
     },
   ),
   image_path: str(
-    "Guest root filesystem image (ext4, no partition table), attached read-only. Set this or initrd_path.",
+    "Guest root filesystem image, attached read-only: ext4 in partition 1 (root=/dev/vda1, or /dev/pmem0p1 mounted with -o dax as an NVDIMM or virtio-pmem device, which needs Kata's NVDIMM info block, as kuasar.img has). Set this or initrd_path.",
     "/var/lib/kuasar/kuasar.img",
     { check: absoluteOrEmpty },
   ),

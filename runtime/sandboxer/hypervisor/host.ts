@@ -2,6 +2,7 @@ import { constants } from "node:fs";
 import { access, open, readdir, readFile, stat } from "node:fs/promises";
 import os from "node:os";
 import { execa } from "execa";
+import { IMAGE_HEAD_BYTES, type ImageLayout, imageLayout } from "../../contract/image-layout.ts";
 
 /**
  * What the drivers ask of the host. Probes are injected so the decisions built on them (kvm or tcg, vhost or hybrid
@@ -17,6 +18,8 @@ export interface HostProbes {
   /** `<path> --help` output (stdout and stderr), for telling virtiofsd implementations apart. */
   helpText(path: string): Promise<string>;
   fileSize(path: string): Promise<number>;
+  /** The first bytes of a file (fewer if it is shorter). */
+  readHead(path: string, bytes: number): Promise<Buffer>;
   isBlockDevice(path: string): Promise<boolean>;
   /** Is the path an executable file. */
   executable(path: string): Promise<boolean>;
@@ -55,6 +58,16 @@ export const realProbes: HostProbes = {
     return String(r.all ?? "");
   },
   fileSize: async (path) => (await stat(path)).size,
+  async readHead(path, bytes) {
+    const fh = await open(path, "r");
+    try {
+      const buf = Buffer.alloc(bytes);
+      const { bytesRead } = await fh.read(buf, 0, bytes, 0);
+      return buf.subarray(0, bytesRead);
+    } finally {
+      await fh.close();
+    }
+  },
   isBlockDevice: async (path) => (await stat(path)).isBlockDevice(),
   executable: (path) =>
     access(path, constants.X_OK).then(
@@ -99,6 +112,11 @@ export async function chooseAccelerator(wanted: "auto" | Accel, probes: HostProb
 }
 
 export type VirtiofsdDialect = "c" | "rust";
+
+/** How image_path is laid out (partition 1? fsdax info block?), for the root device; undefined without an image. */
+export async function imageLayoutOf(image: string, probes: HostProbes): Promise<ImageLayout | undefined> {
+  return image ? imageLayout(await probes.readHead(image, IMAGE_HEAD_BYTES)) : undefined;
+}
 
 /** QEMU's C virtiofsd takes `-o source=`; the Rust one takes `--shared-dir`. */
 export async function virtiofsdDialect(path: string, probes: HostProbes): Promise<VirtiofsdDialect> {

@@ -9,6 +9,8 @@ export interface CmdlineParts {
   platform?: string[];
   /** The block device holding image_path (root=<dev> ro), or undefined when booting initrd_path. */
   rootDevice: string | undefined;
+  /** The root device is DAX-capable persistent memory: mount it with -o dax so files map straight from it. */
+  rootDax?: boolean;
   sharefs: "9p" | "virtiofs";
   /**
    * The host reaches the agent through hybrid vsock (a unix socket), where the VMM picks the guest-visible source
@@ -23,7 +25,9 @@ export interface CmdlineParts {
  */
 export function kernelCmdline(config: CommonConfig, sandbox: SandboxSpec, p: CmdlineParts): string {
   const h = config.hypervisor;
-  const root = p.rootDevice ? [`root=${p.rootDevice}`, "ro", "rootfstype=ext4"] : ["rdinit=/sbin/init"];
+  const root = p.rootDevice
+    ? [`root=${p.rootDevice}`, ...(p.rootDax ? ["rootflags=dax"] : []), "ro", "rootfstype=ext4"]
+    : ["rdinit=/sbin/init"];
   return [
     p.console,
     ...(p.platform ?? []),

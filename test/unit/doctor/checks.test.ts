@@ -53,6 +53,7 @@ function host(h: {
       return typeof prog === "function" ? prog(["--help"]) : (prog ?? "");
     },
     fileSize: async () => 0,
+    readHead: async () => Buffer.alloc(0),
     isBlockDevice: async () => false,
     executable: async (p) => p in programs,
   };

@@ -7,6 +7,7 @@ import { hashFile } from "../../../pipeline/lib/hash.ts";
 import { runStages, type StageOutcome } from "../../../pipeline/lib/runner.ts";
 import { $quiet } from "../../../pipeline/lib/shell.ts";
 import type { Stage } from "../../../pipeline/lib/stage.ts";
+import { FS_OFFSET } from "../../../pipeline/rootfs/disk-layout.ts";
 import type { ArtifactManifest } from "../../../pipeline/rootfs/manifest.ts";
 import { IMAGE_UUID, imageStage } from "../../../pipeline/stages/image.ts";
 import { initrdStage } from "../../../pipeline/stages/initrd.ts";
@@ -65,7 +66,8 @@ describe("guest rootfs, image and initrd", { timeout: 300_000 }, () => {
   });
 
   it("the image is a clean ext4 with fixed UUID, root-owned entries and fixed times", async () => {
-    const img = path.join(runs[0]!.bin, "kuasar.img");
+    // e2fsprogs opens a filesystem inside a file with "<file>?offset=<bytes>".
+    const img = `${path.join(runs[0]!.bin, "kuasar.img")}?offset=${FS_OFFSET}`;
     await $quiet`e2fsck -f -n ${img}`;
     const head = (await $quiet`dumpe2fs -h ${img}`).stdout;
     assert.match(head, new RegExp(`Filesystem UUID:\\s+${IMAGE_UUID}`));

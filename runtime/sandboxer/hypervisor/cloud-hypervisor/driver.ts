@@ -1,5 +1,5 @@
 import os from "node:os";
-import { virtiofsdDialect } from "../host.ts";
+import { imageLayoutOf, virtiofsdDialect } from "../host.ts";
 import { checkDiskId, checkFiles, type Plan, VmmDriver } from "../vm.ts";
 import type { DeviceRemoval, DiskSpec, VmShape, VmStatus } from "../vm-api.ts";
 import { ClhApi, ClhApiError } from "./api.ts";
@@ -21,10 +21,14 @@ export class ClhVm extends VmmDriver<ClhConfig> {
   protected async plan(): Promise<Plan> {
     const { config, sandbox } = this.startInput();
     await checkFiles(config, this.env, ["kernel_path", "image_path", "initrd_path", "path"]);
-    return clhPlan(config, sandbox, await virtiofsdDialect(config.hypervisor.virtiofsd.path, this.env.probes), {
-      cpus: os.availableParallelism(),
-      memMiB: this.env.probes.hostMemMiB(),
-    });
+    const probes = this.env.probes;
+    return clhPlan(
+      config,
+      sandbox,
+      await virtiofsdDialect(config.hypervisor.virtiofsd.path, probes),
+      { cpus: os.availableParallelism(), memMiB: probes.hostMemMiB() },
+      await imageLayoutOf(config.hypervisor.image_path, probes),
+    );
   }
 
   protected async connectControl(timeoutMs: number, keepTrying: () => boolean): Promise<void> {

@@ -1,4 +1,5 @@
 import path from "node:path";
+import { type ImageLayout, rootPartition } from "../../../contract/image-layout.ts";
 import { AGENT_PORT } from "../../../contract/ports.ts";
 import { SHARE_TAG } from "../../../contract/share.ts";
 import type { VirtiofsdDialect } from "../host.ts";
@@ -21,6 +22,7 @@ export function clhPlan(
   sandbox: SandboxSpec,
   dialect: VirtiofsdDialect,
   host?: { cpus: number; memMiB: number },
+  layout: ImageLayout = { partitioned: false, fsdax: false },
 ): Plan {
   const h = config.hypervisor;
   const dir = sandbox.dir;
@@ -49,8 +51,9 @@ export function clhPlan(
       "--cmdline",
       kernelCmdline(config, sandbox, {
         console: "console=ttyS0",
-        // The image is not partitioned, so the whole pmem device is the filesystem.
-        rootDevice: image ? "/dev/pmem0" : undefined,
+        // virtio-pmem maps the image with struct pages, so it is DAX-capable with or without a PFN info block.
+        rootDevice: image ? rootPartition("/dev/pmem0", layout) : undefined,
+        rootDax: image !== "",
         sharefs: "virtiofs",
         hybridVsock: true,
       }),

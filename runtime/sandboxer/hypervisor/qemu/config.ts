@@ -72,9 +72,13 @@ export const QEMU_KEYS = {
       ignored: "guest memory is never locked, so the host may swap it anyway",
     }),
     enable_iothreads: bool("Serve the rootfs disk from a dedicated QEMU I/O thread.", false),
-    disable_nvdimm: bool("false: attach image_path as a read-only NVDIMM (root=/dev/pmem0) instead of a disk.", true, {
-      after: "block_device_driver",
-    }),
+    disable_nvdimm: bool(
+      "false (Kata's default; Kuasar's is true): attach image_path as a read-only NVDIMM, mounted with DAX when the image carries an NVDIMM info block as kuasar.img does, so every guest maps its files from the host's page cache of the one image instead of copying them into its own RAM. true: a virtio-blk disk. Left unset, microvm and mem_slots = 0 use the disk.",
+      false,
+      {
+        after: "block_device_driver",
+      },
+    ),
     share_fs: oneOf(
       "How <dir>/<id>/shared reaches the guest: Virtio9P (QEMU's own 9p server) or VirtioFS (virtiofsd helper).",
       ["Virtio9P", "VirtioFS"],
@@ -153,6 +157,8 @@ export function crossCheckQemu(config: QemuConfig, set: (key: string) => boolean
         "microvm has only virtio-mmio (VirtioMmio), the other machines use VirtioBlk or VirtioScsi",
     );
   }
+  // The NVDIMM default gives way where it cannot be: microvm has none, and it needs a memory slot.
+  if (!set("disable_nvdimm") && (micro || h.mem_slots === 0)) h.disable_nvdimm = true;
   if (micro && !h.disable_nvdimm) {
     problems.push("hypervisor.disable_nvdimm = false: microvm has no NVDIMM; set it to true");
   }

@@ -1,5 +1,5 @@
 import os from "node:os";
-import { virtiofsdDialect } from "../host.ts";
+import { imageLayoutOf, virtiofsdDialect } from "../host.ts";
 import { QmpError } from "../qmp.ts";
 import { QmpDriver } from "../qmp-driver.ts";
 import { checkDiskId, checkFiles, type Plan } from "../vm.ts";
@@ -33,6 +33,7 @@ export class QemuVm extends QmpDriver<QemuConfig> {
       hostCpus: os.availableParallelism(),
       ...(h.share_fs === "VirtioFS" ? { virtiofsd: await virtiofsdDialect(h.virtiofsd.path, p) } : {}),
       ...(h.image_path && !h.disable_nvdimm ? { imageBytes: await p.fileSize(h.image_path) } : {}),
+      imageLayout: await imageLayoutOf(h.image_path, p),
     };
   }
 

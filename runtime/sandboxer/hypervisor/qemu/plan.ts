@@ -1,4 +1,5 @@
 import path from "node:path";
+import { type ImageLayout, rootPartition } from "../../../contract/image-layout.ts";
 import { AGENT_PORT } from "../../../contract/ports.ts";
 import { SHARE_TAG } from "../../../contract/share.ts";
 import type { Accel, VirtiofsdDialect } from "../host.ts";
@@ -24,6 +25,8 @@ export interface QemuFacts {
   virtiofsd?: VirtiofsdDialect;
   /** Size of image_path, for the NVDIMM (disable_nvdimm = false). */
   imageBytes?: number;
+  /** image_path's layout: the root is its partition 1 when it has one, mounted with DAX from an fsdax NVDIMM. */
+  imageLayout?: ImageLayout;
   /** The host's CPUs: default_max_vcpus = 0 lets a VM grow to them (Update hot-plugs vCPUs). */
   hostCpus?: number;
 }
@@ -152,6 +155,7 @@ export function qemuPlan(config: QemuConfig, sandbox: SandboxSpec, facts: QemuFa
   if (h.block_device_driver === "VirtioScsi") args.push("-device", `virtio-scsi-pci,id=scsi0${iothread}`);
 
   let rootDevice: string | undefined;
+  const layout = facts.imageLayout ?? { partitioned: false, fsdax: false };
   if (image && nvdimm) {
     const bytes = facts.imageBytes ?? 0;
     if (bytes === 0 || bytes % 4096 !== 0) {
@@ -168,21 +172,23 @@ export function qemuPlan(config: QemuConfig, sandbox: SandboxSpec, facts: QemuFa
       ],
       ...["-device", "nvdimm,id=nv-rootfs,memdev=mem-rootfs,unarmed=on"],
     );
-    rootDevice = "/dev/pmem0";
+    rootDevice = rootPartition("/dev/pmem0", layout);
   } else if (image) {
     // Read-only: every sandbox boots the same image, and QEMU would refuse a second writer anyway.
     args.push("-drive", `id=rootfs,file=${image},if=none,format=raw,readonly=on,aio=threads`);
     if (h.block_device_driver === "VirtioScsi") {
       args.push("-device", "scsi-hd,bus=scsi0.0,drive=rootfs,id=rootfs-disk");
-      rootDevice = "/dev/sda";
+      rootDevice = rootPartition("/dev/sda", layout);
     } else {
       args.push("-device", `${dev("virtio-blk")},drive=rootfs,id=rootfs-disk${micro ? "" : iothread}`);
-      rootDevice = "/dev/vda";
+      rootDevice = rootPartition("/dev/vda", layout);
     }
   }
   const cmdline = kernelCmdline(config, sandbox, {
     console: "console=ttyS0",
     rootDevice,
+    // An fsdax NVDIMM (the image's PFN info block): the guest maps files straight from the host's page cache.
+    rootDax: nvdimm && layout.fsdax,
     sharefs: virtiofs ? "virtiofs" : "9p",
     hybridVsock: hybrid,
   });

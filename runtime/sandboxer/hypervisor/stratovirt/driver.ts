@@ -1,3 +1,5 @@
+import type { ImageLayout } from "../../../contract/image-layout.ts";
+import { imageLayoutOf } from "../host.ts";
 import { QmpDriver } from "../qmp-driver.ts";
 import { checkDiskId, checkFiles, type Plan } from "../vm.ts";
 import type { DiskSpec, VmShape } from "../vm-api.ts";
@@ -9,15 +11,17 @@ import { hasVhostVsock, NO_VHOST_VSOCK } from "./vsock.ts";
 export class StratoVirtVm extends QmpDriver<StratoVirtConfig> {
   readonly kind = "stratovirt";
   private cid = 0;
+  private layout?: ImageLayout;
 
   protected async plan(attempt: number): Promise<Plan> {
     const { config, sandbox } = this.startInput();
     if (attempt === 0) {
       await checkFiles(config, this.env, ["kernel_path", "image_path", "initrd_path", "firmware", "path"]);
       if (!(await hasVhostVsock(this.env.probes))) throw new Error(`${NO_VHOST_VSOCK}: modprobe vhost_vsock`);
+      this.layout = await imageLayoutOf(config.hypervisor.image_path, this.env.probes);
     }
     this.cid = randomCid();
-    return stratovirtPlan(config, sandbox, this.cid);
+    return stratovirtPlan(config, sandbox, this.cid, this.layout);
   }
 
   /** The kernel refuses a CID another VM holds (EADDRINUSE); drawing a new one fixes it. */

@@ -1,4 +1,5 @@
 import path from "node:path";
+import { type ImageLayout, rootPartition } from "../../../contract/image-layout.ts";
 import { AGENT_PORT } from "../../../contract/ports.ts";
 import { SHARE_TAG } from "../../../contract/share.ts";
 import { kernelCmdline } from "../kernel-cmdline.ts";
@@ -19,7 +20,12 @@ export function stratovirtMachine(machineType: string): string {
 }
 
 /** The StratoVirt command line, with its vhost_user_fs daemon serving the share. */
-export function stratovirtPlan(config: StratoVirtConfig, sandbox: SandboxSpec, cid: number): Plan {
+export function stratovirtPlan(
+  config: StratoVirtConfig,
+  sandbox: SandboxSpec,
+  cid: number,
+  layout: ImageLayout = { partitioned: false, fsdax: false },
+): Plan {
   const h = config.hypervisor;
   const dir = sandbox.dir;
   const machine = stratovirtMachine(h.machine_type);
@@ -48,7 +54,7 @@ export function stratovirtPlan(config: StratoVirtConfig, sandbox: SandboxSpec, c
     console: "console=ttyS0",
     // Hot-plug on StratoVirt's root ports is native PCIe, not ACPI.
     platform: micro ? [] : ["pcie_ports=native"],
-    rootDevice: image ? "/dev/vda" : undefined,
+    rootDevice: image ? rootPartition("/dev/vda", layout) : undefined,
     sharefs: "virtiofs",
     hybridVsock: false,
   });

@@ -30,7 +30,7 @@ after(() => rm(tmp, { recursive: true, force: true }));
 
 describe("cloud-hypervisor command lines", () => {
   test("defaults: image as pmem with discarded writes, virtio-fs, hybrid vsock on task.vsock, serial on console.sock", () => {
-    const plan = clhPlan(clh(), sandbox, "rust");
+    const plan = clhPlan(clh(), sandbox, "rust", undefined, { partitioned: true, fsdax: true });
     assert.equal(plan.vmm.path, "/usr/local/bin/cloud-hypervisor");
     assert.deepEqual(plan.vmm.args, [
       ...["--api-socket", `${DIR}/api.sock`],
@@ -38,7 +38,7 @@ describe("cloud-hypervisor command lines", () => {
       ...["--memory", "size=1024M,shared=on"],
       ...["--kernel", "/var/lib/kuasar/vmlinux.bin"],
       "--cmdline",
-      "console=ttyS0 root=/dev/pmem0 ro rootfstype=ext4 panic=1 no_timer_check task.sharefs_type=virtiofs task.log_level=info task.hybrid_vsock",
+      "console=ttyS0 root=/dev/pmem0p1 rootflags=dax ro rootfstype=ext4 panic=1 no_timer_check task.sharefs_type=virtiofs task.log_level=info task.hybrid_vsock",
       ...["--pmem", "file=/var/lib/kuasar/kuasar.img,discard_writes=on"],
       ...["--rng", "src=/dev/urandom"],
       ...["--vsock", `cid=3,socket=${DIR}/task.vsock`],

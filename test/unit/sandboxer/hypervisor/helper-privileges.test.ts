@@ -107,7 +107,7 @@ before(async () => {
   const config = parseConfig(
     `[sandbox]\nhelper_uid_base = ${BASE}\nhelper_uid_count = 1000\n` +
       `[hypervisor]\nqemu_path = "${FAKE_QEMU}"\nkernel_path = "${kernel}"\nimage_path = "${kernel}"\n` +
-      `vsock_mode = "hybrid"\nvhost_user_vsock_path = "${HELPER}"\n`,
+      `vsock_mode = "hybrid"\nvhost_user_vsock_path = "${HELPER}"\ndisable_nvdimm = true\n`,
     "test.toml",
   ).config;
   vm = createHypervisor(config, { id: "pod1", dir, shareDir: share.shared, netDevices: [] }, env);

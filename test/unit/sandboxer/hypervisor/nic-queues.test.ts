@@ -10,8 +10,8 @@ import { sandbox } from "../fixtures/driver-env.ts";
 // The NIC part of each VMM's command line for the taps the launcher makes: opened by name inside the pod netns,
 // with one queue per vCPU (NetDevice.queues), and the fd form the plans also take.
 const config = (type: string, toml = "") => parseConfig(`[hypervisor]\ntype = "${type}"\n${toml}`, "t.toml").config;
-const TCG: QemuFacts = { accel: "tcg", vsock: "hybrid", cid: 7, vhostNet: false, hostMemMiB: 24000 };
-const KVM: QemuFacts = { accel: "kvm", vsock: "vhost", cid: 7, vhostNet: true, hostMemMiB: 24000 };
+const TCG: QemuFacts = { accel: "tcg", vsock: "hybrid", cid: 7, vhostNet: false, hostMemMiB: 24000, imageBytes: 8192 };
+const KVM: QemuFacts = { accel: "kvm", vsock: "vhost", cid: 7, vhostNet: true, hostMemMiB: 24000, imageBytes: 8192 };
 const tap = (queues?: number, fds?: number[]): NetDevice => ({
   tapName: "tap_kua_2",
   mac: "02:42:ac:11:00:02",

@@ -9,7 +9,17 @@ import { chooseVsock } from "../../../../runtime/sandboxer/hypervisor/qemu/vsock
 import { DIR, sandbox } from "../fixtures/driver-env.ts";
 
 const qemu = (toml = "") => parseConfig(`[hypervisor]\ntype = "qemu"\n${toml}`, "test.toml").config;
-const TCG_HYBRID: QemuFacts = { accel: "tcg", vsock: "hybrid", cid: 7, vhostNet: false, hostMemMiB: 24000 };
+/** kuasar.img's layout: ext4 in partition 1, an fsdax info block. */
+const KUASAR_IMAGE = { partitioned: true, fsdax: true };
+const TCG_HYBRID: QemuFacts = {
+  accel: "tcg",
+  vsock: "hybrid",
+  cid: 7,
+  vhostNet: false,
+  hostMemMiB: 24000,
+  imageBytes: 150 * 1048576,
+  imageLayout: KUASAR_IMAGE,
+};
 
 /** The arguments as "-flag value" lines, which keeps goldens readable and diffs short. */
 function lines(args: string[]): string[] {
@@ -26,12 +36,12 @@ function lines(args: string[]): string[] {
 }
 
 describe("QEMU command lines", () => {
-  test("defaults: image on read-only virtio-blk, 9p share, hybrid vsock, tcg", () => {
+  test("defaults: image as a read-only DAX NVDIMM, 9p share, hybrid vsock, tcg", () => {
     const plan = qemuPlan(qemu(), sandbox, TCG_HYBRID);
     assert.equal(plan.vmm.path, "/usr/bin/qemu-system-x86_64");
     assert.deepEqual(lines(plan.vmm.args), [
       "-name sandbox-sb1",
-      "-machine pc",
+      "-machine pc,nvdimm=on",
       // TCG's translation cache is bounded (tcg_tb_size_mb): host memory every VM holds.
       "-accel tcg,tb-size=64",
       // "host" needs kvm.
@@ -50,10 +60,10 @@ describe("QEMU command lines", () => {
       `-chardev socket,id=console0,path=${DIR}/console.sock,server=on,wait=off`,
       "-serial chardev:console0",
       "-device pci-bridge,bus=pci.0,id=pci-bridge-0,chassis_nr=1,shpc=off",
-      "-drive id=rootfs,file=/var/lib/kuasar/kuasar.img,if=none,format=raw,readonly=on,aio=threads",
-      "-device virtio-blk-pci,drive=rootfs,id=rootfs-disk",
+      "-object memory-backend-file,id=mem-rootfs,mem-path=/var/lib/kuasar/kuasar.img,size=157286400,readonly=on,share=off",
+      "-device nvdimm,id=nv-rootfs,memdev=mem-rootfs,unarmed=on",
       "-kernel /var/lib/kuasar/vmlinux.bin",
-      "-append console=ttyS0 root=/dev/vda ro rootfstype=ext4 panic=1 no_timer_check task.sharefs_type=9p task.log_level=info task.hybrid_vsock",
+      "-append console=ttyS0 root=/dev/pmem0p1 rootflags=dax ro rootfstype=ext4 panic=1 no_timer_check task.sharefs_type=9p task.log_level=info task.hybrid_vsock",
       "-object rng-random,id=rng0,filename=/dev/urandom",
       "-device virtio-rng-pci,rng=rng0",
       `-fsdev local,id=fsdev-kuasar,path=${DIR}/shared,security_model=none`,
@@ -165,7 +175,15 @@ describe("QEMU command lines", () => {
           'firmware_path = "/usr/share/qemu/bios-microvm.bin"\ndebug = true\n',
       ),
       sandbox,
-      { accel: "tcg", vsock: "vhost", cid: 99, vhostNet: true, hostMemMiB: 512, imageBytes: 300 * 1048576 + 4096 },
+      {
+        accel: "tcg",
+        vsock: "vhost",
+        cid: 99,
+        vhostNet: true,
+        hostMemMiB: 512,
+        imageBytes: 300 * 1048576 + 4096,
+        imageLayout: KUASAR_IMAGE,
+      },
     );
     assert.deepEqual(lines(plan.vmm.args), [
       "-name sandbox-sb1",
@@ -195,7 +213,7 @@ describe("QEMU command lines", () => {
       "-object memory-backend-file,id=mem-rootfs,mem-path=/var/lib/kuasar/kuasar.img,size=314576896,readonly=on,share=off",
       "-device nvdimm,id=nv-rootfs,memdev=mem-rootfs,unarmed=on",
       "-kernel /var/lib/kuasar/vmlinux.bin",
-      "-append console=ttyS0 root=/dev/pmem0 ro rootfstype=ext4 panic=1 no_timer_check task.sharefs_type=9p task.log_level=info",
+      "-append console=ttyS0 root=/dev/pmem0p1 rootflags=dax ro rootfstype=ext4 panic=1 no_timer_check task.sharefs_type=9p task.log_level=info",
       `-fsdev local,id=fsdev-kuasar,path=${DIR}/shared,security_model=none,multidevs=remap,writeout=immediate`,
       "-device virtio-9p-pci,fsdev=fsdev-kuasar,mount_tag=kuasar",
       "-device vhost-vsock-pci,id=vsock0,guest-cid=99",
@@ -226,6 +244,19 @@ describe("QEMU command lines", () => {
         "-device vhost-user-vsock-device,chardev=char-vsock",
       ],
     );
+  });
+
+  test("the root device follows the image's layout: DAX only from an fsdax NVDIMM, partition 1 only if there is one", () => {
+    const append = (toml: string, imageLayout: { partitioned: boolean; fsdax: boolean }) => {
+      const args = qemuPlan(qemu(toml), sandbox, { ...TCG_HYBRID, imageBytes: 8192, imageLayout }).vmm.args;
+      return args[args.indexOf("-append") + 1] ?? "";
+    };
+    const nvdimm = "";
+    assert.match(append(nvdimm, KUASAR_IMAGE), / root=\/dev\/pmem0p1 rootflags=dax ro /);
+    assert.match(append(nvdimm, { partitioned: true, fsdax: false }), / root=\/dev\/pmem0p1 ro /);
+    assert.match(append(nvdimm, { partitioned: false, fsdax: false }), / root=\/dev\/pmem0 ro /);
+    assert.match(append("disable_nvdimm = true\n", KUASAR_IMAGE), / root=\/dev\/vda1 ro /);
+    assert.match(append("disable_nvdimm = true\n", { partitioned: false, fsdax: false }), / root=\/dev\/vda ro /);
   });
 
   test("the Rust virtiofsd gets its own flags; a tap without fds and without a netns is refused", () => {
@@ -320,6 +351,7 @@ function probes(p: {
     hostMemMiB: () => 1024,
     helpText: async () => p.help ?? "",
     fileSize: async () => 0,
+    readHead: async () => Buffer.alloc(0),
     isBlockDevice: async () => false,
     executable: async () => Boolean(p.helper),
   };
@@ -389,7 +421,7 @@ describe("room to grow on Update", () => {
     assert.equal(smp(qemuPlan(micro, sandbox, facts).vmm.args), "-smp 1");
   });
 
-  test("the plan records the ceilings and the memory backend hot-plugged DIMMs copy", () => {
+  test("the plan records the ceilings (the NVDIMM takes a slot and its size) and the backend hot-plugged DIMMs copy", () => {
     const plan = qemuPlan(qemu(), sandbox, { ...TCG_HYBRID, hostCpus: 4 });
     assert.deepEqual(
       {
@@ -405,8 +437,8 @@ describe("room to grow on Update", () => {
         vcpus: 1,
         maxVcpus: 4,
         memoryMiB: 512,
-        maxMemMiB: 24000,
-        memSlots: 8,
+        maxMemMiB: 24000 - 150,
+        memSlots: 7,
         memBackend: "memory-backend-memfd",
         memShared: true,
       },

@@ -72,6 +72,7 @@ describe("StratoVirt command lines", () => {
         ],
       },
       77,
+      { partitioned: true, fsdax: true },
     );
     assert.deepEqual(plan.vmm.args.slice(0, 13), [
       ...["-name", "sandbox-sb1", "-machine", "q35,mem-share=on", "-smp", "1", "-m", "1024M"],
@@ -80,7 +81,7 @@ describe("StratoVirt command lines", () => {
     ]);
     assert.equal(
       plan.vmm.args[14],
-      "console=ttyS0 pcie_ports=native root=/dev/vda ro rootfstype=ext4 panic=1 no_timer_check task.sharefs_type=virtiofs task.log_level=info",
+      "console=ttyS0 pcie_ports=native root=/dev/vda1 ro rootfstype=ext4 panic=1 no_timer_check task.sharefs_type=virtiofs task.log_level=info",
     );
     const devices = plan.vmm.args.filter((_, i, a) => i > 0 && ["-device", "-drive", "-netdev"].includes(a[i - 1]!));
     assert.deepEqual(devices.slice(0, 8), [

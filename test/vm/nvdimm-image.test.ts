@@ -1,0 +1,62 @@
+import assert from "node:assert/strict";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { hashFile } from "../../pipeline/lib/hash.ts";
+import { artifact, busyboxBundle, requireArtifacts } from "../../testkit/daemon.ts";
+import { guestRoot, runTask, Scene } from "../../testkit/scene.ts";
+
+// kuasar.img as a read-only NVDIMM (disable_nvdimm = false): the guest finds the image's PFN info block, mounts
+// partition 1 of the fsdax device with -o dax and runs node, runc and the containers' tools straight from the
+// NVDIMM, so their pages are the host's page cache of the one image file, not a copy in each guest. Every VM maps
+// that same file, so guest root writing to its NVDIMM must reach neither the file nor another VM.
+let scene: Scene;
+let address: string;
+const image = artifact("kuasar.img");
+
+before(async () => {
+  requireArtifacts();
+  scene = await Scene.start("vm-nvdimm-", (c) => `${c}disable_nvdimm = false\nkernel_params = "task.debug"\n`);
+  address = await scene.pod("dax-a");
+});
+
+after(async () => {
+  await scene?.close();
+});
+
+test("the root filesystem is DAX-mapped from the NVDIMM and containers run", { timeout: 240_000 }, async () => {
+  const out = await guestRoot(
+    scene.sandboxDir("dax-a"),
+    'grep " / " /proc/mounts; ls /sys/bus/nd/devices; echo dax=$(cat /sys/block/pmem0/queue/dax); grep -E "^(Cached|MemTotal):" /proc/meminfo',
+  );
+  assert.match(out, /^\/dev\/(root|pmem0p1) \/ ext4 ro\b.*\bdax\b/m, `root is not mounted with dax:\n${out}`);
+  assert.match(out, /^pfn\d+\.\d+$/m, `no PFN device was made from the info block:\n${out}`);
+  assert.match(out, /^dax=1$/m);
+  const r = await runTask(address, "c1", await busyboxBundle(path.join(scene.dir, "b1"), ["echo", "from-dax"]));
+  assert.deepEqual(r, { status: 0, stdout: "from-dax\n" });
+});
+
+test("guest root writing over its NVDIMM changes neither the image file nor another VM's root", {
+  timeout: 300_000,
+}, async () => {
+  const before = await hashFile(image);
+  // Guest root lifts every read-only flag it controls, then overwrites the start of the filesystem (superblock, group
+  // descriptors, inode tables) through the block device. Its own root is then garbage and its shell may die
+  // mid-command (the writes land in its private copy): that VM's own loss.
+  const unlocked = await guestRoot(
+    scene.sandboxDir("dax-a"),
+    "for r in /sys/bus/nd/devices/region*/read_only; do echo 0 > $r; done; cat /sys/bus/nd/devices/region*/read_only; " +
+      "blockdev --setrw /dev/pmem0; blockdev --setrw /dev/pmem0p1; blockdev --getro /dev/pmem0p1",
+  );
+  assert.deepEqual(unlocked.trim().split("\n"), ["0", "0"], "the guest made its NVDIMM writable");
+  await guestRoot(scene.sandboxDir("dax-a"), "dd if=/dev/zero of=/dev/pmem0p1 bs=4096 count=4096 conv=fsync").catch(
+    () => "",
+  );
+  assert.equal(await hashFile(image), before, "the image file changed under the guest's writes");
+
+  // A VM booted after the attack reads an intact image and runs a container.
+  const other = await scene.pod("dax-b");
+  const root = await guestRoot(scene.sandboxDir("dax-b"), 'grep " / " /proc/mounts; ls /usr/sbin/runc');
+  assert.match(root, /^\/usr\/sbin\/runc$/m, root);
+  const r = await runTask(other, "c2", await busyboxBundle(path.join(scene.dir, "b2"), ["echo", "intact"]));
+  assert.deepEqual(r, { status: 0, stdout: "intact\n" });
+});
