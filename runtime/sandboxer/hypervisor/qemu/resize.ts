@@ -18,7 +18,7 @@ interface HotpluggableCpu {
 
 interface MemoryDevice {
   type: string;
-  data?: { id?: string; size?: number };
+  data?: { id?: string; size?: number; addr?: number };
 }
 
 const num = (v: unknown, fallback: number) => (typeof v === "number" && Number.isFinite(v) ? v : fallback);
@@ -86,10 +86,21 @@ export async function qemuGrow(
   }
 }
 
+/**
+ * Where the next DIMM goes: after every memory device, on a 128 MiB boundary. QEMU would place it right after the
+ * last one, and behind the rootfs NVDIMM (the image's size) the guest could not add a misaligned DIMM at all.
+ */
+function nextDimmAddr(devices: MemoryDevice[]): number | undefined {
+  const ends = devices.map((d) => num(d.data?.addr, 0) + num(d.data?.size, 0)).filter((end) => end > 0);
+  if (ends.length === 0) return undefined;
+  const align = DIMM_ALIGN_MIB * 1048576;
+  return Math.ceil(Math.max(...ends) / align) * align;
+}
+
 async function addDimm(qmp: QmpClient, extra: HypervisorState["extra"], sizeMiB: number, used: number) {
-  const ids = new Set(
-    (await qmp.execute<MemoryDevice[]>("query-memory-devices")).map((d) => d.data?.id).filter(Boolean),
-  );
+  const devices = await qmp.execute<MemoryDevice[]>("query-memory-devices");
+  const ids = new Set(devices.map((d) => d.data?.id).filter(Boolean));
+  const addr = nextDimmAddr(devices);
   let n = used;
   while (ids.has(`dimm-${n}`)) n++;
   const backend: Record<string, unknown> = {
@@ -102,7 +113,12 @@ async function addDimm(qmp: QmpClient, extra: HypervisorState["extra"], sizeMiB:
   if (extra.memPrealloc === true) backend.prealloc = true;
   await qmp.execute("object-add", backend);
   try {
-    await qmp.execute("device_add", { driver: "pc-dimm", id: `dimm-${n}`, memdev: `mem-dimm-${n}` });
+    await qmp.execute("device_add", {
+      driver: "pc-dimm",
+      id: `dimm-${n}`,
+      memdev: `mem-dimm-${n}`,
+      ...(addr === undefined ? {} : { addr }),
+    });
   } catch (err) {
     await qmp.execute("object-del", { id: `mem-dimm-${n}` }).catch(() => {});
     throw err;

@@ -9,7 +9,7 @@ const MIB = 1048576;
 function fakeQemu(opts: { cpus?: number; maxCpus?: number } = {}) {
   const calls: Array<[string, Record<string, unknown> | undefined]> = [];
   let cpus = opts.cpus ?? 1;
-  const dimms: Array<{ id: string; size: number }> = [];
+  const dimms: Array<{ id: string; size: number; addr: number }> = [];
   const backends = new Map<string, number>();
   const qmp = {
     async execute(cmd: string, args?: Record<string, unknown>) {
@@ -19,7 +19,8 @@ function fakeQemu(opts: { cpus?: number; maxCpus?: number } = {}) {
           return Array.from({ length: cpus }, (_, i) => ({ "cpu-index": i }));
         case "query-memory-devices":
           return [
-            { type: "nvdimm", data: { id: "nv-rootfs", size: 64 * MIB } },
+            // QEMU's device memory starts at 4 GiB; the image is not a multiple of 128 MiB.
+            { type: "nvdimm", data: { id: "nv-rootfs", size: 150 * MIB, addr: 4096 * MIB } },
             ...dimms.map((d) => ({ type: "dimm", data: d })),
           ];
         case "query-hotpluggable-cpus":
@@ -37,7 +38,11 @@ function fakeQemu(opts: { cpus?: number; maxCpus?: number } = {}) {
           return {};
         case "device_add":
           if (args?.driver === "pc-dimm")
-            dimms.push({ id: String(args.id), size: backends.get(String(args.memdev)) ?? 0 });
+            dimms.push({
+              id: String(args.id),
+              size: backends.get(String(args.memdev)) ?? 0,
+              addr: Number(args.addr),
+            });
           else cpus++;
           return {};
         default:
@@ -70,7 +75,8 @@ test("grow: free CPU slots in topology order, and one DIMM with a backend like t
   await qemuGrow(q.qmp, EXTRA, { vcpus: 3, memoryMiB: 700 }, "sb1");
   assert.deepEqual(q.adds(), [
     ["object-add", { "qom-type": "memory-backend-memfd", id: "mem-dimm-0", size: 256 * MIB, share: true }],
-    ["device_add", { driver: "pc-dimm", id: "dimm-0", memdev: "mem-dimm-0" }],
+    // After the NVDIMM, on the next 128 MiB boundary, where the guest can online it.
+    ["device_add", { driver: "pc-dimm", id: "dimm-0", memdev: "mem-dimm-0", addr: (4096 + 256) * MIB }],
     ["device_add", { driver: "max-x86_64-cpu", id: "vcpu-1", "socket-id": 1, "core-id": 0, "thread-id": 0 }],
     ["device_add", { driver: "max-x86_64-cpu", id: "vcpu-2", "socket-id": 2, "core-id": 0, "thread-id": 0 }],
   ]);
@@ -96,7 +102,7 @@ test("grow: free CPU slots in topology order, and one DIMM with a backend like t
         share: true,
       },
     ],
-    ["device_add", { driver: "pc-dimm", id: "dimm-1", memdev: "mem-dimm-1" }],
+    ["device_add", { driver: "pc-dimm", id: "dimm-1", memdev: "mem-dimm-1", addr: (4096 + 512) * MIB }],
   ]);
 });
 
