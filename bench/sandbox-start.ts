@@ -8,6 +8,8 @@
 // to an OTLP/HTTP receiver here) on, so what observability costs Start is measured beside the daemon with both off.
 // With --baseline-daemon FILE (an older build's bin/vmm-sandboxer) another path runs Create+Start through that build,
 // on the same node, config, kernel and image, so a change to the daemon is measured old against new in one run.
+// The floor also boots with the image as a virtio-blk disk (disable_nvdimm = true) instead of the default DAX NVDIMM,
+// so the two root paths are measured side by side.
 // With --baseline-image FILE a further path boots the floor from another image (an older build's kuasar.img), in the
 // same rotation, so the guest's start is compared old against new in one run.
 // Run: node --import tsx bench/sandbox-start.ts [--runs N, default 8] [--baseline-image FILE] [--baseline-daemon FILE]
@@ -122,8 +124,10 @@ interface Result {
   observedRatioP50: number;
   /** Create+Start through --baseline-daemon, when given. */
   oldDaemon?: Summary & { bin: string };
-  /** The floor booted from --baseline-image, when given. */
+  /** The floor booted from --baseline-image (as a disk), when given. */
   baseline?: Summary & { image: string; guestNode: string };
+  /** The floor with the image as a virtio-blk disk. */
+  disk: Summary;
   daemon: Summary;
   ratioP50: number;
   ratioP90: number;
@@ -330,7 +334,10 @@ async function main(): Promise<void> {
   await writeConfig(configFile);
   const { config } = await loadConfig(configFile);
   const baselineImage = values["baseline-image"];
-  const baselineConfig = structuredClone(config);
+  const diskConfig = structuredClone(config);
+  diskConfig.hypervisor.disable_nvdimm = true;
+  // An older image is a bare ext4, booted as a disk, as it was.
+  const baselineConfig = structuredClone(diskConfig);
   if (baselineImage) baselineConfig.hypervisor.image_path = path.resolve(baselineImage);
   const daemon = await startBundledDaemon(dir, configFile);
   const { client, close } = unaryClient(Controller, `unix://${daemon.sock}`);
@@ -359,6 +366,7 @@ async function main(): Promise<void> {
   const floor: Sample[] = [];
   const viaDaemon: Sample[] = [];
   const baseline: Sample[] = [];
+  const disk: Sample[] = [];
   const observed: Sample[] = [];
   const oldDaemonSamples: Sample[] = [];
   const daemonRun = async (
@@ -395,6 +403,7 @@ async function main(): Promise<void> {
       // rotate which path goes first, so a load change mid-run does not favour one of them
       const paths = [
         "floor",
+        "disk",
         "daemon",
         "observed",
         ...(oldDaemon ? (["oldDaemon"] as const) : []),
@@ -405,18 +414,20 @@ async function main(): Promise<void> {
         const s =
           what === "floor"
             ? await floorRun(config, floorRoot, watch, `floor-${i}`)
-            : what === "baseline"
-              ? await floorRun(baselineConfig, floorRoot, watch, `baseline-${i}`, false)
-              : what === "oldDaemon" && oldDaemon && oldClient && oldWatch
-                ? await daemonRun(`old-${i}`, { daemon: oldDaemon, client: oldClient.client, watch: oldWatch })
-                : what === "observed"
-                  ? await daemonRun(`observed-${i}`, {
-                      daemon: observedDaemon,
-                      client: observedClient.client,
-                      watch: observedWatch,
-                    })
-                  : await daemonRun(`pod-${i}`, { daemon, client, watch });
-        ({ floor, daemon: viaDaemon, observed, oldDaemon: oldDaemonSamples, baseline })[what].push(s);
+            : what === "disk"
+              ? await floorRun(diskConfig, floorRoot, watch, `disk-${i}`)
+              : what === "baseline"
+                ? await floorRun(baselineConfig, floorRoot, watch, `baseline-${i}`, false)
+                : what === "oldDaemon" && oldDaemon && oldClient && oldWatch
+                  ? await daemonRun(`old-${i}`, { daemon: oldDaemon, client: oldClient.client, watch: oldWatch })
+                  : what === "observed"
+                    ? await daemonRun(`observed-${i}`, {
+                        daemon: observedDaemon,
+                        client: observedClient.client,
+                        watch: observedWatch,
+                      })
+                    : await daemonRun(`pod-${i}`, { daemon, client, watch });
+        ({ floor, disk, daemon: viaDaemon, observed, oldDaemon: oldDaemonSamples, baseline })[what].push(s);
         console.log(`  run ${i + 1}/${runs} ${what.padEnd(8)} ${(s.totalMs / 1000).toFixed(2)} s`);
       }
     }
@@ -447,6 +458,7 @@ async function main(): Promise<void> {
         qemuArgs: plan.vmm.args,
       },
       floor: f,
+      disk: summarise(disk),
       ...(baselineImage
         ? {
             baseline: {
@@ -541,6 +553,10 @@ function goal18Rows(r: Result): Array<[string, string]> {
       "(the same by the guest's clock: node's start -> vmm-task serving, p50, floor / daemon path)",
       `${r.floor.agentGuestP50Ms / 1000} s / ${r.daemon.agentGuestP50Ms / 1000} s`,
     ],
+    [
+      `(the image as a virtio-blk disk instead of the DAX NVDIMM: init -> agent listening, p50 of ${r.disk.runs} floor boots)`,
+      `${r.disk.phasesP50Ms.userspace / 1000} s`,
+    ],
     ...(r.baseline
       ? [
           [
@@ -610,7 +626,8 @@ function markdown(r: Result): string {
     "",
     runLine(r.run, `, QEMU accel ${r.setup.accel}`),
     `Guest: ${r.setup.vcpus} vCPU, ${r.setup.memoryMiB} MiB, \`bin/vmlinux.bin\` + \`bin/kuasar.img\` (node ` +
-      `${r.setup.guestNode}), hybrid vsock; ${r.floor.runs} runs of each path, alternating. Daemon: ` +
+      `${r.setup.guestNode}) as a read-only DAX NVDIMM (the default), hybrid vsock; ${r.floor.runs} runs of each path, ` +
+      "alternating. Daemon: " +
       `\`bin/vmm-sandboxer\` on \`bin/node\` (${r.setup.daemonNode}) at log level debug.`,
     "",
     mdTable(["goal (issue #18)", "measured vs goal"], goal18Rows(r)),
@@ -627,6 +644,11 @@ function markdown(r: Result): string {
           "Controller Create + Start through vmm-sandboxer",
           (r.daemon.p50Ms / 1000).toFixed(2),
           (r.daemon.p90Ms / 1000).toFixed(2),
+        ],
+        [
+          "the same floor with the image as a virtio-blk disk (`disable_nvdimm = true`)",
+          (r.disk.p50Ms / 1000).toFixed(2),
+          (r.disk.p90Ms / 1000).toFixed(2),
         ],
         ...(r.baseline
           ? [
