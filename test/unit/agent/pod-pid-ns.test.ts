@@ -66,6 +66,10 @@ if (await h.underInit(import.meta.url)) {
     assert.equal(pod.path(), p, "one namespace for the pod");
     assert.notEqual(nsOf(p), nsOf("/proc/self/ns/pid"));
     assert.match(readFileSync(`/proc/${pid}/status`, "utf8"), new RegExp(`^NSpid:\\s+${pid}\\s+1$`, "m"));
+    // Until it has exec'd, the forked child still holds the agent's close-on-exec descriptors.
+    await h.until("the init to run sleep", () =>
+      readFileSync(`/proc/${pid}/cmdline`, "utf8").startsWith("/bin/sleep\0"),
+    );
     assert.deepEqual(readdirSync(`/proc/${pid}/fd`).sort(), ["0", "1", "2"]);
     // A target container's namespace (any process in a namespace other than the agent's) is joined as it is.
     assert.equal(pidNamespaceFor(p, { path: () => "/pod" }), p);
