@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
+import { createReadStream, createWriteStream } from "node:fs";
 import path from "node:path";
+import { pipeline } from "node:stream/promises";
 import { after, before, test } from "node:test";
 import { hashFile } from "../../pipeline/lib/hash.ts";
+import { FS_OFFSET } from "../../pipeline/rootfs/disk-layout.ts";
 import { artifact, busyboxBundle, requireArtifacts } from "../../testkit/daemon.ts";
 import { guestRoot, runTask, Scene } from "../../testkit/scene.ts";
 
@@ -59,4 +62,23 @@ test("guest root writing over its NVDIMM changes neither the image file nor anot
   assert.match(root, /^\/usr\/sbin\/runc$/m, root);
   const r = await runTask(other, "c2", await busyboxBundle(path.join(scene.dir, "b2"), ["echo", "intact"]));
   assert.deepEqual(r, { status: 0, stdout: "intact\n" });
+});
+
+test("a bare ext4 image, as older builds made it, boots from the whole NVDIMM without DAX", {
+  timeout: 300_000,
+}, async () => {
+  const bare = path.join(scene.dir, "bare.img");
+  await pipeline(createReadStream(image, { start: FS_OFFSET }), createWriteStream(bare));
+  const old = await Scene.start("vm-nvdimm-bare-", (c) =>
+    c.replace(/^image_path = .*$/m, `image_path = "${bare}"\nkernel_params = "task.debug"`),
+  );
+  try {
+    await old.pod("bare");
+    const out = await guestRoot(old.sandboxDir("bare"), 'cat /proc/cmdline; grep " / " /proc/mounts');
+    assert.match(out, / root=\/dev\/pmem0 ro /, out);
+    assert.match(out, /^\/dev\/root \/ ext4 ro,/m, out);
+    assert.doesNotMatch(out, /dax/, out);
+  } finally {
+    await old.close();
+  }
 });
