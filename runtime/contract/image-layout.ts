@@ -16,6 +16,9 @@ export interface ImageLayout {
   fsdax: boolean;
 }
 
+/** A bare ext4 image (or none read): the whole device is the filesystem, without DAX. */
+export const BARE_IMAGE: ImageLayout = Object.freeze({ partitioned: false, fsdax: false });
+
 export function imageLayout(head: Buffer): ImageLayout {
   const mbr = head.length >= 512 && head.readUInt16LE(510) === 0xaa55 && head[446 + 4] !== 0;
   const sig = head.subarray(PFN_INFO_OFFSET, PFN_INFO_OFFSET + PFN_SIG.length).toString("latin1");

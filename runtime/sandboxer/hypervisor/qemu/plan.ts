@@ -1,5 +1,5 @@
 import path from "node:path";
-import { type ImageLayout, rootPartition } from "../../../contract/image-layout.ts";
+import { BARE_IMAGE, type ImageLayout, rootPartition } from "../../../contract/image-layout.ts";
 import { AGENT_PORT } from "../../../contract/ports.ts";
 import { SHARE_TAG } from "../../../contract/share.ts";
 import type { Accel, VirtiofsdDialect } from "../host.ts";
@@ -155,7 +155,7 @@ export function qemuPlan(config: QemuConfig, sandbox: SandboxSpec, facts: QemuFa
   if (h.block_device_driver === "VirtioScsi") args.push("-device", `virtio-scsi-pci,id=scsi0${iothread}`);
 
   let rootDevice: string | undefined;
-  const layout = facts.imageLayout ?? { partitioned: false, fsdax: false };
+  const layout = facts.imageLayout ?? BARE_IMAGE;
   if (image && nvdimm) {
     const bytes = facts.imageBytes ?? 0;
     if (bytes === 0 || bytes % 4096 !== 0) {

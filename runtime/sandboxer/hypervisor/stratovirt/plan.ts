@@ -1,5 +1,5 @@
 import path from "node:path";
-import { type ImageLayout, rootPartition } from "../../../contract/image-layout.ts";
+import { BARE_IMAGE, type ImageLayout, rootPartition } from "../../../contract/image-layout.ts";
 import { AGENT_PORT } from "../../../contract/ports.ts";
 import { SHARE_TAG } from "../../../contract/share.ts";
 import { kernelCmdline } from "../kernel-cmdline.ts";
@@ -24,7 +24,7 @@ export function stratovirtPlan(
   config: StratoVirtConfig,
   sandbox: SandboxSpec,
   cid: number,
-  layout: ImageLayout = { partitioned: false, fsdax: false },
+  layout: ImageLayout = BARE_IMAGE,
 ): Plan {
   const h = config.hypervisor;
   const dir = sandbox.dir;
