@@ -30,8 +30,8 @@ export interface DistInput {
   epoch: number;
   /** bin/ name -> file, for every name install-vmm lays out (artifactNames()) */
   artifacts: Record<string, string>;
-  /** The guest agent's bundle (bin/vmm-task): which npm packages the image carries */
-  guestAgent: string;
+  /** The guest agent's scripts by guest path (bin/vmm-task is /usr/lib/vmm-task/vmm-task.js): which npm packages the image carries */
+  guestScripts: Record<string, string>;
   /** Where the bundle, its SBOM and SHA256SUMS are written */
   out: string;
   scratch: string;
@@ -117,7 +117,7 @@ export async function buildDist(input: DistInput): Promise<DistResult> {
       { name: INSTALLER_CJS, file: installCjs },
       { name: NODE_INSTALLER_CJS, file: nodeInstallerCjs },
     ],
-    guestAgent: input.guestAgent,
+    guestScripts: input.guestScripts,
     host: hostDpkg,
   });
   const sbom = `${JSON.stringify(cycloneDx({ version: input.version, epoch: input.epoch, ...facts }), null, 2)}\n`;

@@ -19,8 +19,8 @@ export interface FactsInput {
   artifacts: Record<string, string>;
   /** Node programs the bundle ships, by their path in the bundle */
   programs: { name: string; file: string }[];
-  /** The agent bundle the guest image carries (bin/vmm-task) */
-  guestAgent: string;
+  /** The agent's JavaScript the guest image carries, by guest path (/usr/lib/vmm-task/vmm-task.js <- bin/vmm-task) */
+  guestScripts: Record<string, string>;
   host: HostPackages;
 }
 
@@ -58,18 +58,29 @@ export async function sbomFacts(input: FactsInput): Promise<Omit<SbomInput, "ver
     Object.assign(versions, m.components);
     for (const e of m.entries) if (e.type === "file" && e.sha256) guest.set(e.path, { path: e.path, sha256: e.sha256 });
   }
-  const agent = guest.get(`/${AGENT_BUNDLE}`);
-  const agentDigest = await hashFile(input.guestAgent);
-  if (agent?.sha256 !== agentDigest) {
-    throw new Error(
-      `${input.guestAgent} (sha256 ${agentDigest.slice(0, 12)}…) is not the /${AGENT_BUNDLE} the guest image carries (${agent ? `${agent.sha256.slice(0, 12)}…` : "none"}); rebuild both (make all)`,
-    );
+  // Every script of the agent's directory must be one given here, byte for byte, so none escapes the SBOM.
+  const scripts = [...guest.keys()].filter((p) => p.startsWith(`/${AGENT_DIR}/`) && p.endsWith(".js"));
+  if (!scripts.includes(`/${AGENT_BUNDLE}`))
+    throw new Error(`the guest image carries no /${AGENT_BUNDLE}; rebuild it (make all)`);
+  const bundles = input.programs.map((p) => ({ name: p.name, file: p.file }));
+  for (const p of scripts) {
+    const file = input.guestScripts[p];
+    if (!file)
+      throw new Error(`the guest image carries ${p}, which was not given to the SBOM; rebuild both (make all)`);
+    const digest = await hashFile(file);
+    if (guest.get(p)!.sha256 !== digest) {
+      throw new Error(
+        `${file} (sha256 ${digest.slice(0, 12)}…) is not the ${p} the guest image carries (${guest.get(p)!.sha256.slice(0, 12)}…); rebuild both (make all)`,
+      );
+    }
+    bundles.push({ name: `guest ${p}`, file });
   }
-  const bundles = [];
-  for (const p of [...input.programs, { name: `guest /${AGENT_BUNDLE}`, file: input.guestAgent }]) {
-    bundles.push({ name: p.name, text: await readFile(p.file, "utf8") });
+  for (const p of Object.keys(input.guestScripts)) {
+    if (!scripts.includes(p)) throw new Error(`the guest image carries no ${p}; rebuild both (make all)`);
   }
-  const npm = shippedPackages(bundles, lock);
+  const texts = [];
+  for (const b of bundles) texts.push({ name: b.name, text: await readFile(b.file, "utf8") });
+  const npm = shippedPackages(texts, lock);
 
   // Ours: the agent and the static files from rootfs/; everything else in the guest came from somewhere.
   const ours = (p: string) =>

@@ -1,7 +1,7 @@
 import { chmod } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { build } from "esbuild";
+import { build, type Metafile, type Plugin } from "esbuild";
 import type { KeyContext } from "./stage.ts";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -33,14 +33,58 @@ export async function bundleInputs(ctx: KeyContext, sources: string[]) {
   };
 }
 
+export interface BundleOptions {
+  /** Adds a `#!/usr/bin/env node` line and the executable bit. */
+  executable?: boolean;
+  /**
+   * Modules the entry loads only with import(), each bundled into a file of its own beside the bundle (repo-relative
+   * source -> file name), so the main bundle neither carries nor compiles them until the first import.
+   */
+  apart?: Record<string, string>;
+}
+
 /**
  * Bundles a TypeScript entry into one CommonJS file for Node 20. CommonJS because the shipped files
  * have no package.json beside them (an extensionless /usr/local/bin/vmm-sandboxer would not load as ESM);
  * import.meta.url is mapped to the bundle's own file URL so addon lookups next to the bundle still work.
  */
-export async function bundleNode(entry: string, outfile: string, opts: { executable?: boolean } = {}): Promise<void> {
+export async function bundleNode(entry: string, outfile: string, opts: BundleOptions = {}): Promise<void> {
   const shebang = opts.executable ? "#!/usr/bin/env node\n" : "";
-  await build({
+  const apart = new Map(Object.entries(opts.apart ?? {}).map(([src, file]) => [path.join(REPO, src), file]));
+  const main = await esbuildBundle(entry, outfile, shebang, apart);
+  for (const [src, file] of apart) {
+    const split = await esbuildBundle(src, path.join(path.dirname(outfile), file), "", new Map());
+    // A package in both files would be loaded twice, with two copies of its state and memory.
+    const twice = [...packagesOf(split)].filter((p) => packagesOf(main).has(p));
+    if (twice.length) {
+      throw new Error(
+        `${path.relative(REPO, src)} is bundled apart from ${path.relative(REPO, entry)}, but both include ${twice.join(", ")}: pass what it needs from the main bundle in as arguments instead of importing it`,
+      );
+    }
+  }
+  if (opts.executable) await chmod(outfile, 0o755);
+}
+
+async function esbuildBundle(
+  entry: string,
+  outfile: string,
+  shebang: string,
+  apart: Map<string, string>,
+): Promise<Metafile> {
+  const plugins: Plugin[] = [
+    {
+      name: "apart",
+      setup(b) {
+        // Modules of this repo, imported by relative path.
+        b.onResolve({ filter: /^\./ }, (args) => {
+          const abs = path.resolve(args.resolveDir, args.path);
+          const file = apart.get(abs) ?? apart.get(`${abs}.ts`);
+          return file ? { path: `./${file}`, external: true } : undefined;
+        });
+      },
+    },
+  ];
+  const { metafile } = await build({
     entryPoints: [entry],
     outfile,
     bundle: true,
@@ -51,10 +95,22 @@ export async function bundleNode(entry: string, outfile: string, opts: { executa
     sourcemap: false,
     legalComments: "none",
     logLevel: "silent",
+    metafile: true,
+    plugins: apart.size ? plugins : [],
     // esbuild names each module in a comment, relative to its working directory: the repo, whatever the cwd.
     absWorkingDir: REPO,
     define: { "import.meta.url": "__bundle_url" },
     banner: { js: `${shebang}const __bundle_url = require("node:url").pathToFileURL(__filename).href;` },
   });
-  if (opts.executable) await chmod(outfile, 0o755);
+  return metafile;
+}
+
+/** The npm packages a bundle includes. */
+function packagesOf(meta: Metafile): Set<string> {
+  const out = new Set<string>();
+  for (const input of Object.keys(meta.inputs)) {
+    const m = /node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(input);
+    if (m) out.add(m[1]!);
+  }
+  return out;
 }

@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -8,6 +8,7 @@ import { bundleName, SUMS, sbomName, unameArch } from "../dist/names.ts";
 import { artifactNames } from "../installer-image/image.ts";
 import type { Stage } from "../lib/stage.ts";
 import { StageError } from "../lib/stage-error.ts";
+import { AGENT_DIR } from "../rootfs/validate.ts";
 import { imageStage } from "./image.ts";
 import { initrdStage } from "./initrd.ts";
 import { kernelStage } from "./kernel.ts";
@@ -18,8 +19,11 @@ import { vmmTaskStage } from "./vmm-task.ts";
 /** The stages whose published files install-vmm lays out. */
 const PUBLISHERS = [sandboxerStage, vmmTaskStage, kernelStage, imageStage, initrdStage, unitsStage];
 
-/** The agent bundle in the task stage's output: the SBOM reads which npm packages the guest carries from it. */
-const GUEST_AGENT = "vmm-task.js";
+/** The task stage's scripts by their guest path (the rootfs stage copies them to AGENT_DIR): the SBOM reads them. */
+async function guestScripts(taskOut: string): Promise<Record<string, string>> {
+  const js = (await readdir(taskOut)).filter((n) => n.endsWith(".js")).sort();
+  return Object.fromEntries(js.map((n) => [`/${AGENT_DIR}/${n}`, path.join(taskOut, n)]));
+}
 
 /** bin/ name -> the stage publishing it and its file in that stage's output. */
 export function artifactSources(): Map<string, { stage: string; rel: string }> {
@@ -84,7 +88,7 @@ export const distStage: Stage = {
         version: VERSION,
         epoch: ctx.options.sourceDateEpoch,
         artifacts,
-        guestAgent: path.join(ctx.dep(vmmTaskStage.name), GUEST_AGENT),
+        guestScripts: await guestScripts(ctx.dep(vmmTaskStage.name)),
         out: ctx.out,
         scratch,
         log: ctx.log,

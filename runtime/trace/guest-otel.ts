@@ -1,8 +1,12 @@
-/** The guest's OpenTelemetry tracer, recording into a bounded buffer; loaded by guest.ts on the first traced request. */
-import { create } from "@bufbuild/protobuf";
+/**
+ * The guest's OpenTelemetry tracer, recording into a bounded buffer; loaded by guest.ts on the first traced request.
+ * The agent's build bundles it into a file of its own (pipeline/stages/vmm-task.ts), so it imports no runtime code
+ * the agent's bundle also holds: the protobuf runtime comes in as the `toMessage` argument.
+ */
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { HrTime } from "@opentelemetry/api";
 import { BasicTracerProvider, type ReadableSpan, type SpanProcessor } from "@opentelemetry/sdk-trace-base";
-import { type GuestSpan, GuestSpanSchema } from "../protos/gen/kuasar/sandbox_pb.ts";
+import type { GuestSpan, GuestSpanSchema } from "../protos/gen/kuasar/sandbox_pb.ts";
 import {
   GUEST_BUFFER_BYTES,
   GUEST_BUFFER_SPANS,
@@ -28,12 +32,15 @@ export interface GuestRecorder {
   drain(max: number): DrainReply;
 }
 
-export function createGuestRecorder(): GuestRecorder {
+/** A GuestSpan message from its fields (the caller's protobuf `create`). */
+export type ToGuestSpan = (fields: MessageInitShape<typeof GuestSpanSchema>) => GuestSpan;
+
+export function createGuestRecorder(toMessage: ToGuestSpan): GuestRecorder {
   const buffer = new SpanBuffer<GuestSpan>(GUEST_BUFFER_SPANS, GUEST_BUFFER_BYTES);
   const toBuffer: SpanProcessor = {
     onStart() {},
     onEnd(span) {
-      const s = guestSpan(span);
+      const s = toMessage(guestSpan(span));
       buffer.push(s, spanBytes(s));
     },
     forceFlush: async () => {},
@@ -59,11 +66,11 @@ function ns(t: HrTime): bigint {
   return BigInt(t[0]) * 1_000_000_000n + BigInt(t[1]);
 }
 
-function guestSpan(span: ReadableSpan): GuestSpan {
+function guestSpan(span: ReadableSpan): MessageInitShape<typeof GuestSpanSchema> {
   const ctx = span.spanContext();
   const attributes: Record<string, string> = {};
   for (const [k, v] of Object.entries(span.attributes)) if (v !== undefined) attributes[k] = String(v);
-  return create(GuestSpanSchema, {
+  return {
     traceId: Buffer.from(ctx.traceId, "hex"),
     spanId: Buffer.from(ctx.spanId, "hex"),
     parentSpanId: span.parentSpanContext ? Buffer.from(span.parentSpanContext.spanId, "hex") : new Uint8Array(),
@@ -75,5 +82,5 @@ function guestSpan(span: ReadableSpan): GuestSpan {
     statusCode: span.status.code,
     statusMessage: (span.status.message ?? "").slice(0, MAX_VALUE_CHARS),
     droppedAttributes: span.droppedAttributesCount,
-  });
+  };
 }

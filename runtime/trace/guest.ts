@@ -3,6 +3,8 @@
  * host's, and the finished spans wait in a bounded buffer until the host drains them (DrainSpans). Until the first
  * such request nothing of OpenTelemetry is loaded: the agent's start does not pay for it (guest-otel.ts).
  */
+import { create } from "@bufbuild/protobuf";
+import { GuestSpanSchema } from "../protos/gen/kuasar/sandbox_pb.ts";
 import type { DrainReply, GuestRecorder } from "./guest-otel.ts";
 import { sampledTraceparent } from "./traceparent.ts";
 import type { ServerTracer, SpanAttributes } from "./ttrpc-server.ts";
@@ -37,7 +39,7 @@ export class GuestTracing implements ServerTracer {
 
   private load(): Promise<GuestRecorder> {
     this.loading ??= import("./guest-otel.ts").then((m) => {
-      this.recorder = m.createGuestRecorder();
+      this.recorder = m.createGuestRecorder((fields) => create(GuestSpanSchema, fields));
       return this.recorder;
     });
     return this.loading;

@@ -31,8 +31,10 @@ import { artifactNames } from "../../../pipeline/installer-image/image.ts";
 import { hashFile } from "../../../pipeline/lib/hash.ts";
 import { toolShell } from "../../../pipeline/lib/shell.ts";
 import type { BuildContext } from "../../../pipeline/lib/stage.ts";
+import { AGENT_DIR } from "../../../pipeline/rootfs/validate.ts";
 import { VERSION } from "../../../pipeline/stages/dist.ts";
 import { nodeInstallerStage } from "../../../pipeline/stages/node-installer.ts";
+import { vmmTaskStage } from "../../../pipeline/stages/vmm-task.ts";
 import { cycloneDxErrors } from "./dist-cyclonedx.ts";
 
 // The release bundle end to end, from the artifacts in bin/ (`kuasar-build all` has built them before the tests
@@ -61,6 +63,13 @@ async function tree(root: string, rel = ""): Promise<string[]> {
   return out;
 }
 
+/** The agent's scripts in the guest -> their bin/ names, as the task stage publishes them. */
+const GUEST_SCRIPTS = Object.fromEntries(
+  Object.entries(vmmTaskStage.publish)
+    .filter(([rel]) => rel.endsWith(".js"))
+    .map(([rel, name]) => [`/${AGENT_DIR}/${rel}`, name]),
+);
+
 describe("the release bundle", { timeout: 600_000 }, () => {
   let tmp: string;
   const builds: DistResult[] = [];
@@ -72,7 +81,7 @@ describe("the release bundle", { timeout: 600_000 }, () => {
   async function snapshot(to: string): Promise<Record<string, string>> {
     await mkdir(to);
     const out: Record<string, string> = {};
-    for (const n of [...artifactNames(), "vmm-task"]) {
+    for (const n of [...artifactNames(), ...Object.values(GUEST_SCRIPTS)]) {
       const src = path.join(repo, "bin", n);
       if (!existsSync(src)) {
         throw new Error(`bin/${n} is missing; build the artifacts first: node pipeline/bin/kuasar-build.js all`);
@@ -93,7 +102,7 @@ describe("the release bundle", { timeout: 600_000 }, () => {
       version: VERSION,
       epoch: EPOCH,
       artifacts,
-      guestAgent: artifacts["vmm-task"]!,
+      guestScripts: Object.fromEntries(Object.entries(GUEST_SCRIPTS).map(([g, n]) => [g, artifacts[n]!])),
       out,
       scratch,
     });
