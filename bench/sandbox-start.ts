@@ -339,6 +339,8 @@ async function main(): Promise<void> {
   // An older image is a bare ext4, booted as a disk, as it was.
   const baselineConfig = structuredClone(diskConfig);
   if (baselineImage) baselineConfig.hypervisor.image_path = path.resolve(baselineImage);
+  // Read before the runs: a baseline image without its manifest fails here, not after minutes of boots.
+  const baselineNode = baselineImage ? await guestNode(baselineConfig.hypervisor.image_path) : undefined;
   const daemon = await startBundledDaemon(dir, configFile);
   const { client, close } = unaryClient(Controller, `unix://${daemon.sock}`);
   const watch = new ConsoleWatch(daemon.stateDir).start();
@@ -464,7 +466,7 @@ async function main(): Promise<void> {
             baseline: {
               ...summarise(baseline),
               image: baselineConfig.hypervisor.image_path,
-              guestNode: await guestNode(baselineConfig.hypervisor.image_path),
+              guestNode: baselineNode!,
             },
           }
         : {}),
@@ -539,7 +541,12 @@ async function scrapeSeries(socketPath: string): Promise<number> {
 
 /** The node the guest image carries, from the manifest the pipeline writes beside it. */
 async function guestNode(image: string): Promise<string> {
-  const manifest = JSON.parse(await readFile(`${image}.manifest.json`, "utf8")) as { components?: { node?: string } };
+  const text = await readFile(`${image}.manifest.json`, "utf8").catch((err: Error) => {
+    throw new Error(
+      `${image}: its manifest cannot be read (${err.message}); keep the image's .manifest.json beside it`,
+    );
+  });
+  const manifest = JSON.parse(text) as { components?: { node?: string } };
   return manifest.components?.node ?? "unknown";
 }
 

@@ -71,6 +71,8 @@ async function esbuildBundle(
   shebang: string,
   apart: Map<string, string>,
 ): Promise<Metafile> {
+  // An apart module becomes a stub that loads its file at run time. Not import(): a V8 startup snapshot of the
+  // bundle (the agent's) has no dynamic import callback, and the stub runs only when first imported.
   const plugins: Plugin[] = [
     {
       name: "apart",
@@ -79,8 +81,12 @@ async function esbuildBundle(
         b.onResolve({ filter: /^\./ }, (args) => {
           const abs = path.resolve(args.resolveDir, args.path);
           const file = apart.get(abs) ?? apart.get(`${abs}.ts`);
-          return file ? { path: `./${file}`, external: true } : undefined;
+          return file ? { path: file, namespace: "apart" } : undefined;
         });
+        b.onLoad({ filter: /.*/, namespace: "apart" }, (args) => ({
+          contents: `module.exports = require("node:module").createRequire(__filename)(${JSON.stringify(`./${args.path}`)});`,
+          loader: "js",
+        }));
       },
     },
   ];

@@ -5,22 +5,20 @@ import { buildNative } from "../../runtime/native/build.ts";
 import { AGENT_ADDONS, buildGypAddon } from "../../runtime/native/gyp.ts";
 import { bundleInputs, bundleNode, SHARED_LAYERS } from "../lib/bundle.ts";
 import type { Stage } from "../lib/stage.ts";
-import { AGENT_BUNDLE } from "../rootfs/validate.ts";
 
 /** Source trees vmm-task is built from: the agent, the protocol layer it imports, and the native code. */
 const SOURCES = ["runtime/agent", ...SHARED_LAYERS, "runtime/native"];
 
-/** Guest path (root-relative) of node. */
+/** Guest paths (root-relative) of node and of the agent's V8 startup snapshot, which the rootfs stage builds. */
 export const GUEST_NODE = "usr/bin/node";
+export const AGENT_SNAPSHOT = "usr/lib/vmm-task/vmm-task.blob";
 
 /**
- * What the guest's init runs: node on the agent's bundle. A 1 MiB semi-space keeps V8's young generation at 2 MiB
- * where the agent's start grows it to 4 MiB (RssAnon 1.6 MiB lower, measured on the host). No V8 startup snapshot:
- * node keeps a private copy of the blob's heap image for the life of the process (+7 MiB RssAnon for an empty
- * snapshot, +5 MiB for the agent's), while under TCG the guest served no sooner with it than without (bench/,
- * 2026-12-03). Under TCG init adds --jitless (init.c).
+ * What the guest's init runs: node starting from the snapshot, which runs the agent's main. No heap flags: none of
+ * --max-semi-space-size=1, --single-threaded(-gc), --lite-mode or --max-lazy moved the idle agent's RssAnon by more
+ * than 0.2 MiB (measured on the host; the first in the guest too). Under TCG init adds --jitless (init.c).
  */
-export const AGENT_ARGV = [`/${GUEST_NODE}`, "--max-semi-space-size=1", `/${AGENT_BUNDLE}`];
+export const AGENT_ARGV = [`/${GUEST_NODE}`, "--snapshot-blob", `/${AGENT_SNAPSHOT}`];
 
 /** vmm-task: the guest agent bundled into one file, its native addons, and the static C init that runs it as PID 1. */
 export const vmmTaskStage: Stage = {

@@ -2,6 +2,7 @@ import { mkdir, rm } from "node:fs/promises";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import { parseArgs } from "node:util";
+import { startupSnapshot } from "node:v8";
 import { PORT_FORWARD_PREFIX } from "../contract/port-forward.ts";
 import { AGENT_PORT } from "../contract/ports.ts";
 import { agentReadyLine } from "../contract/readiness.ts";
@@ -98,7 +99,7 @@ async function main(argv: string[]): Promise<void> {
   }
   // Printed whatever the log level: over hybrid vsock the host waits for this console line before it dials.
   process.stderr.write(agentReadyLine(guest ? undefined : values.listen));
-  // The guest's own measure of the agent's start (performance.now() counts from node's start);
+  // The guest's own measure of the agent's start (performance.now() counts from node's start, snapshot or not);
   // bench/sandbox-start.ts reads it.
   log.info(`serving ${Math.round(performance.now())} ms after node started`);
 
@@ -129,4 +130,7 @@ function run(args: string[]): void {
   });
 }
 
-run(process.argv.slice(2));
+// In the guest, node starts from a V8 startup snapshot of this bundle (pipeline/stages/rootfs.ts): every module was
+// evaluated when the snapshot was built, and the guest only runs main. There process.argv has no script path.
+if (startupSnapshot.isBuildingSnapshot()) startupSnapshot.setDeserializeMainFunction(() => run(process.argv.slice(1)));
+else run(process.argv.slice(2));

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
-import { appendFile, copyFile, mkdir, mkdtemp, readFile } from "node:fs/promises";
+import { appendFile, copyFile, mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -26,7 +26,8 @@ const CONSOLE_CAP_MB = 1;
 const TASK_TOPICS = new Set(["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete", "/tasks/oom"]);
 
 /**
- * kuasar.initrd with the hostile agent as vmm-task and the real one kept beside it (initramfs archives concatenate).
+ * kuasar.initrd with the hostile agent as vmm-task (and its startup snapshot) and the real one kept beside it
+ * (initramfs archives concatenate).
  */
 async function hostileInitrd(dir: string, out: string): Promise<void> {
   const root = path.join(dir, "overlay");
@@ -34,6 +35,21 @@ async function hostileInitrd(dir: string, out: string): Promise<void> {
   await mkdir(agentDir, { recursive: true });
   await bundleNode(path.join(repo, "test/security/fixtures/hostile-agent.ts"), path.join(agentDir, "vmm-task.js"));
   await copyFile(path.join(bin, "vmm-task"), path.join(agentDir, "real-vmm-task.js"));
+  // The guest's init starts node from the agent's startup snapshot: this one runs the hostile bundle instead. bin/node
+  // is the same pinned, stripped node as the guest's, so it can build a blob the guest accepts.
+  const wrapper = path.join(dir, "hostile-snapshot.cjs");
+  await writeFile(
+    wrapper,
+    'const { createRequire } = require("node:module");\n' +
+      'require("node:v8").startupSnapshot.setDeserializeMainFunction(() => createRequire("/usr/lib/vmm-task/")("/usr/lib/vmm-task/vmm-task.js"));\n',
+  );
+  execFileSync(
+    path.join(bin, "node"),
+    ["--snapshot-blob", path.join(agentDir, "vmm-task.blob"), "--build-snapshot", wrapper],
+    {
+      stdio: ["ignore", "ignore", "pipe"],
+    },
+  );
   const cpio = path.join(dir, "overlay.cpio");
   await writeNewc(root, await listTree(root), cpio, 0);
   await copyFile(path.join(bin, "kuasar.initrd"), out);
