@@ -232,7 +232,8 @@ int main(int argc, char **argv) {
   if (i + 1 < argc) {
     cmd = argv + i + 1;
   } else if (!pid1) {
-    // The kernel passes unknown boot parameters as arguments to PID 1, so only host mode insists on "--".
+    // As PID 1 the arguments are the kernel's: unknown boot parameters and what followed its "--", which the kernel
+    // keeps to itself, so they never select a command there; only a PID 1 started by hand with "--" does.
     fprintf(stderr, "usage: %s -- <command> [args...]\n(runs the command as a child subreaper and reports reaped orphans on fd 3)\n",
             argv[0]);
     return 2;
