@@ -250,7 +250,7 @@ const SNAPSHOT_BUILD_FLAGS = ["--no-warnings", "--single-threaded", "--hash-seed
 /**
  * The agent's V8 startup snapshot: the guest's node evaluates the bundle (every module, the protobuf registries) at
  * build time, chrooted at the guest's paths since the bundle's own path is part of what it keeps, and the guest starts
- * from the blob instead of compiling and evaluating ~1 MB of JavaScript at every boot (BENCHMARKS.md, sandbox-start).
+ * from the blob instead of compiling and evaluating ~340 KB of JavaScript at every boot (BENCHMARKS.md, sandbox-start).
  */
 async function buildSnapshot(ctx: BuildContext, root: string): Promise<void> {
   ctx.log(`V8 startup snapshot of /${AGENT_BUNDLE} -> /${AGENT_SNAPSHOT}`);
