@@ -3,7 +3,7 @@ import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
-import { hashFile } from "../lib/hash.ts";
+import { hashFile, sha256 } from "../lib/hash.ts";
 import type { ArtifactManifest } from "../rootfs/manifest.ts";
 import { AGENT_BUNDLE, AGENT_DIR, AGENT_INIT } from "../rootfs/validate.ts";
 import { attribute, type GuestFile, type HostPackages } from "./debian.ts";
@@ -62,24 +62,24 @@ export async function sbomFacts(input: FactsInput): Promise<Omit<SbomInput, "ver
   const scripts = [...guest.keys()].filter((p) => p.startsWith(`/${AGENT_DIR}/`) && p.endsWith(".js"));
   if (!scripts.includes(`/${AGENT_BUNDLE}`))
     throw new Error(`the guest image carries no /${AGENT_BUNDLE}; rebuild it (make all)`);
-  const bundles = input.programs.map((p) => ({ name: p.name, file: p.file }));
+  const texts = [];
+  for (const p of input.programs) texts.push({ name: p.name, text: await readFile(p.file, "utf8") });
   for (const p of scripts) {
     const file = input.guestScripts[p];
     if (!file)
       throw new Error(`the guest image carries ${p}, which was not given to the SBOM; rebuild both (make all)`);
-    const digest = await hashFile(file);
+    const bytes = await readFile(file);
+    const digest = sha256(bytes);
     if (guest.get(p)!.sha256 !== digest) {
       throw new Error(
         `${file} (sha256 ${digest.slice(0, 12)}…) is not the ${p} the guest image carries (${guest.get(p)!.sha256.slice(0, 12)}…); rebuild both (make all)`,
       );
     }
-    bundles.push({ name: `guest ${p}`, file });
+    texts.push({ name: `guest ${p}`, text: bytes.toString("utf8") });
   }
   for (const p of Object.keys(input.guestScripts)) {
     if (!scripts.includes(p)) throw new Error(`the guest image carries no ${p}; rebuild both (make all)`);
   }
-  const texts = [];
-  for (const b of bundles) texts.push({ name: b.name, text: await readFile(b.file, "utf8") });
   const npm = shippedPackages(texts, lock);
 
   // Ours: the agent and the static files from rootfs/; everything else in the guest came from somewhere.

@@ -51,11 +51,11 @@ export interface BundleOptions {
 export async function bundleNode(entry: string, outfile: string, opts: BundleOptions = {}): Promise<void> {
   const shebang = opts.executable ? "#!/usr/bin/env node\n" : "";
   const apart = new Map(Object.entries(opts.apart ?? {}).map(([src, file]) => [path.join(REPO, src), file]));
-  const main = await esbuildBundle(entry, outfile, shebang, apart);
+  const main = packagesOf(await esbuildBundle(entry, outfile, shebang, apart));
   for (const [src, file] of apart) {
     const split = await esbuildBundle(src, path.join(path.dirname(outfile), file), "", new Map());
     // A package in both files would be loaded twice, with two copies of its state and memory.
-    const twice = [...packagesOf(split)].filter((p) => packagesOf(main).has(p));
+    const twice = [...packagesOf(split)].filter((p) => main.has(p));
     if (twice.length) {
       throw new Error(
         `${path.relative(REPO, src)} is bundled apart from ${path.relative(REPO, entry)}, but both include ${twice.join(", ")}: pass what it needs from the main bundle in as arguments instead of importing it`,
