@@ -27,7 +27,7 @@ options:
   --hypervisor NAME       required-symbol profile(s) for the kernel / config for install (repeatable)
   --kernel-source SRC     Debian linux-source tarball (default), a local tarball or dir, or a URL
   --kernel-sha256 HEX     required with a URL source
-  --kernel-patch FILE     a patch applied to the kernel source (repeatable, in order)
+  --kernel-patch FILE     a patch applied to the kernel source after kernel-configs/patches/ (repeatable, in order)
   --cache-dir DIR         build cache (default: $KUASAR_CACHE_DIR or $XDG_CACHE_HOME/kuasar-vmm)
   --bin-dir DIR           where artifacts are published (default: bin/)
   --dist-dir DIR          where the release bundle is published (default: dist/)

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 log() { printf '[prereqs] %s\n' "$*"; }
 
 # bookworm packages: VMM, guest userland, kernel build, image tools, networking
-BOOKWORM_PKGS=(qemu-system-x86 qemu-utils busybox-static runc e2fsprogs cpio gzip xz-utils flex bison bc libelf-dev libssl-dev
+BOOKWORM_PKGS=(qemu-system-x86 qemu-utils busybox-static runc e2fsprogs cpio gzip xz-utils flex bison bc libelf-dev libssl-dev patch
   linux-source-6.1 build-essential python3 iproute2 iptables containernetworking-plugins socat systemd kmod file procps util-linux zstd)
 # Only these two come from sid, pinned low so nothing else (libc!) is upgraded.
 SID_PKGS=(containerd vhost-device-vsock)

@@ -29,6 +29,7 @@ interface KernelManifest {
   profile: string;
   hypervisors: string[];
   source: { kind: string; location: string; sha256?: string };
+  patches: { file: string; sha256: string }[];
   configSha256: string;
   artifacts: Record<string, { size: number; sha256: string }>;
 }
@@ -104,6 +105,7 @@ export async function sbomFacts(input: FactsInput): Promise<Omit<SbomInput, "ver
     profile: km.profile,
     hypervisors: km.hypervisors,
     source: km.source,
+    patches: km.patches,
   };
   if (km.source.sha256) {
     const src = await attribute([{ path: km.source.location, sha256: km.source.sha256 }], input.host);

@@ -20,6 +20,8 @@ export interface KernelFacts {
   source: { kind: string; location: string; sha256?: string };
   /** The Debian package the source tarball came from, when the host still has those bytes. */
   sourcePackage?: { name: string; version: string; arch: string };
+  /** Patches applied to the source, in order (vmlinux.manifest.json patches). */
+  patches: { file: string; sha256: string }[];
 }
 
 export interface SbomInput {
@@ -46,6 +48,11 @@ interface Property {
   name: string;
   value: string;
 }
+/** A change made to a component's source; diff.url names the patch file. */
+interface Patch {
+  type: "unofficial";
+  diff: { url: string };
+}
 export interface Component {
   type: "application" | "library" | "operating-system" | "file" | "platform";
   "bom-ref"?: string;
@@ -55,7 +62,7 @@ export interface Component {
   purl?: string;
   hashes?: Hash[];
   licenses?: { expression: string }[];
-  pedigree?: { ancestors: Component[] };
+  pedigree?: { ancestors?: Component[]; patches?: Patch[] };
   properties?: Property[];
 }
 
@@ -120,7 +127,20 @@ function kernelComponent(k: KernelFacts, distro: string): Component {
     { name: "kuasar:kernel:source", value: `${k.source.kind} ${k.source.location}` },
   ];
   if (k.source.sha256) props.push({ name: "kuasar:kernel:source-sha256", value: k.source.sha256 });
+  for (const p of k.patches) props.push({ name: "kuasar:kernel:patch", value: `${p.file} sha256:${p.sha256}` });
   const src = k.sourcePackage;
+  const pedigree: NonNullable<Component["pedigree"]> = {};
+  if (src) {
+    pedigree.ancestors = [
+      {
+        type: "operating-system",
+        name: src.name,
+        version: src.version,
+        purl: debPurl(src.name, src.version, src.arch, distro),
+      },
+    ];
+  }
+  if (k.patches.length > 0) pedigree.patches = k.patches.map((p) => ({ type: "unofficial", diff: { url: p.file } }));
   return {
     type: "operating-system",
     "bom-ref": `kernel:linux@${k.version}`,
@@ -128,20 +148,7 @@ function kernelComponent(k: KernelFacts, distro: string): Component {
     version: k.version,
     purl: `pkg:generic/linux@${encodeURIComponent(k.version)}`,
     hashes: [{ alg: "SHA-256", content: k.sha256 }],
-    ...(src
-      ? {
-          pedigree: {
-            ancestors: [
-              {
-                type: "operating-system" as const,
-                name: src.name,
-                version: src.version,
-                purl: debPurl(src.name, src.version, src.arch, distro),
-              },
-            ],
-          },
-        }
-      : {}),
+    ...(Object.keys(pedigree).length > 0 ? { pedigree } : {}),
     properties: props,
   };
 }

@@ -50,14 +50,25 @@ function describeSource(src: KernelSource): string {
   return src.kind === "url" ? src.url : src.path;
 }
 
-async function patchList(ctx: KeyContext): Promise<{ file: string; sha256: string }[]> {
-  const out = [];
+/** Patches every guest kernel gets, applied in name order before any --kernel-patch. */
+export const BUILTIN_PATCHES = "kernel-configs/patches";
+
+/**
+ * The built-in patches (recorded by their repo-relative path, so the manifest does not depend on where the checkout
+ * is), then the --kernel-patch ones in the order given.
+ */
+async function patchList(ctx: KeyContext): Promise<{ file: string; path: string; sha256: string }[]> {
+  const builtin = (await readdir(path.join(ctx.repo, BUILTIN_PATCHES)).catch(() => []))
+    .filter((n) => n.endsWith(".patch"))
+    .sort()
+    .map((n) => ({ file: `${BUILTIN_PATCHES}/${n}`, path: path.join(ctx.repo, BUILTIN_PATCHES, n) }));
+  const given = [];
   for (const p of ctx.options.kernelPatches) {
     const file = path.resolve(ctx.repo, p);
     if (!(await stat(file).catch(() => undefined))?.isFile()) throw new Error(`kernel patch ${file} does not exist`);
-    out.push({ file, sha256: await ctx.fileDigest(file) });
+    given.push({ file, path: file });
   }
-  return out;
+  return Promise.all([...builtin, ...given].map(async (p) => ({ ...p, sha256: await ctx.fileDigest(p.path) })));
 }
 
 async function helperDigests(ctx: KeyContext): Promise<Record<string, string>> {
@@ -88,7 +99,7 @@ export const kernelStage: Stage = {
     const tools = await toolchain(ctx);
     await ctx.tool("tar", "tar");
     if (source.kind === "tarball" && source.path.endsWith(".xz")) await ctx.tool("xz", "xz-utils");
-    if (o.kernelPatches.length > 0) await ctx.tool("patch", "patch");
+    await ctx.tool("patch", "patch");
     return {
       helpers: await helperDigests(ctx),
       source: { kind: source.kind, sha256: await sourceDigest(source, ctx) },
@@ -123,7 +134,7 @@ export const kernelStage: Stage = {
         srcDir = await materialise(source, scratch, ctx.$, ctx.log);
         await applyPatches(
           srcDir,
-          patches.map((p) => p.file),
+          patches.map((p) => p.path),
           ctx.$,
           ctx.log,
         );
@@ -147,7 +158,7 @@ export const kernelStage: Stage = {
       await writeManifest(ctx, {
         version,
         source: { kind: source.kind, location: describeSource(source), sha256: srcDigest },
-        patches,
+        patches: patches.map(({ file, sha256 }) => ({ file, sha256 })),
         fragments: await fragmentDigests(ctx, files),
         config,
         seconds: (performance.now() - t0) / 1000,

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import {
   chmod,
@@ -205,6 +206,20 @@ describe("the release bundle", { timeout: 600_000 }, () => {
     const kernel = comps.find((c) => c.type === "operating-system")!;
     assert.equal(kernel.version, km.kernelVersion);
     assert.ok(kernel.properties?.some((p) => p.name === "kuasar:kernel:config-sha256" && p.value === km.configSha256));
+    // Every patch of kernel-configs/patches is in the kernel that was built, and the SBOM says so with its digest.
+    const patchDir = path.join(repo, "kernel-configs/patches");
+    const want = [];
+    for (const n of (await readdir(patchDir)).filter((f) => f.endsWith(".patch")).sort()) {
+      const digest = createHash("sha256")
+        .update(await readFile(path.join(patchDir, n)))
+        .digest("hex");
+      want.push(`kernel-configs/patches/${n} sha256:${digest}`);
+    }
+    assert.ok(want.length > 0);
+    assert.deepEqual(
+      kernel.properties?.filter((p) => p.name === "kuasar:kernel:patch").map((p) => p.value),
+      want,
+    );
     const node = comps.find((c) => c.type === "platform")!;
     const version = (await run(path.join(binA, "node"), ["--version"])).stdout.trim();
     assert.equal(`v${node.version}`, version);

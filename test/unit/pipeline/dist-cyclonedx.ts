@@ -155,6 +155,27 @@ function component(c: unknown, where: string, errors: string[], refs: Set<string
       );
       for (const [i, a] of ((c.pedigree.ancestors as unknown[]) ?? []).entries())
         component(a, `${where}.pedigree.ancestors[${i}]`, errors, refs);
+      for (const [i, p] of ((c.pedigree.patches as unknown[]) ?? []).entries())
+        patch(p, `${where}.pedigree.patches[${i}]`, errors);
+    }
+  }
+}
+
+const PATCH_TYPES = ["unofficial", "monkey", "backport", "cherry-pick"];
+
+/** A pedigree patch: its type is required and one of four; diff (text or url) and resolves are all it may carry. */
+function patch(p: unknown, where: string, errors: string[]): void {
+  if (!isObject(p)) {
+    errors.push(`${where} must be an object`);
+    return;
+  }
+  closed(p, ["type", "diff", "resolves"], where, errors);
+  if (!PATCH_TYPES.includes(String(p.type))) errors.push(`${where}.type '${p.type}' is not one of ${PATCH_TYPES}`);
+  if (p.diff !== undefined) {
+    if (!isObject(p.diff)) errors.push(`${where}.diff must be an object`);
+    else {
+      closed(p.diff, ["text", "url"], `${where}.diff`, errors);
+      if (p.diff.url !== undefined && typeof p.diff.url !== "string") errors.push(`${where}.diff.url must be a string`);
     }
   }
 }

@@ -38,6 +38,7 @@ function input(): SbomInput {
       hypervisors: ["qemu"],
       source: { kind: "tarball", location: "/usr/src/linux-source-6.1.tar.xz", sha256: sha("e") },
       sourcePackage: { name: "linux-source-6.1", version: "6.1.192-3", arch: "all" },
+      patches: [{ file: "kernel-configs/patches/0001-x.patch", sha256: sha("b") }],
     },
     node: { version: "v20.20.2", sha256: sha("f") },
   };
@@ -66,6 +67,8 @@ test("the validator is not vacuous: it names what a broken BOM gets wrong", () =
   components(broken)[1]!.type = "npm";
   (components(broken)[2] as { hashes?: unknown }).hashes = [{ alg: "sha256", content: "xyz" }];
   components(broken)[3]!["bom-ref"] = components(broken)[4]!["bom-ref"];
+  const kernel = components(broken).find((c) => c.type === "operating-system")!;
+  (kernel.pedigree as { patches: unknown[] }).patches = [{ type: "local", diff: { url: "x", sha256: "y" } }];
   broken.extra = true;
   delete broken.version;
   const errors = cycloneDxErrors(broken).join("\n");
@@ -75,6 +78,8 @@ test("the validator is not vacuous: it names what a broken BOM gets wrong", () =
     /components\[2\]\.hashes\[0\]\.alg 'sha256'/,
     /components\[2\]\.hashes\[0\]\.content is not hex/,
     /bom-ref .* is not unique/,
+    /pedigree\.patches\[0\]\.type 'local'/,
+    /pedigree\.patches\[0\]\.diff: property 'sha256' is not allowed/,
     /property 'extra' is not allowed/,
     /'version' is required/,
   ]) {
@@ -115,17 +120,21 @@ test("Debian packages carry their version, architecture and distro in the purl, 
   assert.equal(debPurl("libstdc++6", "12.2.0-14", "amd64", "debian-12").split("@")[0], "pkg:deb/debian/libstdc%2B%2B6");
 });
 
-test("the kernel: version, config digest, source and its Debian package; the node runtime's version", () => {
+test("the kernel: version, config digest, source, its Debian package and patches; the node runtime's version", () => {
   const bom = cycloneDx(input());
   const k = components(bom).find((c) => c.type === "operating-system")!;
   assert.equal(k.version, "6.1.192");
   const props = k.properties as { name: string; value: string }[];
   assert.ok(props.some((p) => p.name === "kuasar:kernel:config-sha256" && p.value === sha("c")));
   assert.ok(props.some((p) => p.name === "kuasar:kernel:source-sha256" && p.value === sha("e")));
-  assert.deepEqual(
-    (k.pedigree as { ancestors: { purl: string }[] }).ancestors[0]!.purl,
-    debPurl("linux-source-6.1", "6.1.192-3", "all", "debian-12"),
+  assert.ok(
+    props.some(
+      (p) => p.name === "kuasar:kernel:patch" && p.value === `kernel-configs/patches/0001-x.patch sha256:${sha("b")}`,
+    ),
   );
+  const pedigree = k.pedigree as { ancestors: { purl: string }[]; patches: unknown[] };
+  assert.deepEqual(pedigree.ancestors[0]!.purl, debPurl("linux-source-6.1", "6.1.192-3", "all", "debian-12"));
+  assert.deepEqual(pedigree.patches, [{ type: "unofficial", diff: { url: "kernel-configs/patches/0001-x.patch" } }]);
   const node = components(bom).find((c) => c.type === "platform")!;
   assert.deepEqual([node.name, node.version], ["node", "20.20.2"]);
   const guestNode = components(bom).find((c) => c.type === "file")!;

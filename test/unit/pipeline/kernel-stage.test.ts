@@ -83,6 +83,31 @@ describe("kernel stage inputs", () => {
     assert.notEqual(edited, base);
   });
 
+  test("the patches in kernel-configs/patches apply to every build, in name order, before --kernel-patch ones", async () => {
+    const base = await key(options());
+    const dir = path.join(repo, "kernel-configs/patches");
+    await mkdir(dir);
+    try {
+      await writeFile(path.join(dir, "0002-b.patch"), "--- a/b\n+++ b/b\n");
+      await writeFile(path.join(dir, "0001-a.patch"), "--- a/a\n+++ b/a\n");
+      await writeFile(path.join(dir, "notes.txt"), "not a patch\n");
+      const given = path.join(repo, "0000-given.patch");
+      await writeFile(given, "--- a/g\n+++ b/g\n");
+      const ctx = keyContext(repo, options({ kernelPatches: [given] }), new DigestMemo(path.join(repo, "memo.json")));
+      const inputs = (await kernelStage.inputs(ctx)) as { patches: string[] };
+      const digest = async (f: string) => ctx.fileDigest(f);
+      assert.deepEqual(inputs.patches, [
+        await digest(path.join(dir, "0001-a.patch")),
+        await digest(path.join(dir, "0002-b.patch")),
+        await digest(given),
+      ]);
+      assert.notEqual(await key(options()), base);
+    } finally {
+      await rm(dir, { recursive: true });
+    }
+    assert.equal(await key(options()), base);
+  });
+
   test("a missing patch is named", async () => {
     await assert.rejects(key(options({ kernelPatches: ["nope.patch"] })), /kernel patch .*nope\.patch does not exist/);
   });
