@@ -29,7 +29,7 @@ verdict; no test asserts a timing.
 | \`density.ts\` | daemon memory by running sandboxes, vmm-task memory in the guest, kernel start to first Check | \`--sandboxes N\` (10), \`--batch N\` (2), \`--containers N\` (10) |
 | \`controller.ts\` | gRPC Controller Status calls/s | |
 | \`ttrpc.ts\` | ttrpc vs raw unix-socket echo, streaming throughput | |
-| \`pipeline.ts\` | cold and warm build times per stage, artifact sizes, reproducibility | \`--cold-kernel\` (adds 13 min idle, up to 35 busy) |
+| \`pipeline.ts\` | cold and warm build times per stage, artifact sizes, reproducibility | \`--cold-kernel\` (adds 9-13 min idle, up to 35 busy) |
 | \`kernel-profiles.ts\` | micro vs mini kernel: build time, sizes, boot to /init; the VM tests on mini | \`--boots N\` (3); builds mini once (20-40 min) |
 
 The machine has 2 cores and no KVM: every guest runs under QEMU's TCG (software emulation), which makes boots
