@@ -58,7 +58,11 @@ export const BUILTIN_PATCHES = "kernel-configs/patches";
  * is), then the --kernel-patch ones in the order given.
  */
 async function patchList(ctx: KeyContext): Promise<{ file: string; path: string; sha256: string }[]> {
-  const builtin = (await readdir(path.join(ctx.repo, BUILTIN_PATCHES)).catch(() => []))
+  const names = await readdir(path.join(ctx.repo, BUILTIN_PATCHES)).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === "ENOENT") return [];
+    throw err;
+  });
+  const builtin = names
     .filter((n) => n.endsWith(".patch"))
     .sort()
     .map((n) => ({ file: `${BUILTIN_PATCHES}/${n}`, path: path.join(ctx.repo, BUILTIN_PATCHES, n) }));
@@ -99,11 +103,12 @@ export const kernelStage: Stage = {
     const tools = await toolchain(ctx);
     await ctx.tool("tar", "tar");
     if (source.kind === "tarball" && source.path.endsWith(".xz")) await ctx.tool("xz", "xz-utils");
-    await ctx.tool("patch", "patch");
+    const patches = await patchList(ctx);
+    if (patches.length > 0) await ctx.tool("patch", "patch");
     return {
       helpers: await helperDigests(ctx),
       source: { kind: source.kind, sha256: await sourceDigest(source, ctx) },
-      patches: (await patchList(ctx)).map((p) => p.sha256),
+      patches: patches.map((p) => p.sha256),
       profile: o.profile,
       hypervisors: [...new Set(o.hypervisors)].sort(),
       fragments: await fragmentDigests(ctx, files),

@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import {
   chmod,
@@ -34,6 +33,7 @@ import { toolShell } from "../../../pipeline/lib/shell.ts";
 import type { BuildContext } from "../../../pipeline/lib/stage.ts";
 import { AGENT_DIR } from "../../../pipeline/rootfs/validate.ts";
 import { VERSION } from "../../../pipeline/stages/dist.ts";
+import { BUILTIN_PATCHES } from "../../../pipeline/stages/kernel.ts";
 import { nodeInstallerStage } from "../../../pipeline/stages/node-installer.ts";
 import { vmmTaskStage } from "../../../pipeline/stages/vmm-task.ts";
 import { cycloneDxErrors } from "./dist-cyclonedx.ts";
@@ -207,13 +207,10 @@ describe("the release bundle", { timeout: 600_000 }, () => {
     assert.equal(kernel.version, km.kernelVersion);
     assert.ok(kernel.properties?.some((p) => p.name === "kuasar:kernel:config-sha256" && p.value === km.configSha256));
     // Every patch of kernel-configs/patches is in the kernel that was built, and the SBOM says so with its digest.
-    const patchDir = path.join(repo, "kernel-configs/patches");
+    const patchDir = path.join(repo, BUILTIN_PATCHES);
     const want = [];
     for (const n of (await readdir(patchDir)).filter((f) => f.endsWith(".patch")).sort()) {
-      const digest = createHash("sha256")
-        .update(await readFile(path.join(patchDir, n)))
-        .digest("hex");
-      want.push(`kernel-configs/patches/${n} sha256:${digest}`);
+      want.push(`${BUILTIN_PATCHES}/${n} sha256:${await hashFile(path.join(patchDir, n))}`);
     }
     assert.ok(want.length > 0);
     assert.deepEqual(

@@ -6,7 +6,7 @@ import { after, before, describe, test } from "node:test";
 import { MANDATORY_SYMBOLS } from "../../../pipeline/kernel/config.ts";
 import { $quiet } from "../../../pipeline/lib/shell.ts";
 import { type BuildOptions, DigestMemo, keyContext } from "../../../pipeline/lib/stage.ts";
-import { kernelStage, reproducibleEnv } from "../../../pipeline/stages/kernel.ts";
+import { BUILTIN_PATCHES, kernelStage, reproducibleEnv } from "../../../pipeline/stages/kernel.ts";
 
 let repo: string;
 const options = (over: Partial<BuildOptions> = {}): BuildOptions => ({
@@ -85,7 +85,7 @@ describe("kernel stage inputs", () => {
 
   test("the patches in kernel-configs/patches apply to every build, in name order, before --kernel-patch ones", async () => {
     const base = await key(options());
-    const dir = path.join(repo, "kernel-configs/patches");
+    const dir = path.join(repo, BUILTIN_PATCHES);
     await mkdir(dir);
     try {
       await writeFile(path.join(dir, "0002-b.patch"), "--- a/b\n+++ b/b\n");
