@@ -15,11 +15,12 @@ export const AGENT_SNAPSHOT = "usr/lib/vmm-task/vmm-task.blob";
 
 /**
  * What the guest's init runs: node starting from the snapshot, which runs the agent's main. The snapshot costs
- * memory: node copies its V8 heap image into a buffer it keeps for the life of the process, so the idle agent's
- * RssAnon is 21.4 MiB with it and 14.7 MiB without (density bench, 2026-12-03); without it the agent served
- * 1.2-2.3 s later under TCG (sandbox-start). No heap flags: none of --max-semi-space-size=1, --single-threaded(-gc),
- * --lite-mode or --max-lazy moved the snapshot agent's RssAnon by more than 0.2 MiB (measured on the host; the
- * first in the guest too). Under TCG init adds --jitless (init.c).
+ * memory: node copies its V8 heap image (3.5 MiB) into a buffer it keeps for the life of the process. Without a
+ * snapshot the agent served 1.2-2.3 s later under TCG (sandbox-start, 2026-12-03), for about the RssAnon that the
+ * snapshot has now that it leaves out node's code cache (14.7 MiB, density; rootfs.ts says why). No heap flags: none
+ * of --max-semi-space-size=1, --single-threaded(-gc), --lite-mode, --max-lazy or a full GC once serving moved the
+ * snapshot agent's RssAnon by more than 0.2 MiB (measured on the host; the first in the guest too). Under TCG init
+ * adds --jitless (init.c).
  */
 export const AGENT_ARGV = [`/${GUEST_NODE}`, "--snapshot-blob", `/${AGENT_SNAPSHOT}`];
 

@@ -1,7 +1,7 @@
-import { readFile } from "node:fs/promises";
+import { readFileSync } from "node:fs";
 import { parseCmdline, type TaskParams } from "../contract/kernel-params.ts";
 
 /** The task.* parameters the guest booted with. */
-export async function readCmdline(file = "/proc/cmdline"): Promise<TaskParams> {
-  return parseCmdline(await readFile(file, "utf8"));
+export function readCmdline(file = "/proc/cmdline"): TaskParams {
+  return parseCmdline(readFileSync(file, "utf8"));
 }

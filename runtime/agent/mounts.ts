@@ -1,5 +1,4 @@
-import { readFileSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { mkdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import type { Logger } from "../log/log.ts";
 import { nsAddon } from "../native/ns/addon.ts";
@@ -84,9 +83,9 @@ export function mountNow(source: string, target: string, type: string, options: 
 }
 
 /** Mounts unless target is already a mount point; returns whether it mounted. */
-export async function ensureMount(step: MountStep): Promise<boolean> {
+export function ensureMount(step: MountStep): boolean {
   if (mountPoints().has(step.target)) return false;
-  await mkdir(step.target, { recursive: true });
+  mkdirSync(step.target, { recursive: true });
   const failed = mountNow(step.source, step.target, step.type, step.options);
   if (failed !== undefined) {
     throw new Pid1Error(

@@ -1,12 +1,11 @@
-import { lstatSync } from "node:fs";
-import { mkdir, readFile, symlink, unlink, writeFile } from "node:fs/promises";
+import { lstatSync, mkdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { GUEST_SHARE } from "../contract/share.ts";
 import { applyDefaultSysctls } from "./default-sysctls.ts";
 import { ensureMount, type Pid1Options, rooted } from "./mounts.ts";
 import { bindEtcFiles, mountShare, setHostnameFromShare } from "./pod-share.ts";
 
-export function mountProc(opts: Pid1Options = {}): Promise<boolean> {
+export function mountProc(opts: Pid1Options = {}): boolean {
   return ensureMount({
     source: "proc",
     target: rooted(opts, "/proc"),
@@ -16,7 +15,7 @@ export function mountProc(opts: Pid1Options = {}): Promise<boolean> {
   });
 }
 
-export function mountSysfs(opts: Pid1Options = {}): Promise<boolean> {
+export function mountSysfs(opts: Pid1Options = {}): boolean {
   return ensureMount({
     source: "sysfs",
     target: rooted(opts, "/sys"),
@@ -26,7 +25,7 @@ export function mountSysfs(opts: Pid1Options = {}): Promise<boolean> {
   });
 }
 
-export function mountDevtmpfs(opts: Pid1Options = {}): Promise<boolean> {
+export function mountDevtmpfs(opts: Pid1Options = {}): boolean {
   return ensureMount({
     source: "devtmpfs",
     target: rooted(opts, "/dev"),
@@ -36,7 +35,7 @@ export function mountDevtmpfs(opts: Pid1Options = {}): Promise<boolean> {
   });
 }
 
-export function mountDevShm(opts: Pid1Options = {}): Promise<boolean> {
+export function mountDevShm(opts: Pid1Options = {}): boolean {
   return ensureMount({
     source: "shm",
     target: rooted(opts, "/dev/shm"),
@@ -47,8 +46,8 @@ export function mountDevShm(opts: Pid1Options = {}): Promise<boolean> {
 }
 
 /** A devpts of its own (newinstance) whose ptmx anyone may open, with /dev/ptmx pointing at it. */
-export async function mountDevPts(opts: Pid1Options = {}): Promise<boolean> {
-  const mounted = await ensureMount({
+export function mountDevPts(opts: Pid1Options = {}): boolean {
+  const mounted = ensureMount({
     source: "devpts",
     target: rooted(opts, "/dev/pts"),
     type: "devpts",
@@ -58,27 +57,27 @@ export async function mountDevPts(opts: Pid1Options = {}): Promise<boolean> {
   const ptmx = rooted(opts, "/dev/ptmx");
   const st = lstatSync(ptmx, { throwIfNoEntry: false });
   if (!st?.isSymbolicLink()) {
-    if (st) await unlink(ptmx);
-    await symlink("pts/ptmx", ptmx);
+    if (st) unlinkSync(ptmx);
+    symlinkSync("pts/ptmx", ptmx);
   }
   return mounted;
 }
 
 /** tmpfs on /run, then the share's mount point (the tmpfs hides whatever the image had there). */
-export async function mountRun(opts: Pid1Options = {}): Promise<boolean> {
-  const mounted = await ensureMount({
+export function mountRun(opts: Pid1Options = {}): boolean {
+  const mounted = ensureMount({
     source: "tmpfs",
     target: rooted(opts, "/run"),
     type: "tmpfs",
     options: ["nosuid", "nodev", "mode=0755"],
     hint: "the guest kernel needs CONFIG_TMPFS",
   });
-  await mkdir(rooted(opts, GUEST_SHARE), { recursive: true });
+  mkdirSync(rooted(opts, GUEST_SHARE), { recursive: true });
   return mounted;
 }
 
 /** /tmp on tmpfs: the image root is mounted read-only and shared by every VM. */
-export function mountTmp(opts: Pid1Options = {}): Promise<boolean> {
+export function mountTmp(opts: Pid1Options = {}): boolean {
   return ensureMount({
     source: "tmpfs",
     target: rooted(opts, "/tmp"),
@@ -91,20 +90,20 @@ export function mountTmp(opts: Pid1Options = {}): Promise<boolean> {
 const CONTROLLERS = ["cpu", "cpuset", "io", "memory", "pids", "hugetlb"];
 
 /** cgroup2 on /sys/fs/cgroup with the container controllers enabled for child cgroups. Returns those enabled. */
-export async function mountCgroup2(opts: Pid1Options = {}): Promise<string[]> {
+export function mountCgroup2(opts: Pid1Options = {}): string[] {
   const dir = rooted(opts, "/sys/fs/cgroup");
-  await ensureMount({
+  ensureMount({
     source: "cgroup2",
     target: dir,
     type: "cgroup2",
     options: ["nosuid", "nodev", "noexec"],
     hint: "the guest kernel needs CONFIG_CGROUPS (and runc needs CONFIG_BPF_SYSCALL + CONFIG_CGROUP_BPF)",
   });
-  const available = (await readFile(path.join(dir, "cgroup.controllers"), "utf8")).trim().split(/\s+/);
+  const available = readFileSync(path.join(dir, "cgroup.controllers"), "utf8").trim().split(/\s+/);
   const enabled: string[] = [];
   for (const c of CONTROLLERS.filter((c) => available.includes(c))) {
     try {
-      await writeFile(path.join(dir, "cgroup.subtree_control"), `+${c}`);
+      writeFileSync(path.join(dir, "cgroup.subtree_control"), `+${c}`);
       enabled.push(c);
     } catch (e) {
       // One controller failing (e.g. cpu with a realtime task) must not cost the others.
@@ -116,20 +115,24 @@ export async function mountCgroup2(opts: Pid1Options = {}): Promise<string[]> {
 
 export const GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/** Everything PID 1 sets up after the C init started the agent, in order; each step is idempotent. */
-export async function setupPid1(sharefsType: "9p" | "virtiofs", opts: Pid1Options = {}): Promise<void> {
+/**
+ * Everything PID 1 sets up after the C init started the agent, in order; each step is idempotent. The steps make
+ * synchronous file calls: nothing else runs before the agent serves, and each asynchronous one would be a round trip
+ * through node's threadpool, which under TCG costs milliseconds (reading /proc/cmdline alone took 94 ms that way).
+ */
+export function setupPid1(sharefsType: "9p" | "virtiofs", opts: Pid1Options = {}): void {
   process.env.PATH = GUEST_PATH;
-  await mountProc(opts);
-  await mountSysfs(opts);
-  await mountDevtmpfs(opts);
-  await mountDevShm(opts);
-  await mountDevPts(opts);
-  await mountRun(opts);
-  await mountTmp(opts);
-  const controllers = await mountCgroup2(opts);
+  mountProc(opts);
+  mountSysfs(opts);
+  mountDevtmpfs(opts);
+  mountDevShm(opts);
+  mountDevPts(opts);
+  mountRun(opts);
+  mountTmp(opts);
+  const controllers = mountCgroup2(opts);
   opts.log?.debug(`cgroup controllers enabled: ${controllers.join(" ") || "none"}`);
-  await applyDefaultSysctls(opts);
-  await mountShare(sharefsType, opts);
-  await bindEtcFiles(opts);
-  await setHostnameFromShare(opts);
+  applyDefaultSysctls(opts);
+  mountShare(sharefsType, opts);
+  bindEtcFiles(opts);
+  setHostnameFromShare(opts);
 }

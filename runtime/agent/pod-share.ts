@@ -1,5 +1,4 @@
-import { existsSync } from "node:fs";
-import { copyFile, mkdir, readFile, writeFile } from "node:fs/promises";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { GUEST_POD_FILES_DIR, GUEST_SHARE, POD_FILES, SHARE_TAG } from "../contract/share.ts";
 import { ensureMount, mountNow, mountPoints, Pid1Error, type Pid1Options, rooted } from "./mounts.ts";
@@ -9,7 +8,7 @@ import { ensureMount, mountNow, mountPoints, Pid1Error, type Pid1Options, rooted
  * semantics); msize 256 KiB moves large reads and writes in few round trips while staying under the virtio
  * transport's 512 KiB limit; cache=mmap keeps host changes visible at once yet still lets containers mmap files.
  */
-export function mountShare(type: "9p" | "virtiofs", opts: Pid1Options = {}): Promise<boolean> {
+export function mountShare(type: "9p" | "virtiofs", opts: Pid1Options = {}): boolean {
   const target = rooted(opts, GUEST_SHARE);
   if (type === "virtiofs") {
     return ensureMount({
@@ -34,21 +33,21 @@ export function mountShare(type: "9p" | "virtiofs", opts: Pid1Options = {}): Pro
  * container of the pod binds them as a runc pod's containers bind the pod's files, and binds them over the VM's /etc.
  * Returns the /etc paths it bound; a second call (the agent restarted) binds nothing again.
  */
-export async function bindEtcFiles(opts: Pid1Options = {}): Promise<string[]> {
+export function bindEtcFiles(opts: Pid1Options = {}): string[] {
   const bound: string[] = [];
   const mounted = mountPoints();
   const podDir = rooted(opts, GUEST_POD_FILES_DIR);
-  await mkdir(podDir, { recursive: true });
+  mkdirSync(podDir, { recursive: true });
   for (const name of POD_FILES) {
     const shared = path.join(rooted(opts, GUEST_SHARE), name);
     const source = path.join(podDir, name);
     const target = path.join(rooted(opts, "/etc"), name);
     if (!existsSync(shared) || mounted.has(target)) continue;
-    if (!existsSync(source)) await copyFile(shared, source);
+    if (!existsSync(source)) copyFileSync(shared, source);
     if (!existsSync(target)) {
       try {
-        await mkdir(path.dirname(target), { recursive: true });
-        await writeFile(target, "");
+        mkdirSync(path.dirname(target), { recursive: true });
+        writeFileSync(target, "");
       } catch (e) {
         throw new Pid1Error(
           `cannot create ${target} to bind ${source} over it: ${(e as Error).message}; add the file to the guest image`,
@@ -63,11 +62,16 @@ export async function bindEtcFiles(opts: Pid1Options = {}): Promise<string[]> {
 }
 
 /** Sets the VM's hostname from the share's hostname file, when there is one. */
-export async function setHostnameFromShare(opts: Pid1Options = {}): Promise<string | undefined> {
-  const name = (await readFile(path.join(rooted(opts, GUEST_SHARE), "hostname"), "utf8").catch(() => "")).trim();
+export function setHostnameFromShare(opts: Pid1Options = {}): string | undefined {
+  let name = "";
+  try {
+    name = readFileSync(path.join(rooted(opts, GUEST_SHARE), "hostname"), "utf8").trim();
+  } catch {
+    // No hostname file: the pod keeps the VM's.
+  }
   if (!name) return undefined;
   try {
-    await writeFile(rooted(opts, "/proc/sys/kernel/hostname"), name);
+    writeFileSync(rooted(opts, "/proc/sys/kernel/hostname"), name);
   } catch (e) {
     throw new Pid1Error(`setting the hostname to "${name}" failed: ${(e as Error).message}`);
   }

@@ -46,7 +46,7 @@ export function ensurePodTmpfs(t: PodTmpfs, dir = POD_TMPFS_DIR): Promise<void> 
   const shm = t.key === POD_SHM_KEY;
   return serial.run(target, async () => {
     try {
-      await ensureMount({
+      ensureMount({
         source: shm ? "shm" : "tmpfs",
         target,
         type: "tmpfs",

@@ -20,7 +20,7 @@ test("each default is written where the kernel has it; a missing key is skipped,
   const warnings: string[] = [];
   const log = logger("test");
   log.warn = (m: string) => void warnings.push(m);
-  assert.deepEqual(await applyDefaultSysctls({ root, log }), ["vm.overcommit_memory"]);
+  assert.deepEqual(applyDefaultSysctls({ root, log }), ["vm.overcommit_memory"]);
   assert.equal(await readFile(path.join(root, "proc/sys/vm/overcommit_memory"), "utf8"), "1\n");
   await assert.rejects(readFile(path.join(root, "proc/sys/net/ipv4/vs/expire_nodest_conn")), { code: "ENOENT" });
   assert.deepEqual(warnings, [], "a key this kernel lacks is not worth a warning");
@@ -36,7 +36,7 @@ test("a default that cannot be written is logged and the rest still applied", as
     const warnings: string[] = [];
     const log = logger("test");
     log.warn = (m: string) => void warnings.push(m);
-    assert.deepEqual(await applyDefaultSysctls({ root: r, log }), ["net.ipv4.vs.expire_nodest_conn"]);
+    assert.deepEqual(applyDefaultSysctls({ root: r, log }), ["net.ipv4.vs.expire_nodest_conn"]);
     assert.equal(warnings.length, 1);
     assert.match(warnings[0]!, /default sysctl vm.overcommit_memory=1 not applied \(.*overcommit_memory\): EISDIR/);
   } finally {

@@ -64,8 +64,8 @@ test("a mount the kernel refuses fails naming the file system, the target, the o
   await addonsReady();
   const target = await mkdtemp(path.join(os.tmpdir(), "kuasar-pid1-"));
   try {
-    await assert.rejects(
-      ensureMount({ source: "x", target, type: "nosuchfs", options: ["nosuid", "size=1"], hint: "a hint" }),
+    assert.throws(
+      () => ensureMount({ source: "x", target, type: "nosuchfs", options: ["nosuid", "size=1"], hint: "a hint" }),
       (e: Error) =>
         e instanceof Pid1Error &&
         e.message.includes(`mounting nosuchfs on ${target} failed (options nosuid,size=1)`) &&
