@@ -11,7 +11,7 @@
 // The floor also boots with the image as a virtio-blk disk (disable_nvdimm = true) instead of the default DAX NVDIMM,
 // so the two root paths are measured side by side.
 // With --baseline-image FILE a further path boots the floor from another image (an older build's kuasar.img), in the
-// same rotation, so the guest's start is compared old against new in one run.
+// same rotation and the same way when its layout allows DAX, so the guest's start is compared old against new.
 // Run: node --import tsx bench/sandbox-start.ts [--runs N, default 8] [--baseline-image FILE] [--baseline-daemon FILE]
 // (writes bench/results/sandbox-start.json)
 
@@ -28,6 +28,7 @@ import { connectAgent } from "../runtime/sandboxer/agent.ts";
 import { loadConfig } from "../runtime/sandboxer/config/load.ts";
 import type { Config } from "../runtime/sandboxer/config/schema.ts";
 import { ConsoleCapture } from "../runtime/sandboxer/hypervisor/console.ts";
+import { imageLayoutOf, realProbes } from "../runtime/sandboxer/hypervisor/host.ts";
 import {
   type ProcRef,
   signalProc,
@@ -124,8 +125,8 @@ interface Result {
   observedRatioP50: number;
   /** Create+Start through --baseline-daemon, when given. */
   oldDaemon?: Summary & { bin: string };
-  /** The floor booted from --baseline-image (as a disk), when given. */
-  baseline?: Summary & { image: string; guestNode: string };
+  /** The floor booted from --baseline-image (as a DAX NVDIMM when its layout has one, else as a disk), when given. */
+  baseline?: Summary & { image: string; guestNode: string; dax: boolean };
   /** The floor with the image as a virtio-blk disk. */
   disk: Summary;
   daemon: Summary;
@@ -336,8 +337,9 @@ async function main(): Promise<void> {
   const baselineImage = values["baseline-image"];
   const diskConfig = structuredClone(config);
   diskConfig.hypervisor.disable_nvdimm = true;
-  // An older image is a bare ext4, booted as a disk, as it was.
-  const baselineConfig = structuredClone(diskConfig);
+  // An older image with the DAX layout boots as the default does; a bare ext4 one boots as a disk, as it did.
+  const baselineDax = baselineImage ? !!(await imageLayoutOf(path.resolve(baselineImage), realProbes))?.fsdax : false;
+  const baselineConfig = structuredClone(baselineDax ? config : diskConfig);
   if (baselineImage) baselineConfig.hypervisor.image_path = path.resolve(baselineImage);
   // Read before the runs: a baseline image without its manifest fails here, not after minutes of boots.
   const baselineNode = baselineImage ? await guestNode(baselineConfig.hypervisor.image_path) : undefined;
@@ -466,6 +468,7 @@ async function main(): Promise<void> {
             baseline: {
               ...summarise(baseline),
               image: baselineConfig.hypervisor.image_path,
+              dax: baselineDax,
               guestNode: baselineNode!,
             },
           }
@@ -567,7 +570,8 @@ function goal18Rows(r: Result): Array<[string, string]> {
     ...(r.baseline
       ? [
           [
-            `(before: init -> agent listening with the baseline image, node ${r.baseline.guestNode}, p50 of ${r.baseline.runs} floor boots)`,
+            `(before: init -> agent listening with the baseline image, node ${r.baseline.guestNode}, ` +
+              `${r.baseline.dax ? "as the DAX NVDIMM" : "as a virtio-blk disk"}, p50 of ${r.baseline.runs} floor boots)`,
             `${r.baseline.phasesP50Ms.userspace / 1000} s`,
           ] as [string, string],
         ]
