@@ -21,7 +21,7 @@ import {
   startRun,
   verdict,
 } from "./lib/report.ts";
-import { ConsoleWatch, daemonSteps } from "./lib/vm.ts";
+import { ConsoleWatch, daemonSteps, machineBusyMs } from "./lib/vm.ts";
 
 const DEADLINE = { deadlineMs: 300_000 };
 /** #18: N pods started at once take at most this many times one pod's time (every guest starts its own agent). */
@@ -42,6 +42,8 @@ const PHASES = [
 ] as const;
 type Phase = (typeof PHASES)[number][0];
 type Sample = { totalMs: number; podMs: number } & Record<Phase, number>;
+/** The machine's busy CPU time over a span, ms (all cores), and the span's wall time. */
+type Cpu = { busyMs: number; wallMs: number };
 
 interface Summary {
   pods: number;
@@ -58,6 +60,13 @@ interface Result {
   parallel: Summary & { concurrency: number; wallMs: number };
   /** All N up (wall clock) / one pod's p50, serially. */
   parallelRatio: Goal;
+  /** Machine-wide CPU over each serial pod's start, and over the parallel starts. */
+  cpu: { serial: Cpu[]; parallel: Cpu };
+  /**
+   * The ratio the CPU alone allows: N pods need N times one pod's CPU (p50 of the serial runs), which the machine's
+   * cores deliver in no less than that / cores of wall time; divided by one pod's p50 time.
+   */
+  cpuFloorRatio: number;
 }
 
 async function podStart(env: Env, watch: ConsoleWatch, name: string): Promise<{ id: string; sample: Sample }> {
@@ -166,23 +175,43 @@ async function main(): Promise<void> {
   const watch = new ConsoleWatch(path.join(env.dir, "state")).start();
   try {
     const serial: Sample[] = [];
+    const serialCpu: Cpu[] = [];
     for (let i = 0; i < runs; i++) {
+      const [busy0, t0] = [machineBusyMs(), Date.now()];
       const { id, sample } = await podStart(env, watch, `serial-${i}`);
+      serialCpu.push({ busyMs: machineBusyMs() - busy0, wallMs: Date.now() - t0 });
       serial.push(sample);
       console.log(`  serial ${i + 1}/${runs}: ${(sample.totalMs / 1000).toFixed(2)} s`);
       await removePod(env, id);
     }
-    const t0 = Date.now();
+    const [busy0, t0] = [machineBusyMs(), Date.now()];
     const pods = await Promise.all(Array.from({ length: parallel }, (_, i) => podStart(env, watch, `parallel-${i}`)));
     const wallMs = Date.now() - t0;
+    const parallelCpu = { busyMs: machineBusyMs() - busy0, wallMs };
     console.log(`  ${parallel} in parallel: all up in ${(wallMs / 1000).toFixed(2)} s`);
     await Promise.all(pods.map((p) => removePod(env, p.id)));
 
+    const info = run.finish();
     const result: Result = {
-      run: run.finish(),
+      run: info,
       serial: summarise(serial),
       parallel: { ...summarise(pods.map((p) => p.sample)), concurrency: parallel, wallMs },
       parallelRatio: goal(Number((wallMs / summarise(serial).p50Ms).toFixed(2)), GOAL_PARALLEL_RATIO, "max"),
+      cpu: { serial: serialCpu, parallel: parallelCpu },
+      cpuFloorRatio: Number(
+        (
+          (parallel *
+            percentile(
+              serialCpu.map((c) => c.busyMs),
+              0.5,
+            )) /
+          info.cpus /
+          percentile(
+            serialCpu.map((c) => c.wallMs),
+            0.5,
+          )
+        ).toFixed(2),
+      ),
     };
     const out = publish("cri-start", result, markdown(result));
     printTables(result);
@@ -226,6 +255,29 @@ function printTables(r: Result): void {
   console.log(`${r.run.cpus} CPUs, load average ${r.run.loadavgStart.join(" ")} -> ${r.run.loadavgEnd.join(" ")}`);
   console.table(totalRows(r).map((row) => Object.fromEntries(TOTAL_HEADERS.map((h, i) => [h, row[i]]))));
   console.log(`${ratioLabel(r)}: ${verdict(r.parallelRatio)}`);
+  console.log(cpuLine(r));
+}
+
+/** What one pod's start costs the machine in CPU, and the floor that puts under the parallel ratio. */
+function cpuLine(r: Result): string {
+  const busy = percentile(
+    r.cpu.serial.map((c) => c.busyMs),
+    0.5,
+  );
+  const wall = percentile(
+    r.cpu.serial.map((c) => c.wallMs),
+    0.5,
+  );
+  const cores = r.run.cpus;
+  return (
+    `CPU: one pod's start kept the machine ${(busy / wall).toFixed(2)} cores busy (p50 ${(busy / 1000).toFixed(2)} ` +
+    `CPU-s over ${(wall / 1000).toFixed(2)} s; /proc/stat, every process on the machine), so ` +
+    `${r.parallel.concurrency} pods need ${((r.parallel.concurrency * busy) / 1000).toFixed(1)} CPU-s, which ${cores} ` +
+    `cores deliver in no less than ${r.cpuFloorRatio} times one pod's time: the floor under the ratio, whatever the ` +
+    `overlap. The ${r.parallel.concurrency} at once used ${(r.cpu.parallel.busyMs / 1000).toFixed(1)} CPU-s, ` +
+    `${Math.round((r.cpu.parallel.busyMs / (cores * r.cpu.parallel.wallMs)) * 100)}% of the ${cores} cores over ` +
+    `their ${(r.cpu.parallel.wallMs / 1000).toFixed(2)} s.`
+  );
 }
 
 const ratioLabel = (r: Result) => `${r.parallel.concurrency} pods at once / 1 pod (all up / serial p50)`;
@@ -242,6 +294,8 @@ function markdown(r: Result): string {
     mdTable(TOTAL_HEADERS, totalRows(r)),
     "",
     `Goal (#18): ${ratioLabel(r)}: ${verdict(r.parallelRatio)}.`,
+    "",
+    `${cpuLine(r)}`,
     "",
     ...phasesSection(["phase", "serial", `${r.parallel.concurrency} in parallel`], phaseRows(r)),
     "Phases from the daemon's log timestamps and the serial console polled from the host every 20 ms, as in " +

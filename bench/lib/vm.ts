@@ -89,6 +89,16 @@ export function procCpuUs(pid: number): number {
   return (Number(rest[11]) + Number(rest[12])) * 10_000;
 }
 
+/**
+ * CPU time the whole machine has spent busy so far, ms, all cores summed (/proc/stat's first line: every state but
+ * idle and iowait, in clock ticks of 10 ms). It counts every process, ours and anyone else's.
+ */
+export function machineBusyMs(): number {
+  const [, ...ticks] = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/);
+  const n = ticks.map(Number);
+  return (n.reduce((a, b) => a + b, 0) - n[3]! - n[4]!) * 10;
+}
+
 /** When the daemon logged each step of one sandbox's Create and Start (ms since the epoch, its own clock). */
 export interface DaemonSteps {
   created?: number;
