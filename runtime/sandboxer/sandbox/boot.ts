@@ -134,6 +134,7 @@ export async function boot(
     lap("agent");
     // Without a KVM clock the guest boots at the epoch: its clock is set before any container runs, alongside
     // SetupSandbox rather than after it, and refined once SetupSandbox no longer delays the guest's answers.
+    const setupAt = Date.now();
     const setup = agent.service(SandboxService).setupSandbox(
       {
         config: { typeUrl: "PodSandboxConfig", value: Buffer.from(JSON.stringify(rec.podConfig ?? {})) },
@@ -144,8 +145,14 @@ export async function boot(
       signal ? { signal } : {},
     );
     await Promise.all([
-      setup,
-      syncGuestClock(agent, setup).catch((e: Error) => log.warn(`clock sync: ${e.message}`)),
+      setup.then(() => log.debug(`SetupSandbox answered in ${Date.now() - setupAt} ms`)),
+      syncGuestClock(agent, setup).then(
+        (offsetNs) =>
+          log.debug(
+            `guest clock: ${Number(offsetNs / 1000n) / 1000} ms behind the host, set in ${Date.now() - setupAt} ms`,
+          ),
+        (e: Error) => log.warn(`clock sync: ${e.message}`),
+      ),
     ]).catch((err: Error) => {
       agent.close();
       proceed("SetupSandbox");
