@@ -60,8 +60,8 @@ interface Result {
   parallel: Summary & { concurrency: number; wallMs: number };
   /** All N up (wall clock) / one pod's p50, serially. */
   parallelRatio: Goal;
-  /** Machine-wide CPU over each serial pod's start, and over the parallel starts. */
-  cpu: { serial: Cpu[]; parallel: Cpu };
+  /** Machine-wide CPU over each serial pod's start (and their p50s), and over the parallel starts. */
+  cpu: { serial: Cpu[]; serialP50: Cpu; parallel: Cpu };
   /**
    * The ratio the CPU alone allows: N pods need N times one pod's CPU (p50 of the serial runs), which the machine's
    * cores deliver in no less than that / cores of wall time; divided by one pod's p50 time.
@@ -192,26 +192,19 @@ async function main(): Promise<void> {
     await Promise.all(pods.map((p) => removePod(env, p.id)));
 
     const info = run.finish();
+    const p50 = (key: keyof Cpu) =>
+      percentile(
+        serialCpu.map((c) => c[key]),
+        0.5,
+      );
+    const serialP50: Cpu = { busyMs: p50("busyMs"), wallMs: p50("wallMs") };
     const result: Result = {
       run: info,
       serial: summarise(serial),
       parallel: { ...summarise(pods.map((p) => p.sample)), concurrency: parallel, wallMs },
       parallelRatio: goal(Number((wallMs / summarise(serial).p50Ms).toFixed(2)), GOAL_PARALLEL_RATIO, "max"),
-      cpu: { serial: serialCpu, parallel: parallelCpu },
-      cpuFloorRatio: Number(
-        (
-          (parallel *
-            percentile(
-              serialCpu.map((c) => c.busyMs),
-              0.5,
-            )) /
-          info.cpus /
-          percentile(
-            serialCpu.map((c) => c.wallMs),
-            0.5,
-          )
-        ).toFixed(2),
-      ),
+      cpu: { serial: serialCpu, serialP50, parallel: parallelCpu },
+      cpuFloorRatio: Number(((parallel * serialP50.busyMs) / info.cpus / serialP50.wallMs).toFixed(2)),
     };
     const out = publish("cri-start", result, markdown(result));
     printTables(result);
@@ -260,14 +253,7 @@ function printTables(r: Result): void {
 
 /** What one pod's start costs the machine in CPU, and the floor that puts under the parallel ratio. */
 function cpuLine(r: Result): string {
-  const busy = percentile(
-    r.cpu.serial.map((c) => c.busyMs),
-    0.5,
-  );
-  const wall = percentile(
-    r.cpu.serial.map((c) => c.wallMs),
-    0.5,
-  );
+  const { busyMs: busy, wallMs: wall } = r.cpu.serialP50;
   const cores = r.run.cpus;
   return (
     `CPU: one pod's start kept the machine ${(busy / wall).toFixed(2)} cores busy (p50 ${(busy / 1000).toFixed(2)} ` +
