@@ -1,13 +1,14 @@
 import type net from "node:net";
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageShape } from "@bufbuild/protobuf";
 import { diskMount } from "../../contract/block.ts";
 import { validateId } from "../../contract/ids.ts";
 import { writeTaskLink } from "../../contract/task-link.ts";
 import type { Logger } from "../../log/log.ts";
 import { TaskCreateSchema, TaskDeleteSchema, TaskExecAddedSchema } from "../../protos/gen/containerd/events/task_pb.ts";
-import { Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
+import { type DeleteResponseSchema, Task } from "../../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import type { Streaming } from "../../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
 import { MountSchema } from "../../protos/gen/containerd/types/mount_pb.ts";
+import { Status } from "../../protos/gen/containerd/types/task/task_pb.ts";
 import { ProtocolViolation } from "../../streaming/messages.ts";
 import { openStream } from "../../streaming/open.ts";
 import { relayStreams } from "../../streaming/relay.ts";
@@ -59,7 +60,11 @@ interface ContainerEntry {
   bundle: GuestBundle;
   namespace: string;
   processes: Map<string, ProcessEntry>;
+  /** The guest's answer to a Delete of the container in flight: the task exists for containerd until it returns. */
+  deleting?: Promise<GuestExit>;
 }
+
+type GuestExit = Pick<MessageShape<typeof DeleteResponseSchema>, "pid" | "exitStatus" | "exitedAt">;
 
 export interface ProxyDeps {
   sandboxId: string;
@@ -266,7 +271,7 @@ export class TaskProxy {
       delete: async (req) => {
         const c = this.container(req.id);
         const disks = !req.execId && c.bundle.disks?.length;
-        const r = await this.task()
+        const guestDelete = this.task()
           .delete(req, disks ? { timeoutMs: GUEST_DELETE_MS } : {})
           .catch((err: Error) => {
             // A guest that does not know the container (it lost it, or says so) or does not answer must not keep
@@ -279,6 +284,14 @@ export class TaskProxy {
             );
             return { pid: 0, exitStatus: 255, exitedAt: undefined };
           });
+        if (!req.execId) c.deleting = guestDelete;
+        let r: GuestExit;
+        try {
+          r = await guestDelete;
+        } catch (err) {
+          delete c.deleting;
+          throw err;
+        }
         const p = c.processes.get(req.execId);
         if (p) this.closeProcess(p);
         c.processes.delete(req.execId);
@@ -329,8 +342,24 @@ export class TaskProxy {
       },
       state: async (req) => {
         const c = this.container(req.id);
-        const r = await this.task().state(req);
         const stdio = c.processes.get(req.execId)?.stdio;
+        const r = await this.task()
+          .state(req)
+          .catch(async (err: Error) => {
+            // The guest forgets a container part-way through deleting it. Until containerd's Delete returns, the
+            // task is stopped, not missing: CRI's StopContainer reads "not found" as "already gone" and would race
+            // the exit it has not recorded yet.
+            if (req.execId || !c.deleting || !(err instanceof TtrpcError && err.code === Code.NotFound)) throw err;
+            const exit = await c.deleting.catch(() => Promise.reject(err));
+            return {
+              id: req.id,
+              execId: "",
+              pid: exit.pid,
+              status: Status.STOPPED,
+              exitStatus: exit.exitStatus,
+              exitedAt: exit.exitedAt,
+            };
+          });
         // containerd compares these with what it created: report its host paths, not the guest's.
         return { ...r, bundle: c.hostBundle, ...(stdio ?? {}) };
       },

@@ -14,6 +14,7 @@ import {
   Task,
 } from "../../../../runtime/protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../../../../runtime/protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
+import { Status } from "../../../../runtime/protos/gen/containerd/types/task/task_pb.ts";
 import { EventPublisher } from "../../../../runtime/sandboxer/events.ts";
 import { mountShare, shareLayout, unmountAllUnder } from "../../../../runtime/sandboxer/storage/share.ts";
 import { TaskProxy } from "../../../../runtime/sandboxer/task-proxy/proxy.ts";
@@ -38,6 +39,9 @@ let proxyServer: TtrpcServer;
 let containerd: TtrpcClient;
 let proxy: TaskProxy;
 let events: EventPublisher;
+/** Container "mid" is mid-delete in the guest while this is pending: it is gone from state, delete has not answered. */
+let releaseDelete: (exitStatus: number) => void = () => {};
+const guestDeleting = new Set<string>();
 
 before(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), "task-proxy-"));
@@ -48,9 +52,19 @@ before(async () => {
         return { pid: 7 };
       },
       start: async () => ({ pid: 7 }),
-      state: async (req) => ({ id: req.id, pid: 7, bundle: "/run/kuasar/state/c1", stdout: "stream:c1/init/stdout" }),
+      state: async (req) => {
+        if (guestDeleting.has(req.id)) throw new TtrpcError(Code.NotFound, `container ${req.id} not found`);
+        return { id: req.id, pid: 7, bundle: "/run/kuasar/state/c1", stdout: "stream:c1/init/stdout" };
+      },
       wait: () => new Promise(() => {}),
-      delete: async () => ({ pid: 7, exitStatus: 0 }),
+      delete: async (req) => {
+        if (req.id !== "mid") return { pid: 7, exitStatus: 0 };
+        guestDeleting.add(req.id);
+        const exitStatus = await new Promise<number>((r) => {
+          releaseDelete = r;
+        });
+        return { pid: 7, exitStatus };
+      },
       kill: async (req) => {
         if (req.signal === 99) throw new TtrpcError(Code.InvalidArgument, "bad signal 99");
         return {};
@@ -164,4 +178,20 @@ test("guest errors keep their codes; unknown containers are NotFound; delete rel
   await task.delete({ id: "c1" });
   assert.deepEqual(await readdir(path.join(dir, "shared")), []);
   await assert.rejects(task.state({ id: "c1" }), (e: TtrpcError) => e.code === Code.NotFound);
+});
+
+test("while containerd's Delete is in flight the task reads as stopped, not missing, even once the guest forgot it", async () => {
+  const task = containerd.service(Task);
+  await task.create({ id: "mid", bundle: path.join(dir, "bundle") });
+  const deleting = task.delete({ id: "mid" });
+  while (!guestDeleting.has("mid")) await new Promise((r) => setTimeout(r, 5));
+  const state = task.state({ id: "mid" });
+  await new Promise((r) => setTimeout(r, 50));
+  releaseDelete(3);
+  const st = await state;
+  assert.equal(st.status, Status.STOPPED);
+  assert.equal(st.exitStatus, 3);
+  assert.equal(st.bundle, path.join(dir, "bundle"));
+  assert.equal((await deleting).exitStatus, 3);
+  await assert.rejects(task.state({ id: "mid" }), (e: TtrpcError) => e.code === Code.NotFound);
 });
