@@ -1,20 +1,13 @@
 import { readdir, readFile } from "node:fs/promises";
 import { isIP } from "node:net";
-import { type NeighAddon, neighAddon } from "../native/ns/neigh.ts";
+import { type NetlinkAddon, netlinkAddon } from "../native/ns/netlink.ts";
 import { type ARPNeighbor, type Interface, IPFamily, type Route } from "../protos/gen/kuasar/sandbox_pb.ts";
-import { failure, runProcess } from "./run-process.ts";
 
 /** Neighbour entries taken in one call; a pod netns has a handful. */
 export const MAX_NEIGHBOURS = 1024;
 
-/** busybox `ip`: the guest has no iproute2, and these few netlink operations are all it needs. */
-async function ip(args: string[]): Promise<void> {
-  const r = await runProcess("ip", args, { stdout: "ignore" });
-  if (r.failed) throw new Error(`ip ${args.join(" ")}: ${failure(r)}`);
-}
-
-// What the host sends becomes `ip` arguments and netlink requests: every field is checked against its form first,
-// so none can pass as an option ("-...") or another argument.
+// What the host sends becomes netlink requests: every field is checked against its form first, so a request carries
+// only what the host meant and a refusal names the field.
 const IFNAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/;
 const MAC = /^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$/;
 
@@ -95,8 +88,9 @@ export async function linksByMac(sysNet = "/sys/class/net"): Promise<Map<string,
 }
 
 /** Renames each NIC to the pod's interface name, sets its MTU and addresses, and brings it up. */
-export async function configureInterfaces(interfaces: Interface[]): Promise<void> {
+export async function configureInterfaces(interfaces: Interface[], addon?: NetlinkAddon): Promise<void> {
   for (const itf of interfaces) checkInterface(itf);
+  const nl = addon ?? netlinkAddon();
   const byMac = await linksByMac();
   for (const itf of interfaces) {
     const current = byMac.get(itf.hwAddr.toLowerCase());
@@ -105,29 +99,27 @@ export async function configureInterfaces(interfaces: Interface[]): Promise<void
         `interface ${itf.name}: no guest NIC has MAC ${itf.hwAddr} (guest NICs: ${[...byMac].join(", ")})`,
       );
     }
-    await ip(["link", "set", "dev", current, "down"]);
-    if (current !== itf.name) await ip(["link", "set", "dev", current, "name", itf.name]);
-    if (itf.mtu > 0n) await ip(["link", "set", "dev", itf.name, "mtu", String(itf.mtu)]);
-    for (const a of itf.IPAddresses) {
-      const fam = a.family === IPFamily.v6 ? "-6" : "-4";
-      await ip([fam, "addr", "add", `${a.address}/${Number(a.mask)}`, "dev", itf.name]);
-    }
-    await ip(["link", "set", "dev", itf.name, "up"]);
+    // The kernel renames only a link that is down, and applies a request's new name before its flags.
+    nl.linkSet(current, 0, "", 0);
+    if (current !== itf.name || itf.mtu > 0n)
+      nl.linkSet(current, -1, current === itf.name ? "" : itf.name, Number(itf.mtu));
+    for (const a of itf.IPAddresses) nl.addrAdd(itf.name, a.address, Number(a.mask));
+    nl.linkSet(itf.name, 1, "", 0);
   }
-  await ip(["link", "set", "dev", "lo", "up"]);
+  nl.linkSet("lo", 1, "", 0);
 }
 
 /** Adds routes in order: link-scope routes first, so gateways are reachable when default routes are added. */
-export async function configureRoutes(routes: Route[]): Promise<void> {
+export async function configureRoutes(routes: Route[], addon?: NetlinkAddon): Promise<void> {
   for (const r of routes) checkRoute(r);
+  const nl = addon ?? netlinkAddon();
   const ordered = [...routes].sort((a, b) => Number(!!a.gateway) - Number(!!b.gateway));
   for (const r of ordered) {
-    const args = [r.family === IPFamily.v6 ? "-6" : "-4", "route", "replace", r.dest || "default"];
-    if (r.gateway) args.push("via", r.gateway);
-    if (r.device) args.push("dev", r.device);
-    if (r.source) args.push("src", r.source);
-    if (r.scope === 253) args.push("scope", "link");
-    await ip(args);
+    const v6 = r.family === IPFamily.v6;
+    const [dst = "", prefix] = r.dest.split("/");
+    const prefixLen = !dst ? 0 : prefix !== undefined ? Number(prefix) : v6 ? 128 : 32;
+    // As `ip route` does: a route without a gateway reaches its destination on the link.
+    nl.routeReplace(v6 ? 6 : 4, dst, prefixLen, r.gateway, r.device, r.source, r.scope === 253 || !r.gateway);
   }
 }
 
@@ -135,13 +127,13 @@ export async function configureRoutes(routes: Route[]): Promise<void> {
  * Installs the pod netns's permanent neighbour entries (created or replaced) after its interfaces are up: with
  * netlink through the ns addon, since busybox `ip neigh` only shows and flushes. All are checked before any is set.
  */
-export async function configureNeighbours(neighbours: ARPNeighbor[], addon?: NeighAddon): Promise<void> {
+export async function configureNeighbours(neighbours: ARPNeighbor[], addon?: NetlinkAddon): Promise<void> {
   if (neighbours.length > MAX_NEIGHBOURS) {
     throw new Error(`${neighbours.length} neighbour entries sent; at most ${MAX_NEIGHBOURS} are taken`);
   }
   for (const n of neighbours) checkNeighbour(n);
   if (neighbours.length === 0) return;
-  const neigh = addon ?? neighAddon();
+  const neigh = addon ?? netlinkAddon();
   for (const n of neighbours) {
     neigh.neighReplace(n.toIPAddress!.address, n.lladdr, n.device);
   }

@@ -5,6 +5,7 @@
 #include <node_api.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 // Throws an Error whose code is the errno name (ENOENT, ...) and whose errno is -err, like Node's own.
@@ -33,6 +34,24 @@ static inline bool get_args(napi_env env, napi_callback_info info, size_t argc, 
     return false;
   }
   return true;
+}
+
+// A string argument, copied to the C heap (the caller frees it); NULL with a TypeError thrown when v is not one.
+static inline char *get_string(napi_env env, napi_value v, const char *name) {
+  size_t len;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
+    char msg[128];
+    snprintf(msg, sizeof msg, ADDON_NAME " addon: %s must be a string", name);
+    napi_throw_type_error(env, "EINVAL", msg);
+    return NULL;
+  }
+  char *s = malloc(len + 1);
+  if (s == NULL || napi_get_value_string_utf8(env, v, s, len + 1, &len) != napi_ok) {
+    free(s);
+    napi_throw_error(env, "ENOMEM", ADDON_NAME " addon: out of memory");
+    return NULL;
+  }
+  return s;
 }
 
 #endif

@@ -26,6 +26,7 @@
 
 #define ADDON_NAME "ns"
 #include "napi_errors.h"
+#include "netlink.h"
 
 #define MAX_SYSCTLS 256
 
@@ -108,23 +109,6 @@ static void *run(void *arg) {
   for (size_t i = 0; i < j->nsysctls; i++)
     if (!write_value(j, j->paths[i], j->values[i])) return NULL;
   return NULL;
-}
-
-static char *get_string(napi_env env, napi_value v, const char *name) {
-  size_t len;
-  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "ns addon: %s must be a string", name);
-    napi_throw_type_error(env, "EINVAL", msg);
-    return NULL;
-  }
-  char *s = malloc(len + 1);
-  if (s == NULL || napi_get_value_string_utf8(env, v, s, len + 1, &len) != napi_ok) {
-    free(s);
-    napi_throw_error(env, "ENOMEM", "ns addon: out of memory");
-    return NULL;
-  }
-  return s;
 }
 
 static void free_job(struct job *j) {
@@ -247,16 +231,8 @@ out:
   return result;
 }
 
-// ---- The guest clock (SyncClock) and the pod's neighbour entries (SetupSandbox): syscalls Node lacks, kept apart
-// from the namespace code above. Node reads the time in whole milliseconds and cannot set it; busybox `ip` cannot add
-// a neighbour.
-#include <arpa/inet.h>
-#include <ctype.h>
-#include <linux/neighbour.h>
-#include <linux/rtnetlink.h>
-#include <net/if.h>
+// ---- The guest clock (SyncClock): Node reads the time in whole milliseconds and cannot set it.
 #include <stdint.h>
-#include <sys/socket.h>
 #include <time.h>
 
 static napi_value bigint_ns(napi_env env, const struct timespec *ts) {
@@ -306,95 +282,6 @@ static napi_value js_clock_step(napi_env env, napi_callback_info info) {
   ts.tv_nsec = target % 1000000000;
   if (clock_settime(CLOCK_REALTIME, &ts) != 0) return throw_errno(env, errno, "clock_settime CLOCK_REALTIME");
   return bigint_ns(env, &ts);
-}
-
-// "aa:bb:cc:dd:ee:ff", exactly: sscanf's %x would also take signs and 0x prefixes.
-static bool parse_mac(const char *s, unsigned char mac[6]) {
-  if (strlen(s) != 17) return false;
-  for (int i = 0; i < 6; i++) {
-    const char *p = s + 3 * i;
-    if (!isxdigit((unsigned char)p[0]) || !isxdigit((unsigned char)p[1]) || (i < 5 && p[2] != ':')) return false;
-    char hex[3] = {p[0], p[1], 0};
-    mac[i] = (unsigned char)strtoul(hex, NULL, 16);
-  }
-  return true;
-}
-
-// Appends an attribute to the netlink message in buf, which the caller sized for it.
-static void add_attr(char *buf, unsigned short type, const void *data, size_t len) {
-  struct nlmsghdr *n = (struct nlmsghdr *)buf;
-  struct rtattr *rta = (struct rtattr *)(buf + NLMSG_ALIGN(n->nlmsg_len));
-  rta->rta_type = type;
-  rta->rta_len = RTA_LENGTH(len);
-  memcpy(RTA_DATA(rta), data, len);
-  n->nlmsg_len = NLMSG_ALIGN(n->nlmsg_len) + RTA_ALIGN(rta->rta_len);
-}
-
-// One RTM_NEWNEIGH (create or replace, NUD_PERMANENT) and its ack; 0 or an errno.
-static int neigh_replace(int family, const void *addr, size_t alen, const unsigned char mac[6], int ifindex) {
-  // header, ndmsg, NDA_DST (at most 16 bytes) and NDA_LLADDR (6)
-  _Alignas(struct nlmsghdr) char req[NLMSG_SPACE(sizeof(struct ndmsg)) + RTA_SPACE(16) + RTA_SPACE(6)];
-  memset(req, 0, sizeof req);
-  struct nlmsghdr *n = (struct nlmsghdr *)req;
-  n->nlmsg_len = NLMSG_LENGTH(sizeof(struct ndmsg));
-  n->nlmsg_type = RTM_NEWNEIGH;
-  n->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-  n->nlmsg_seq = 1;
-  struct ndmsg *nd = NLMSG_DATA(n);
-  nd->ndm_family = (unsigned char)family;
-  nd->ndm_ifindex = ifindex;
-  nd->ndm_state = NUD_PERMANENT;
-  add_attr(req, NDA_DST, addr, alen);
-  add_attr(req, NDA_LLADDR, mac, 6);
-  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-  if (fd < 0) return errno;
-  struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-  int err = 0;
-  if (sendto(fd, req, n->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) {
-    err = errno;
-  } else {
-    _Alignas(struct nlmsghdr) char buf[512];
-    ssize_t got = recv(fd, buf, sizeof buf, 0);
-    struct nlmsghdr *h = (struct nlmsghdr *)buf;
-    if (got < 0) err = errno;
-    else if (!NLMSG_OK(h, (size_t)got) || h->nlmsg_type != NLMSG_ERROR) err = EPROTO;
-    else err = -((struct nlmsgerr *)NLMSG_DATA(h))->error;
-  }
-  close(fd);
-  return err;
-}
-
-// neighReplace(ip, mac, dev): a permanent neighbour entry for ip (IPv4 or IPv6) at mac on link dev, created or
-// replaced in the calling thread's network namespace (the VM's).
-static napi_value js_neigh_replace(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
-  if (!get_args(env, info, 3, argv)) return NULL;
-  char *ip = NULL, *mac_s = NULL, *dev = NULL;
-  napi_value result = NULL;
-  char what[160];
-  if ((ip = get_string(env, argv[0], "ip")) == NULL || (mac_s = get_string(env, argv[1], "mac")) == NULL ||
-      (dev = get_string(env, argv[2], "dev")) == NULL)
-    goto out;
-  snprintf(what, sizeof what, "neighbour %.46s lladdr %.17s dev %.16s", ip, mac_s, dev);
-  unsigned char addr[16], mac[6];
-  int family = inet_pton(AF_INET, ip, addr) == 1 ? AF_INET : inet_pton(AF_INET6, ip, addr) == 1 ? AF_INET6 : 0;
-  if (family == 0 || !parse_mac(mac_s, mac) || strlen(dev) >= IF_NAMESIZE) {
-    throw_errno(env, EINVAL, what);
-    goto out;
-  }
-  unsigned int ifindex = if_nametoindex(dev);
-  if (ifindex == 0) {
-    throw_errno(env, errno, what);
-    goto out;
-  }
-  int err = neigh_replace(family, addr, family == AF_INET ? 4 : 16, mac, (int)ifindex);
-  if (err != 0) throw_errno(env, err, what);
-  else napi_get_undefined(env, &result);
-out:
-  free(ip);
-  free(mac_s);
-  free(dev);
-  return result;
 }
 
 #define MAX_INIT_ARGS 16
@@ -532,9 +419,10 @@ NAPI_MODULE_INIT() {
       {"waitPid", NULL, js_wait_pid, NULL, NULL, NULL, napi_enumerable, NULL},
       {"clockRealtime", NULL, js_clock_realtime, NULL, NULL, NULL, napi_enumerable, NULL},
       {"clockStep", NULL, js_clock_step, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"neighReplace", NULL, js_neigh_replace, NULL, NULL, NULL, napi_enumerable, NULL},
       {"trimHeap", NULL, js_trim_heap, NULL, NULL, NULL, napi_enumerable, NULL},
   };
-  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok ||
+      netlink_register(env, exports) != napi_ok)
+    return NULL;
   return exports;
 }

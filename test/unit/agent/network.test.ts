@@ -2,8 +2,14 @@ import assert from "node:assert/strict";
 import { before, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { execa } from "execa";
-import { checkInterface, checkRoute, configureNeighbours, MAX_NEIGHBOURS } from "../../../runtime/agent/network.ts";
-import type { NeighAddon } from "../../../runtime/native/ns/neigh.ts";
+import {
+  checkInterface,
+  checkRoute,
+  configureNeighbours,
+  configureRoutes,
+  MAX_NEIGHBOURS,
+} from "../../../runtime/agent/network.ts";
+import type { NetlinkAddon } from "../../../runtime/native/ns/netlink.ts";
 import {
   type ARPNeighbor,
   ARPNeighborSchema,
@@ -18,10 +24,16 @@ before(() => h.addonsReady());
 const neighbour = (address: string, family = IPFamily.v4, lladdr = "02:00:0a:58:09:01", device = "eth0") =>
   create(ARPNeighborSchema, { toIPAddress: { family, address }, lladdr, device });
 
-/** Records what would reach netlink. */
-function recorder(): NeighAddon & { calls: string[][] } {
-  const calls: string[][] = [];
-  return { calls, neighReplace: (ip, mac, dev) => void calls.push([ip, mac, dev]) };
+/** Records what would reach netlink: each call as its name and arguments. */
+function recorder(): NetlinkAddon & { calls: unknown[][] } {
+  const calls: unknown[][] = [];
+  return {
+    calls,
+    neighReplace: (...a) => void calls.push(["neigh", ...a]),
+    linkSet: (...a) => void calls.push(["link", ...a]),
+    addrAdd: (...a) => void calls.push(["addr", ...a]),
+    routeReplace: (...a) => void calls.push(["route", ...a]),
+  };
 }
 
 test("neighbours are installed one by one, v4 and v6", async () => {
@@ -31,8 +43,8 @@ test("neighbours are installed one by one, v4 and v6", async () => {
     addon,
   );
   assert.deepEqual(addon.calls, [
-    ["10.88.9.1", "02:00:0a:58:09:01", "eth0"],
-    ["fd00:88::1", "02:00:0A:58:09:02", "net1.100"],
+    ["neigh", "10.88.9.1", "02:00:0a:58:09:01", "eth0"],
+    ["neigh", "fd00:88::1", "02:00:0A:58:09:02", "net1.100"],
   ]);
   await configureNeighbours([], addon);
   assert.equal(addon.calls.length, 2, "no entries, no netlink");
@@ -144,4 +156,131 @@ test("the addon installs permanent neighbours with netlink, and names what it re
       ["fd00::7", "02:00:00:00:00:08", "PERMANENT"],
     ],
   );
+});
+
+test("routes: link routes before gateway routes, prefixes completed, scope link where `ip route` would pick it", async () => {
+  const addon = recorder();
+  const route = (o: Record<string, unknown>) => create(RouteSchema, { family: IPFamily.v4, device: "eth0", ...o });
+  await configureRoutes(
+    [
+      route({ dest: "", gateway: "10.88.9.1" }),
+      route({ dest: "10.88.9.0/24", source: "10.88.9.2" }),
+      route({ dest: "10.88.9.7", gateway: "10.88.9.1", scope: 253 }),
+      route({ dest: "fd00::/64", gateway: "", family: IPFamily.v6, device: "" }),
+      route({ dest: "fd00:1::1", gateway: "fd00::1", family: IPFamily.v6 }),
+    ],
+    addon,
+  );
+  assert.deepEqual(addon.calls, [
+    ["route", 4, "10.88.9.0", 24, "", "eth0", "10.88.9.2", true],
+    ["route", 6, "fd00::", 64, "", "", "", true],
+    ["route", 4, "", 0, "10.88.9.1", "eth0", "", false],
+    ["route", 4, "10.88.9.7", 32, "10.88.9.1", "eth0", "", true],
+    ["route", 6, "fd00:1::1", 128, "fd00::1", "eth0", "", false],
+  ]);
+});
+
+/** Runs script (an ES module) with the real addon in a network namespace of its own, after setup (sh); its stdout. */
+async function inNetns(setup: string, script: string, after: string): Promise<string> {
+  const r = await execa(
+    "unshare",
+    [
+      "--net",
+      "--mount",
+      "sh",
+      "-ec",
+      // sysfs shows the links of the namespace it was mounted in.
+      `mount -t sysfs sysfs /sys; ${setup}
+       node --import tsx --input-type=module -e "$0"; ${after}`,
+      script,
+    ],
+    { reject: false, cwd: h.repo },
+  );
+  assert.equal(r.exitCode, 0, r.stderr);
+  return r.stdout;
+}
+
+test("interfaces and routes reach the kernel through netlink: renamed by MAC, MTU, v4 and v6 addresses, up", async () => {
+  const script = `
+    const { configureInterfaces, configureRoutes } = await import(${JSON.stringify(`${h.repo}/runtime/agent/network.ts`)});
+    const itf = { name: "eth0", hwAddr: "02:00:0A:58:09:02", mtu: 1400n, IPAddresses: [
+      { family: 0, address: "10.88.9.2", mask: "24" }, { family: 1, address: "fd00:88::2", mask: "64" }] };
+    await configureInterfaces([itf]);
+    await configureInterfaces([itf]); // UpdateInterfaces sent again: the same state, no error
+    await configureRoutes([
+      { family: 0, dest: "", gateway: "10.88.9.1", device: "eth0", source: "", scope: 0 },
+      { family: 0, dest: "10.96.0.0/12", gateway: "10.88.9.1", device: "eth0", source: "10.88.9.2", scope: 0 },
+      { family: 1, dest: "fd00:96::/64", gateway: "fd00:88::1", device: "eth0", source: "", scope: 0 },
+    ]);
+    await configureRoutes([{ family: 0, dest: "10.1.0.0/16", gateway: "", device: "nope", source: "", scope: 0 }])
+      .catch((e) => console.log(e.code, e.message));
+  `;
+  const out = await inNetns(
+    "ip link add veth7 address 02:00:0a:58:09:02 type veth peer name peer7",
+    script,
+    "ip -j link show; ip -j addr show dev eth0; ip -j route show; ip -j -6 route show dev eth0",
+  );
+  const [refusal, links, addrs, routes, routes6] = out.split("\n");
+  assert.equal(refusal, "ENODEV route 10.1.0.0/16 dev nope: ENODEV (No such device)");
+  const byName = new Map(
+    (JSON.parse(links!) as Array<{ ifname: string; mtu: number; flags: string[] }>).map((l) => [l.ifname, l]),
+  );
+  assert.ok(!byName.has("veth7"), "renamed");
+  assert.equal(byName.get("eth0")?.mtu, 1400);
+  assert.ok(byName.get("eth0")?.flags.includes("UP"));
+  assert.ok(byName.get("lo")?.flags.includes("UP"));
+  const a = JSON.parse(addrs!) as Array<{ addr_info: Array<{ local: string; prefixlen: number }> }>;
+  assert.deepEqual(
+    a[0]!.addr_info.map((i) => `${i.local}/${i.prefixlen}`).filter((x) => !x.startsWith("fe80")),
+    ["10.88.9.2/24", "fd00:88::2/64"],
+  );
+  const r4 = (JSON.parse(routes!) as Array<{ dst: string; gateway?: string; prefsrc?: string; dev: string }>).map((r) =>
+    [r.dst, r.gateway ?? "", r.prefsrc ?? "", r.dev].join(" "),
+  );
+  assert.ok(r4.includes("default 10.88.9.1  eth0"), r4.join("; "));
+  assert.ok(r4.includes("10.96.0.0/12 10.88.9.1 10.88.9.2 eth0"), r4.join("; "));
+  const r6 = (JSON.parse(routes6!) as Array<{ dst: string; gateway?: string }>).map(
+    (r) => `${r.dst} ${r.gateway ?? ""}`,
+  );
+  assert.ok(r6.includes("fd00:96::/64 fd00:88::1"), r6.join("; "));
+});
+
+// The checks in network.ts come first, but the addon is the last word on what reaches the kernel.
+test("attack: the netlink addon refuses malformed arguments itself and names them", async () => {
+  const script = `
+    const { netlinkAddon } = await import(${JSON.stringify(`${h.repo}/runtime/native/ns/netlink.ts`)});
+    const nl = netlinkAddon();
+    const tries = [
+      () => nl.addrAdd("lo", "10.0.0.1", 33),
+      () => nl.addrAdd("lo", "10.0.0.1 dev eth0", 8),
+      () => nl.addrAdd("lo", "10.0.0.1", "8"),
+      () => nl.linkSet("lo", 2, "", 0),
+      () => nl.linkSet("lo", 0, "a-name-far-too-long", 0),
+      () => nl.linkSet("a-name-far-too-long", 1, "", 0),
+      () => nl.linkSet("nope", -1, "", 9000),
+      () => nl.routeReplace(4, "fd00::", 64, "", "lo", "", true),
+      () => nl.routeReplace(4, "", 8, "", "lo", "", true),
+      () => nl.routeReplace(5, "", 0, "", "lo", "", true),
+      () => nl.routeReplace(4, "10.0.0.0", 8, "10.0.0.1", "lo", "", "yes"),
+      () => nl.neighReplace("10.0.0.1", "02:00:00:00:00:0g", "lo"),
+    ];
+    for (const t of tries) {
+      try { t(); console.log("accepted"); } catch (e) { console.log(e.code, e.message); }
+    }
+  `;
+  const lines = (await inNetns("", script, "")).split("\n");
+  assert.deepEqual(lines, [
+    "EINVAL address 10.0.0.1/33 dev lo: EINVAL (Invalid argument)",
+    "EINVAL address 10.0.0.1 dev eth0/8 dev lo: EINVAL (Invalid argument)",
+    "EINVAL ns addon: prefixLen must be an integer from 0 to 128",
+    "EINVAL ns addon: up must be an integer from -1 to 1",
+    "EINVAL link lo down name a-name-far-too-long: EINVAL (Invalid argument)",
+    "ENODEV link a-name-far-too-long up: ENODEV (No such device)",
+    "ENODEV link nope mtu 9000: ENODEV (No such device)",
+    "EINVAL route fd00::/64 dev lo: EINVAL (Invalid argument)",
+    "EINVAL route default/8 dev lo: EINVAL (Invalid argument)",
+    "EINVAL route default/0 dev lo: EINVAL (Invalid argument)",
+    "EINVAL ns addon: linkScope must be a boolean",
+    "EINVAL neighbour 10.0.0.1 lladdr 02:00:00:00:00:0g dev lo: EINVAL (Invalid argument)",
+  ]);
 });
