@@ -297,15 +297,19 @@ export class TaskProxy {
         c.processes.delete(req.execId);
         if (!req.execId) {
           for (const rest of c.processes.values()) this.closeProcess(rest);
-          this.containers.delete(req.id);
           this.deps.resizer?.forget(req.id);
-          // The guest has unmounted the container's disks (its delete does that); now the VM lets go of them.
-          await this.unplug(req.id, c.bundle);
-          await this.deps.records.release(req.id, {
-            hostBundle: c.hostBundle,
-            bundle: c.bundle,
-            namespace: c.namespace,
-          });
+          // Known (as stopped) until its host storage is released too: containerd's Delete has not returned yet.
+          try {
+            // The guest has unmounted the container's disks (its delete does that); now the VM lets go of them.
+            await this.unplug(req.id, c.bundle);
+            await this.deps.records.release(req.id, {
+              hostBundle: c.hostBundle,
+              bundle: c.bundle,
+              namespace: c.namespace,
+            });
+          } finally {
+            this.containers.delete(req.id);
+          }
         }
         const what = req.execId ? `exec ${req.execId} of container ${req.id}` : `container ${req.id}`;
         this.logFor(req.id, req.execId)[req.execId ? "debug" : "info"](

@@ -39,6 +39,7 @@ let proxyServer: TtrpcServer;
 let containerd: TtrpcClient;
 let proxy: TaskProxy;
 let events: EventPublisher;
+let records: ContainerRecords;
 /** Container "mid" is mid-delete in the guest while this is pending: it is gone from state, delete has not answered. */
 let releaseDelete: (exitStatus: number) => void = () => {};
 const guestDeleting = new Set<string>();
@@ -87,10 +88,11 @@ before(async () => {
   events = new EventPublisher(path.join(dir, "no-containerd.sock"), logger("test"));
   const share = shareLayout(dir);
   await mountShare(share);
+  records = new ContainerRecords(path.join(dir, "containers"), share, logger("test"));
   proxy = new TaskProxy({
     sandboxId: "sb",
     taskAddress: `ttrpc+unix://${path.join(dir, "task.sock")}`,
-    records: new ContainerRecords(path.join(dir, "containers"), share, logger("test")),
+    records,
     share,
     agent: () => agent,
     events,
@@ -183,15 +185,39 @@ test("guest errors keep their codes; unknown containers are NotFound; delete rel
 test("while containerd's Delete is in flight the task reads as stopped, not missing, even once the guest forgot it", async () => {
   const task = containerd.service(Task);
   await task.create({ id: "mid", bundle: path.join(dir, "bundle") });
-  const deleting = task.delete({ id: "mid" });
-  while (!guestDeleting.has("mid")) await new Promise((r) => setTimeout(r, 5));
-  const state = task.state({ id: "mid" });
-  await new Promise((r) => setTimeout(r, 50));
-  releaseDelete(3);
-  const st = await state;
-  assert.equal(st.status, Status.STOPPED);
-  assert.equal(st.exitStatus, 3);
-  assert.equal(st.bundle, path.join(dir, "bundle"));
-  assert.equal((await deleting).exitStatus, 3);
+  // The host's own part of the delete (its storage released) is held open too.
+  const release = records.release.bind(records);
+  let releaseHost: () => void = () => {};
+  const hostHeld = new Promise<void>((r) => {
+    releaseHost = r;
+  });
+  let hostReleasing = false;
+  records.release = async (...args) => {
+    hostReleasing = true;
+    await hostHeld;
+    return release(...args);
+  };
+  try {
+    const deleting = task.delete({ id: "mid" });
+    while (!guestDeleting.has("mid")) await new Promise((r) => setTimeout(r, 5));
+    const whileGuestDeletes = task.state({ id: "mid" });
+    await new Promise((r) => setTimeout(r, 50));
+    releaseDelete(3);
+    for (const st of [
+      await whileGuestDeletes,
+      await (async () => {
+        while (!hostReleasing) await new Promise((r) => setTimeout(r, 5));
+        return task.state({ id: "mid" });
+      })(),
+    ]) {
+      assert.equal(st.status, Status.STOPPED);
+      assert.equal(st.exitStatus, 3);
+      assert.equal(st.bundle, path.join(dir, "bundle"));
+    }
+    releaseHost();
+    assert.equal((await deleting).exitStatus, 3);
+  } finally {
+    records.release = release;
+  }
   await assert.rejects(task.state({ id: "mid" }), (e: TtrpcError) => e.code === Code.NotFound);
 });
