@@ -85,6 +85,10 @@ test("2 vCPUs give the guest NIC 2 queue pairs; neighbours and the pod's sysctls
       assert.match(neigh, /^10\.88\.10\.1 (dev eth0 )?lladdr 02:00:0a:58:0a:01 .*PERMANENT$/m);
       assert.match(neigh, /^fd00:88::1 (dev eth0 )?lladdr 02:00:0a:58:0a:02 .*PERMANENT$/m);
       assert.match(await sh("ip -4 addr show dev eth0"), /inet 10\.88\.10\.2\/24/);
+      const routes = await sh("ip -4 route show");
+      assert.match(routes, /^default via 10\.88\.10\.1 dev eth0/m, routes);
+      assert.match(routes, /^10\.88\.10\.0\/24 dev eth0 .*scope link/m, routes);
+      assert.match(await sh("ip link show lo"), /[<,]UP[,>]/);
 
       // Kuasar's default (1) was written at boot; the pod's own value came later and wins.
       assert.equal(await sh("cat /proc/sys/vm/overcommit_memory"), "0\n");
