@@ -7,7 +7,7 @@ import type { TaskParams } from "../contract/kernel-params.ts";
 import { PORT_FORWARD_PREFIX } from "../contract/port-forward.ts";
 import { AGENT_PORT } from "../contract/ports.ts";
 import { agentReadyLine } from "../contract/readiness.ts";
-import { configureLog, logger } from "../log/log.ts";
+import { configureLog, logger, writeStderrSync } from "../log/log.ts";
 import { heapAddon } from "../native/ns/heap.ts";
 import { Task } from "../protos/gen/containerd/runtime/task/v3/shim_pb.ts";
 import { Streaming } from "../protos/gen/containerd/services/streaming/v1/streaming_pb.ts";
@@ -30,8 +30,8 @@ import { taskService } from "./services/task-service.ts";
 import { StreamHub } from "./stream-hub.ts";
 import { queueTaskEvents } from "./task-events.ts";
 
-// The agent's lines pad the level like Kuasar's (env_logger).
-configureLog({ padLevel: true });
+// The agent's lines pad the level like Kuasar's (env_logger), and go to the console without a stream.
+configureLog({ padLevel: true, write: writeStderrSync, journal: false });
 const log = logger("vmm_task");
 
 /**
@@ -106,7 +106,7 @@ async function main(argv: string[]): Promise<void> {
     await new Promise<void>((resolve) => l.listen(path, resolve));
   }
   // Printed whatever the log level: over hybrid vsock the host waits for this console line before it dials.
-  process.stderr.write(agentReadyLine(guest ? undefined : values.listen));
+  writeStderrSync(agentReadyLine(guest ? undefined : values.listen));
   // The guest's own measure of the agent's start (performance.now() counts from node's start, snapshot or not);
   // bench/sandbox-start.ts reads it.
   log.info(`serving ${Math.round(performance.now())} ms after node started (${marks.join(", ")})`);

@@ -1,3 +1,4 @@
+import { writeSync } from "node:fs";
 import { type LogLevel, toLogLevel } from "../contract/log-level.ts";
 import { escapeText } from "../text/escape.ts";
 import { priorityPrefix, stderrIsJournal } from "./journal.ts";
@@ -49,6 +50,29 @@ export function configureLog(opts: {
   if (opts.padLevel !== undefined) padLevel = opts.padLevel;
   if (opts.write) sink = opts.write;
   if (opts.journal !== undefined) journal = opts.journal;
+}
+
+let stderrQueued = false;
+
+/**
+ * A sink for the agent: each line goes to fd 2 with write(2). process.stderr on the guest's console is a tty stream,
+ * and creating it loads and compiles node's stream code at the first line, on the agent's start under TCG. Should a
+ * write fail (a non-blocking descriptor that is full), that line and every later one go through process.stderr,
+ * which queues, so lines stay in order.
+ */
+export function writeStderrSync(line: string): void {
+  if (stderrQueued) {
+    process.stderr.write(line);
+    return;
+  }
+  const buf = Buffer.from(line);
+  let done = 0;
+  try {
+    while (done < buf.length) done += writeSync(2, buf, done);
+  } catch {
+    stderrQueued = true;
+    process.stderr.write(buf.subarray(done));
+  }
 }
 
 type Log = (msg: string, fields?: Fields) => void;

@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs";
-import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { openAddon } from "../native/load.ts";
 import type { ErrnoError } from "./errno-error.ts";
 import type { VsockAddress } from "./vsock-address.ts";
 
@@ -59,7 +59,7 @@ export function native(): Addon {
         "(node-gyp; needs python3, make, g++) or point KUASAR_VSOCK_ADDON at a vsock.node",
     );
   }
-  addon = createRequire(import.meta.url)(found) as Addon;
+  addon = openAddon<Addon>(found);
   return addon;
 }
 

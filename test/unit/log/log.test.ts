@@ -289,3 +289,18 @@ describe("the agent's lines", () => {
     assert.match(lines[1]!, /^\[\S+ WARN {2}vmm_task::runc\] \\u009b2Jy+\.\.\. \(\d+ more characters cut\)\n$/);
   });
 });
+
+test("writeStderrSync: every line reaches fd 2 whole and in order, 2 MB through a 64 KiB pipe", () => {
+  const script = `
+    const { writeStderrSync } = await import(${JSON.stringify(path.resolve("runtime/log/log.ts"))});
+    for (let i = 0; i < 2000; i++) writeStderrSync(\`line \${i} \${"x".repeat(1000)}\\n\`);
+  `;
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+    encoding: "utf8",
+    maxBuffer: 1 << 24,
+  });
+  assert.equal(r.status, 0, r.stderr.slice(0, 2000));
+  const lines = r.stderr.trimEnd().split("\n");
+  assert.equal(lines.length, 2000);
+  for (const [i, l] of lines.entries()) assert.equal(l, `line ${i} ${"x".repeat(1000)}`);
+});
