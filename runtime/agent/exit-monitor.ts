@@ -2,8 +2,8 @@ import { EventEmitter } from "node:events";
 import { closeSync, fstatSync, openSync } from "node:fs";
 import { Socket } from "node:net";
 import { constants } from "node:os";
-import { performance } from "node:perf_hooks";
 import type { Readable } from "node:stream";
+import { uptimeMs } from "./uptime.ts";
 
 /** Set by runtime/native/init for its child: the fd on which it reports reaped orphans. */
 export const INIT_EXIT_FD_ENV = "KUASAR_INIT_EXIT_FD";
@@ -172,12 +172,12 @@ export class ExitMonitor extends EventEmitter {
     }
     // Newest report wins for a pid; re-inserting keeps the map ordered oldest first for pruning.
     this.#unclaimed.delete(pid);
-    this.#unclaimed.set(pid, { info, seq, at: performance.now() });
+    this.#unclaimed.set(pid, { info, seq, at: uptimeMs() });
     this.#prune();
   }
 
   #prune(): void {
-    const oldest = performance.now() - this.#maxAgeMs;
+    const oldest = uptimeMs() - this.#maxAgeMs;
     for (const [pid, u] of this.#unclaimed) {
       if (this.#unclaimed.size <= this.#maxUnclaimed && u.at >= oldest) break;
       this.#unclaimed.delete(pid);

@@ -29,6 +29,7 @@ import { sandboxService } from "./services/sandbox-service.ts";
 import { taskService } from "./services/task-service.ts";
 import { StreamHub } from "./stream-hub.ts";
 import { queueTaskEvents } from "./task-events.ts";
+import { uptimeMs } from "./uptime.ts";
 
 // The agent's lines pad the level like Kuasar's (env_logger), and go to the console without a stream.
 configureLog({ padLevel: true, write: writeStderrSync, journal: false });
@@ -41,8 +42,8 @@ const log = logger("vmm_task");
  */
 async function main(argv: string[]): Promise<void> {
   // Where the agent's start goes, on its serving line: ms after node started, at main and at the end of each step.
-  const marks: string[] = [`main ${Math.round(performance.now())}`];
-  const mark = (what: string) => marks.push(`${what} ${Math.round(performance.now())}`);
+  const marks: string[] = [`main ${Math.round(uptimeMs())}`];
+  const mark = (what: string) => marks.push(`${what} ${Math.round(uptimeMs())}`);
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -107,9 +108,9 @@ async function main(argv: string[]): Promise<void> {
   }
   // Printed whatever the log level: over hybrid vsock the host waits for this console line before it dials.
   writeStderrSync(agentReadyLine(guest ? undefined : values.listen));
-  // The guest's own measure of the agent's start (performance.now() counts from node's start, snapshot or not);
+  // The guest's own measure of the agent's start (uptimeMs() counts from node's start, snapshot or not);
   // bench/sandbox-start.ts reads it.
-  log.info(`serving ${Math.round(performance.now())} ms after node started (${marks.join(", ")})`);
+  log.info(`serving ${Math.round(uptimeMs())} ms after node started (${marks.join(", ")})`);
   trimHeap();
 
   async function stop(signal: string): Promise<void> {

@@ -7,6 +7,7 @@ import type { EventQueue } from "../event-queue.ts";
 import { onlineUntil } from "../hotplug.ts";
 import { configureInterfaces, configureNeighbours, configureRoutes } from "../network.ts";
 import { runProcess } from "../run-process.ts";
+import { uptimeMs } from "../uptime.ts";
 import { guestTracing } from "./tracing.ts";
 
 /** The parts of CRI's PodSandboxConfig (protobuf JSON) the guest acts on. */
@@ -42,10 +43,10 @@ function sandboxHandlers(deps: SandboxServiceDeps): ServiceHandlers<typeof Sandb
     setupSandbox: async (req) => {
       // Each step's time, at debug: this call is on every pod's Start path.
       const took: string[] = [];
-      let at = performance.now();
+      let at = uptimeMs();
       const step = async (what: string, work: Promise<unknown>) => {
         await work.catch(fail(what));
-        const now = performance.now();
+        const now = uptimeMs();
         took.push(`${what.split(" ").pop()} ${Math.round(now - at)}`);
         at = now;
       };
