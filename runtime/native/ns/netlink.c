@@ -73,6 +73,13 @@ static size_t parse_ip(int family, const char *s, unsigned char addr[16]) {
   return family == AF_INET ? 4 : 16;
 }
 
+// An IPv4 or IPv6 address: its family, with its bytes in addr and their count in alen; 0 when s is neither.
+static int parse_any_ip(const char *s, unsigned char addr[16], size_t *alen) {
+  if ((*alen = parse_ip(AF_INET, s, addr))) return AF_INET;
+  if ((*alen = parse_ip(AF_INET6, s, addr))) return AF_INET6;
+  return 0;
+}
+
 // "aa:bb:cc:dd:ee:ff", exactly: sscanf's %x would also take signs and 0x prefixes.
 static bool parse_mac(const char *s, unsigned char mac[6]) {
   if (strlen(s) != 17) return false;
@@ -138,8 +145,8 @@ static napi_value js_neigh_replace(napi_env env, napi_callback_info info) {
   char what[160];
   snprintf(what, sizeof what, "neighbour %.46s lladdr %.17s dev %.16s", ip, mac_s, dev);
   unsigned char addr[16], mac[6];
-  size_t alen = parse_ip(AF_INET, ip, addr);
-  int family = alen ? AF_INET : (alen = parse_ip(AF_INET6, ip, addr)) ? AF_INET6 : 0;
+  size_t alen;
+  int family = parse_any_ip(ip, addr, &alen);
   if (family == 0 || !parse_mac(mac_s, mac)) {
     result = throw_errno(env, EINVAL, what);
     goto out;
@@ -224,8 +231,8 @@ static napi_value js_addr_add(napi_env env, napi_callback_info info) {
   char what[128];
   snprintf(what, sizeof what, "address %.46s/%d dev %.16s", ip, prefix, dev);
   unsigned char addr[16];
-  size_t alen = parse_ip(AF_INET, ip, addr);
-  int family = alen ? AF_INET : (alen = parse_ip(AF_INET6, ip, addr)) ? AF_INET6 : 0;
+  size_t alen;
+  int family = parse_any_ip(ip, addr, &alen);
   if (family == 0 || (size_t)prefix > alen * 8) {
     result = throw_errno(env, EINVAL, what);
     goto out;
