@@ -1,4 +1,4 @@
-import { readdir, readFile } from "node:fs/promises";
+import { readdirSync, readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { type NetlinkAddon, netlinkAddon } from "../native/ns/netlink.ts";
 import { type ARPNeighbor, type Interface, IPFamily, type Route } from "../protos/gen/kuasar/sandbox_pb.ts";
@@ -77,11 +77,25 @@ export function checkNeighbour(n: ARPNeighbor): void {
   checkIfname(`${what} device`, n.device);
 }
 
-/** Guest NICs by MAC address; the host names each interface by the MAC it gave the VM's NIC. */
-export async function linksByMac(sysNet = "/sys/class/net"): Promise<Map<string, string>> {
+/**
+ * Guest NICs by MAC address; the host names each interface by the MAC it gave the VM's NIC. Read synchronously: a
+ * few small sysfs files on SetupSandbox's path, where each asynchronous read was a round trip through the threadpool.
+ */
+export function linksByMac(sysNet = "/sys/class/net"): Map<string, string> {
   const out = new Map<string, string>();
-  for (const name of await readdir(sysNet).catch(() => [])) {
-    const mac = (await readFile(`${sysNet}/${name}/address`, "utf8").catch(() => "")).trim().toLowerCase();
+  let names: string[];
+  try {
+    names = readdirSync(sysNet);
+  } catch {
+    return out;
+  }
+  for (const name of names) {
+    let mac: string;
+    try {
+      mac = readFileSync(`${sysNet}/${name}/address`, "utf8").trim().toLowerCase();
+    } catch {
+      continue;
+    }
     if (mac && mac !== "00:00:00:00:00:00") out.set(mac, name);
   }
   return out;
@@ -91,7 +105,7 @@ export async function linksByMac(sysNet = "/sys/class/net"): Promise<Map<string,
 export async function configureInterfaces(interfaces: Interface[], addon?: NetlinkAddon): Promise<void> {
   for (const itf of interfaces) checkInterface(itf);
   const nl = addon ?? netlinkAddon();
-  const byMac = await linksByMac();
+  const byMac = linksByMac();
   for (const itf of interfaces) {
     const current = byMac.get(itf.hwAddr.toLowerCase());
     if (!current) {

@@ -1,5 +1,5 @@
-import { closeSync, openSync } from "node:fs";
-import { mkdir, rm } from "node:fs/promises";
+import { closeSync, mkdirSync, openSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import path from "node:path";
 import { nsAddon } from "../native/ns/addon.ts";
 import { TaskError } from "./errors.ts";
@@ -45,7 +45,7 @@ export async function setupSandboxNamespaces(opts: SandboxNsOptions = {}): Promi
     sysctlByPath.set(file, `${key}=${value}`);
   }
 
-  await mkdir(dir, { recursive: true });
+  mkdirSync(dir, { recursive: true });
   const existing = sandboxNamespaces(dir);
   const create = !(existing.ipc && existing.uts);
   // New namespaces are bind-mounted onto these files, which must exist.

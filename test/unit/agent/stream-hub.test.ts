@@ -103,7 +103,7 @@ test("guest NICs are found by MAC, ignoring those without one", async () => {
       await mkdir(path.join(dir, name));
       await writeFile(path.join(dir, name, "address"), `${mac}\n`);
     }
-    assert.deepEqual([...(await linksByMac(dir))], [["aa:bb:cc:00:11:22", "eth0"]]);
+    assert.deepEqual([...linksByMac(dir)], [["aa:bb:cc:00:11:22", "eth0"]]);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
