@@ -1,7 +1,6 @@
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { openAddon } from "../native/load.ts";
 import type { ErrnoError } from "./errno-error.ts";
 import type { VsockAddress } from "./vsock-address.ts";
 
@@ -59,7 +58,11 @@ export function native(): Addon {
         "(node-gyp; needs python3, make, g++) or point KUASAR_VSOCK_ADDON at a vsock.node",
     );
   }
-  addon = openAddon<Addon>(found);
+  // process.dlopen as require() would do it, without node's module loader (compiled at first use in the guest).
+  // Not runtime/native/load.ts: this module has no runtime imports, so a copy of it loads on its own (tests).
+  const module = { exports: {} };
+  process.dlopen(module, path.resolve(found));
+  addon = module.exports as Addon;
   return addon;
 }
 
