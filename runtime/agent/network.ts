@@ -102,7 +102,7 @@ export function linksByMac(sysNet = "/sys/class/net"): Map<string, string> {
 }
 
 /** Renames each NIC to the pod's interface name, sets its MTU and addresses, and brings it up. */
-export async function configureInterfaces(interfaces: Interface[], addon?: NetlinkAddon): Promise<void> {
+export function configureInterfaces(interfaces: Interface[], addon?: NetlinkAddon): void {
   for (const itf of interfaces) checkInterface(itf);
   const nl = addon ?? netlinkAddon();
   const byMac = linksByMac();
@@ -124,7 +124,7 @@ export async function configureInterfaces(interfaces: Interface[], addon?: Netli
 }
 
 /** Adds routes in order: link-scope routes first, so gateways are reachable when default routes are added. */
-export async function configureRoutes(routes: Route[], addon?: NetlinkAddon): Promise<void> {
+export function configureRoutes(routes: Route[], addon?: NetlinkAddon): void {
   for (const r of routes) checkRoute(r);
   const nl = addon ?? netlinkAddon();
   const ordered = [...routes].sort((a, b) => Number(!!a.gateway) - Number(!!b.gateway));
@@ -141,7 +141,7 @@ export async function configureRoutes(routes: Route[], addon?: NetlinkAddon): Pr
  * Installs the pod netns's permanent neighbour entries (created or replaced) after its interfaces are up: with
  * netlink through the ns addon, since busybox `ip neigh` only shows and flushes. All are checked before any is set.
  */
-export async function configureNeighbours(neighbours: ARPNeighbor[], addon?: NetlinkAddon): Promise<void> {
+export function configureNeighbours(neighbours: ARPNeighbor[], addon?: NetlinkAddon): void {
   if (neighbours.length > MAX_NEIGHBOURS) {
     throw new Error(`${neighbours.length} neighbour entries sent; at most ${MAX_NEIGHBOURS} are taken`);
   }

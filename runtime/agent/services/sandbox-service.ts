@@ -44,8 +44,12 @@ function sandboxHandlers(deps: SandboxServiceDeps): ServiceHandlers<typeof Sandb
       // Each step's time, at debug: this call is on every pod's Start path.
       const took: string[] = [];
       let at = uptimeMs();
-      const step = async (what: string, work: Promise<unknown>) => {
-        await work.catch(fail(what));
+      const step = async (what: string, work: () => unknown) => {
+        try {
+          await work();
+        } catch (err) {
+          fail(what)(err);
+        }
         const now = uptimeMs();
         took.push(`${what.split(" ").pop()} ${Math.round(now - at)}`);
         at = now;
@@ -58,20 +62,29 @@ function sandboxHandlers(deps: SandboxServiceDeps): ServiceHandlers<typeof Sandb
         } catch (err) {
           throw new TtrpcError(Code.InvalidArgument, `SetupSandbox config is not JSON: ${(err as Error).message}`);
         }
-        await step("set up the pod", deps.setupPod(config));
+        await step("set up the pod", () => deps.setupPod(config));
       }
-      await step("configure interfaces", configureInterfaces(req.interfaces));
-      await step("configure routes", configureRoutes(req.routes));
-      await step("configure neighbours", configureNeighbours(req.neighbors));
+      // Netlink calls are synchronous: one request and its ack each, nothing worth the threadpool.
+      await step("configure interfaces", () => configureInterfaces(req.interfaces));
+      await step("configure routes", () => configureRoutes(req.routes));
+      await step("configure neighbours", () => configureNeighbours(req.neighbors));
       log.debug(`SetupSandbox took (ms): ${took.join(", ")}`);
       return {};
     },
     updateInterfaces: async (req) => {
-      await configureInterfaces(req.interfaces).catch(fail("configure interfaces"));
+      try {
+        configureInterfaces(req.interfaces);
+      } catch (err) {
+        fail("configure interfaces")(err);
+      }
       return {};
     },
     updateRoutes: async (req) => {
-      await configureRoutes(req.routes).catch(fail("configure routes"));
+      try {
+        configureRoutes(req.routes);
+      } catch (err) {
+        fail("configure routes")(err);
+      }
       return {};
     },
     syncClock: async (req) => syncClock(req).catch(fail("sync clock")),

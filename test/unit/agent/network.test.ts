@@ -38,7 +38,7 @@ function recorder(): NetlinkAddon & { calls: unknown[][] } {
 
 test("neighbours are installed one by one, v4 and v6", async () => {
   const addon = recorder();
-  await configureNeighbours(
+  configureNeighbours(
     [neighbour("10.88.9.1"), neighbour("fd00:88::1", IPFamily.v6, "02:00:0A:58:09:02", "net1.100")],
     addon,
   );
@@ -46,7 +46,7 @@ test("neighbours are installed one by one, v4 and v6", async () => {
     ["neigh", "10.88.9.1", "02:00:0a:58:09:01", "eth0"],
     ["neigh", "fd00:88::1", "02:00:0A:58:09:02", "net1.100"],
   ]);
-  await configureNeighbours([], addon);
+  configureNeighbours([], addon);
   assert.equal(addon.calls.length, 2, "no entries, no netlink");
 });
 
@@ -74,12 +74,12 @@ test("attack: a neighbour with any malformed field is refused and nothing is ins
   ];
   for (const [n, why] of bad) {
     const addon = recorder();
-    await assert.rejects(configureNeighbours([neighbour("10.88.9.1"), n], addon), why);
+    assert.throws(() => configureNeighbours([neighbour("10.88.9.1"), n], addon), why);
     assert.deepEqual(addon.calls, [], `nothing installed for ${JSON.stringify(n.toIPAddress?.address)}`);
   }
   const addon = recorder();
   const flood = Array.from({ length: MAX_NEIGHBOURS + 1 }, () => neighbour("10.88.9.1"));
-  await assert.rejects(configureNeighbours(flood, addon), /1025 neighbour entries sent; at most 1024/);
+  assert.throws(() => configureNeighbours(flood, addon), /1025 neighbour entries sent; at most 1024/);
   assert.deepEqual(addon.calls, []);
 });
 
@@ -127,10 +127,10 @@ test("the addon installs permanent neighbours with netlink, and names what it re
   const script = `
     const { configureNeighbours } = await import(${JSON.stringify(`${h.repo}/runtime/agent/network.ts`)});
     const n = (address, family, lladdr, device = "vb") => ({ toIPAddress: { family, address }, lladdr, device });
-    await configureNeighbours([n("10.9.0.7", 0, "02:00:00:00:00:07"), n("fd00::7", 1, "02:00:00:00:00:08")]);
+    configureNeighbours([n("10.9.0.7", 0, "02:00:00:00:00:07"), n("fd00::7", 1, "02:00:00:00:00:08")]);
     // replaced, not duplicated
-    await configureNeighbours([n("10.9.0.7", 0, "02:00:00:00:00:17")]);
-    await configureNeighbours([n("10.9.0.8", 0, "02:00:00:00:00:09", "nope")]).catch((e) => console.log(e.code, e.message));
+    configureNeighbours([n("10.9.0.7", 0, "02:00:00:00:00:17")]);
+    try { configureNeighbours([n("10.9.0.8", 0, "02:00:00:00:00:09", "nope")]); } catch (e) { console.log(e.code, e.message); }
   `;
   const r = await execa(
     "unshare",
@@ -161,7 +161,7 @@ test("the addon installs permanent neighbours with netlink, and names what it re
 test("routes: link routes before gateway routes, prefixes completed, scope link where `ip route` would pick it", async () => {
   const addon = recorder();
   const route = (o: Record<string, unknown>) => create(RouteSchema, { family: IPFamily.v4, device: "eth0", ...o });
-  await configureRoutes(
+  configureRoutes(
     [
       route({ dest: "", gateway: "10.88.9.1" }),
       route({ dest: "10.88.9.0/24", source: "10.88.9.2" }),
@@ -205,15 +205,16 @@ test("interfaces and routes reach the kernel through netlink: renamed by MAC, MT
     const { configureInterfaces, configureRoutes } = await import(${JSON.stringify(`${h.repo}/runtime/agent/network.ts`)});
     const itf = { name: "eth0", hwAddr: "02:00:0A:58:09:02", mtu: 1400n, IPAddresses: [
       { family: 0, address: "10.88.9.2", mask: "24" }, { family: 1, address: "fd00:88::2", mask: "64" }] };
-    await configureInterfaces([itf]);
-    await configureInterfaces([itf]); // UpdateInterfaces sent again: the same state, no error
-    await configureRoutes([
+    configureInterfaces([itf]);
+    configureInterfaces([itf]); // UpdateInterfaces sent again: the same state, no error
+    configureRoutes([
       { family: 0, dest: "", gateway: "10.88.9.1", device: "eth0", source: "", scope: 0 },
       { family: 0, dest: "10.96.0.0/12", gateway: "10.88.9.1", device: "eth0", source: "10.88.9.2", scope: 0 },
       { family: 1, dest: "fd00:96::/64", gateway: "fd00:88::1", device: "eth0", source: "", scope: 0 },
     ]);
-    await configureRoutes([{ family: 0, dest: "10.1.0.0/16", gateway: "", device: "nope", source: "", scope: 0 }])
-      .catch((e) => console.log(e.code, e.message));
+    try {
+      configureRoutes([{ family: 0, dest: "10.1.0.0/16", gateway: "", device: "nope", source: "", scope: 0 }]);
+    } catch (e) { console.log(e.code, e.message); }
   `;
   const out = await inNetns(
     "ip link add veth7 address 02:00:0a:58:09:02 type veth peer name peer7",

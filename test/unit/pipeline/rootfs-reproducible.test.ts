@@ -7,6 +7,7 @@ import { hashFile } from "../../../pipeline/lib/hash.ts";
 import { runStages, type StageOutcome } from "../../../pipeline/lib/runner.ts";
 import { $quiet } from "../../../pipeline/lib/shell.ts";
 import type { Stage } from "../../../pipeline/lib/stage.ts";
+import { misalignment, parseExtents } from "../../../pipeline/rootfs/aligned-file.ts";
 import { FS_OFFSET } from "../../../pipeline/rootfs/disk-layout.ts";
 import type { ArtifactManifest } from "../../../pipeline/rootfs/manifest.ts";
 import { IMAGE_UUID, imageStage } from "../../../pipeline/stages/image.ts";
@@ -81,6 +82,23 @@ describe("guest rootfs, image and initrd", { timeout: 300_000 }, () => {
     assert.match(await stat("/init"), /Fast link dest: "\/sbin\/init"/);
     const dump = (await $quiet`debugfs -R ${"cat /usr/lib/vmm-task/vmm-task.js"} ${img}`).stdout;
     assert.equal(dump, 'console.log("vmm-task");\n');
+  });
+
+  it("node sits in one initialised run of blocks from a 2 MiB boundary, byte for byte", async () => {
+    const img = `${path.join(runs[0]!.bin, "kuasar.img")}?offset=${FS_OFFSET}`;
+    const manifest = JSON.parse(
+      await readFile(path.join(runs[0]!.bin, "kuasar.img.manifest.json"), "utf8"),
+    ) as ArtifactManifest;
+    const node = manifest.entries.find((e) => e.path === "/usr/bin/node")!;
+    const extents = parseExtents((await $quiet`debugfs -R ${"ex /usr/bin/node"} ${img}`).stdout);
+    const blocks = Math.ceil(node.size / 4096);
+    assert.equal(misalignment(extents, blocks, 512), undefined);
+    assert.equal(extents.length, 1);
+    const listing = (await $quiet`debugfs -R ${"ex /usr/bin/node"} ${img}`).stdout;
+    assert.doesNotMatch(listing, /Uninit/, "an unwritten extent reads as zeros");
+    const out = path.join(dir, "node.dump");
+    await $quiet`debugfs -R ${`dump /usr/bin/node ${out}`} ${img}`;
+    assert.equal(await hashFile(out), node.sha256);
   });
 
   it("the initrd is a gzip'd newc cpio with /init -> /sbin/init and the whole tree", async () => {
