@@ -36,10 +36,11 @@ export const QEMU_KEYS = {
     cpu_model: str('-cpu model; "host" needs kvm, so tcg uses "max" instead.', "host"),
     cpu_features: str("Comma-separated CPU features appended to -cpu.", ""),
     tcg_tb_size_mb: int(
-      "Translation cache of a TCG guest in MiB (-accel tcg,tb-size=; kuasar-vmm addition): QEMU's default lets it grow to 1 GiB per VM. 0 keeps QEMU's default; unused under kvm. " +
+      "Translation cache of a TCG guest in MiB (-accel tcg,tb-size=; kuasar-vmm addition): QEMU's default lets it grow to 1 GiB per VM. " +
+        "A pod's boot translates about 84 MiB of guest code, and a smaller cache is flushed and retranslated while the agent starts. 0 keeps QEMU's default; unused under kvm. " +
         "Under tcg a VM that can hot-add vCPUs (default_max_vcpus above vcpus) runs single-threaded TCG, since QEMU's " +
         "multi-threaded TCG aborts on a hot-add once its cache regions are taken; default_max_vcpus = vcpus keeps it multi-threaded.",
-      64,
+      128,
       0,
       4096,
     ),

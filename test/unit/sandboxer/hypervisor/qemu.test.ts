@@ -43,7 +43,7 @@ describe("QEMU command lines", () => {
       "-name sandbox-sb1",
       "-machine pc,nvdimm=on",
       // TCG's translation cache is bounded (tcg_tb_size_mb): host memory every VM holds.
-      "-accel tcg,tb-size=64",
+      "-accel tcg,tb-size=128",
       // "host" needs kvm.
       "-cpu max",
       "-smp 1",
@@ -189,7 +189,7 @@ describe("QEMU command lines", () => {
       "-name sandbox-sb1",
       "-machine q35,nvdimm=on",
       // It can hot-add vCPUs: single-threaded TCG.
-      "-accel tcg,tb-size=64,thread=single",
+      "-accel tcg,tb-size=128,thread=single",
       "-cpu max,pmu=off",
       "-smp 1,maxcpus=4",
       // maxmem covers guest memory plus the NVDIMM even on a small host.
@@ -455,10 +455,10 @@ test("TCG is single-threaded exactly when the VM can hot-add vCPUs (multi-thread
   const accel = (toml: string, facts: QemuFacts) =>
     lines(qemuPlan(qemu(toml), sandbox, facts).vmm.args).find((l) => l.startsWith("-accel "));
   const host4 = { ...TCG_HYBRID, hostCpus: 4 };
-  assert.equal(accel("", host4), "-accel tcg,tb-size=64,thread=single");
+  assert.equal(accel("", host4), "-accel tcg,tb-size=128,thread=single");
   assert.equal(accel("tcg_tb_size_mb = 0\n", host4), "-accel tcg,thread=single");
-  assert.equal(accel("vcpus = 2\ndefault_max_vcpus = 2\n", host4), "-accel tcg,tb-size=64", "no room to grow");
-  assert.equal(accel("vcpus = 4\n", host4), "-accel tcg,tb-size=64", "already at the host's CPUs");
+  assert.equal(accel("vcpus = 2\ndefault_max_vcpus = 2\n", host4), "-accel tcg,tb-size=128", "no room to grow");
+  assert.equal(accel("vcpus = 4\n", host4), "-accel tcg,tb-size=128", "already at the host's CPUs");
   assert.equal(accel("", { ...host4, accel: "kvm" }), "-accel kvm");
 });
 
