@@ -38,6 +38,32 @@ test("the root filesystem is DAX-mapped from the NVDIMM and containers run", { t
   assert.deepEqual(r, { status: 0, stdout: "from-dax\n" });
 });
 
+// The image puts node's blocks on 2 MiB boundaries and the kernel has FS_DAX_PMD, so node's code maps with 2 MiB
+// pages. pagemap tells them apart: a 2 MiB page shows all 512 of its 4 KiB entries present, while 4 KiB pages show
+// only those node touched, so some aligned 2 MiB run of node's code would be partly present.
+test("node's code is mapped from the NVDIMM with 2 MiB pages", { timeout: 120_000 }, async () => {
+  const script = [
+    'const fs = require("fs");',
+    'const code = fs.readFileSync("/proc/self/maps", "utf8").split("\\n").find((l) => / r-xp .* \\/usr\\/bin\\/node$/.test(l));',
+    'const [lo, hi] = code.split(" ")[0].split("-").map((x) => parseInt(x, 16));',
+    'const fd = fs.openSync("/proc/self/pagemap", "r");',
+    "const H = 2097152, entries = Buffer.alloc(4096);",
+    "let huge = 0, partial = 0;",
+    "for (let at = Math.ceil(lo / H) * H; at + H <= hi; at += H) {",
+    "  fs.readSync(fd, entries, 0, 4096, (at / 4096) * 8);",
+    "  let present = 0;",
+    "  for (let i = 0; i < 512; i++) if (entries.readBigUInt64LE(i * 8) >> 63n) present++;",
+    "  if (present === 512) huge++; else if (present > 0) partial++;",
+    "}",
+    'console.log("huge=" + huge + " partial=" + partial);',
+  ].join(" ");
+  const out = await guestRoot(scene.sandboxDir("dax-a"), `node -e '${script}'`);
+  const m = /^huge=(\d+) partial=(\d+)$/m.exec(out);
+  assert.ok(m, `the guest did not report node's mappings:\n${out}`);
+  assert.ok(Number(m[1]) > 0, `no 2 MiB page of node's code is mapped: ${m[0]}`);
+  assert.equal(Number(m[2]), 0, `some 2 MiB runs of node's code are mapped with 4 KiB pages: ${m[0]}`);
+});
+
 test("guest root writing over its NVDIMM changes neither the image file nor another VM's root", {
   timeout: 300_000,
 }, async () => {
