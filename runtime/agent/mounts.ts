@@ -15,6 +15,11 @@ export class Pid1Error extends Error {
 export interface Pid1Options {
   root?: string;
   log?: Logger;
+  /**
+   * The mount table, read once for all the steps (setupPid1) and kept current by ensureMount, which adds what it
+   * mounts; absent, each step reads /proc/self/mountinfo itself.
+   */
+  mounts?: Map<string, string>;
 }
 
 /** The path p under opts.root. */
@@ -82,9 +87,9 @@ export function mountNow(source: string, target: string, type: string, options: 
   }
 }
 
-/** Mounts unless target is already a mount point; returns whether it mounted. */
-export function ensureMount(step: MountStep): boolean {
-  if (mountPoints().has(step.target)) return false;
+/** Mounts unless target is already a mount point (in known, else in the mount table); returns whether it mounted. */
+export function ensureMount(step: MountStep, known?: Map<string, string>): boolean {
+  if ((known ?? mountPoints()).has(step.target)) return false;
   mkdirSync(step.target, { recursive: true });
   const failed = mountNow(step.source, step.target, step.type, step.options);
   if (failed !== undefined) {
@@ -92,5 +97,6 @@ export function ensureMount(step: MountStep): boolean {
       `mounting ${step.type} on ${step.target} failed (options ${step.options.join(",") || "none"}): ${failed}; ${step.hint}`,
     );
   }
+  known?.set(step.target, step.type);
   return true;
 }

@@ -11,21 +11,27 @@ import { ensureMount, mountNow, mountPoints, Pid1Error, type Pid1Options, rooted
 export function mountShare(type: "9p" | "virtiofs", opts: Pid1Options = {}): boolean {
   const target = rooted(opts, GUEST_SHARE);
   if (type === "virtiofs") {
-    return ensureMount({
+    return ensureMount(
+      {
+        source: SHARE_TAG,
+        target,
+        type: "virtiofs",
+        options: [],
+        hint: "the guest kernel needs CONFIG_VIRTIO_FS and the VM a vhost-user-fs device with tag kuasar",
+      },
+      opts.mounts,
+    );
+  }
+  return ensureMount(
+    {
       source: SHARE_TAG,
       target,
-      type: "virtiofs",
-      options: [],
-      hint: "the guest kernel needs CONFIG_VIRTIO_FS and the VM a vhost-user-fs device with tag kuasar",
-    });
-  }
-  return ensureMount({
-    source: SHARE_TAG,
-    target,
-    type: "9p",
-    options: ["trans=virtio", "version=9p2000.L", "msize=262144", "cache=mmap"],
-    hint: "the guest kernel needs CONFIG_9P_FS and CONFIG_NET_9P_VIRTIO and the VM a virtio-9p device with mount tag kuasar",
-  });
+      type: "9p",
+      options: ["trans=virtio", "version=9p2000.L", "msize=262144", "cache=mmap"],
+      hint: "the guest kernel needs CONFIG_9P_FS and CONFIG_NET_9P_VIRTIO and the VM a virtio-9p device with mount tag kuasar",
+    },
+    opts.mounts,
+  );
 }
 
 /**
@@ -35,7 +41,7 @@ export function mountShare(type: "9p" | "virtiofs", opts: Pid1Options = {}): boo
  */
 export function bindEtcFiles(opts: Pid1Options = {}): string[] {
   const bound: string[] = [];
-  const mounted = mountPoints();
+  const mounted = opts.mounts ?? mountPoints();
   const podDir = rooted(opts, GUEST_POD_FILES_DIR);
   mkdirSync(podDir, { recursive: true });
   for (const name of POD_FILES) {

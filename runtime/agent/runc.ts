@@ -45,8 +45,6 @@ export interface InheritedStdio {
   stderr?: number;
 }
 
-let logSeq = 0;
-
 export class RuncError extends Error {
   readonly id: string;
   readonly command: string;
@@ -70,6 +68,9 @@ export class RuncError extends Error {
     return /container not running|no such process|process already finished|not running/i.test(this.runcMessage);
   }
 }
+
+/** Numbers runc's log files (see Runc's runc-<command>-<pid>-<n>.json). */
+let logSeq = 0;
 
 /** A typed wrapper over the runc CLI; every error names the command and the container id. */
 export class Runc {
