@@ -90,11 +90,11 @@ describe("guest rootfs, image and initrd", { timeout: 300_000 }, () => {
       await readFile(path.join(runs[0]!.bin, "kuasar.img.manifest.json"), "utf8"),
     ) as ArtifactManifest;
     const node = manifest.entries.find((e) => e.path === "/usr/bin/node")!;
-    const extents = parseExtents((await $quiet`debugfs -R ${"ex /usr/bin/node"} ${img}`).stdout);
+    const listing = (await $quiet`debugfs -R ${"ex /usr/bin/node"} ${img}`).stdout;
+    const extents = parseExtents(listing);
     const blocks = Math.ceil(node.size / 4096);
     assert.equal(misalignment(extents, blocks, 512), undefined);
     assert.equal(extents.length, 1);
-    const listing = (await $quiet`debugfs -R ${"ex /usr/bin/node"} ${img}`).stdout;
     assert.doesNotMatch(listing, /Uninit/, "an unwritten extent reads as zeros");
     const out = path.join(dir, "node.dump");
     await $quiet`debugfs -R ${`dump /usr/bin/node ${out}`} ${img}`;
