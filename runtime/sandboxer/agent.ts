@@ -220,37 +220,17 @@ export async function measureClockDelta(client: TtrpcClient, samples = CLOCK_SAM
   return (await measureClock(client, samples)).offsetNs;
 }
 
-/** Measures the guest clock and steps it by the offset when that is over CLOCK_STEP_NS. */
-async function measureAndStep(client: TtrpcClient): Promise<ClockSample> {
-  const best = await measureClock(client);
-  const delta = best.offsetNs;
+/**
+ * Measures the guest clock and steps it by the offset (clock_settime in the guest, to the nanosecond) when that is
+ * over CLOCK_STEP_NS; a negative offset is a guest ahead of the host. Returns the offset measured. Its rounds are
+ * exact only while nothing else keeps the guest busy: at boot it runs after SetupSandbox, before any task call.
+ */
+export async function syncGuestClock(client: TtrpcClient): Promise<bigint> {
+  const delta = (await measureClock(client)).offsetNs;
   if (delta > CLOCK_STEP_NS || delta < -CLOCK_STEP_NS) {
     // ClientSendTime is informational here: the step is relative, so this message's own transit time does not matter.
     const sent = BigInt(Date.now()) * 1_000_000n;
     await client.service(SandboxService).syncClock({ ClientSendTime: sent, Delta: delta }, { timeoutMs: 5000 });
   }
-  return best;
-}
-
-/**
- * Measures the guest clock and steps it by the offset (clock_settime in the guest, to the nanosecond) when that is
- * over CLOCK_STEP_NS; a negative offset is a guest ahead of the host. Returns the offset measured.
- *
- * `busy` is other work the guest is doing meanwhile (SetupSandbox at boot): rounds that queue behind it can be off by
- * half their round trip, tens of ms under TCG, so once it has succeeded the clock is measured and stepped again unless
- * the first measurement was already that precise.
- */
-export async function syncGuestClock(client: TtrpcClient, busy?: Promise<unknown>): Promise<bigint> {
-  const first = await measureAndStep(client);
-  if (
-    busy &&
-    first.rttNs > PRECISE_RTT_NS &&
-    (await busy.then(
-      () => true,
-      () => false,
-    ))
-  ) {
-    await measureAndStep(client);
-  }
-  return first.offsetNs;
+  return delta;
 }

@@ -18,3 +18,4 @@ export type {
   StreamWriter,
   UnaryHandler,
 } from "./server-handlers.ts";
+export { heldUntil } from "./server-handlers.ts";

@@ -61,3 +61,22 @@ export interface Registered {
   // biome-ignore lint/suspicious/noExplicitAny: the four handler shapes are checked by ServiceHandlers at registration
   readonly handler: (...args: any[]) => unknown;
 }
+
+/**
+ * The same handlers, each waiting for `ready` before it runs: calls that arrive early queue instead of failing.
+ * `ready` must settle (a rejection is the caller's to handle before it gets here, so it never fails a call).
+ */
+export function heldUntil<S extends DescService>(
+  handlers: ServiceHandlers<S>,
+  ready: Promise<void>,
+): ServiceHandlers<S> {
+  const out: Record<string, unknown> = {};
+  for (const [name, handler] of Object.entries(handlers)) {
+    const h = handler as (...args: unknown[]) => unknown;
+    out[name] = async (...args: unknown[]) => {
+      await ready;
+      return h(...args);
+    };
+  }
+  return out as ServiceHandlers<S>;
+}

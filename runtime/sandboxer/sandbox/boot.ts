@@ -29,6 +29,8 @@ export interface Booted {
   pid: number;
   agent: TtrpcClient;
   agentAddress: AgentAddress;
+  /** Settles once the guest's clock was set after SetupSandbox (or that failed, logged). */
+  clockSet: Promise<void>;
   /** The guest's console, forwarded into the daemon's log until the sandbox is released. */
   guestLog: GuestLog;
   net?: PodNetwork;
@@ -132,40 +134,43 @@ export async function boot(
       duration_ms: Date.now() - t0,
     });
     lap("agent");
-    // Without a KVM clock the guest boots at the epoch: its clock is set before any container runs, alongside
-    // SetupSandbox rather than after it, and refined once SetupSandbox no longer delays the guest's answers.
     const setupAt = Date.now();
-    const setup = agent.service(SandboxService).setupSandbox(
-      {
-        config: { typeUrl: "PodSandboxConfig", value: Buffer.from(JSON.stringify(rec.podConfig ?? {})) },
-        interfaces: net?.interfaces ?? [],
-        routes: net?.routes ?? [],
-        neighbors: net?.neighbors ?? [],
-      },
-      signal ? { signal } : {},
-    );
-    await Promise.all([
-      setup.then(() => log.debug(`SetupSandbox answered in ${Date.now() - setupAt} ms`)),
-      syncGuestClock(agent, setup).then(
-        (offsetNs) =>
-          log.debug(
-            `guest clock: ${Number(offsetNs / 1000n) / 1000} ms behind the host, set in ${Date.now() - setupAt} ms`,
-          ),
-        (e: Error) => log.warn(`clock sync: ${e.message}`),
-      ),
-    ]).catch((err: Error) => {
-      agent.close();
-      proceed("SetupSandbox");
-      throw err;
-    });
+    await agent
+      .service(SandboxService)
+      .setupSandbox(
+        {
+          config: { typeUrl: "PodSandboxConfig", value: Buffer.from(JSON.stringify(rec.podConfig ?? {})) },
+          interfaces: net?.interfaces ?? [],
+          routes: net?.routes ?? [],
+          neighbors: net?.neighbors ?? [],
+        },
+        signal ? { signal } : {},
+      )
+      .catch((err: Error) => {
+        agent.close();
+        proceed("SetupSandbox");
+        throw err;
+      });
+    log.debug(`SetupSandbox answered in ${Date.now() - setupAt} ms`);
     if (cancelled()) agent.close();
     proceed("SetupSandbox");
     lap("setup");
+    // The guest's clock starts from the RTC (whole seconds) or, without one, the epoch. It is set while Start's reply
+    // goes back, and the sandbox's task API holds every call until then (serve.ts): no container runs before it.
+    const clockAt = Date.now();
+    const clockSet = syncGuestClock(agent).then(
+      (offsetNs) =>
+        log.debug(
+          `guest clock: ${Number(offsetNs / 1000n) / 1000} ms behind the host, set in ${Date.now() - clockAt} ms`,
+        ),
+      (e: Error) => log.warn(`clock sync: ${e.message}; the guest keeps its own clock until the next sync`),
+    );
     return {
       vm,
       pid: started.pid,
       agent,
       agentAddress: started.agentAddress,
+      clockSet,
       guestLog,
       ...(net ? { net } : {}),
       ...(cgroup ? { cgroup } : {}),

@@ -90,7 +90,13 @@ export class VmLauncher implements Launcher {
     const resizer = this.resizerFor(rec, booted.vm, booted.agent, log);
     let served: Served;
     try {
-      served = await serve(rec, dir, booted.agent, booted.net, { events: this.events, log, vm: booted.vm, resizer });
+      served = await serve(rec, dir, booted.agent, booted.net, {
+        events: this.events,
+        log,
+        vm: booted.vm,
+        resizer,
+        clockSet: booted.clockSet,
+      });
     } catch (err) {
       booted.agent.close();
       await unwind(booted, log);

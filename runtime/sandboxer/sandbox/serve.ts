@@ -7,7 +7,7 @@ import { SandboxService } from "../../protos/gen/kuasar/sandbox_pb.ts";
 import { openStream } from "../../streaming/open.ts";
 import { tracing } from "../../trace/host.ts";
 import { traceServer } from "../../trace/ttrpc-server.ts";
-import { type TtrpcClient, TtrpcServer } from "../../ttrpc/index.ts";
+import { heldUntil, type TtrpcClient, TtrpcServer } from "../../ttrpc/index.ts";
 import { syncGuestClock, traceGuest } from "../agent.ts";
 import type { EventPublisher } from "../events.ts";
 import { GuestEventForwarder } from "../guest-events.ts";
@@ -39,7 +39,14 @@ export async function serve(
   dir: string,
   agent: TtrpcClient,
   pod: PodTaps | undefined,
-  deps: { events: EventPublisher; log: Logger; vm: DiskHost; resizer?: VmResizer },
+  deps: {
+    events: EventPublisher;
+    log: Logger;
+    vm: DiskHost;
+    resizer?: VmResizer;
+    /** The boot's clock sync: task calls wait for it, so no container starts on the guest's unset clock. */
+    clockSet?: Promise<void>;
+  },
 ): Promise<Served> {
   const { log } = deps;
   const sock = taskSocketOf(dir);
@@ -56,7 +63,8 @@ export async function serve(
     log,
   });
   // While tracing is on each task API call is a span, and the guest's spans are drained back (docs/operating.md).
-  const tasks = traceServer(Task, proxy.handlers(), tracing, { "sandbox.id": rec.id });
+  const handlers = deps.clockSet ? heldUntil(proxy.handlers(), deps.clockSet) : proxy.handlers();
+  const tasks = traceServer(Task, handlers, tracing, { "sandbox.id": rec.id });
   traceGuest(agent, rec.id);
   const server = new TtrpcServer()
     .register(Task, tasks)

@@ -18,6 +18,7 @@ import {
   type CallContext,
   Code,
   Flag,
+  heldUntil,
   MAX_DATA_LENGTH,
   MessageType,
   type ServiceHandlers,
@@ -380,6 +381,44 @@ describe("ttrpc unary calls", () => {
       assert.throws(() => new TtrpcServer().register(TaskV3, { nosuch: () => ({}) } as never), /nosuch/);
     } finally {
       await t.stop();
+    }
+  });
+});
+
+describe("handlers held until a promise settles", () => {
+  it("queues calls that arrive early and answers them, in order, once it has", async () => {
+    let settle!: () => void;
+    const ready = new Promise<void>((r) => {
+      settle = r;
+    });
+    const ran: number[] = [];
+    const h = await harness((server) =>
+      server.register(
+        Echo,
+        heldUntil<typeof Echo>(
+          {
+            unary: async (req) => {
+              ran.push(req.seq);
+              return { seq: req.seq };
+            },
+          },
+          ready,
+        ),
+      ),
+    );
+    try {
+      const echo = (await h.client()).service(Echo);
+      const answered: number[] = [];
+      const calls = [1, 2].map((seq) => echo.unary({ seq }).then((r) => answered.push(r.seq)));
+      await sleep(100);
+      assert.deepEqual(ran, [], "no handler ran before the promise settled");
+      settle();
+      await Promise.all(calls);
+      assert.deepEqual(ran, [1, 2]);
+      assert.deepEqual(answered, [1, 2]);
+      assert.equal((await echo.unary({ seq: 3 })).seq, 3, "later calls pass straight through");
+    } finally {
+      await h.stop();
     }
   });
 });
