@@ -28,7 +28,7 @@ interface Entry {
 export const NODE_RUNTIME = "/usr/local/lib/kuasar-vmm/node";
 
 /**
- * Kuasar's install layout (kuasar-contract.md), plus the host-side vsock addon the daemon loads, the shim helper
+ * Kuasar's install layout (kuasar-contract.md), plus the host-side vsock and ns (mount(2)) addons the daemon loads, the shim helper
  * containerd resolves on PATH from runtime_type after it restarts, and the operator's tool kuasar-ctl.
  */
 export function layout(hypervisor: HypervisorKind): Entry[] {
@@ -43,6 +43,7 @@ export function layout(hypervisor: HypervisorKind): Entry[] {
     },
     { src: "node", dst: NODE_RUNTIME.slice(1), mode: 0o555 },
     { src: "vsock.node", dst: "usr/local/lib/kuasar-vmm/vsock.node", mode: 0o550 },
+    { src: "ns.node", dst: "usr/local/lib/kuasar-vmm/ns.node", mode: 0o550 },
     { src: "vmlinux.bin", dst: "var/lib/kuasar/vmlinux.bin", mode: 0o640 },
     { src: "kuasar.img", dst: "var/lib/kuasar/kuasar.img", mode: 0o640 },
     { src: "kuasar.initrd", dst: "var/lib/kuasar/kuasar.initrd", mode: 0o640 },

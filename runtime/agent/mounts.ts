@@ -1,7 +1,7 @@
 import { mkdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import type { Logger } from "../log/log.ts";
-import { nsAddon } from "../native/ns/addon.ts";
+import { MS, nsAddon } from "../native/ns/addon.ts";
 
 /** A step of PID 1's set-up failed; the message says what the guest kernel or image lacks. */
 export class Pid1Error extends Error {
@@ -64,15 +64,19 @@ export interface MountStep {
 }
 
 /** Options that are mount(2) flags rather than file-system data, as mount(8) splits them. */
-const FLAG_OPTIONS: Readonly<Record<string, number>> = { ro: 0x1, nosuid: 0x2, nodev: 0x4, noexec: 0x8 };
-const MS_BIND = 0x1000;
+const FLAG_OPTIONS: Readonly<Record<string, number>> = {
+  ro: MS.RDONLY,
+  nosuid: MS.NOSUID,
+  nodev: MS.NODEV,
+  noexec: MS.NOEXEC,
+};
 
 /**
  * mount(2) through the ns addon: returns undefined when it succeeded, else why not. Not mount(8): these mounts happen
  * before the agent serves, where spawning one cost ~0.1 s apiece under TCG.
  */
 export function mountNow(source: string, target: string, type: string, options: readonly string[]): string | undefined {
-  let flags = type === "bind" ? MS_BIND : 0;
+  let flags = type === "bind" ? MS.BIND : 0;
   const data: string[] = [];
   for (const o of options) {
     const f = FLAG_OPTIONS[o];

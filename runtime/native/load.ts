@@ -2,13 +2,15 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-// In the vmm-task bundle this module's directory is the bundle's, where the addons are installed beside it.
+// In a bundle this module's directory is the bundle's: the guest's addons are installed beside vmm-task, the host's
+// in install-vmm's lib directory beside an installed /usr/local/bin/vmm-sandboxer.
 const here = path.dirname(fileURLToPath(import.meta.url));
 const loaded = new Map<string, unknown>();
 
 /**
  * Loads (once) the N-API addon runtime/native/<name>: the file $envVar names (which must then exist: falling back
- * would hide a misconfiguration), else <name>.node beside the running code, else the node-gyp build.
+ * would hide a misconfiguration), else <name>.node beside the running code or in ../lib/kuasar-vmm, else the
+ * node-gyp build.
  */
 export function loadAddon<T>(name: string, envVar: string): T {
   const cached = loaded.get(name);
@@ -17,7 +19,11 @@ export function loadAddon<T>(name: string, envVar: string): T {
   if (explicit && !existsSync(explicit)) {
     throw new Error(`${envVar}=${explicit} does not exist; point it at a built ${name}.node or unset it`);
   }
-  const candidates = [path.join(here, `${name}.node`), path.join(here, name, "build", "Release", `${name}.node`)];
+  const candidates = [
+    path.join(here, `${name}.node`),
+    path.resolve(here, "../lib/kuasar-vmm", `${name}.node`),
+    path.join(here, name, "build", "Release", `${name}.node`),
+  ];
   const found = explicit || candidates.find((c) => existsSync(c));
   if (!found) {
     throw new Error(

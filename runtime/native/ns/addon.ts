@@ -21,6 +21,21 @@ export interface NsAddon {
   waitPid(pid: number, block: boolean): number | undefined;
 }
 
+/** The mount(2) flags callers pass (linux/mount.h). */
+export const MS = {
+  RDONLY: 0x1,
+  NOSUID: 0x2,
+  NODEV: 0x4,
+  NOEXEC: 0x8,
+  REMOUNT: 0x20,
+  BIND: 0x1000,
+  MOVE: 0x2000,
+  REC: 0x4000,
+  PRIVATE: 1 << 18,
+  SLAVE: 1 << 19,
+  SHARED: 1 << 20,
+} as const;
+
 export function nsAddon(): NsAddon {
   return loadAddon<NsAddon>("ns", "KUASAR_NS_ADDON");
 }

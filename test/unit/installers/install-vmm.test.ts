@@ -63,6 +63,7 @@ test("install-vmm lays out Kuasar's paths and modes; uninstall removes exactly t
     "usr/local/lib/ 755",
     "usr/local/lib/kuasar-vmm/ 755",
     "usr/local/lib/kuasar-vmm/node 555",
+    "usr/local/lib/kuasar-vmm/ns.node 550",
     "usr/local/lib/kuasar-vmm/vsock.node 550",
     "var/ 755",
     "var/lib/ 755",
