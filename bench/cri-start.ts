@@ -35,7 +35,7 @@ const PHASES = [
   ["kernel", "guest boot: kernel until it runs /sbin/init"],
   ["userspace", "guest boot: init + vmm-task until it listens on vsock"],
   ["agentConnect", "agent connect (vsock dial + Check answered)"],
-  ["setup", "SetupSandbox + task API + clock sync"],
+  ["setup", "SetupSandbox + task API (the guest clock is set after Start)"],
   ["criAfterStart", "containerd after Start until RunPodSandbox returns"],
   ["createContainer", "CreateContainer"],
   ["startContainer", "StartContainer"],

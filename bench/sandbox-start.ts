@@ -80,7 +80,7 @@ const PHASES = [
   ["kernel", "guest boot: kernel until it runs /sbin/init"],
   ["userspace", "guest boot: init + vmm-task until it listens on vsock"],
   ["agentConnect", "agent connect (vsock dial + Check answered)"],
-  ["setup", "SetupSandbox + task API + clock sync"],
+  ["setup", "SetupSandbox + task API (the guest clock is set after Start)"],
   ["reply", "Start reply reaches the client"],
 ] as const;
 type Phase = (typeof PHASES)[number][0];

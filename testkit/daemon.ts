@@ -68,7 +68,14 @@ export async function startDaemon(dir: string, config: string): Promise<Daemon> 
       "-l",
       sock,
     ],
-    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, KUASAR_VSOCK_ADDON: path.join(bin, "vsock.node") } },
+    {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: {
+        ...process.env,
+        KUASAR_VSOCK_ADDON: path.join(bin, "vsock.node"),
+        KUASAR_NS_ADDON: path.join(bin, "ns.node"),
+      },
+    },
   );
   proc.stdout?.on("data", (d) => {
     out += d;

@@ -44,7 +44,12 @@ before(async () => {
     ].concat(["-l", sock]),
     {
       stdio: ["ignore", "ignore", fd],
-      env: { ...process.env, KUASAR_VSOCK_ADDON: path.join(bin, "vsock.node"), JOURNAL_STREAM: `${st.dev}:${st.ino}` },
+      env: {
+        ...process.env,
+        KUASAR_VSOCK_ADDON: path.join(bin, "vsock.node"),
+        KUASAR_NS_ADDON: path.join(bin, "ns.node"),
+        JOURNAL_STREAM: `${st.dev}:${st.ino}`,
+      },
     },
   );
   closeSync(fd);
