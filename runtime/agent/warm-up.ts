@@ -1,6 +1,5 @@
 import { mkdirSync } from "node:fs";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { type NetlinkAddon, netlinkAddon } from "../native/ns/netlink.ts";
 import { IPFamily, SetupSandboxRequestSchema } from "../protos/gen/kuasar/sandbox_pb.ts";
 import { checkInterface, checkNeighbour, checkRoute, linksByMac } from "./network.ts";
 import { SANDBOX_NS_DIR, sandboxNamespaces } from "./spec.ts";
@@ -27,14 +26,12 @@ const SAMPLE = create(SetupSandboxRequestSchema, {
  * function, node's own included, is compiled at its first call: under TCG the first SetupSandbox spent about 45 of
  * its 53 ms in the guest compiling (a second call took 8). Run once the agent listens, while the host sees the
  * ready line and dials, this takes SetupSandbox's read-only parts through once: the request's decoding, the checks
- * of what the host sends, the NIC listing and the pod namespaces' probe. It also brings lo up, whose first time
- * costs the kernel some ms under TCG. It changes nothing else but nsDir existing; SetupSandbox does both anyway.
- * Returns why it stopped early, if it did: a warm-up is never worth failing over.
+ * of what the host sends, the NIC listing and the pod namespaces' probe. It changes nothing but nsDir existing,
+ * which SetupSandbox creates anyway. Returns why it stopped early, if it did: a warm-up is never worth failing over.
  */
-export function warmUp(nsDir = SANDBOX_NS_DIR, nl?: Pick<NetlinkAddon, "linkSet">): string | undefined {
+export function warmUp(nsDir = SANDBOX_NS_DIR): string | undefined {
   try {
     warmSetupPath(nsDir);
-    (nl ?? netlinkAddon()).linkSet("lo", 1, "", 0);
     return undefined;
   } catch (err) {
     return (err as Error).message;
