@@ -30,7 +30,6 @@ import { taskService } from "./services/task-service.ts";
 import { StreamHub } from "./stream-hub.ts";
 import { queueTaskEvents } from "./task-events.ts";
 import { uptimeMs } from "./uptime.ts";
-import { warmUp } from "./warm-up.ts";
 
 // The agent's lines pad the level like Kuasar's (env_logger), and go to the console without a stream.
 configureLog({ padLevel: true, write: writeStderrSync, journal: false });
@@ -112,8 +111,6 @@ async function main(argv: string[]): Promise<void> {
   // The guest's own measure of the agent's start (uptimeMs() counts from node's start, snapshot or not);
   // bench/sandbox-start.ts reads it.
   log.info(`serving ${Math.round(uptimeMs())} ms after node started (${marks.join(", ")})`);
-  const cold = guest ? warmUp() : undefined;
-  if (cold) log.debug(`warm-up stopped: ${cold}`);
   trimHeap();
 
   async function stop(signal: string): Promise<void> {
