@@ -47,15 +47,11 @@ export async function bindMount(source: string, target: string, readonly: boolea
 /** Flags a bind remount must restate, as mount(8) does; the kernel keeps the atime ones by itself. */
 const KEPT: Readonly<Record<string, number>> = { nosuid: MS.NOSUID, nodev: MS.NODEV, noexec: MS.NOEXEC };
 
-/** The MS_NOSUID/NODEV/NOEXEC bits of the mount at target (its per-mount options in mountinfo, field 6). */
+/** The MS_NOSUID/NODEV/NOEXEC bits of the mount at target (the topmost there). */
 async function keptFlags(target: string): Promise<number> {
-  const info = await readFile("/proc/self/mountinfo", "utf8");
-  const line = info
-    .split("\n")
-    .filter((l) => decodeMountPoint(l.split(" ")[4] ?? "") === target)
-    .pop();
-  if (!line) throw new Error(`${target} is not in /proc/self/mountinfo after it was mounted`);
-  return (line.split(" ")[5] ?? "").split(",").reduce((flags, o) => flags | (KEPT[o] ?? 0), 0);
+  const entry = (await mountTable()).filter((m) => m.point === target).pop();
+  if (!entry) throw new Error(`${target} is not in /proc/self/mountinfo after it was mounted`);
+  return entry.options.reduce((flags, o) => flags | (KEPT[o] ?? 0), 0);
 }
 
 /**
@@ -113,13 +109,21 @@ export async function unmount(target: string): Promise<void> {
   throw new Error(`umount ${target} failed: ${r.stderr.trim() || r.shortMessage}`);
 }
 
-/** Mount points of this process's namespace, decoded from /proc/self/mountinfo (field 5, octal escapes). */
-export async function mountPoints(): Promise<string[]> {
+/** This process's mounts from /proc/self/mountinfo: mount point (field 5, octal escapes undone), per-mount options. */
+async function mountTable(): Promise<Array<{ point: string; options: string[] }>> {
   const info = await readFile("/proc/self/mountinfo", "utf8");
   return info
     .split("\n")
     .filter(Boolean)
-    .map((l) => decodeMountPoint(l.split(" ")[4] ?? ""));
+    .map((l) => {
+      const f = l.split(" ");
+      return { point: decodeMountPoint(f[4] ?? ""), options: (f[5] ?? "").split(",") };
+    });
+}
+
+/** Mount points of this process's namespace, in mountinfo's order. */
+export async function mountPoints(): Promise<string[]> {
+  return (await mountTable()).map((m) => m.point);
 }
 
 /** mountinfo's octal escapes (\\040 for a space, ...) undone. */

@@ -1,7 +1,7 @@
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { GUEST_POD_FILES_DIR, GUEST_SHARE } from "../../contract/share.ts";
-import { bindMount, isMountPoint, moveMount, selfBind, topMountsUnder, unmount } from "./mount.ts";
+import { bindMount, isMountPoint, mountPoints, moveMount, selfBind, topMountsUnder, unmount } from "./mount.ts";
 
 /**
  * A sandbox's share, split so the guest can never redirect the host (the bug class of Kata's CVE-2020-2026):
@@ -42,11 +42,13 @@ export async function createShareDirs(share: ShareLayout): Promise<void> {
 /** Sets up the mounts of the split; idempotent, so a half-done setup is completed rather than doubled. */
 export async function mountShare(share: ShareLayout): Promise<void> {
   await createShareDirs(share);
+  // Read once: these three mounts do not show up in one another's places.
+  const mounted = new Set(await mountPoints());
   // A peer group of its own: mounts made below mounts/ propagate to shared/ and nowhere else.
-  if (!(await isMountPoint(share.mounts))) await selfBind(share.mounts, ["private", "shared"]);
+  if (!mounted.has(share.mounts)) await selfBind(share.mounts, ["private", "shared"]);
   // Read-only at its top, a slave of mounts/ (rbind: anything already below mounts/ comes along).
-  if (!(await isMountPoint(share.shared))) await bindMount(share.mounts, share.shared, true);
-  if (!(await isMountPoint(share.staging))) await selfBind(share.staging, ["private"]);
+  if (!mounted.has(share.shared)) await bindMount(share.mounts, share.shared, true);
+  if (!mounted.has(share.staging)) await selfBind(share.staging, ["private"]);
 }
 
 /**
