@@ -6,6 +6,7 @@ import {
   mkdir,
   mkdtemp,
   readdir,
+  readFile,
   readlink,
   rename,
   rm,
@@ -15,12 +16,14 @@ import {
 } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { startupDataFile } from "../../runtime/contract/startup-data.ts";
 import { hashFile } from "../lib/hash.ts";
 import type { BuildContext, KeyContext, Stage } from "../lib/stage.ts";
 import { StageError } from "../lib/stage-error.ts";
 import { writeNewc } from "../rootfs/cpio.ts";
 import { isElf, lddClosure, readElf, systemLibDirs } from "../rootfs/elf.ts";
 import { buildManifest, writeManifest } from "../rootfs/manifest.ts";
+import { readSnapshotBlob } from "../rootfs/snapshot-blob.ts";
 import { listTree, type TreeEntry } from "../rootfs/tree.ts";
 import {
   AGENT_ADDON,
@@ -33,7 +36,7 @@ import {
   validateRootfs,
 } from "../rootfs/validate.ts";
 import { pinnedNode } from "./node-runtime.ts";
-import { AGENT_SNAPSHOT, GUEST_NODE } from "./vmm-task.ts";
+import { AGENT_SNAPSHOT, AGENT_STARTUP_DATA, GUEST_NODE } from "./vmm-task.ts";
 
 /** The one output: a sorted, gzip'd newc archive of the guest root. */
 export const ROOTFS_ARCHIVE = "rootfs.cpio.gz";
@@ -286,8 +289,14 @@ async function buildSnapshot(ctx: BuildContext, root: string): Promise<void> {
   } finally {
     await rm(config, { force: true });
   }
-  await chmod(path.join(root, AGENT_SNAPSHOT), 0o644);
-  ctx.log(`snapshot: ${((await stat(path.join(root, AGENT_SNAPSHOT))).size / 1048576).toFixed(1)} MiB`);
+  const blobFile = path.join(root, AGENT_SNAPSHOT);
+  await chmod(blobFile, 0o644);
+  const blob = await readFile(blobFile);
+  ctx.log(`snapshot: ${(blob.length / 1048576).toFixed(1)} MiB`);
+  // vmm-task maps this over node's private copy of the V8 startup data (runtime/agent/startup-data.ts).
+  const { v8StartupData } = readSnapshotBlob(blob, `/${AGENT_SNAPSHOT}`);
+  await writeFile(path.join(root, AGENT_STARTUP_DATA), startupDataFile(v8StartupData), { mode: 0o644 });
+  ctx.log(`V8 startup data (${(v8StartupData.length / 1048576).toFixed(1)} MiB) -> /${AGENT_STARTUP_DATA}`);
 }
 
 /** A binary without its debug sections and static symbol table (the same code and dynamic symbols). */

@@ -12,17 +12,26 @@ const SOURCES = ["runtime/agent", ...SHARED_LAYERS, "runtime/native"];
 /** Guest paths (root-relative) of node and of the agent's V8 startup snapshot, which the rootfs stage builds. */
 export const GUEST_NODE = "usr/bin/node";
 export const AGENT_SNAPSHOT = "usr/lib/vmm-task/vmm-task.blob";
+/** The V8 startup data of that snapshot, laid out for the agent to map over node's copy (contract/startup-data.ts). */
+export const AGENT_STARTUP_DATA = "usr/lib/vmm-task/vmm-task.v8-startup";
 
 /**
- * What the guest's init runs: node starting from the snapshot, which runs the agent's main. The snapshot costs
- * memory: node copies its V8 heap image (3.5 MiB) into a buffer it keeps for the life of the process. Without a
- * snapshot the agent served 1.2-2.3 s later under TCG (sandbox-start, 2026-12-03), for about the RssAnon that the
- * snapshot has now that it leaves out node's code cache (14.7 MiB, density; rootfs.ts says why). No heap flags: none
- * of --max-semi-space-size=1, --single-threaded(-gc), --lite-mode, --max-lazy or a full GC once serving moved the
+ * What the guest's init runs: node starting from the snapshot, which runs the agent's main. node copies the V8 part
+ * of the blob (3.3 MiB) into memory it keeps for the life of the process; once serving, the agent maps the same bytes
+ * from the image over that copy (runtime/agent/startup-data.ts), so they stop being private to each guest. Without a
+ * snapshot the agent served 1.2-2.3 s later under TCG (sandbox-start, 2026-12-03), at about the RssAnon the snapshot
+ * had before that remapping (14.7 MiB, density; rootfs.ts says why). No heap flags: none of --max-semi-space-size=1, --single-threaded(-gc), --lite-mode, --max-lazy or a full GC once serving moved the
  * snapshot agent's RssAnon by more than 0.2 MiB (measured on the host; the first in the guest too). Under TCG init
  * adds --jitless (init.c).
  */
-export const AGENT_ARGV = [`/${GUEST_NODE}`, "--snapshot-blob", `/${AGENT_SNAPSHOT}`];
+export const AGENT_ARGV = [
+  `/${GUEST_NODE}`,
+  "--snapshot-blob",
+  `/${AGENT_SNAPSHOT}`,
+  "--",
+  "--startup-data",
+  `/${AGENT_STARTUP_DATA}`,
+];
 
 /** vmm-task: the guest agent bundled into one file, its native addons, and the static C init that runs it as PID 1. */
 export const vmmTaskStage: Stage = {

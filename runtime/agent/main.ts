@@ -27,6 +27,7 @@ import { Runc } from "./runc.ts";
 import { setupSandboxNamespaces } from "./sandbox-ns.ts";
 import { sandboxService } from "./services/sandbox-service.ts";
 import { taskService } from "./services/task-service.ts";
+import { shareStartupData } from "./startup-data.ts";
 import { StreamHub } from "./stream-hub.ts";
 import { queueTaskEvents } from "./task-events.ts";
 import { uptimeMs } from "./uptime.ts";
@@ -38,7 +39,8 @@ const log = logger("vmm_task");
 /**
  * vmm-task: in the guest it is started by the C init (PID 1), sets the VM up and serves ttrpc on vsock AGENT_PORT.
  * `--listen unix:<path>` serves on a unix socket instead and skips the PID 1 duties, so the same agent runs on
- * a host (under the init in subreaper mode) for tests.
+ * a host (under the init in subreaper mode) for tests. `--startup-data <file>`: the V8 startup data to map over node's
+ * copy of it once serving (startup-data.ts); the guest's init passes the image's.
  */
 async function main(argv: string[]): Promise<void> {
   // Where the agent's start goes, on its serving line: ms after node started, at main and at the end of each step.
@@ -51,6 +53,7 @@ async function main(argv: string[]): Promise<void> {
       "state-dir": { type: "string", default: "/run/vmm-task" },
       "runc-root": { type: "string", default: "/run/runc" },
       "log-level": { type: "string" },
+      "startup-data": { type: "string" },
     },
   });
   const guest = values.listen === undefined;
@@ -111,6 +114,7 @@ async function main(argv: string[]): Promise<void> {
   // The guest's own measure of the agent's start (uptimeMs() counts from node's start, snapshot or not);
   // bench/sandbox-start.ts reads it.
   log.info(`serving ${Math.round(uptimeMs())} ms after node started (${marks.join(", ")})`);
+  if (values["startup-data"]) void shareStartupData(values["startup-data"], log);
   trimHeap();
 
   async function stop(signal: string): Promise<void> {

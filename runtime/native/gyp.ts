@@ -99,7 +99,9 @@ export async function buildGypAddon(name: string, outDir: string): Promise<strin
   const built = path.join(dir, "build", "Release", `${name}.node`);
   const stampFile = path.join(dir, "build", ".kuasar-stamp");
   const nodedir = nodeDir();
-  const sources = [path.join(dir, "binding.gyp"), path.join(dir, `${name}.c`)];
+  // Every C file of the addon (an addon may be split into several), then the shared headers.
+  const own = (await readdir(dir)).filter((f) => /\.[ch]$/.test(f)).sort();
+  const sources = [path.join(dir, "binding.gyp"), ...own.map((f) => path.join(dir, f))];
   for (const f of (await readdir(includeDir)).sort()) sources.push(path.join(includeDir, f));
   const h = createHash("sha256");
   for (const f of sources) h.update(`${path.basename(f)}\0`).update(await readFile(f));

@@ -64,6 +64,25 @@ test("node's code is mapped from the NVDIMM with 2 MiB pages", { timeout: 120_00
   assert.equal(Number(m[2]), 0, `some 2 MiB runs of node's code are mapped with 4 KiB pages: ${m[0]}`);
 });
 
+// node keeps a private copy of the V8 part of its --snapshot-blob; the agent maps the image's startup data file over
+// it once serving (runtime/agent/startup-data.ts), so those 3.3 MiB are the NVDIMM's pages, not this guest's RAM.
+test("vmm-task's copy of its V8 startup data is mapped from the image", { timeout: 120_000 }, async () => {
+  const out = await guestRoot(
+    scene.sandboxDir("dax-a"),
+    "for p in /proc/[0-9]*; do grep -q snapshot-blob $p/cmdline 2>/dev/null && grep vmm-task.v8-startup $p/maps; done",
+  );
+  const lines = out.split("\n").filter((l) => l.endsWith(" /usr/lib/vmm-task/vmm-task.v8-startup"));
+  assert.ok(lines.length > 0, `vmm-task maps no startup data file:\n${out}`);
+  const bytes = lines.reduce((n, l) => {
+    const [lo, hi] = l
+      .split(" ")[0]!
+      .split("-")
+      .map((x) => Number.parseInt(x, 16));
+    return n + hi! - lo!;
+  }, 0);
+  assert.ok(bytes > 3 * 1048576, `only ${bytes} bytes of the startup data are mapped:\n${out}`);
+});
+
 test("guest root writing over its NVDIMM changes neither the image file nor another VM's root", {
   timeout: 300_000,
 }, async () => {

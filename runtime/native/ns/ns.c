@@ -8,7 +8,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <malloc.h>
 #include <node_api.h>
 #include <pthread.h>
 #include <sched.h>
@@ -26,6 +25,7 @@
 
 #define ADDON_NAME "ns"
 #include "napi_errors.h"
+#include "memory.h"
 #include "netlink.h"
 
 #define MAX_SYSCTLS 256
@@ -249,15 +249,6 @@ static napi_value js_clock_realtime(napi_env env, napi_callback_info info) {
   return bigint_ns(env, &ts);
 }
 
-// trimHeap(): hands the free pages of malloc's heap back to the kernel (malloc_trim(0) releases free chunks inside
-// the heap too, not only its top). Returns whether any memory was released.
-static napi_value js_trim_heap(napi_env env, napi_callback_info info) {
-  (void)info;
-  napi_value out;
-  napi_get_boolean(env, malloc_trim(0) == 1, &out);
-  return out;
-}
-
 // clockStep(deltaNs): moves CLOCK_REALTIME by deltaNs (a bigint; negative steps back). Read and set back to back, so
 // the step is exact to the nanosecond. Returns the new time in nanoseconds.
 static napi_value js_clock_step(napi_env env, napi_callback_info info) {
@@ -419,10 +410,9 @@ NAPI_MODULE_INIT() {
       {"waitPid", NULL, js_wait_pid, NULL, NULL, NULL, napi_enumerable, NULL},
       {"clockRealtime", NULL, js_clock_realtime, NULL, NULL, NULL, napi_enumerable, NULL},
       {"clockStep", NULL, js_clock_step, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"trimHeap", NULL, js_trim_heap, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok ||
-      netlink_register(env, exports) != napi_ok)
+      netlink_register(env, exports) != napi_ok || memory_register(env, exports) != napi_ok)
     return NULL;
   return exports;
 }
