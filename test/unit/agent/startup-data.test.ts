@@ -33,7 +33,7 @@ async function main() {
   require("crypto").randomFillSync(copy);
   const bytes = Buffer.concat([Buffer.alloc(offset), copy]);
   if (flip) bytes[bytes.length - 200] ^= 1;
-  fs.writeFileSync(file, bytes);
+  fs.writeFileSync(file, bytes, { flush: true });
   const before = anon();
   const replaced = await mapFileOverCopy(file, offset);
   const after = anon();
@@ -43,6 +43,8 @@ async function main() {
   const fileAt = maps.findIndex((l) => l.endsWith(file));
   const range = (l) => l.split(" ")[0].split("-").map((x) => parseInt(x, 16));
   const belowPages = fileAt > 0 && range(maps[fileAt - 1])[1] === range(maps[fileAt])[0] ? (range(maps[fileAt - 1])[1] - range(maps[fileAt - 1])[0]) / 4096 : 0;
+  // What of the file the comparison left in the page cache (util-linux fincore).
+  const cached = Number(require("child_process").execFileSync("fincore", ["--bytes", "--noheadings", "--output", "RES", file], { encoding: "utf8" }));
   const unchanged = copy.equals(fs.readFileSync(file).subarray(offset)) !== flip;
   copy[5000] ^= 0xff;
   const written = copy[5000] !== fs.readFileSync(file)[offset + 5000];
@@ -50,7 +52,7 @@ async function main() {
   // Scheduling policy of every thread (stat field 41): the idle policy the work ran at must not outlive it.
   const policies = fs.readdirSync("/proc/self/task").map((t) =>
     Number(fs.readFileSync("/proc/self/task/" + t + "/stat", "utf8").split(") ")[1].split(" ")[38]));
-  return { replaced, before, after, mapped, belowPages, unchanged, written, again, policies, kept: earlier.length + later.length };
+  return { replaced, before, after, mapped, belowPages, cached, unchanged, written, again, policies, kept: earlier.length + later.length };
 }
 main().then((r) => process.stdout.write(JSON.stringify(r)));
 `;
@@ -68,6 +70,7 @@ async function child(flip: boolean) {
     after: number;
     mapped: number;
     belowPages: number;
+    cached: number;
     unchanged: boolean;
     written: boolean;
     again: number;
@@ -84,6 +87,7 @@ test("mapFileOverCopy puts the file's pages under a private copy of its bytes; c
     assert.equal(r.replaced, Math.floor((STARTUP_DATA_OFFSET + 1048576 + 100) / 4096) * 4096 - 4096);
     assert.ok(r.mapped >= 1, "the file is mapped");
     assert.ok(r.before - r.after > r.replaced / 2048, `RssAnon ${r.before} -> ${r.after} kB`);
+    assert.equal(r.cached, 0, "the file's pages the comparison read are dropped from the page cache");
     assert.equal(r.unchanged, true, "the copy reads the same bytes");
     assert.equal(r.written, true, "a write changes the copy, not the file");
     assert.equal(r.again, 0, "the copy is the file's now, so a second call finds nothing");
