@@ -36,6 +36,13 @@ static inline bool get_args(napi_env env, napi_callback_info info, size_t argc, 
   return true;
 }
 
+// Zeroed memory for a call's own state; NULL with an ENOMEM error thrown when there is none.
+static inline void *alloc_or_throw(napi_env env, size_t size) {
+  void *p = calloc(1, size);
+  if (p == NULL) napi_throw_error(env, "ENOMEM", ADDON_NAME " addon: out of memory");
+  return p;
+}
+
 // A string argument, copied to the C heap (the caller frees it); NULL with a TypeError thrown when v is not one.
 static inline char *get_string(napi_env env, napi_value v, const char *name) {
   size_t len;

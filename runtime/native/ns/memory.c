@@ -160,11 +160,8 @@ static void remap_complete(napi_env env, napi_status status, void *data) {
 static napi_value js_map_file_over_copy(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   if (!get_args(env, info, 2, argv)) return NULL;
-  struct remap *r = calloc(1, sizeof *r);
-  if (r == NULL) {
-    napi_throw_error(env, "ENOMEM", "ns addon: out of memory");
-    return NULL;
-  }
+  struct remap *r = alloc_or_throw(env, sizeof *r);
+  if (r == NULL) return NULL;
   napi_value promise, name;
   if (napi_get_value_uint32(env, argv[1], &r->offset) != napi_ok) {
     napi_throw_type_error(env, "EINVAL", "ns addon: offset must be a number");

@@ -150,11 +150,8 @@ static bool read_sysctls(napi_env env, napi_value list, struct job *j) {
 static napi_value js_setup(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   if (!get_args(env, info, 5, argv)) return NULL;
-  struct job *j = calloc(1, sizeof *j);
-  if (j == NULL) {
-    napi_throw_error(env, "ENOMEM", "ns addon: out of memory");
-    return NULL;
-  }
+  struct job *j = alloc_or_throw(env, sizeof *j);
+  if (j == NULL) return NULL;
   napi_value result = NULL;
   if ((j->ipc = get_string(env, argv[0], "ipcFile")) == NULL || (j->uts = get_string(env, argv[1], "utsFile")) == NULL)
     goto out;
