@@ -67,11 +67,16 @@ test("node's code is mapped from the NVDIMM with 2 MiB pages", { timeout: 120_00
 // node keeps a private copy of the V8 part of its --snapshot-blob; the agent maps the image's startup data file over
 // it once serving (runtime/agent/startup-data.ts), so those 3.3 MiB are the NVDIMM's pages, not this guest's RAM.
 test("vmm-task's copy of its V8 startup data is mapped from the image", { timeout: 120_000 }, async () => {
-  const out = await guestRoot(
-    scene.sandboxDir("dax-a"),
-    "for p in /proc/[0-9]*; do grep -q snapshot-blob $p/cmdline 2>/dev/null && grep vmm-task.v8-startup $p/maps; done",
-  );
-  const lines = out.split("\n").filter((l) => l.endsWith(" /usr/lib/vmm-task/vmm-task.v8-startup"));
+  // The agent does it at idle priority once it serves: give it a few seconds.
+  const maps =
+    "for p in /proc/[0-9]*; do grep -q snapshot-blob $p/cmdline 2>/dev/null && grep vmm-task.v8-startup $p/maps; done";
+  const mapped = (out: string) => out.split("\n").filter((l) => l.endsWith(" /usr/lib/vmm-task/vmm-task.v8-startup"));
+  let out = await guestRoot(scene.sandboxDir("dax-a"), maps);
+  for (let i = 0; i < 10 && mapped(out).length === 0; i++) {
+    await new Promise((r) => setTimeout(r, 1000));
+    out = await guestRoot(scene.sandboxDir("dax-a"), maps);
+  }
+  const lines = mapped(out);
   assert.ok(lines.length > 0, `vmm-task maps no startup data file:\n${out}`);
   const bytes = lines.reduce((n, l) => {
     const [lo, hi] = l

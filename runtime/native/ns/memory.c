@@ -23,14 +23,22 @@ static napi_value js_trim_heap(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// Reads len bytes of this process's memory at addr through /proc/self/mem (mem), without touching it directly: memory
+// another thread unmapped meanwhile, or that V8 keeps behind a protection key, is a failed read here instead of a
+// SIGSEGV. (Not process_vm_readv: the guest kernel is built without CROSS_MEMORY_ATTACH.)
+static bool peek(int mem, uintptr_t addr, void *buf, size_t len) {
+  return pread(mem, buf, len, (off_t)addr) == (ssize_t)len;
+}
+
 // Whether memory at `at` holds the file's bytes [offset, offset + len). The file is read, not mapped: faulting in
-// each of its pages cost more under TCG than copying them.
-static bool same_as_file(const char *at, int fd, size_t offset, size_t len, char *buf, size_t cap) {
+// each of its pages cost more under TCG than copying them. buf holds 2 * cap bytes.
+static bool same_as_file(int mem, uintptr_t at, int fd, size_t offset, size_t len, char *buf, size_t cap) {
   for (size_t done = 0; done < len;) {
     size_t want = len - done < cap ? len - done : cap;
-    ssize_t got = pread(fd, buf, want, (off_t)(offset + done));
-    if (got <= 0 || memcmp(at + done, buf, (size_t)got) != 0) return false;
-    done += (size_t)got;
+    if (pread(fd, buf, want, (off_t)(offset + done)) != (ssize_t)want || !peek(mem, at + done, buf + cap, want) ||
+        memcmp(buf, buf + cap, want) != 0)
+      return false;
+    done += want;
   }
   return true;
 }
@@ -38,15 +46,20 @@ static bool same_as_file(const char *at, int fd, size_t offset, size_t len, char
 // Where in this process a private anonymous mapping holds exactly the file's bytes [offset, offset + len) at
 // `offset` into one of its pages: the start of that page, or 0. The kernel merges neighbouring anonymous mappings, so
 // the copy may start at any page of one; only resident pages are looked at (mincore), so untouched memory (thread
-// stacks) is neither read nor faulted in, and only those whose first bytes match are compared in full.
+// stacks) is not faulted in, and only those whose first bytes match are compared in full.
 static uintptr_t find_copy(int fd, size_t offset, size_t len, size_t page) {
-  char head[64];
+  char head[64], seen[64];
   size_t hlen = len < sizeof head ? len : sizeof head;
   if (pread(fd, head, hlen, (off_t)offset) != (ssize_t)hlen) return 0;
   FILE *maps = fopen("/proc/self/maps", "re");
-  if (maps == NULL) return 0;
+  int mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+  if (maps == NULL || mem < 0) {
+    if (maps != NULL) fclose(maps);
+    if (mem >= 0) close(mem);
+    return 0;
+  }
   const size_t cap = 65536;
-  char *buf = malloc(cap);
+  char *buf = malloc(2 * cap);
   size_t span = (offset + len + page - 1) / page;
   uintptr_t found = 0;
   char *line = NULL;
@@ -64,8 +77,9 @@ static uintptr_t find_copy(int fd, size_t offset, size_t len, size_t page) {
     unsigned char *resident = malloc(pages);
     if (resident != NULL && mincore((void *)start, end - start, resident) == 0) {
       for (size_t i = 0; i + span <= pages && found == 0; i++) {
-        const char *at = (const char *)(start + i * page) + offset;
-        if ((resident[i] & 1) && memcmp(at, head, hlen) == 0 && same_as_file(at, fd, offset, len, buf, cap))
+        uintptr_t at = start + i * page + offset;
+        if ((resident[i] & 1) && peek(mem, at, seen, hlen) && memcmp(seen, head, hlen) == 0 &&
+            same_as_file(mem, at, fd, offset, len, buf, cap))
           found = start + i * page;
       }
     }
@@ -74,6 +88,7 @@ static uintptr_t find_copy(int fd, size_t offset, size_t len, size_t page) {
   free(line);
   free(buf);
   fclose(maps);
+  close(mem);
   return found;
 }
 
