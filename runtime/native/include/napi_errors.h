@@ -8,21 +8,31 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Throws an Error whose code is the errno name (ENOENT, ...) and whose errno is -err, like Node's own.
-static inline napi_value throw_errno(napi_env env, int err, const char *what) {
+// An Error whose code is the errno name (ENOENT, ...) and whose errno is -err, like Node's own; NULL if it could not be
+// made (msg then holds its message).
+static inline napi_value errno_error(napi_env env, int err, const char *what, char *msg, size_t msglen) {
   const char *name = strerrorname_np(err);
   if (name == NULL) name = "UNKNOWN";
-  char msg[640];
-  snprintf(msg, sizeof msg, "%s: %s (%s)", what, name, strerror(err));
+  snprintf(msg, msglen, "%s: %s (%s)", what, name, strerror(err));
   napi_value code, message, error, errno_v;
   if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code) != napi_ok ||
       napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok ||
       napi_create_error(env, code, message, &error) != napi_ok || napi_create_int32(env, -err, &errno_v) != napi_ok ||
-      napi_set_named_property(env, error, "errno", errno_v) != napi_ok) {
-    napi_throw_error(env, name, msg);
+      napi_set_named_property(env, error, "errno", errno_v) != napi_ok)
     return NULL;
+  return error;
+}
+
+// Throws errno_error(err, what).
+static inline napi_value throw_errno(napi_env env, int err, const char *what) {
+  char msg[768];
+  napi_value error = errno_error(env, err, what, msg, sizeof msg);
+  if (error == NULL) {
+    const char *name = strerrorname_np(err);
+    napi_throw_error(env, name ? name : "UNKNOWN", msg);
+  } else {
+    napi_throw(env, error);
   }
-  napi_throw(env, error);
   return NULL;
 }
 

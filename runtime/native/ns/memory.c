@@ -135,7 +135,7 @@ static void remap(struct remap *r) {
 }
 
 // On one of libuv's threads, at idle priority while it works: the guest's one vCPU compares the 3.3 MiB only when
-// nothing else wants it (about 25 ms under TCG), instead of delaying the host's first calls.
+// nothing else wants it (about 30 ms of CPU under TCG), instead of delaying the host's first calls.
 static void remap_execute(napi_env env, void *data) {
   (void)env;
   int policy = sched_getscheduler(0);
@@ -152,14 +152,13 @@ static void remap_complete(napi_env env, napi_status status, void *data) {
     napi_create_double(env, (double)r->replaced, &v);
     napi_resolve_deferred(env, r->deferred, v);
   } else {
-    napi_value code, message;
-    const char *name = r->err ? strerrorname_np(r->err) : "ECANCELED";
-    char msg[700];
-    snprintf(msg, sizeof msg, "%s: %s (%s)", r->err ? r->what : "mapFileOverCopy", name ? name : "UNKNOWN",
-             strerror(r->err ? r->err : ECANCELED));
-    napi_create_string_utf8(env, name ? name : "UNKNOWN", NAPI_AUTO_LENGTH, &code);
-    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
-    napi_create_error(env, code, message, &v);
+    char msg[768];
+    v = errno_error(env, r->err ? r->err : ECANCELED, r->err ? r->what : "mapFileOverCopy", msg, sizeof msg);
+    if (v == NULL) {
+      napi_value message;
+      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
+      napi_create_error(env, NULL, message, &v);
+    }
     napi_reject_deferred(env, r->deferred, v);
   }
   napi_delete_async_work(env, r->work);
