@@ -4,12 +4,13 @@
 // memory inside the guest (RssAnon, RSS) and the guest's RAM in use (MemTotal - MemFree), idle and with 10
 // containers, read from the guest's /proc through the agent's ExecVMProcess (the guests boot with task.debug); and
 // the time from the kernel's start to the first Check the agent answers, both from the host-watched serial console
-// and from the guest's own uptime.
+// and from the guest's own uptime; and the host CPU the idle VMs use (QEMU + helpers, over a window of idle time).
 // A few sandboxes (--disk-sandboxes, 3; 0 skips) then boot with the image as a virtio-blk disk instead of the default
 // DAX NVDIMM, through a second daemon, for the guest and host figures of both root paths in one run. With
-// --baseline-image FILE, as many boot from another image (an older build's kuasar.img) the same way.
+// --baseline-image FILE, as many boot from another image (an older build's kuasar.img) the same way; with
+// --baseline-kernel FILE, from another kernel (an older build's vmlinux.bin).
 // Run: node --import tsx bench/density.ts [--sandboxes 10] [--batch 2] [--containers 10] [--disk-sandboxes 3]
-//   [--baseline-image FILE]
+//   [--baseline-image FILE] [--baseline-kernel FILE]
 // (writes bench/results/density.json and bench/results/density.svg)
 
 import { readFileSync, writeFileSync } from "node:fs";
@@ -46,6 +47,7 @@ import {
   daemonSteps,
   guestExec,
   type ProcMemory,
+  procCpuUs,
   procMemory,
   startBundledDaemon,
 } from "./lib/vm.ts";
@@ -123,8 +125,12 @@ interface Result {
   kernelToCheckP50Ms: number;
   uptimeAtCheckP50Ms: number;
   vmmPssP50Bytes: number;
+  /** Host CPU of the idle VMs (QEMU + helpers), ms per second, averaged over every sandbox. */
+  idleCpuMsPerS: number;
   /** The guest figures of sandboxes booted from --baseline-image, p50, bytes. */
   baselineImage?: OtherPath & { image: string; node: string };
+  /** The same figures of sandboxes booted from --baseline-kernel. */
+  baselineKernel?: OtherPath & { kernel: string };
   /** The same with the image as a virtio-blk disk (disable_nvdimm = true). */
   disk?: OtherPath;
   goals: {
@@ -143,6 +149,8 @@ const mib2 = (bytes: number) => Math.round((bytes / 1048576) * 100) / 100;
 
 const SETTLE_MS = 10_000;
 const READINGS = 10;
+/** The idle window the VMs' host CPU is summed over: /proc counts it in 10 ms ticks. */
+const IDLE_CPU_WINDOW_MS = 20_000;
 
 /**
  * The daemon's memory once idle: V8's memory reducer runs a full GC some seconds after allocation stops, so the
@@ -171,6 +179,18 @@ function slope(points: Array<[number, number]>): number {
   const sxy = points.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0);
   const sxx = points.reduce((a, [x]) => a + (x - mx) ** 2, 0);
   return sxx === 0 ? Number.NaN : sxy / sxx;
+}
+
+/**
+ * Host CPU the VMs use while nothing happens in them: every process whose command line names a sandbox directory,
+ * summed over IDLE_CPU_WINDOW_MS and averaged per sandbox, ms per second.
+ */
+async function idleCpu(sandboxDirs: string[]): Promise<number> {
+  const pids = sandboxDirs.flatMap((d) => processesMatching(d));
+  const total = () => pids.reduce((sum, pid) => sum + procCpuUs(pid), 0);
+  const before = total();
+  await sleep(IDLE_CPU_WINDOW_MS);
+  return Math.round(((total() - before) / 1000 / (IDLE_CPU_WINDOW_MS / 1000) / sandboxDirs.length) * 100) / 100;
 }
 
 /** PSS of the VM's own processes: everything whose command line names the sandbox directory. */
@@ -250,6 +270,7 @@ interface OtherPath {
   guestCachedP50Bytes: number;
   vmmPssP50Bytes: number;
   vmmTcgCacheP50Bytes: number;
+  idleCpuMsPerS: number;
 }
 
 /** Boots n sandboxes through a daemon of their own, its config edited, and reads the same guest and host figures. */
@@ -269,6 +290,7 @@ async function otherPath(dir: string, name: string, n: number, edit: (config: st
       await client.start({ sandboxId: id }, { deadlineMs: 240_000 });
     }
     await sleep(SETTLE_MS);
+    const idleCpuMsPerS = await idleCpu(ids.map((id) => path.join(daemon.stateDir, id)));
     const facts: Array<{ guest: GuestMemory; pss: number; vmm: VmmMemory }> = [];
     for (const id of ids) {
       const sandboxDir = path.join(daemon.stateDir, id);
@@ -287,6 +309,7 @@ async function otherPath(dir: string, name: string, n: number, edit: (config: st
       guestCachedP50Bytes: p50((x) => x.guest.cached),
       vmmPssP50Bytes: p50((x) => x.pss),
       vmmTcgCacheP50Bytes: p50((x) => x.vmm.tcgCache),
+      idleCpuMsPerS,
     };
   } finally {
     close();
@@ -301,6 +324,7 @@ async function main(): Promise<void> {
       batch: { type: "string", default: "2" },
       containers: { type: "string", default: "10" },
       "baseline-image": { type: "string" },
+      "baseline-kernel": { type: "string" },
       "baseline-sandboxes": { type: "string", default: "3" },
       "disk-sandboxes": { type: "string", default: "3" },
     },
@@ -354,6 +378,8 @@ async function main(): Promise<void> {
       );
     }
 
+    const idleCpuMsPerS = await idleCpu(started.map((s) => path.join(daemon.stateDir, s.id)));
+    console.log(`  host CPU of the idle VMs: ${idleCpuMsPerS} ms per second per VM`);
     const sandboxes: SandboxFacts[] = [];
     started.sort((a, b) => a.id.localeCompare(b.id, "en", { numeric: true }));
     for (const s of started) {
@@ -401,6 +427,15 @@ async function main(): Promise<void> {
           node: imageNode(baseline),
         }
       : undefined;
+    const oldKernel = values["baseline-kernel"] ? path.resolve(values["baseline-kernel"]) : undefined;
+    const baselineKernel = oldKernel
+      ? {
+          ...(await otherPath(dir, "baseline-kernel", baselineSandboxes, (c) =>
+            c.replace(/^kernel_path = .*$/m, `kernel_path = "${oldKernel}"`),
+          )),
+          kernel: oldKernel,
+        }
+      : undefined;
     const disk =
       diskSandboxes > 0
         ? await otherPath(dir, "disk", diskSandboxes, (c) =>
@@ -443,7 +478,9 @@ async function main(): Promise<void> {
       vmmTcgCacheP50Bytes: p50((s) => s.vmm.tcgCache),
       vmmGuestRamP50Bytes: p50((s) => s.vmm.guestRam),
       vmmImageP50Bytes: p50((s) => s.vmm.image),
+      idleCpuMsPerS,
       ...(baselineImage ? { baselineImage } : {}),
+      ...(baselineKernel ? { baselineKernel } : {}),
       ...(disk ? { disk } : {}),
       kernelToCheckP50Ms: ms(
         percentile(
@@ -514,6 +551,10 @@ function goalRows(r: Result): Array<[string, string]> {
       `#18: host memory per idle pod, TCG's translation cache apart (QEMU + helpers PSS minus the cache, p50; of which guest RAM ${mib(r.vmmGuestRamP50Bytes)} MiB, image pages ${mib(r.vmmImageP50Bytes)} MiB; with the cache of ${mib(r.vmmTcgCacheP50Bytes)} MiB: ${mib(r.vmmPssP50Bytes)} MiB)`,
       verdict(r.goals.hostPerPod, " MiB"),
     ],
+    [
+      `host CPU per idle pod (QEMU + helpers over ${IDLE_CPU_WINDOW_MS / 1000} s of idle time, the mean of ${r.sandboxes.length} pods)`,
+      `${r.idleCpuMsPerS} ms per second (${(r.idleCpuMsPerS / 10).toFixed(2)}% of a core)`,
+    ],
     ...(r.disk ? [otherRow(`the image as a virtio-blk disk instead (\`disable_nvdimm = true\`)`, r.disk)] : []),
     ...(r.baselineImage
       ? [
@@ -522,6 +563,9 @@ function goalRows(r: Result): Array<[string, string]> {
             r.baselineImage,
           ),
         ]
+      : []),
+    ...(r.baselineKernel
+      ? [otherRow(`before: the baseline kernel \`${r.baselineKernel.kernel}\``, r.baselineKernel)]
       : []),
   ];
 }
@@ -532,7 +576,7 @@ function otherRow(what: string, o: OtherPath): [string, string] {
     `(${what}: the same figures, p50 of ${o.sandboxes} guests)`,
     `RssAnon ${mib(o.agentAnonP50Bytes)} MiB, guest RAM in use ${mib(o.guestUsedP50Bytes)} MiB (page cache ` +
       `${mib(o.guestCachedP50Bytes)} MiB), host ${mib(o.vmmPssP50Bytes - o.vmmTcgCacheP50Bytes)} MiB per pod without ` +
-      `the translation cache, ${mib(o.vmmPssP50Bytes)} MiB with it`,
+      `the translation cache, ${mib(o.vmmPssP50Bytes)} MiB with it; host CPU idle ${o.idleCpuMsPerS} ms per second per pod`,
   ];
 }
 

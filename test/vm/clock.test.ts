@@ -49,7 +49,7 @@ async function best(client: TtrpcClient): Promise<ClockSample> {
 const ms = (ns: bigint) => `${(Number(ns) / 1e6).toFixed(3)} ms`;
 const abs = (n: bigint) => (n < 0n ? -n : n);
 
-test("the guest clock is within 10 ms of the host's after sync, from boot and after a step back", {
+test("the guest clock is within 10 ms of the host's after sync, from boot and after a step back; idle, it takes no periodic tick", {
   timeout: 240_000,
 }, async (t) => {
   await controller.create({ sandboxId: "pod-clock" });
@@ -70,6 +70,17 @@ test("the guest clock is within 10 ms of the host's after sync, from boot and af
     const svc = client.service(SandboxService);
     const sysctl = await svc.execVMProcess({ command: "cat /proc/sys/vm/overcommit_memory" });
     assert.equal(sysctl.out, "1\n", "vm.overcommit_memory is Kuasar's default");
+
+    // The kernel is tickless when idle (NO_HZ_IDLE): a periodic tick would add 250 local timer interrupts a second,
+    // and under TCG each wakes QEMU's vCPU thread. One exec, so the host's calls do not wake the guest meanwhile.
+    const loc = await svc.execVMProcess({
+      command: "grep LOC: /proc/interrupts; sleep 2; grep LOC: /proc/interrupts",
+    });
+    const counts = [...loc.out.matchAll(/LOC:\s+(\d+)/g)].map((m) => Number(m[1]));
+    assert.equal(counts.length, 2, `no two LOC lines in: ${loc.out}`);
+    const ticks = counts[1]! - counts[0]!;
+    t.diagnostic(`local timer interrupts over 2 s of an idle guest: ${ticks}`);
+    assert.ok(ticks < 250, `${ticks} local timer interrupts in 2 s: the idle guest is ticking (periodic at 250 Hz)`);
 
     // 5 s ahead, then the host's sync steps it back (a negative Delta) to the nanosecond.
     await svc.syncClock({ Delta: 5_000_000_000n });
