@@ -82,6 +82,15 @@ test("the guest clock is within 10 ms of the host's after sync, from boot and af
     t.diagnostic(`local timer interrupts over 2 s of an idle guest: ${ticks}`);
     assert.ok(ticks < 250, `${ticks} local timer interrupts in 2 s: the idle guest is ticking (periodic at 250 Hz)`);
 
+    // Under TCG the guest takes the APIC timer's rate from lapic_timer_hz instead of calibrating it. Were that rate
+    // wrong, timers would fire late by the same factor: a 1 s sleep, by the guest's own clock, shows it.
+    const slept = await svc.execVMProcess({ command: "cat /proc/uptime; sleep 1; cat /proc/uptime" });
+    const uptimes = [...slept.out.matchAll(/^([\d.]+) /gm)].map((m) => Number(m[1]));
+    assert.equal(uptimes.length, 2, `no two uptimes in: ${slept.out}`);
+    const sleptS = uptimes[1]! - uptimes[0]!;
+    t.diagnostic(`a 1 s sleep in the guest took ${sleptS.toFixed(2)} s by its clock`);
+    assert.ok(sleptS >= 0.99 && sleptS < 3, `a 1 s sleep took ${sleptS} s by the guest's clock: its timer rate is off`);
+
     // 5 s ahead, then the host's sync steps it back (a negative Delta) to the nanosecond.
     await svc.syncClock({ Delta: 5_000_000_000n });
     const measured = await syncGuestClock(client);

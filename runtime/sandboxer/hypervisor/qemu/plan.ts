@@ -186,6 +186,9 @@ export function qemuPlan(config: QemuConfig, sandbox: SandboxSpec, facts: QemuFa
   }
   const cmdline = kernelCmdline(config, sandbox, {
     console: "console=ttyS0",
+    // TCG has no TSC deadline timer, so Linux would spend 100 ms of every boot calibrating the APIC timer, which QEMU
+    // clocks at 1 GHz (kernel-configs/patches/0002; a kernel without the patch passes it on to init, unused).
+    platform: facts.accel === "tcg" ? ["lapic_timer_hz=1000000000"] : [],
     rootDevice,
     // An fsdax NVDIMM (the image's PFN info block): the guest maps files straight from the host's page cache.
     rootDax: nvdimm && layout.fsdax,
