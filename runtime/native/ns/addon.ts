@@ -11,6 +11,8 @@ export interface NsAddon {
   unmount(file: string): void;
   /** mount(2): flags are MS_* bits, data "" passes none; an error names source, target and type. */
   mount(source: string, target: string, fstype: string, flags: number, data: string): void;
+  /** The mount at target and every mount below it made read-only in one step (mount_setattr, AT_RECURSIVE). */
+  readonlyTree(target: string): void;
   /**
    * Starts file (argv: 1 to 16 strings, empty environment) as PID 1 of a new PID namespace, with SIGCHLD ignored
    * (the kernel reaps the orphans it inherits), stdio on /dev/null, and SIGKILL when the calling thread exits.

@@ -6,7 +6,7 @@ import { POD_FILES } from "../../contract/share.ts";
 import type { Mount } from "../../protos/gen/containerd/types/mount_pb.ts";
 import { blockRootfs, type ContainerDisk, type DiskHost, plugDisks, rawBlockDevices, unplugDisks } from "./block.ts";
 import { podTmpfsFor } from "./memory-volumes.ts";
-import { bindMount, mount, readonlySubmounts } from "./mount.ts";
+import { bindMount, mount, readonlyTree } from "./mount.ts";
 import { removeTree } from "./remove.ts";
 import { publish, type ShareLayout, unpublish } from "./share.ts";
 
@@ -125,7 +125,7 @@ export async function prepareGuestBundle(opts: {
         const options = m.options ?? [];
         // The host enforces read-only: the guest's own flags are only a guest's word.
         await bindMount(m.source, s.staged, options.includes("ro") || options.includes("rro"));
-        if (options.includes("rro")) await readonlySubmounts(s.staged);
+        if (options.includes("rro")) readonlyTree(s.staged);
         await publish(share, s.name);
         mounts.push({ ...m, source: s.guest, options: guestBindOptions(options) });
       } else mounts.push(m);

@@ -1,5 +1,4 @@
-import { lstat, readFile } from "node:fs/promises";
-import path from "node:path";
+import { readFile } from "node:fs/promises";
 import { execa } from "execa";
 import { MS, nsAddon } from "../../native/ns/addon.ts";
 
@@ -55,19 +54,13 @@ async function keptFlags(target: string): Promise<number> {
 }
 
 /**
- * Makes every submount of a recursive bind read-only too (OCI "rro"). mount(8) of bookworm cannot do it in one step
- * (mount_setattr with AT_RECURSIVE), so each submount listed in mountinfo is remounted; a path that leads through a
- * symbolic link is refused instead of followed. Done in the private staging tree, before anything is published.
+ * Makes a recursive bind and every mount below it read-only (OCI "rro") in one mount_setattr(2) call through the ns
+ * addon: no submount's path is resolved, so none can lead anywhere through a symbolic link, and a spawned mount(8)
+ * per submount (bookworm's cannot do it recursively) is not needed. Done in the private staging tree, before anything
+ * is published; the copy is a slave, so the source's own mounts keep their flags.
  */
-export async function readonlySubmounts(target: string): Promise<void> {
-  for (const m of (await mountPoints()).filter((p) => p.startsWith(`${target}/`))) {
-    let p = target;
-    for (const part of path.relative(target, m).split("/")) {
-      p = path.join(p, part);
-      if ((await lstat(p)).isSymbolicLink()) throw new Error(`recursive read-only: ${m} leads through a link at ${p}`);
-    }
-    await run(["-o", "remount,bind,ro", m], `remounting ${m} read-only`);
-  }
+export function readonlyTree(target: string): void {
+  nsAddon().readonlyTree(target);
 }
 
 /** Moves a mount (with its submounts) to another mount point; the source's parent mount must not be shared. */

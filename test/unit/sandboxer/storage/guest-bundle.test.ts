@@ -239,6 +239,7 @@ test("bidirectional propagation is refused before anything is mounted; ro binds 
     assert.equal(await writable(path.join(onHost("/data"), "sub/file")), true, "ro: the submount keeps its rw");
     assert.equal(await writable(path.join(onHost("/rro"), "top")), false);
     assert.equal(await writable(path.join(onHost("/rro"), "sub/file2")), false, "rro: the submount is read-only too");
+    assert.equal(await writable(path.join(dir, "vol/sub/file3")), true, "the source's own submount keeps its rw");
   } finally {
     await releaseGuestBundle(share, b);
     execFileSync("umount", [`${dir}/vol/sub`]);
