@@ -12,7 +12,9 @@
 // so the two root paths are measured side by side.
 // With --baseline-image FILE a further path boots the floor from another image (an older build's kuasar.img), in the
 // same rotation and the same way when its layout allows DAX, so the guest's start is compared old against new.
+// With --baseline-kernel FILE (an older build's vmlinux.bin) a further floor path boots that kernel with this image.
 // Run: node --import tsx bench/sandbox-start.ts [--runs N, default 8] [--baseline-image FILE] [--baseline-daemon FILE]
+//   [--baseline-kernel FILE]
 // (writes bench/results/sandbox-start.json)
 
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
@@ -127,6 +129,8 @@ interface Result {
   oldDaemon?: Summary & { bin: string };
   /** The floor booted from --baseline-image (as a DAX NVDIMM when its layout has one, else as a disk), when given. */
   baseline?: Summary & { image: string; guestNode: string; dax: boolean };
+  /** The floor booted with --baseline-kernel, when given. */
+  oldKernel?: Summary & { kernel: string };
   /** The floor with the image as a virtio-blk disk. */
   disk: Summary;
   daemon: Summary;
@@ -322,6 +326,7 @@ async function main(): Promise<void> {
       runs: { type: "string", default: "8" },
       "baseline-image": { type: "string" },
       "baseline-daemon": { type: "string" },
+      "baseline-kernel": { type: "string" },
     },
   });
   const runs = Number(values.runs);
@@ -343,6 +348,9 @@ async function main(): Promise<void> {
   if (baselineImage) baselineConfig.hypervisor.image_path = path.resolve(baselineImage);
   // Read before the runs: a baseline image without its manifest fails here, not after minutes of boots.
   const baselineNode = baselineImage ? await guestNode(baselineConfig.hypervisor.image_path) : undefined;
+  const baselineKernel = values["baseline-kernel"] && path.resolve(values["baseline-kernel"]);
+  const oldKernelConfig = structuredClone(config);
+  if (baselineKernel) oldKernelConfig.hypervisor.kernel_path = baselineKernel;
   const daemon = await startBundledDaemon(dir, configFile);
   const { client, close } = unaryClient(Controller, `unix://${daemon.sock}`);
   const watch = new ConsoleWatch(daemon.stateDir).start();
@@ -370,6 +378,7 @@ async function main(): Promise<void> {
   const floor: Sample[] = [];
   const viaDaemon: Sample[] = [];
   const baseline: Sample[] = [];
+  const oldKernel: Sample[] = [];
   const disk: Sample[] = [];
   const observed: Sample[] = [];
   const oldDaemonSamples: Sample[] = [];
@@ -412,6 +421,7 @@ async function main(): Promise<void> {
         "observed",
         ...(oldDaemon ? (["oldDaemon"] as const) : []),
         ...(baselineImage ? (["baseline"] as const) : []),
+        ...(baselineKernel ? (["oldKernel"] as const) : []),
       ] as const;
       const order = [...paths.slice(i % paths.length), ...paths.slice(0, i % paths.length)];
       for (const what of order) {
@@ -422,16 +432,18 @@ async function main(): Promise<void> {
               ? await floorRun(diskConfig, floorRoot, watch, `disk-${i}`)
               : what === "baseline"
                 ? await floorRun(baselineConfig, floorRoot, watch, `baseline-${i}`, false)
-                : what === "oldDaemon" && oldDaemon && oldClient && oldWatch
-                  ? await daemonRun(`old-${i}`, { daemon: oldDaemon, client: oldClient.client, watch: oldWatch })
-                  : what === "observed"
-                    ? await daemonRun(`observed-${i}`, {
-                        daemon: observedDaemon,
-                        client: observedClient.client,
-                        watch: observedWatch,
-                      })
-                    : await daemonRun(`pod-${i}`, { daemon, client, watch });
-        ({ floor, disk, daemon: viaDaemon, observed, oldDaemon: oldDaemonSamples, baseline })[what].push(s);
+                : what === "oldKernel"
+                  ? await floorRun(oldKernelConfig, floorRoot, watch, `old-kernel-${i}`)
+                  : what === "oldDaemon" && oldDaemon && oldClient && oldWatch
+                    ? await daemonRun(`old-${i}`, { daemon: oldDaemon, client: oldClient.client, watch: oldWatch })
+                    : what === "observed"
+                      ? await daemonRun(`observed-${i}`, {
+                          daemon: observedDaemon,
+                          client: observedClient.client,
+                          watch: observedWatch,
+                        })
+                      : await daemonRun(`pod-${i}`, { daemon, client, watch });
+        ({ floor, disk, daemon: viaDaemon, observed, oldDaemon: oldDaemonSamples, baseline, oldKernel })[what].push(s);
         console.log(`  run ${i + 1}/${runs} ${what.padEnd(8)} ${(s.totalMs / 1000).toFixed(2)} s`);
       }
     }
@@ -473,6 +485,7 @@ async function main(): Promise<void> {
             },
           }
         : {}),
+      ...(baselineKernel ? { oldKernel: { ...summarise(oldKernel), kernel: baselineKernel } } : {}),
       daemon: d,
       observed: { ...o, spansReceived: receiver.spans(), scrapedSeries: await scrapeSeries(metricsSock) },
       observedRatioP50: Math.round((o.p50Ms / d.p50Ms) * 1000) / 1000,
@@ -576,6 +589,15 @@ function goal18Rows(r: Result): Array<[string, string]> {
           ] as [string, string],
         ]
       : []),
+    ...(r.oldKernel
+      ? [
+          [
+            `(before: the kernel until it runs /sbin/init, with the baseline kernel \`${r.oldKernel.kernel}\`, ` +
+              `p50 of ${r.oldKernel.runs} floor boots, against this kernel's floor boots)`,
+            `${r.oldKernel.phasesP50Ms.kernel / 1000} s against ${r.floor.phasesP50Ms.kernel / 1000} s`,
+          ] as [string, string],
+        ]
+      : []),
     ["Controller Create+Start, p50", verdict(r.goals18.start, " s")],
     ["Start / VM floor ratio, p50", verdict(r.goal)],
   ];
@@ -670,6 +692,15 @@ function markdown(r: Result): string {
               ],
             ]
           : []),
+        ...(r.oldKernel
+          ? [
+              [
+                `floor booted with the baseline kernel (\`${r.oldKernel.kernel}\`)`,
+                (r.oldKernel.p50Ms / 1000).toFixed(2),
+                (r.oldKernel.p90Ms / 1000).toFixed(2),
+              ],
+            ]
+          : []),
       ],
     ),
     "",
@@ -696,8 +727,8 @@ function markdown(r: Result): string {
       "(as the daemon does, because vhost-device-vsock can wedge when dialled too early) and dials Check. The daemon's " +
       "phases come from its log timestamps (`sandbox … created`, `starting vhost-device-vsock`, `starting qemu`, " +
       "`agent answered`, `sandbox … running`); the boot marks (kernel's first line, `Run /sbin/init`, vmm-task " +
-      "listening) from the console file, polled every 20 ms from the host, for both paths. The daemon polls the " +
-      "console every 200 ms, which shows up in its agent-connect phase.",
+      "listening) from the console file, polled every 20 ms from the host, for both paths. The daemon itself waits " +
+      "for the listening line with inotify on its console log.",
   ].join("\n");
 }
 

@@ -191,7 +191,7 @@ class ConsoleFollower {
 
 /**
  * Watches every sandbox directory under a daemon's state dir (or one directory given directly) and the serial
- * console in each, polling every 20 ms: the daemon itself polls the console only every 200 ms.
+ * console in each, polling every 20 ms.
  */
 export class ConsoleWatch {
   private followers = new Map<string, ConsoleFollower>();
