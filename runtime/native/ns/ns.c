@@ -180,22 +180,29 @@ out:
   return result;
 }
 
-// unmount(file): detaches a namespace bind mount (pod teardown).
-static napi_value js_unmount(napi_env env, napi_callback_info info) {
+// A call on one path argument (named name) that returns 0, or -1 and errno; its error says what_fmt of the path.
+static napi_value path_call(napi_env env, napi_callback_info info, const char *name, int (*op)(const char *),
+                            const char *what_fmt) {
   napi_value argv[1];
   if (!get_args(env, info, 1, argv)) return NULL;
-  char *file = get_string(env, argv[0], "file");
-  if (file == NULL) return NULL;
+  char *path = get_string(env, argv[0], name);
+  if (path == NULL) return NULL;
   napi_value result = NULL;
-  if (umount2(file, UMOUNT_NOFOLLOW) != 0) {
-    char what[300];
-    snprintf(what, sizeof what, "umount %s", file);
+  if (op(path) != 0) {
+    char what[600];
+    snprintf(what, sizeof what, what_fmt, path);
     throw_errno(env, errno, what);
   } else {
     napi_get_undefined(env, &result);
   }
-  free(file);
+  free(path);
   return result;
+}
+
+// unmount(file): detaches a namespace bind mount (pod teardown).
+static int detach(const char *file) { return umount2(file, UMOUNT_NOFOLLOW); }
+static napi_value js_unmount(napi_env env, napi_callback_info info) {
+  return path_call(env, info, "file", detach, "umount %s");
 }
 
 // mount(source, target, fstype, flags, data): mount(2) for PID 1's own mounts (the share, the pod's /etc files),
@@ -242,22 +249,12 @@ out:
 struct mount_attr_v0 {
   uint64_t attr_set, attr_clr, propagation, userns_fd;
 };
-static napi_value js_readonly_tree(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  if (!get_args(env, info, 1, argv)) return NULL;
-  char *target = get_string(env, argv[0], "target");
-  if (target == NULL) return NULL;
+static int readonly_tree(const char *target) {
   struct mount_attr_v0 attr = {.attr_set = 0x1 /* MOUNT_ATTR_RDONLY */};
-  napi_value result = NULL;
-  if (syscall(SYS_mount_setattr, AT_FDCWD, target, AT_RECURSIVE | AT_SYMLINK_NOFOLLOW, &attr, sizeof attr) != 0) {
-    char what[600];
-    snprintf(what, sizeof what, "making %s and the mounts below it read-only", target);
-    throw_errno(env, errno, what);
-  } else {
-    napi_get_undefined(env, &result);
-  }
-  free(target);
-  return result;
+  return (int)syscall(SYS_mount_setattr, AT_FDCWD, target, AT_RECURSIVE | AT_SYMLINK_NOFOLLOW, &attr, sizeof attr);
+}
+static napi_value js_readonly_tree(napi_env env, napi_callback_info info) {
+  return path_call(env, info, "target", readonly_tree, "making %s and the mounts below it read-only");
 }
 
 // ---- The guest clock (SyncClock): Node reads the time in whole milliseconds and cannot set it.
