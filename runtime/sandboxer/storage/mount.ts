@@ -33,10 +33,17 @@ export async function mount(type: string, source: string, target: string, option
 export async function bindMount(source: string, target: string, readonly: boolean): Promise<void> {
   const what = `bind mount ${source} on ${target}`;
   sysMount(source, target, MS.BIND | MS.REC, what);
-  try {
+  await orUnmount(target, async () => {
     // A bind remount sets every per-mount flag anew: the ones the bind copied from the source are restated.
     if (readonly) sysMount("none", target, MS.REMOUNT | MS.BIND | MS.RDONLY | (await keptFlags(target)), what);
     sysMount("none", target, MS.SLAVE | MS.REC, what);
+  });
+}
+
+/** Runs the further steps on a mount just made at target; when one fails, the mount goes before the error does. */
+async function orUnmount(target: string, steps: () => Promise<void> | void): Promise<void> {
+  try {
+    await steps();
   } catch (err) {
     await unmount(target);
     throw err;
@@ -83,12 +90,9 @@ const PROPAGATION: Readonly<Record<Propagation, number>> = {
 export async function selfBind(dir: string, propagation: Propagation[]): Promise<void> {
   const what = `bind mount ${dir} onto itself (${propagation.join(", ")})`;
   sysMount(dir, dir, MS.BIND, what);
-  try {
+  await orUnmount(dir, () => {
     for (const p of propagation) sysMount("none", dir, PROPAGATION[p], what);
-  } catch (err) {
-    await unmount(dir);
-    throw err;
-  }
+  });
 }
 
 /**
