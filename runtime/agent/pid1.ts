@@ -5,70 +5,86 @@ import { applyDefaultSysctls } from "./default-sysctls.ts";
 import { ensureMount, mountPoints, type Pid1Options, rooted } from "./mounts.ts";
 import { bindEtcFiles, mountShare, setHostnameFromShare } from "./pod-share.ts";
 
-export function mountProc(opts: Pid1Options = {}): boolean {
+/** The file systems PID 1 mounts, at their guest paths, each with what the guest kernel needs for it. */
+const FILESYSTEMS = {
+  proc: {
+    source: "proc",
+    target: "/proc",
+    type: "proc",
+    options: ["nosuid", "nodev", "noexec"],
+    needs: "CONFIG_PROC_FS",
+  },
+  sysfs: {
+    source: "sysfs",
+    target: "/sys",
+    type: "sysfs",
+    options: ["nosuid", "nodev", "noexec"],
+    needs: "CONFIG_SYSFS",
+  },
+  devtmpfs: {
+    source: "devtmpfs",
+    target: "/dev",
+    type: "devtmpfs",
+    options: ["nosuid", "mode=0755"],
+    needs: "CONFIG_DEVTMPFS",
+  },
+  shm: {
+    source: "shm",
+    target: "/dev/shm",
+    type: "tmpfs",
+    options: ["nosuid", "nodev", "mode=1777"],
+    needs: "CONFIG_TMPFS",
+  },
+  // A devpts of its own (newinstance) whose ptmx anyone may open.
+  devpts: {
+    source: "devpts",
+    target: "/dev/pts",
+    type: "devpts",
+    options: ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+    needs: "CONFIG_UNIX98_PTYS",
+  },
+  run: {
+    source: "tmpfs",
+    target: "/run",
+    type: "tmpfs",
+    options: ["nosuid", "nodev", "mode=0755"],
+    needs: "CONFIG_TMPFS",
+  },
+  // The image root is mounted read-only and shared by every VM.
+  tmp: {
+    source: "tmpfs",
+    target: "/tmp",
+    type: "tmpfs",
+    options: ["nosuid", "nodev", "mode=1777"],
+    needs: "CONFIG_TMPFS",
+  },
+  cgroup2: {
+    source: "cgroup2",
+    target: "/sys/fs/cgroup",
+    type: "cgroup2",
+    options: ["nosuid", "nodev", "noexec"],
+    needs: "CONFIG_CGROUPS (and runc needs CONFIG_BPF_SYSCALL + CONFIG_CGROUP_BPF)",
+  },
+} as const;
+
+/** Mounts one of FILESYSTEMS unless it is there already; true when it mounted it. */
+function mountFs(name: keyof typeof FILESYSTEMS, opts: Pid1Options): boolean {
+  const { needs, target, options, ...fs } = FILESYSTEMS[name];
   return ensureMount(
-    {
-      source: "proc",
-      target: rooted(opts, "/proc"),
-      type: "proc",
-      options: ["nosuid", "nodev", "noexec"],
-      hint: "the guest kernel needs CONFIG_PROC_FS",
-    },
+    { ...fs, target: rooted(opts, target), options: [...options], hint: `the guest kernel needs ${needs}` },
     opts.mounts,
   );
 }
 
-export function mountSysfs(opts: Pid1Options = {}): boolean {
-  return ensureMount(
-    {
-      source: "sysfs",
-      target: rooted(opts, "/sys"),
-      type: "sysfs",
-      options: ["nosuid", "nodev", "noexec"],
-      hint: "the guest kernel needs CONFIG_SYSFS",
-    },
-    opts.mounts,
-  );
-}
+export const mountProc = (opts: Pid1Options = {}) => mountFs("proc", opts);
+export const mountSysfs = (opts: Pid1Options = {}) => mountFs("sysfs", opts);
+export const mountDevtmpfs = (opts: Pid1Options = {}) => mountFs("devtmpfs", opts);
+export const mountDevShm = (opts: Pid1Options = {}) => mountFs("shm", opts);
+export const mountTmp = (opts: Pid1Options = {}) => mountFs("tmp", opts);
 
-export function mountDevtmpfs(opts: Pid1Options = {}): boolean {
-  return ensureMount(
-    {
-      source: "devtmpfs",
-      target: rooted(opts, "/dev"),
-      type: "devtmpfs",
-      options: ["nosuid", "mode=0755"],
-      hint: "the guest kernel needs CONFIG_DEVTMPFS",
-    },
-    opts.mounts,
-  );
-}
-
-export function mountDevShm(opts: Pid1Options = {}): boolean {
-  return ensureMount(
-    {
-      source: "shm",
-      target: rooted(opts, "/dev/shm"),
-      type: "tmpfs",
-      options: ["nosuid", "nodev", "mode=1777"],
-      hint: "the guest kernel needs CONFIG_TMPFS",
-    },
-    opts.mounts,
-  );
-}
-
-/** A devpts of its own (newinstance) whose ptmx anyone may open, with /dev/ptmx pointing at it. */
+/** devpts, with /dev/ptmx pointing at its ptmx. */
 export function mountDevPts(opts: Pid1Options = {}): boolean {
-  const mounted = ensureMount(
-    {
-      source: "devpts",
-      target: rooted(opts, "/dev/pts"),
-      type: "devpts",
-      options: ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
-      hint: "the guest kernel needs CONFIG_UNIX98_PTYS",
-    },
-    opts.mounts,
-  );
+  const mounted = mountFs("devpts", opts);
   const ptmx = rooted(opts, "/dev/ptmx");
   const st = lstatSync(ptmx, { throwIfNoEntry: false });
   if (!st?.isSymbolicLink()) {
@@ -80,49 +96,17 @@ export function mountDevPts(opts: Pid1Options = {}): boolean {
 
 /** tmpfs on /run, then the share's mount point (the tmpfs hides whatever the image had there). */
 export function mountRun(opts: Pid1Options = {}): boolean {
-  const mounted = ensureMount(
-    {
-      source: "tmpfs",
-      target: rooted(opts, "/run"),
-      type: "tmpfs",
-      options: ["nosuid", "nodev", "mode=0755"],
-      hint: "the guest kernel needs CONFIG_TMPFS",
-    },
-    opts.mounts,
-  );
+  const mounted = mountFs("run", opts);
   mkdirSync(rooted(opts, GUEST_SHARE), { recursive: true });
   return mounted;
-}
-
-/** /tmp on tmpfs: the image root is mounted read-only and shared by every VM. */
-export function mountTmp(opts: Pid1Options = {}): boolean {
-  return ensureMount(
-    {
-      source: "tmpfs",
-      target: rooted(opts, "/tmp"),
-      type: "tmpfs",
-      options: ["nosuid", "nodev", "mode=1777"],
-      hint: "the guest kernel needs CONFIG_TMPFS",
-    },
-    opts.mounts,
-  );
 }
 
 const CONTROLLERS = ["cpu", "cpuset", "io", "memory", "pids", "hugetlb"];
 
 /** cgroup2 on /sys/fs/cgroup with the container controllers enabled for child cgroups. Returns those enabled. */
 export function mountCgroup2(opts: Pid1Options = {}): string[] {
-  const dir = rooted(opts, "/sys/fs/cgroup");
-  ensureMount(
-    {
-      source: "cgroup2",
-      target: dir,
-      type: "cgroup2",
-      options: ["nosuid", "nodev", "noexec"],
-      hint: "the guest kernel needs CONFIG_CGROUPS (and runc needs CONFIG_BPF_SYSCALL + CONFIG_CGROUP_BPF)",
-    },
-    opts.mounts,
-  );
+  const dir = rooted(opts, FILESYSTEMS.cgroup2.target);
+  mountFs("cgroup2", opts);
   const available = readFileSync(path.join(dir, "cgroup.controllers"), "utf8").trim().split(/\s+/);
   const enabled: string[] = [];
   for (const c of CONTROLLERS.filter((c) => available.includes(c))) {
