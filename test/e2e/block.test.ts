@@ -200,8 +200,11 @@ test(
       await until("the sidecar's disk to be unplugged", 60_000, async () =>
         qemuOpenSnapshots(dir).length === 0 ? true : undefined,
       );
-      const side = await env.runtime.containerStatus({ containerId: sidecar }, QUICK);
-      assert.equal(side.status?.state, ContainerState.CONTAINER_EXITED);
+      // containerd records it exited once it has noticed its dropped task connection, which may come later.
+      await until("CRI to record the sidecar exited", 60_000, async () => {
+        const side = await env.runtime.containerStatus({ containerId: sidecar }, QUICK);
+        return side.status?.state === ContainerState.CONTAINER_EXITED ? true : undefined;
+      });
       await until("the sidecar to be removable", 60_000, async () =>
         env.runtime.removeContainer({ containerId: sidecar }, SLOW).then(
           () => true,
