@@ -3,7 +3,12 @@ import { existsSync, readFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import type { ContainerConfigSchema, PodSandboxConfigSchema } from "../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
+import {
+  type ContainerConfigSchema,
+  ContainerState,
+  type ContainerStatus,
+  type PodSandboxConfigSchema,
+} from "../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
 import { type Env, IMAGE, mountsUnder, RUNTIME_HANDLER, vmProcesses } from "./containerd.ts";
 
 // CRI calls as kubelet makes them, shared by the e2e test files. TCG boots take ~15-20 s, so calls that boot or stop
@@ -71,6 +76,17 @@ export async function until<T>(what: string, ms: number, probe: () => Promise<T 
     if (Date.now() > deadline) throw new Error(`timed out after ${ms / 1000} s waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 250));
   }
+}
+
+/**
+ * The container's CRI status once CRI reports it exited: after its process ends, or after containerd notices a dropped
+ * task connection, which may come a moment later.
+ */
+export async function untilExited(env: Env, containerId: string, what: string, ms = 60_000): Promise<ContainerStatus> {
+  return until(what, ms, async () => {
+    const { status } = await env.runtime.containerStatus({ containerId }, QUICK);
+    return status?.state === ContainerState.CONTAINER_EXITED ? status : undefined;
+  });
 }
 
 /** The text lines of a container's CRI log ("<time> <stream> <P|F> <text>"), once it holds `want`. */

@@ -5,7 +5,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { logger } from "../../runtime/log/log.ts";
-import { ContainerState, PodSandboxState } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
+import { PodSandboxState } from "../../runtime/protos/gen/k8s/cri/runtime/v1/api_pb.ts";
 import { QmpClient } from "../../runtime/sandboxer/hypervisor/qmp.ts";
 import { defaultEnv, recoverHypervisor } from "../../runtime/sandboxer/hypervisor/registry.ts";
 import { type Env, startEnv, vmProcesses } from "../../testkit/containerd.ts";
@@ -201,10 +201,7 @@ test(
         qemuOpenSnapshots(dir).length === 0 ? true : undefined,
       );
       // containerd records it exited once it has noticed its dropped task connection, which may come later.
-      await until("CRI to record the sidecar exited", 60_000, async () => {
-        const side = await env.runtime.containerStatus({ containerId: sidecar }, QUICK);
-        return side.status?.state === ContainerState.CONTAINER_EXITED ? true : undefined;
-      });
+      await cri.untilExited(env, sidecar, "CRI to record the sidecar exited");
       await until("the sidecar to be removable", 60_000, async () =>
         env.runtime.removeContainer({ containerId: sidecar }, SLOW).then(
           () => true,
@@ -252,10 +249,7 @@ test("a raw block volume written in the container is readable on the host afterw
       assert.ok(node, `a block device node at the requested path: ${lines[0]}`);
       assert.notEqual(node[1], "7", "the node is the guest's disk, not the host's device number");
       assert.equal(lines.at(-1), "done");
-      await until("the writer to exit", 30_000, async () => {
-        const s = await env.runtime.containerStatus({ containerId }, QUICK);
-        return s.status?.state === ContainerState.CONTAINER_EXITED ? true : undefined;
-      });
+      await cri.untilExited(env, containerId, "the writer to exit", 30_000);
       await env.runtime.removeContainer({ containerId }, SLOW);
       assert.doesNotMatch(env.daemon.log(), /the guest kept disk|did not release/);
       const head = (p: string) => readFileSync(p).subarray(0, message.length).toString();

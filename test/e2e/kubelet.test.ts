@@ -7,7 +7,6 @@ import { after, before, test } from "node:test";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import WebSocket from "ws";
 import {
-  ContainerState,
   MountPropagation,
   type MountSchema,
   NamespaceMode,
@@ -22,6 +21,7 @@ import {
   runPod,
   SLOW,
   until,
+  untilExited,
   withLogs,
 } from "../../testkit/cri.ts";
 
@@ -61,10 +61,7 @@ async function run(name: string, script: string, extra: Record<string, unknown> 
   );
   await env.runtime.startContainer({ containerId }, SLOW);
   const lines = await logLines(path.join(pod.config.logDirectory as string, `${name}.log`), /stdout F end$/m);
-  await until(`container ${name} to be reported exited`, 60_000, async () => {
-    const { status } = await env.runtime.containerStatus({ containerId }, QUICK);
-    return status?.state === ContainerState.CONTAINER_EXITED ? true : undefined;
-  });
+  await untilExited(env, containerId, `container ${name} to be reported exited`);
   await env.runtime.removeContainer({ containerId }, QUICK);
   return lines.slice(0, -1);
 }

@@ -164,10 +164,7 @@ test("a container that exits non-zero: CRI reports its exit code", { timeout: 30
     );
     await env.runtime.startContainer({ containerId }, SLOW);
     // The exit reaches CRI only as a TaskExit event the daemon forwards to containerd.
-    const exited = await until("the container to be reported exited", 30_000, async () => {
-      const { status } = await env.runtime.containerStatus({ containerId }, QUICK);
-      return status?.state === ContainerState.CONTAINER_EXITED ? status : undefined;
-    });
+    const exited = await cri.untilExited(env, containerId, "the container to be reported exited", 30_000);
     assert.equal(exited.exitCode, 7);
     // The exit time is the guest's clock, set to the host's at boot in whole seconds: it falls between the
     // container's creation and now, give or take that clock's error (a fast exit may precede CRI's startedAt).
@@ -268,10 +265,7 @@ test("an OOM-killed container is reported with reason OOMKilled", { timeout: 300
       SLOW,
     );
     await env.runtime.startContainer({ containerId }, SLOW);
-    const exited = await until("the container to be reported exited", 60_000, async () => {
-      const { status } = await env.runtime.containerStatus({ containerId }, QUICK);
-      return status?.state === ContainerState.CONTAINER_EXITED ? status : undefined;
-    });
+    const exited = await cri.untilExited(env, containerId, "the container to be reported exited");
     assert.equal(exited.reason, "OOMKilled", `reason ${exited.reason}, exit code ${exited.exitCode}`);
     assert.equal(exited.exitCode, 137);
     await env.runtime.removeContainer({ containerId }, SLOW);
@@ -307,10 +301,7 @@ test(
       // CRI records a container whose task connection dropped as exited (255), once containerd has noticed the drop,
       // which may come after the pod reads READY again; the restarted daemon stops it in the guest and frees its
       // storage, and kubelet would start a new one.
-      await until("CRI to record the container exited", 60_000, async () => {
-        const { status } = await env.runtime.containerStatus({ containerId }, QUICK);
-        return status?.state === ContainerState.CONTAINER_EXITED ? true : undefined;
-      });
+      await cri.untilExited(env, containerId, "CRI to record the container exited");
       await until("the restarted daemon to stop the container in the guest", 60_000, async () =>
         new RegExp(`stopped 1 container\\(s\\) .*${containerId}`).test(env.daemon.log()) ? true : undefined,
       );
