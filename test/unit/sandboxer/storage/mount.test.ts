@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, test } from "node:test";
-import { bindMount, moveMount, selfBind, unmount } from "../../../../runtime/sandboxer/storage/mount.ts";
+import { bindMount, moveMount, readonlyTree, selfBind, unmount } from "../../../../runtime/sandboxer/storage/mount.ts";
 
 // The share's binds, moves and propagation changes are mount(2) calls through the ns addon; these check that they
 // leave what mount(8) left: per-mount flags, read-only tops and propagation, as mountinfo shows them.
@@ -51,6 +51,29 @@ test("a read-only bind keeps the source's nosuid, nodev and noexec, is a slave, 
   await assert.rejects(writeFile(path.join(ro, "f"), "x"), /EROFS/);
   // The submount came along (rbind) with its own flags: writable.
   await writeFile(path.join(ro, "sub", "f"), "x");
+});
+
+test("rro makes the bind and every submount read-only, and follows no link in the tree to a mount outside it", async () => {
+  const src = path.join(dir, "src");
+  execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", src]);
+  execFileSync("mount", ["--make-shared", src]);
+  await mkdir(path.join(src, "sub"));
+  execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", path.join(src, "sub")]);
+  // What a pod could have left in a volume it once wrote: a link to a host mount point.
+  const outside = path.join(dir, "from");
+  await selfBind(outside, ["private"]);
+  await symlink(outside, path.join(src, "escape"));
+  const ro = path.join(dir, "ro");
+  await bindMount(src, ro, true);
+  readonlyTree(ro);
+  await assert.rejects(writeFile(path.join(ro, "sub", "f"), "x"), /EROFS/);
+  assert.throws(
+    () => readonlyTree(path.join(ro, "escape")),
+    /making .*escape and the mounts below it read-only: EINVAL/,
+  );
+  await writeFile(path.join(outside, "f"), "x");
+  await writeFile(path.join(src, "sub", "f"), "x");
+  assert.ok(!(await entry(outside))?.options.includes("ro"), "the host mount the link names keeps its rw");
 });
 
 test("a self bind gets the propagation asked for, in order", async () => {
